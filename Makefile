@@ -1,0 +1,41 @@
+# The README's two commands: `make demo` and `make test`. Both bootstrap .venv from a
+# bare python3 and reinstall only when pyproject.toml changed.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.stamp-install
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint typecheck pytest docs fuzz bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[cli,dev,postgres,smtp]'
+	@# pymilter compiles against libmilter-dev; without it the milter tests skip (or fail in CI).
+	$(BIN)/python -m pip install --quiet -e '.[milter]' \
+		|| echo "note: pymilter did not build (install libmilter-dev); milter tests cannot run"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python examples/01_builds.py
+
+test: lint typecheck pytest docs
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests examples
+	$(BIN)/ruff format --check src tests examples
+
+typecheck: $(STAMP)
+	$(BIN)/mypy --strict src tests
+
+pytest: $(STAMP)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+docs: $(STAMP)
+	$(BIN)/sphinx-build -q -W --keep-going -b html docs docs/_build/html
+
+clean:
+	rm -rf docs/_build .mypy_cache .ruff_cache .pytest_cache .hypothesis

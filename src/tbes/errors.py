@@ -1,0 +1,66 @@
+"""The exceptions tbes raises: one family under :class:`TbesError`.
+
+Every error a caller can see derives from :class:`TbesError`, so one ``except`` clause
+catches them all; the value errors also derive from :class:`ValueError` so that code
+written against the standard library keeps working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CatalogError",
+    "HeaderParseError",
+    "InvalidBuildError",
+    "NaiveDatetimeError",
+    "PauseConflictError",
+    "PauseInPastError",
+    "QuotaExceededError",
+    "StageTableError",
+    "StoreConflictError",
+    "StoreError",
+    "TbesError",
+]
+
+
+class TbesError(Exception):
+    """Base class of every error raised by tbes."""
+
+
+class InvalidBuildError(TbesError, ValueError):
+    """A text is not an Exchange build number."""
+
+
+class HeaderParseError(TbesError, ValueError):
+    """A header could not be parsed where the caller asked for strict parsing."""
+
+
+class NaiveDatetimeError(TbesError, ValueError):
+    """A datetime without a time zone was given where an instant is required."""
+
+
+class StageTableError(TbesError, ValueError):
+    """A stage table breaks one of the rules a valid table must follow."""
+
+
+class QuotaExceededError(TbesError):
+    """A pause would use more days than a calendar year's quota allows."""
+
+
+class PauseConflictError(TbesError):
+    """A pause overlaps another pause of the same server."""
+
+
+class PauseInPastError(TbesError):
+    """A pause would start before today."""
+
+
+class CatalogError(TbesError):
+    """A build catalog could not be read or is inconsistent."""
+
+
+class StoreConflictError(TbesError):
+    """A compare-and-swap write lost a race: the stored version has changed."""
+
+
+class StoreError(TbesError):
+    """A store failed, or a stored row could not be decoded."""

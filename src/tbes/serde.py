@@ -1,0 +1,72 @@
+"""The one cattrs converter that turns every tbes value into JSON-ready data and back.
+
+All (de)serialisation goes through :data:`converter`, so stored rows, reports and the
+command line agree on one format: builds as their short string, instants as ISO 8601
+with their offset, dates as ISO dates, timedeltas as seconds, enums by value.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from typing import Any, TypeVar
+
+import cattrs
+from cattrs.preconf.json import make_converter
+
+from tbes.errors import NaiveDatetimeError
+from tbes.version import ExchangeBuild
+
+__all__ = ["converter", "dumps", "loads"]
+
+_T = TypeVar("_T")
+
+
+def _structure_build(value: Any, _: type) -> ExchangeBuild:
+    return ExchangeBuild.parse(value)
+
+
+def _unstructure_datetime(value: _dt.datetime) -> str:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise NaiveDatetimeError(f"cannot serialise a naive datetime: {value!r}")
+    return value.isoformat()
+
+
+def _structure_datetime(value: Any, _: type) -> _dt.datetime:
+    parsed = _dt.datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        raise NaiveDatetimeError(f"stored instant has no time zone: {value!r}")
+    return parsed
+
+
+def _structure_timedelta(value: Any, _: type) -> _dt.timedelta:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"a duration must be a number of seconds, got {value!r}")
+    return _dt.timedelta(seconds=value)
+
+
+def _make() -> cattrs.Converter:
+    conv = make_converter()
+    conv.register_unstructure_hook(ExchangeBuild, str)
+    conv.register_structure_hook(ExchangeBuild, _structure_build)
+    conv.register_unstructure_hook(_dt.datetime, _unstructure_datetime)
+    conv.register_structure_hook(_dt.datetime, _structure_datetime)
+    conv.register_unstructure_hook(_dt.date, _dt.date.isoformat)
+    conv.register_structure_hook(_dt.date, lambda v, _: _dt.date.fromisoformat(v))
+    conv.register_unstructure_hook(_dt.timedelta, lambda v: v.total_seconds())
+    conv.register_structure_hook(_dt.timedelta, _structure_timedelta)
+    return conv
+
+
+converter: cattrs.Converter = _make()
+"""The package's converter: ``converter.unstructure(value)`` / ``converter.structure(data, T)``."""
+
+
+def dumps(value: object) -> str:
+    """Serialise a tbes value to a compact JSON string."""
+    return json.dumps(converter.unstructure(value), separators=(",", ":"), sort_keys=True)
+
+
+def loads(text: str | bytes, cls: type[_T]) -> _T:
+    """Parse JSON made by :func:`dumps` back into a value of type ``cls``."""
+    return converter.structure(json.loads(text), cls)

@@ -1,0 +1,48 @@
+"""Every script in examples/ runs and prints the facts it is there to show."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+# script -> (arguments, lines its output must contain). Expected facts are worked out
+# from the SPEC by hand, not copied from the scripts' output.
+EXPECTED: dict[str, tuple[list[str], list[str]]] = {
+    "01_builds.py": (
+        [],
+        [
+            "15.01.2507.039   -> 15.1.2507.39",
+            "Exchange 2016 (on-premises)",
+            "15.2.2562.17     -> 15.2.2562.17   15.02.2562.017  Exchange SE (on-premises)",
+            "Exchange Online (not enforced)",
+            "16.0.0.0         -> 16.0.0.0       16.00.0000.000  unknown product (not enforced)",
+            "15.1.x.23        -> not an Exchange build number: '15.1.x.23'",
+        ],
+    ),
+}
+
+
+def test_every_example_script_has_expectations() -> None:
+    scripts = {path.name for path in EXAMPLES.glob("*.py")}
+    assert scripts == set(EXPECTED), "register each example's expected output here"
+
+
+@pytest.mark.parametrize("script", sorted(EXPECTED))
+def test_example_runs_and_prints_its_facts(script: str, tmp_path: Path) -> None:
+    args, expected = EXPECTED[script]
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    for line in expected:
+        assert line in result.stdout, f"{script}: missing {line!r} in:\n{result.stdout}"
