@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.stamp-install
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint typecheck pytest docs fuzz bench clean
+.PHONY: demo test lint typecheck pytest docs fuzz bench clean catalog-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,11 +25,11 @@ demo: $(STAMP)
 test: lint typecheck pytest docs
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests examples
-	$(BIN)/ruff format --check src tests examples
+	$(BIN)/ruff check src tests examples tools
+	$(BIN)/ruff format --check src tests examples tools
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict src tests
+	$(BIN)/mypy --strict src tests tools
 
 pytest: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
@@ -39,3 +39,7 @@ docs: $(STAMP)
 
 clean:
 	rm -rf docs/_build .mypy_cache .ruff_cache .pytest_cache .hypothesis
+
+# Is the packaged catalog what the importer makes of Microsoft's list?
+catalog-check: $(STAMP)
+	$(BIN)/python tools/build_catalog.py ../shared/reference/ExchangeBuildNumbers.csv --check

@@ -3,6 +3,7 @@
 The public API, re-exported from the modules that hold each concept.
 """
 
+from tbes.catalog import Assessment, Baseline, Catalog, Compliance, Release, assess
 from tbes.errors import (
     CatalogError,
     HeaderParseError,
@@ -21,6 +22,12 @@ from tbes.version import ExchangeBuild, Product
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "Assessment",
+    "Baseline",
+    "Catalog",
+    "Compliance",
+    "Release",
+    "assess",
     "CatalogError",
     "ExchangeBuild",
     "HeaderParseError",

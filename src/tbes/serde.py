@@ -12,6 +12,7 @@ import json
 from typing import Any, TypeVar
 
 import cattrs
+from cattrs.cols import is_any_set
 from cattrs.preconf.json import make_converter
 
 from tbes.errors import NaiveDatetimeError
@@ -55,6 +56,23 @@ def _make() -> cattrs.Converter:
     conv.register_structure_hook(_dt.date, lambda v, _: _dt.date.fromisoformat(v))
     conv.register_unstructure_hook(_dt.timedelta, lambda v: v.total_seconds())
     conv.register_structure_hook(_dt.timedelta, _structure_timedelta)
+
+    # --- issue 4 (catalog): sets serialise in a canonical order ---------------------------
+    # A frozenset iterates in hash order, and str/enum hashes are salted per process, so
+    # without this hook Baseline.unsupported (and any other set) would serialise differently
+    # in every process. Sorting the unstructured elements by their JSON text is total.
+    def sorted_set(cls: Any) -> Any:
+        args = getattr(cls, "__args__", None)
+        element = conv.get_unstructure_hook(args[0]) if args else conv.unstructure
+
+        def unstructure(value: Any) -> list[Any]:
+            items = [element(item) for item in value]
+            return sorted(items, key=lambda item: json.dumps(item, sort_keys=True))
+
+        return unstructure
+
+    conv.register_unstructure_hook_factory(is_any_set, sorted_set)
+    # --- end of issue 4 hooks ---------------------------------------------------------------
     return conv
 
 
