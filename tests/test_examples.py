@@ -24,6 +24,15 @@ EXPECTED: dict[str, tuple[list[str], list[str]]] = {
             "15.1.x.23        -> not an Exchange build number: '15.1.x.23'",
         ],
     ),
+    "04_pause_quota.py": (
+        [],
+        [
+            "granted EX02: 60 days from 2024-04-01 to 2024-05-30 (2024: 90 used, 0 remaining)",
+            "refused: pause of 10 days for EX03 needs 10 days in 2024, "
+            "but only 0 of 90 remain (90 used)",
+            "after 31 December the unused days expire: 2025: 0 used, 90 remaining",
+        ],
+    ),
 }
 
 

@@ -8,6 +8,7 @@ from tbes.errors import (
     CatalogError,
     HeaderParseError,
     InvalidBuildError,
+    InvalidPauseError,
     NaiveDatetimeError,
     PauseConflictError,
     PauseInPastError,
@@ -17,29 +18,37 @@ from tbes.errors import (
     StoreError,
     TbesError,
 )
+from tbes.ledger import Pause, PauseLedger
+from tbes.stages import DEFAULT_STAGE_TABLE, Stage, StageTable
 from tbes.version import ExchangeBuild, Product
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "DEFAULT_STAGE_TABLE",
     "Assessment",
     "Baseline",
     "Catalog",
-    "Compliance",
-    "Release",
-    "assess",
     "CatalogError",
+    "Compliance",
     "ExchangeBuild",
     "HeaderParseError",
     "InvalidBuildError",
+    "InvalidPauseError",
     "NaiveDatetimeError",
+    "Pause",
     "PauseConflictError",
     "PauseInPastError",
+    "PauseLedger",
     "Product",
     "QuotaExceededError",
+    "Release",
+    "Stage",
+    "StageTable",
     "StageTableError",
     "StoreConflictError",
     "StoreError",
     "TbesError",
     "__version__",
+    "assess",
 ]

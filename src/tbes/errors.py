@@ -11,6 +11,7 @@ __all__ = [
     "CatalogError",
     "HeaderParseError",
     "InvalidBuildError",
+    "InvalidPauseError",
     "NaiveDatetimeError",
     "PauseConflictError",
     "PauseInPastError",
@@ -32,6 +33,10 @@ class InvalidBuildError(TbesError, ValueError):
 
 class HeaderParseError(TbesError, ValueError):
     """A header could not be parsed where the caller asked for strict parsing."""
+
+
+class InvalidPauseError(TbesError, ValueError):
+    """A pause or pause ledger was given a value it cannot hold (days < 1, an empty id, …)."""
 
 
 class NaiveDatetimeError(TbesError, ValueError):

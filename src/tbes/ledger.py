@@ -1,0 +1,279 @@
+"""Pauses of enforcement and the tenant's yearly pause quota.
+
+A :class:`PauseLedger` is a tenant's account of pause days: a quota per UTC calendar year,
+shared by all the tenant's servers, with every paused day charged to the year it falls in.
+Pauses are whole UTC days, so a ledger is exact with plain date arithmetic and never reads a
+clock: callers pass ``today``. The ledger is immutable and checks its invariants (no two
+pauses of one server overlap, no year above quota) at construction, so a ledger that exists
+is valid and an operation that fails leaves the caller's ledger as it was.
+
+Where a calendar date is expected (``start``, ``today``), a :class:`~datetime.datetime` is
+refused with :exc:`InvalidPauseError`: ``datetime`` is a subclass of ``date``, and
+silently taking its date part would hide which day (in which time zone) the caller meant.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from collections import Counter
+from collections.abc import Iterable
+
+import attrs
+
+from tbes.errors import (
+    InvalidPauseError,
+    NaiveDatetimeError,
+    PauseConflictError,
+    PauseInPastError,
+    QuotaExceededError,
+)
+
+__all__ = ["DEFAULT_QUOTA_DAYS", "Pause", "PauseLedger"]
+
+DEFAULT_QUOTA_DAYS = 90
+"""Pause days a tenant may use per UTC calendar year, as Microsoft grants them."""
+
+
+def _require_date(value: object, name: str) -> dt.date:
+    """Return ``value`` if it is a calendar date; raise InvalidPauseError otherwise."""
+    if isinstance(value, dt.datetime):
+        raise InvalidPauseError(
+            f"{name} must be a date, not a datetime: got {value!r}; pass its UTC .date()"
+        )
+    if not isinstance(value, dt.date):
+        raise InvalidPauseError(f"{name} must be a date, got {value!r}")
+    return value
+
+
+def _require_aware(at: dt.datetime) -> dt.datetime:
+    if at.tzinfo is None or at.utcoffset() is None:
+        raise NaiveDatetimeError(f"an instant needs a time zone, got naive {at!r}")
+    return at
+
+
+def _midnight(day: dt.date) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
+
+
+def _days(count: int) -> str:
+    return f"{count} day" if count == 1 else f"{count} days"
+
+
+def _check_server_id(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if not isinstance(value, str) or not value:
+        raise InvalidPauseError(f"server_id must be a non-empty str, got {value!r}")
+
+
+def _check_start(instance: object, attribute: attrs.Attribute[dt.date], value: dt.date) -> None:
+    _require_date(value, "start")
+
+
+def _check_days(instance: Pause, attribute: attrs.Attribute[int], value: int) -> None:
+    # bool is an int subclass, but True is no number of days.
+    if type(value) is not int or value < 1:
+        raise InvalidPauseError(f"a pause lasts days >= 1, got days={value!r}")
+    try:
+        instance.start + dt.timedelta(days=value)
+    except OverflowError:
+        raise InvalidPauseError(
+            f"a pause of {_days(value)} from {instance.start} ends after {dt.date.max}"
+        ) from None
+
+
+@attrs.frozen
+class Pause:
+    """A pause of enforcement for one server over the UTC days ``[start, start + days)``.
+
+    ``start`` must be a :class:`~datetime.date` (a datetime raises :exc:`InvalidPauseError`),
+    ``server_id`` non-empty and ``days`` >= 1 (else :exc:`InvalidPauseError`).
+    """
+
+    server_id: str = attrs.field(validator=_check_server_id)
+    start: dt.date = attrs.field(validator=_check_start)
+    days: int = attrs.field(validator=_check_days)
+
+    @property
+    def end(self) -> dt.date:
+        """The first day after the pause (exclusive end)."""
+        return self.start + dt.timedelta(days=self.days)
+
+    @property
+    def last_day(self) -> dt.date:
+        """The last paused day (inclusive)."""
+        return self.end - dt.timedelta(days=1)
+
+    @property
+    def start_instant(self) -> dt.datetime:
+        """The instant the pause starts: midnight UTC at the start of ``start``."""
+        return _midnight(self.start)
+
+    @property
+    def end_instant(self) -> dt.datetime:
+        """The instant the pause ends: midnight UTC at the start of :attr:`end`."""
+        return _midnight(self.end)
+
+    def covers(self, at: dt.datetime) -> bool:
+        """Whether the instant ``at`` falls inside the pause (a naive ``at`` raises)."""
+        return self.start_instant <= _require_aware(at) < self.end_instant
+
+    def covers_day(self, day: dt.date) -> bool:
+        """Whether the UTC day ``day`` is one of the paused days."""
+        return self.start <= _require_date(day, "day") < self.end
+
+    def overlap(self, since: dt.datetime, until: dt.datetime) -> dt.timedelta:
+        """How much of the interval ``[since, until)`` the pause covers (zero if none)."""
+        lo = max(self.start_instant, _require_aware(since))
+        hi = min(self.end_instant, _require_aware(until))
+        return max(hi - lo, dt.timedelta(0))
+
+    def days_in_year(self, year: int) -> int:
+        """How many of the paused days fall in the UTC calendar year ``year``."""
+        lo = max(self.start, dt.date(year, 1, 1))
+        hi = min(self.end, dt.date(year, 12, 31) + dt.timedelta(days=1))
+        return max((hi - lo).days, 0)
+
+    def years(self) -> range:
+        """The calendar years the pause charges days to."""
+        return range(self.start.year, self.last_day.year + 1)
+
+
+def _sorted_pauses(pauses: Iterable[Pause]) -> tuple[Pause, ...]:
+    # A canonical order makes equal accounts equal whatever order they were granted in.
+    items = tuple(pauses)
+    for pause in items:
+        if not isinstance(pause, Pause):
+            raise InvalidPauseError(f"a ledger holds Pause values, got {pause!r}")
+    return tuple(sorted(items, key=lambda p: (p.start, p.server_id, p.days)))
+
+
+def _usage(pauses: Iterable[Pause]) -> Counter[int]:
+    """Days charged per calendar year by ``pauses``."""
+    used: Counter[int] = Counter()
+    for pause in pauses:
+        for year in pause.years():
+            used[year] += pause.days_in_year(year)
+    return used
+
+
+def _conflict(pauses: Iterable[Pause], new: Pause) -> Pause | None:
+    """The first pause of ``new``'s server that shares a day with ``new``, if any."""
+    for pause in pauses:
+        if pause.server_id == new.server_id and pause.start < new.end and new.start < pause.end:
+            return pause
+    return None
+
+
+def _check_tenant(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if not isinstance(value, str) or not value:
+        raise InvalidPauseError(f"tenant must be a non-empty str, got {value!r}")
+
+
+def _check_quota(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if type(value) is not int or value < 0:
+        raise InvalidPauseError(f"quota_days must be an int >= 0, got {value!r}")
+
+
+def _check_pauses(instance: PauseLedger, attribute: object, pauses: tuple[Pause, ...]) -> None:
+    # Sorted by server then start, two pauses of one server overlap only if neighbours do.
+    by_server = sorted(pauses, key=lambda p: (p.server_id, p.start))
+    for before, after in itertools.pairwise(by_server):
+        if before.server_id == after.server_id and after.start < before.end:
+            raise PauseConflictError(f"pauses of {after.server_id} overlap: {before} and {after}")
+    for year, used in sorted(_usage(pauses).items()):
+        if used > instance.quota_days:
+            raise QuotaExceededError(
+                f"pauses of tenant {instance.tenant} use {_days(used)} in {year}, "
+                f"above the quota of {instance.quota_days}"
+            )
+
+
+@attrs.frozen
+class PauseLedger:
+    """A tenant's pauses and their yearly quota, shared by all of the tenant's servers.
+
+    Each paused day is charged to the UTC calendar year it falls in; unused days expire at
+    the end of their year. Construction raises :class:`~tbes.errors.PauseConflictError` if
+    two pauses of one server overlap and :class:`~tbes.errors.QuotaExceededError` if any
+    year uses more than ``quota_days``. ``pauses`` is kept sorted by start, server and days.
+    """
+
+    tenant: str = attrs.field(validator=_check_tenant)
+    quota_days: int = attrs.field(default=DEFAULT_QUOTA_DAYS, validator=_check_quota)
+    pauses: tuple[Pause, ...] = attrs.field(
+        default=(), converter=_sorted_pauses, validator=_check_pauses
+    )
+
+    def grant(self, server_id: str, start: dt.date, days: int, *, today: dt.date) -> PauseLedger:
+        """A ledger with a pause of ``days`` days for ``server_id`` from ``start`` added.
+
+        Raises :exc:`InvalidPauseError` for ``days`` < 1 or an empty ``server_id``,
+        :exc:`InvalidPauseError` for a datetime where a date belongs,
+        :class:`~tbes.errors.PauseInPastError` if ``start`` is before ``today``,
+        :class:`~tbes.errors.PauseConflictError` if it shares a day with another pause of the
+        same server, and :class:`~tbes.errors.QuotaExceededError` (naming the year, the days
+        used and the days remaining) if any year would go above the quota.
+        """
+        _require_date(today, "today")
+        pause = Pause(server_id, start, days)
+        if pause.start < today:
+            raise PauseInPastError(
+                f"a pause for {server_id} cannot start on {pause.start}, before today ({today})"
+            )
+        clash = _conflict(self.pauses, pause)
+        if clash is not None:
+            raise PauseConflictError(
+                f"pause of {_days(days)} for {server_id} from {pause.start} overlaps its pause "
+                f"from {clash.start} to {clash.last_day}"
+            )
+        self._check_quota_for(pause)
+        return attrs.evolve(self, pauses=(*self.pauses, pause))
+
+    def _check_quota_for(self, pause: Pause) -> None:
+        for year in pause.years():
+            need = pause.days_in_year(year)
+            used = self.used(year)
+            if used + need > self.quota_days:
+                raise QuotaExceededError(
+                    f"pause of {_days(pause.days)} for {pause.server_id} needs {_days(need)} "
+                    f"in {year}, but only {self.quota_days - used} of {self.quota_days} remain "
+                    f"({used} used)"
+                )
+
+    def end(self, server_id: str, *, today: dt.date) -> PauseLedger:
+        """A ledger with ``server_id``'s current and future pauses ended as of ``today``.
+
+        A pause that has started keeps its days up to and including ``today`` (today is
+        already paused and stays charged; enforcement resumes at the next UTC midnight); a
+        pause that starts after ``today`` is removed. The days given up return to the quota.
+        Past pauses stay on record. With no current or future pause this is a no-op and
+        returns the ledger unchanged.
+        """
+        _require_date(today, "today")
+        kept: list[Pause] = []
+        changed = False
+        for pause in self.pauses:
+            if pause.server_id != server_id or pause.end <= today:
+                kept.append(pause)
+                continue
+            changed = True
+            if pause.start <= today:
+                kept.append(attrs.evolve(pause, days=(today - pause.start).days + 1))
+        return attrs.evolve(self, pauses=tuple(kept)) if changed else self
+
+    def used(self, year: int) -> int:
+        """Pause days charged to the UTC calendar year ``year``, over all servers."""
+        return sum(pause.days_in_year(year) for pause in self.pauses)
+
+    def remaining(self, year: int) -> int:
+        """Pause days still available in the UTC calendar year ``year``."""
+        return self.quota_days - self.used(year)
+
+    def pauses_for(self, server_id: str) -> tuple[Pause, ...]:
+        """The pauses of ``server_id``, past, current and future, in order of start."""
+        return tuple(pause for pause in self.pauses if pause.server_id == server_id)
+
+    def paused_at(self, server_id: str, at: dt.datetime) -> bool:
+        """Whether ``server_id`` is paused at the instant ``at`` (a naive ``at`` raises)."""
+        _require_aware(at)
+        return any(pause.covers(at) for pause in self.pauses_for(server_id))
