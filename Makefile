@@ -25,11 +25,11 @@ demo: $(STAMP)
 test: lint typecheck pytest docs
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests examples tools
-	$(BIN)/ruff format --check src tests examples tools
+	$(BIN)/ruff check src tests examples tools fuzz
+	$(BIN)/ruff format --check src tests examples tools fuzz
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict src tests tools
+	$(BIN)/mypy --strict src tests tools fuzz
 
 pytest: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
@@ -43,3 +43,9 @@ clean:
 # Is the packaged catalog what the importer makes of Microsoft's list?
 catalog-check: $(STAMP)
 	$(BIN)/python tools/build_catalog.py ../shared/reference/ExchangeBuildNumbers.csv --check
+
+# Long fuzzing runs of the Received parser; FUZZ_SECONDS per harness (default 300).
+fuzz: $(STAMP)
+	$(BIN)/python fuzz/hypothesis_received.py --seconds $${FUZZ_SECONDS:-300}
+	if $(BIN)/python -c "import atheris" 2>/dev/null; then \
+		$(BIN)/python fuzz/fuzz_received.py --seconds $${FUZZ_SECONDS:-300}; fi

@@ -24,6 +24,15 @@ EXPECTED: dict[str, tuple[list[str], list[str]]] = {
             "15.1.x.23        -> not an Exchange build number: '15.1.x.23'",
         ],
     ),
+    "02_inspect_message.py": (
+        [str(EXAMPLES / "data" / "ex2016-outdated.eml")],
+        [
+            "ex2016-outdated.eml: 5 Received headers",
+            "sender hop 3: mail.fabrikam.example (203.0.113.16)",
+            "claimed build: 15.1.2507.39 (Exchange 2016)",
+            "matches the hop above or the client: yes",
+        ],
+    ),
     "04_pause_quota.py": (
         [],
         [

@@ -19,6 +19,7 @@ from tbes.errors import (
     TbesError,
 )
 from tbes.ledger import Pause, PauseLedger
+from tbes.received import Hop, SenderEvidence, find_sender, parse_received, received_values
 from tbes.stages import DEFAULT_STAGE_TABLE, Stage, StageTable
 from tbes.version import ExchangeBuild, Product
 
@@ -33,6 +34,7 @@ __all__ = [
     "Compliance",
     "ExchangeBuild",
     "HeaderParseError",
+    "Hop",
     "InvalidBuildError",
     "InvalidPauseError",
     "NaiveDatetimeError",
@@ -43,6 +45,7 @@ __all__ = [
     "Product",
     "QuotaExceededError",
     "Release",
+    "SenderEvidence",
     "Stage",
     "StageTable",
     "StageTableError",
@@ -51,4 +54,7 @@ __all__ = [
     "TbesError",
     "__version__",
     "assess",
+    "find_sender",
+    "parse_received",
+    "received_values",
 ]

@@ -1,0 +1,308 @@
+"""Properties of tbes.received: totality, field invariants, round trips, the sender rule."""
+
+from __future__ import annotations
+
+import datetime as dt
+import email
+import email.policy
+import email.utils
+import ipaddress
+
+from hypothesis import given
+from hypothesis import strategies as st
+from strategies import builds, instants, received_texts
+
+from tbes import serde
+from tbes.received import (
+    Hop,
+    SenderEvidence,
+    _split_comments,
+    find_sender,
+    parse_received,
+    received_values,
+)
+from tbes.version import ExchangeBuild, Product
+
+_ONLINE = ("outlook.com", "office365.com", "outlook.cn", "exchangelabs.com", "microsoft.com")
+_any_text = st.one_of(received_texts, st.text())
+
+# --- parse_received is total and keeps its field promises ------------------------------------
+
+
+@given(_any_text)
+def test_parse_received_never_raises_and_keeps_its_field_promises(value: str) -> None:
+    hop = parse_received(value)
+    assert isinstance(hop, Hop)
+    for host in (hop.from_host, hop.by_host):
+        if host is not None:  # lower case, no trailing dot, never empty
+            assert host == host.lower()
+            assert host
+            assert not host.endswith(".")
+    for ip in (hop.from_ip, hop.by_ip):
+        if ip is not None:  # a valid address, without brackets
+            assert "[" not in ip
+            ipaddress.ip_address(ip)
+    if hop.build is not None:  # only Exchange's own forms carry a build
+        assert hop.protocol is not None
+        assert hop.protocol.lower() in ("microsoft smtp server", "mapi")
+    if hop.date is not None:
+        assert hop.date.utcoffset() == dt.timedelta(0)
+
+
+@given(received_texts)
+def test_folding_at_a_space_does_not_change_the_hop(value: str) -> None:
+    assert parse_received(value.replace(" ", "\r\n ")) == parse_received(value)
+    assert parse_received(value.replace(" ", "\n\t")) == parse_received(value)
+
+
+# --- the comment splitter agrees with a plain character-by-character scanner -------------------
+
+
+def _reference_split(value: str) -> tuple[list[str], list[str]]:
+    """The obvious scanner: depth counter, backslash quotes the next character in comments."""
+    outside: list[str] = []
+    comments: list[str] = []
+    current: list[str] = []
+    depth, i = 0, 0
+    while i < len(value):
+        char = value[i]
+        if depth == 0:
+            if char == "(":
+                outside.append("".join(current))
+                current, depth = [], 1
+            else:
+                current.append(char)
+        elif char == "\\":
+            current.append(value[i : i + 2])
+            i += 1
+        elif char == ")" and depth == 1:
+            comments.append("".join(current))
+            current, depth = [], 0
+        else:
+            depth += {"(": 1, ")": -1}.get(char, 0)
+            current.append(char)
+        i += 1
+    if depth:
+        comments.append("".join(current))
+        outside.append("")
+    else:
+        outside.append("".join(current))
+    return outside, comments
+
+
+@given(st.one_of(received_texts, st.text(alphabet="()\\ a;")))
+def test_comment_splitting_matches_a_plain_scanner(value: str) -> None:
+    assert _split_comments(value) == _reference_split(value)
+
+
+# --- a well-formed Exchange header reads back exactly what was written --------------------------
+
+# Two or more labels, some upper-case, never a keyword or an address.
+_hosts = st.lists(
+    st.sampled_from(
+        ["ex16", "EX19", "Mail", "smtp", "fabrikam", "contoso", "a1", "x-y", "Example"]
+    ),
+    min_size=2,
+    max_size=4,
+).map(".".join)
+_addresses = st.ip_addresses().map(str)
+_tls = st.sampled_from(
+    [None, "TLS", "version=TLS1_2, cipher=TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384"]
+)
+_via = st.sampled_from([None, "Frontend Transport", "Mailbox Transport"])
+_exchange_builds = st.builds(
+    ExchangeBuild,
+    st.sampled_from([8, 14, 15]),
+    st.integers(0, 3),
+    st.integers(0, 9999),
+    st.integers(0, 999),
+)
+_seconds = instants.map(lambda instant: instant.replace(microsecond=0))
+
+
+@st.composite
+def _exchange_headers(draw: st.DrawFn) -> tuple[str, Hop]:
+    """A Received value as Exchange writes it, folded at random spaces, and its Hop."""
+    hop = Hop(
+        from_host=draw(_hosts),
+        from_ip=draw(_addresses),
+        by_host=draw(_hosts),
+        by_ip=draw(_addresses),
+        protocol=draw(st.sampled_from(["Microsoft SMTP Server", "mapi"])),
+        tls=draw(_tls),
+        build=draw(_exchange_builds),
+        via=draw(_via),
+        date=draw(_seconds),
+    )
+    assert hop.build is not None
+    assert hop.date is not None
+    build_text = draw(st.sampled_from([str(hop.build), hop.build.long]))
+    words = [
+        f"from {hop.from_host} ([{hop.from_ip}])",
+        f"by {hop.by_host} ({hop.by_ip})",
+        f"with {hop.protocol}",
+        f"({hop.tls})" if hop.tls else "",
+        f"id {build_text}",
+        f"via {hop.via}" if hop.via else "",
+        f"; {email.utils.format_datetime(hop.date)}",
+    ]
+    text = " ".join(word for word in words if word)
+    folds = draw(st.lists(st.sampled_from([" ", "\r\n ", "\n\t", "\r\n\t "]), min_size=1))
+    pieces = text.split(" ")
+    folded = pieces[0] + "".join(folds[i % len(folds)] + p for i, p in enumerate(pieces[1:]))
+    expected = Hop(
+        from_host=hop.from_host.lower() if hop.from_host else None,
+        from_ip=hop.from_ip,
+        by_host=hop.by_host.lower() if hop.by_host else None,
+        by_ip=hop.by_ip,
+        protocol=hop.protocol,
+        tls=hop.tls,
+        build=hop.build,
+        via=hop.via,
+        date=hop.date,
+    )
+    return folded, expected
+
+
+@given(_exchange_headers())
+def test_exchange_header_reads_back_every_field(header: tuple[str, Hop]) -> None:
+    value, expected = header
+    assert parse_received(value) == expected
+
+
+# --- serialisation round trips -----------------------------------------------------------------
+
+_offsets = st.integers(-14 * 60, 14 * 60).map(lambda m: dt.timezone(dt.timedelta(minutes=m)))
+_aware = st.datetimes(
+    min_value=dt.datetime(1990, 1, 1), max_value=dt.datetime(2100, 1, 1), timezones=_offsets
+)
+_maybe_text = st.none() | st.text(max_size=30)
+hops = st.builds(
+    Hop,
+    from_host=_maybe_text,
+    from_ip=_maybe_text,
+    by_host=_maybe_text,
+    by_ip=_maybe_text,
+    protocol=_maybe_text,
+    tls=_maybe_text,
+    build=st.none() | builds,
+    via=_maybe_text,
+    date=st.none() | _aware,
+)
+evidence = st.builds(
+    SenderEvidence,
+    build=builds,
+    host=_maybe_text,
+    ip=_maybe_text,
+    index=st.integers(0, 50),
+    hop=hops,
+    matched=st.booleans(),
+)
+
+
+@given(hops)
+def test_hop_round_trips_through_serde(hop: Hop) -> None:
+    assert serde.converter.structure(serde.converter.unstructure(hop), Hop) == hop
+    assert serde.loads(serde.dumps(hop), Hop) == hop
+
+
+@given(evidence)
+def test_sender_evidence_round_trips_through_serde(found: SenderEvidence) -> None:
+    data = serde.converter.unstructure(found)
+    assert serde.converter.structure(data, SenderEvidence) == found
+    assert serde.loads(serde.dumps(found), SenderEvidence) == found
+
+
+# --- find_sender -------------------------------------------------------------------------------
+
+_receiver_hops = st.one_of(
+    _hosts.map(lambda h: f"from {h} by mx.{h.split('.')[0]}.receiver.example with ESMTP id 1"),
+    _hosts.map(lambda h: f"from {h} by mx.{h.split('.')[0]}.Receiver.Example. with LMTP"),
+    st.sampled_from(
+        [
+            "(qmail 1 invoked by uid 89); 1 Jan 2024 10:00:00 -0000",
+            "with ECARTIS (v1.0.0; list dev); Tue, 02 Jan 2024 10:00:00 +0000",
+            "by 2002:a05:6a10::1 with SMTP id d1; Mon, 1 Jan 2024 10:00:00 -0800",
+        ]
+    ),
+)
+
+
+@given(
+    header=_exchange_headers(),
+    above=st.lists(_receiver_hops, max_size=5),
+    below=st.lists(received_texts, max_size=3),
+)
+def test_leading_receiver_hops_are_skipped_to_the_sender(
+    header: tuple[str, Hop], above: list[str], below: list[str]
+) -> None:
+    value, hop = header
+    assert hop.build is not None
+    # Keep the generated sender out of the receiver's and Exchange Online's names.
+    if hop.build.product is Product.EXCHANGE_ONLINE or not hop.by_host:
+        return
+    if any(hop.by_host.endswith(suffix) for suffix in (*_ONLINE, "receiver.example")):
+        return
+    # A hop without `by` goes with the hop below: the last receiver hop must have one.
+    if above and parse_received(above[-1]).by_host is None:
+        above = [*above, "from x.example by mx.receiver.example with ESMTP id 2"]
+    found = find_sender([*above, value, *below], own_hosts=["receiver.example"])
+    assert found is not None
+    assert found.index == len(above)
+    assert found.build == hop.build
+    assert (found.host, found.ip) == (hop.by_host, hop.by_ip)
+
+
+@given(
+    values=st.lists(_any_text, max_size=6),
+    own=st.lists(st.sampled_from(["receiver.example", "Example.", "", "outlook.com"]), max_size=2),
+    client=st.none() | st.sampled_from(["192.0.2.1", "mx.receiver.example", "::1"]),
+    skip=st.booleans(),
+)
+def test_sender_evidence_is_the_hop_at_its_index_and_all_above_are_dropped(
+    values: list[str], own: list[str], client: str | None, skip: bool
+) -> None:
+    found = find_sender(values, own_hosts=own, skip_exchange_online=skip, client=client)
+    if found is None:
+        return
+    hops = [parse_received(value) for value in values]
+    assert 0 <= found.index < len(values)
+    assert found.hop == hops[found.index]
+    assert found.build == found.hop.build
+    assert (found.host, found.ip) == (found.hop.by_host, found.hop.by_ip)
+    owners = tuple(name.rstrip(".").lower() for name in own if name.rstrip("."))
+    for hop in hops[: found.index]:
+        if hop.by_host is None:
+            continue  # goes with the hop below it
+        names = owners + (_ONLINE if skip else ())
+        under = any(hop.by_host == n or hop.by_host.endswith("." + n) for n in names)
+        online = skip and hop.build is not None and hop.build.product is Product.EXCHANGE_ONLINE
+        assert under or online, hop
+
+
+# --- received_values ---------------------------------------------------------------------------
+
+_values = (
+    st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=20)
+    .flatmap(
+        lambda first: st.lists(
+            st.text(
+                alphabet=st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=20
+            ),
+            max_size=5,
+        ).map(lambda rest: " ".join([first, *rest]))
+    )
+    .filter(lambda value: not value.startswith("=?"))
+)
+
+
+@given(values=st.lists(_values, max_size=5), fold=st.sampled_from(["\r\n ", "\n ", " "]))
+def test_received_values_gives_back_each_value_in_order(values: list[str], fold: str) -> None:
+    newline = "\r\n" if "\r" in fold else "\n"
+    lines = [f"X-Before: 1{newline}"]
+    lines += [f"Received: {value.replace(' ', fold)}{newline}" for value in values]
+    text = "".join(lines) + f"Subject: s{newline}{newline}Received: body{newline}"
+    assert received_values(text) == values
+    assert received_values(text.encode("ascii")) == values
+    message = email.message_from_string(text, policy=email.policy.compat32)
+    assert received_values(message) == values
