@@ -1,0 +1,204 @@
+"""What tbes knows about one sending server, and how each observation of it changes that.
+
+A :class:`ServerState` holds the server's last real build and status and its enforcement
+**episode**: from ``first_detected`` while it is non-compliant, suspended at
+``compliant_since``. :func:`observe` is the only transition. Two decisions shaped it: an
+observation can never buy enforcement relief cheaply (a ``NOT_APPLICABLE`` build, such as a
+forged ``16.0.0.0``, neither starts nor ends an episode, and a relapse soon after
+remediation resumes the old episode), and time never runs backwards (an observation dated
+before ``last_seen``, from clock skew or reordered delivery, counts as made at
+``last_seen``).
+
+This module imports :mod:`tbes.decide` at run time for :data:`~tbes.decide.DEFAULT_POLICY`;
+:mod:`tbes.decide` needs :class:`ServerState` only for type checking, so the two never form
+an import cycle.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+
+import attrs
+
+from tbes.catalog import Assessment, Compliance
+from tbes.decide import DEFAULT_POLICY, Policy, _as_utc, _as_utc_or_none, _minute_offset
+from tbes.decide import _pause_spans as _spans_of
+from tbes.ledger import Pause
+from tbes.version import ExchangeBuild
+
+__all__ = ["ServerState", "observe"]
+
+_NON_COMPLIANT = frozenset({Compliance.OUTDATED, Compliance.UNSUPPORTED})
+
+
+def _check_id(instance: ServerState, attribute: attrs.Attribute[str], value: str) -> None:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{attribute.name} must be a non-empty str, got {value!r}")
+    try:
+        value.encode()  # the minute offset hashes the UTF-8 bytes; stores need them too
+    except UnicodeEncodeError:
+        raise ValueError(f"{attribute.name} must be valid Unicode text, got {value!r}") from None
+
+
+def _check_build(
+    instance: ServerState, attribute: attrs.Attribute[ExchangeBuild | None], value: object
+) -> None:
+    if value is not None and not isinstance(value, ExchangeBuild):
+        raise TypeError(f"build must be an ExchangeBuild or None, got {value!r}")
+
+
+def _check_status(
+    instance: ServerState, attribute: attrs.Attribute[Compliance], value: object
+) -> None:
+    if not isinstance(value, Compliance):
+        raise TypeError(f"status must be a Compliance, got {value!r}")
+
+
+def _sorted_pauses(pauses: Iterable[Pause]) -> tuple[Pause, ...]:
+    items = tuple(pauses)
+    for pause in items:
+        if not isinstance(pause, Pause):
+            raise TypeError(f"pauses must be Pause values, got {pause!r}")
+    # One canonical order, as in the ledger, so equal states compare equal.
+    return tuple(sorted(items, key=lambda p: (p.start, p.days)))
+
+
+def _check_pauses(
+    instance: ServerState, attribute: attrs.Attribute[tuple[Pause, ...]], value: tuple[Pause, ...]
+) -> None:
+    for pause in value:
+        if pause.server_id != instance.server_id:
+            raise ValueError(
+                f"state of {instance.server_id} cannot hold a pause of {pause.server_id}: {pause}"
+            )
+
+
+def _check_notified(
+    instance: ServerState, attribute: attrs.Attribute[int | None], value: object
+) -> None:
+    if value is not None and (type(value) is not int or value < 1):
+        raise ValueError(f"notified_stage must be a stage number >= 1 or None, got {value!r}")
+
+
+@attrs.frozen
+class ServerState:
+    """What tbes knows about one sending server: its build, status and enforcement episode.
+
+    ``build`` and ``status`` come from the last *applicable* observation (a
+    ``NOT_APPLICABLE`` one leaves them alone; a state first made from one has ``build=None``
+    and status ``NOT_APPLICABLE``). An episode runs from ``first_detected`` while
+    ``compliant_since`` is ``None``. ``pauses`` are the server's pauses from the tenant's
+    ledger (the enforcer copies them; :func:`observe` never changes them).
+    ``notified_stage`` is the stage last announced to people for the current episode, kept
+    by the enforcer's notifier and reset to ``None`` when a new episode starts.
+
+    Instants must be timezone-aware (else :class:`~tbes.errors.NaiveDatetimeError`) and are
+    stored in UTC; ids must be non-empty and every pause must be this server's
+    (else :class:`ValueError`).
+    """
+
+    server_id: str = attrs.field(validator=_check_id)
+    tenant: str = attrs.field(validator=_check_id)
+    build: ExchangeBuild | None = attrs.field(validator=_check_build)
+    status: Compliance = attrs.field(validator=_check_status)
+    first_detected: dt.datetime | None = attrs.field(converter=_as_utc_or_none)
+    last_seen: dt.datetime | None = attrs.field(converter=_as_utc_or_none)
+    compliant_since: dt.datetime | None = attrs.field(converter=_as_utc_or_none)
+    pauses: tuple[Pause, ...] = attrs.field(
+        default=(), converter=_sorted_pauses, validator=_check_pauses
+    )
+    notified_stage: int | None = attrs.field(default=None, validator=_check_notified)
+    # Derived for decide's hot path, so a decision hashes nothing and merges no pauses;
+    # outside eq, repr and the serialised form (cattrs skips init=False fields).
+    _window_offset: int = attrs.field(init=False, eq=False, repr=False, default=0)
+    _pause_spans: tuple[tuple[dt.datetime, dt.datetime], ...] = attrs.field(
+        init=False, eq=False, repr=False, default=()
+    )
+
+    def __attrs_post_init__(self) -> None:
+        # The class is frozen; these are the only writes, made while constructing.
+        object.__setattr__(self, "_window_offset", _minute_offset(self.server_id))
+        object.__setattr__(self, "_pause_spans", _spans_of(self.pauses))
+
+    @property
+    def in_episode(self) -> bool:
+        """Whether enforcement is running: detected non-compliant and not remediated since."""
+        return self.first_detected is not None and self.compliant_since is None
+
+
+def _fresh(
+    server_id: str, tenant: str, status: Compliance, build: ExchangeBuild | None, at: dt.datetime
+) -> ServerState:
+    if status is Compliance.NOT_APPLICABLE:
+        return ServerState(server_id, tenant, None, status, None, at, None)
+    first = at if status in _NON_COMPLIANT else None
+    return ServerState(server_id, tenant, build, status, first, at, None)
+
+
+def _non_compliant(
+    state: ServerState,
+    status: Compliance,
+    build: ExchangeBuild | None,
+    when: dt.datetime,
+    relapse_window: dt.timedelta,
+) -> ServerState:
+    first, since, notified = state.first_detected, state.compliant_since, state.notified_stage
+    if first is None or (since is not None and when - since > relapse_window):
+        first, notified = when, None  # a new episode
+    since = None  # running, or resumed within the relapse window
+    return attrs.evolve(
+        state,
+        build=build,
+        status=status,
+        first_detected=first,
+        last_seen=when,
+        compliant_since=since,
+        notified_stage=notified,
+    )
+
+
+def _compliant(state: ServerState, build: ExchangeBuild | None, when: dt.datetime) -> ServerState:
+    since = state.compliant_since
+    if state.first_detected is not None and since is None:
+        since = when  # the episode ends now; a later compliance keeps the first one
+    return attrs.evolve(
+        state, build=build, status=Compliance.COMPLIANT, last_seen=when, compliant_since=since
+    )
+
+
+def observe(
+    state: ServerState | None,
+    *,
+    server_id: str,
+    tenant: str,
+    assessment: Assessment,
+    build: ExchangeBuild | None,
+    at: dt.datetime,
+    policy: Policy = DEFAULT_POLICY,
+) -> ServerState:
+    """The state after seeing ``server_id`` send ``build``, judged ``assessment``, at ``at``.
+
+    Pure (SPEC section 6). Non-compliant with no episode starts one (``first_detected``);
+    compliant during an episode ends it (``compliant_since``); non-compliant again within
+    ``policy.relapse_window`` of ``compliant_since`` resumes the old episode, later starts
+    a new one. ``NOT_APPLICABLE`` only moves ``last_seen`` and keeps the last real build and
+    status. An ``at`` before ``last_seen`` counts as ``last_seen``, so no time moves back.
+    ``pauses`` are never changed. Raises :class:`ValueError` when ``state`` belongs to
+    another server or tenant and :class:`~tbes.errors.NaiveDatetimeError` for a naive ``at``.
+    """
+    at = _as_utc(at, "at")
+    status = assessment.status
+    if state is None:
+        return _fresh(server_id, tenant, status, build, at)
+    if (state.server_id, state.tenant) != (server_id, tenant):
+        raise ValueError(
+            f"cannot observe {server_id} of tenant {tenant} with the state of "
+            f"{state.server_id} of tenant {state.tenant}"
+        )
+    when = at if state.last_seen is None or at > state.last_seen else state.last_seen
+    if status in _NON_COMPLIANT:
+        return _non_compliant(state, status, build, when, policy.relapse_window)
+    if status is Compliance.COMPLIANT:
+        return _compliant(state, build, when)
+    return attrs.evolve(state, last_seen=when)
