@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 
@@ -23,7 +24,8 @@ _SERVICE_BINARIES: dict[str, tuple[str, ...]] = {
     "postfix": ("postfix", "sendmail"),
     "chromium": ("chromium",),
 }
-_EXTRA_PATHS = ("/usr/sbin", "/usr/lib/postgresql/15/bin")
+# Debian keeps server binaries off PATH: /usr/sbin for Postfix, a versioned dir for PostgreSQL.
+_EXTRA_PATHS = ("/usr/sbin", *sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True))
 
 
 def require_integration() -> bool:

@@ -1,0 +1,87 @@
+"""A store in this process's memory: for tests, examples and single-process tools.
+
+It keeps the same rows as the database stores (row-schema version plus JSON text made by
+:mod:`tbes.serde`) rather than the objects themselves, so it behaves exactly like them:
+every read decodes afresh, nothing a caller holds aliases the store, and an unreadable row
+is refused the same way. One lock makes it safe across threads; it is not shared between
+processes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+
+from tbes.ledger import PauseLedger
+from tbes.state import ServerState
+from tbes.store.protocol import (
+    ROW_SCHEMA,
+    LedgerWrite,
+    RawRow,
+    StateWrite,
+    Versioned,
+    Write,
+    load_ledger,
+    load_state,
+    plan_writes,
+)
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore:
+    """A :class:`~tbes.store.StateStore` held in a dict; lost when the process ends."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # table -> key -> (version, schema, data); servers also remember their tenant.
+        self._rows: dict[str, dict[str, RawRow]] = {"server": {}, "ledger": {}}
+        self._tenants: dict[str, str] = {}
+
+    def get(self, server_id: str) -> Versioned[ServerState] | None:
+        """The stored state of ``server_id`` and its version, or ``None``."""
+        with self._lock:
+            row = self._rows["server"].get(server_id)
+        if row is None:
+            return None
+        return Versioned(load_state(server_id, row[1], row[2]), row[0])
+
+    def put(self, state: ServerState, *, expected_version: int | None) -> int:
+        """Store ``state`` by compare-and-swap; return its new version."""
+        return self.put_many([StateWrite(state, expected_version)])[0]
+
+    def get_ledger(self, tenant: str) -> Versioned[PauseLedger] | None:
+        """The stored pause ledger of ``tenant`` and its version, or ``None``."""
+        with self._lock:
+            row = self._rows["ledger"].get(tenant)
+        if row is None:
+            return None
+        return Versioned(load_ledger(tenant, row[1], row[2]), row[0])
+
+    def put_ledger(self, ledger: PauseLedger, *, expected_version: int | None) -> int:
+        """Store ``ledger`` by compare-and-swap; return its new version."""
+        return self.put_many([LedgerWrite(ledger, expected_version)])[0]
+
+    def put_many(self, writes: Sequence[Write]) -> tuple[int, ...]:
+        """Apply compare-and-swap writes all-or-nothing; return their new versions."""
+        with self._lock:
+            planned = plan_writes(writes, lambda table, key: self._rows[table].get(key))
+            for row in planned:  # under the lock: no order to keep
+                self._rows[row.table][row.key] = (row.version, ROW_SCHEMA, row.data)
+                if row.table == "server":
+                    self._tenants[row.key] = row.tenant
+        return tuple(row.version for row in planned)
+
+    def states(self, tenant: str | None = None) -> Iterator[ServerState]:
+        """Every stored state, or those of ``tenant``, in order of server id."""
+        with self._lock:
+            rows = sorted(
+                (key, row)
+                for key, row in self._rows["server"].items()
+                if tenant is None or self._tenants.get(key) == tenant
+            )
+        for key, (_, schema, data) in rows:
+            yield load_state(key, schema, data)
+
+    def close(self) -> None:
+        """Nothing to release; present for the protocol."""
