@@ -1,0 +1,80 @@
+"""The report as CSV (RFC 4180, via the standard library), for spreadsheets and scripts.
+
+Machine-friendly values rather than the labels of the text table: builds in their short
+form, instants in ISO 8601 with offset, the stage as its number with its minutes in their
+own columns, recommended builds separated by spaces. Empty cells mean "none".
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+from collections.abc import Sequence
+
+from tbes.report import ReportRow
+
+__all__ = ["COLUMNS", "render_csv"]
+
+COLUMNS: tuple[str, ...] = (
+    "server",
+    "tenant",
+    "build",
+    "product",
+    "status",
+    "first_detected",
+    "last_seen",
+    "recommended",
+    "throttle_enabled",
+    "blocking_enabled",
+    "full_block",
+    "stage",
+    "stage_throttle_minutes",
+    "stage_block_minutes",
+    "next_stage_throttle",
+    "next_stage_block",
+    "next_stage_start",
+    "paused_until",
+)
+"""The CSV header, in column order."""
+
+
+def render_csv(rows: Sequence[ReportRow]) -> str:
+    """The rows as CSV text with a header line (CRLF line ends, as RFC 4180 has them)."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(COLUMNS)
+    writer.writerows(_values(row) for row in rows)
+    return out.getvalue()
+
+
+def _values(row: ReportRow) -> tuple[str, ...]:
+    stage = row.stage
+    return (
+        row.server,
+        row.tenant,
+        _text(row.build),
+        "" if row.product is None else row.product.value,
+        row.status.value,
+        _instant(row.first_detected),
+        _instant(row.last_seen),
+        " ".join(str(build) for build in row.recommended),
+        _instant(row.throttle_enabled),
+        _instant(row.blocking_enabled),
+        _instant(row.full_block),
+        _text(None if stage is None else stage.number),
+        _text(None if stage is None else stage.throttle_minutes),
+        _text(None if stage is None else stage.block_minutes),
+        _text(row.next_stage_throttle),
+        _text(row.next_stage_block),
+        _instant(row.next_stage_start),
+        _instant(row.paused_until),
+    )
+
+
+def _text(value: object) -> str:
+    return "" if value is None else str(value)
+
+
+def _instant(value: dt.datetime | None) -> str:
+    return "" if value is None else value.isoformat()

@@ -1,0 +1,273 @@
+"""Reports and forecasts: what enforcement does to a server, now and on every future day.
+
+:func:`forecast` turns a server's state into its timeline, a run of :class:`Segment` values
+(stage and paused flag over a span of time); :func:`report_row` condenses state, timeline
+and assessment into the row an administrator knows from Microsoft's report. Neither works
+out a stage by itself: :func:`~tbes.decide.decide` is the source of truth, so the timeline
+asks it for the stage, the paused flag and the (frozen) elapsed time at each point where
+something can change, and only uses the stage table to know where the next stage starts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from collections.abc import Callable, Iterable
+
+import attrs
+
+from tbes.catalog import Catalog, Compliance, assess
+from tbes.decide import Policy, decide
+from tbes.errors import NaiveDatetimeError
+from tbes.stages import Stage
+from tbes.state import ServerState
+from tbes.version import ExchangeBuild, Product
+
+__all__ = ["ReportRow", "Segment", "forecast", "horizon", "report_row"]
+
+_DAY = dt.timedelta(days=1)
+
+
+def _aware(instance: object, attribute: attrs.Attribute[dt.datetime], value: dt.datetime) -> None:
+    _require_aware(value, attribute.name)
+
+
+def _aware_or_none(
+    instance: object, attribute: attrs.Attribute[dt.datetime | None], value: dt.datetime | None
+) -> None:
+    if value is not None:
+        _require_aware(value, attribute.name)
+
+
+def _require_aware(value: dt.datetime, name: str) -> dt.datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise NaiveDatetimeError(f"{name} must be an aware datetime, got naive {value!r}")
+    return value
+
+
+def _after_start(
+    instance: Segment, attribute: attrs.Attribute[dt.datetime], end: dt.datetime
+) -> None:
+    _require_aware(end, "end")
+    if end <= instance.start:
+        raise ValueError(f"a segment must end after it starts: {instance.start} .. {end}")
+
+
+@attrs.frozen
+class Segment:
+    """A span ``[start, end)`` of a server's timeline with one stage and one paused flag.
+
+    ``stage`` is ``None`` where nothing is enforced (the server is compliant again);
+    ``paused`` is true while a pause holds enforcement off.
+    """
+
+    start: dt.datetime = attrs.field(validator=_aware)
+    end: dt.datetime = attrs.field(validator=_after_start)
+    stage: Stage | None = attrs.field(
+        validator=attrs.validators.optional(attrs.validators.instance_of(Stage))
+    )
+    paused: bool = attrs.field(validator=attrs.validators.instance_of(bool))
+
+    @property
+    def duration(self) -> dt.timedelta:
+        """How long the segment lasts."""
+        return self.end - self.start
+
+
+def _builds(value: Iterable[ExchangeBuild]) -> tuple[ExchangeBuild, ...]:
+    return tuple(value)
+
+
+@attrs.frozen
+class ReportRow:
+    """One server's line in the enforcement report, in the terms of Microsoft's report.
+
+    ``throttle_enabled``, ``blocking_enabled`` and ``full_block`` are the first instants at
+    which the server is throttled, blocked at all, and blocked for the whole hour, with
+    pauses taken into account; they are ``None`` when nothing is enforced (no episode, or
+    compliant again). ``stage`` is the stage in force at the report's instant;
+    ``next_stage_throttle`` and ``next_stage_block`` are the next stage's minutes per hour
+    and ``next_stage_start`` when it begins. ``paused_until`` is when the pause in force at
+    the report's instant ends.
+    """
+
+    server: str = attrs.field(validator=attrs.validators.instance_of(str))
+    tenant: str = attrs.field(validator=attrs.validators.instance_of(str))
+    build: ExchangeBuild | None = attrs.field(
+        validator=attrs.validators.optional(attrs.validators.instance_of(ExchangeBuild))
+    )
+    product: Product | None = attrs.field(
+        validator=attrs.validators.optional(attrs.validators.instance_of(Product))
+    )
+    status: Compliance = attrs.field(validator=attrs.validators.instance_of(Compliance))
+    first_detected: dt.datetime | None = attrs.field(validator=_aware_or_none)
+    last_seen: dt.datetime | None = attrs.field(validator=_aware_or_none)
+    recommended: tuple[ExchangeBuild, ...] = attrs.field(converter=_builds)
+    throttle_enabled: dt.datetime | None = attrs.field(validator=_aware_or_none)
+    blocking_enabled: dt.datetime | None = attrs.field(validator=_aware_or_none)
+    full_block: dt.datetime | None = attrs.field(validator=_aware_or_none)
+    stage: Stage | None = attrs.field(
+        validator=attrs.validators.optional(attrs.validators.instance_of(Stage))
+    )
+    next_stage_throttle: int | None
+    next_stage_block: int | None
+    next_stage_start: dt.datetime | None = attrs.field(validator=_aware_or_none)
+    paused_until: dt.datetime | None = attrs.field(validator=_aware_or_none)
+
+
+def forecast(state: ServerState, policy: Policy, *, until: dt.datetime) -> tuple[Segment, ...]:
+    """The server's timeline from its first detection to ``until``, as contiguous segments.
+
+    Each segment carries what :func:`~tbes.decide.decide` answers anywhere inside it (the
+    stage and the paused flag); neighbours always differ in one of them. No episode, or
+    ``until`` not after the first detection, gives an empty timeline. For a server that is
+    compliant again, the segments before ``compliant_since`` are what ``decide`` answered
+    while the episode ran (the same state without ``compliant_since``) and one unenforced
+    segment (stage ``None``) follows, as ``decide`` answers for the state itself.
+    """
+    _require_aware(until, "until")
+    start = state.first_detected
+    if start is None or until <= start:
+        return ()
+    healed = state.compliant_since
+    running = state if healed is None else attrs.evolve(state, compliant_since=None)
+    cut = until if healed is None else min(until, max(healed, start))
+    edges = _edges(state, start, cut)
+    pieces: list[Segment] = []
+    for lo, hi in itertools.pairwise(edges):
+        pieces.extend(_pieces(running, policy, lo, hi))
+    if cut < until:
+        pieces.extend(_pieces(state, policy, cut, until))
+    return _merged(pieces)
+
+
+def _edges(state: ServerState, start: dt.datetime, until: dt.datetime) -> list[dt.datetime]:
+    """``start``, ``until`` and every pause edge between them, in order."""
+    inner = {
+        edge
+        for pause in state.pauses
+        for edge in (pause.start_instant, pause.end_instant)
+        if start < edge < until
+    }
+    return [start, *sorted(inner), until]
+
+
+def _pieces(
+    state: ServerState, policy: Policy, lo: dt.datetime, hi: dt.datetime
+) -> Iterable[Segment]:
+    """Segments of ``[lo, hi)``, a span in which the paused flag cannot change."""
+    at = lo
+    while at < hi:
+        decision = decide(state, at, policy)
+        end = hi
+        clock_runs = not (decision.paused and policy.pause_freezes_clock)
+        if decision.stage is not None and clock_runs:
+            # Elapsed time grows one-for-one here, so the next stage starts exactly when
+            # elapsed reaches the stage table's next start.
+            following = policy.stage_table.next_start(decision.elapsed)
+            if following is not None:
+                end = min(hi, at + (following - decision.elapsed))
+        yield Segment(at, end, decision.stage, decision.paused)
+        at = end
+
+
+def _merged(pieces: list[Segment]) -> tuple[Segment, ...]:
+    """Join neighbours with the same stage and paused flag."""
+    merged: list[Segment] = []
+    for piece in pieces:
+        last = merged[-1] if merged else None
+        if last is not None and (last.stage, last.paused) == (piece.stage, piece.paused):
+            merged[-1] = attrs.evolve(last, end=piece.end)
+        else:
+            merged.append(piece)
+    return tuple(merged)
+
+
+def report_row(state: ServerState, now: dt.datetime, policy: Policy, catalog: Catalog) -> ReportRow:
+    """The report line for ``state`` as of ``now``: status, timeline instants, next stage."""
+    _require_aware(now, "now")
+    decision = decide(state, now, policy)
+    # Once compliant, nothing lies ahead: the history a forecast keeps is not the schedule.
+    ahead = state.compliant_since is None
+    timeline = forecast(state, policy, until=horizon(state, policy, now)) if ahead else ()
+    recommended = (
+        ()
+        if state.build is None
+        else assess(state.build, baseline=policy.baseline, catalog=catalog).recommended
+    )
+    following = _next_stage(decision.stage, policy)
+    table = policy.stage_table
+    return ReportRow(
+        server=state.server_id,
+        tenant=state.tenant,
+        build=state.build,
+        product=None if state.build is None else state.build.product,
+        status=state.status,
+        first_detected=state.first_detected,
+        last_seen=state.last_seen,
+        recommended=recommended,
+        throttle_enabled=_enforced_from(timeline, table.first_throttle, policy),
+        blocking_enabled=_enforced_from(timeline, table.first_block, policy),
+        full_block=_enforced_from(timeline, table.full_block, policy),
+        stage=decision.stage,
+        next_stage_throttle=None if following is None else following.throttle_minutes,
+        next_stage_block=None if following is None else following.block_minutes,
+        next_stage_start=_start_of(timeline, following),
+        paused_until=_paused_until(timeline, now) if decision.paused else None,
+    )
+
+
+def horizon(state: ServerState, policy: Policy, now: dt.datetime) -> dt.datetime:
+    """An instant after ``now`` and the state's last pause by which nothing is left to change.
+
+    During an episode that is also after the terminal stage starts: paused time delays a
+    stage by at most its own length, so the terminal stage starts no later than the first
+    detection plus the stage's offset plus the length of every pause. A forecast up to the
+    horizon shows everything that will ever change for the state.
+    """
+    _require_aware(now, "now")
+    last_pause = max((pause.end_instant for pause in state.pauses), default=now)
+    latest = max(now, last_pause)
+    first = state.first_detected
+    if first is not None and state.compliant_since is None:
+        terminal = policy.stage_table.start_of(len(policy.stage_table))
+        paused = sum((p.end_instant - p.start_instant for p in state.pauses), dt.timedelta())
+        latest = max(latest, first + terminal + paused)
+    return latest + _DAY
+
+
+def _enforced_from(
+    timeline: tuple[Segment, ...], offset: dt.timedelta | None, policy: Policy
+) -> dt.datetime | None:
+    """First unpaused instant in a stage at or past the one starting at ``offset``."""
+    if offset is None:
+        return None
+    number = policy.stage_table.stage_at(offset).number
+    return _first(timeline, lambda s: not s.paused and _number(s) >= number)
+
+
+def _first(timeline: tuple[Segment, ...], wanted: Callable[[Segment], bool]) -> dt.datetime | None:
+    return next((segment.start for segment in timeline if wanted(segment)), None)
+
+
+def _number(segment: Segment) -> int:
+    # An unenforced segment ranks below every stage.
+    return 0 if segment.stage is None else segment.stage.number
+
+
+def _start_of(timeline: tuple[Segment, ...], stage: Stage | None) -> dt.datetime | None:
+    """When the timeline reaches ``stage`` (or a later one); None for no stage."""
+    if stage is None:
+        return None
+    number = stage.number
+    return _first(timeline, lambda s: _number(s) >= number)
+
+
+def _next_stage(stage: Stage | None, policy: Policy) -> Stage | None:
+    stages = policy.stage_table.stages
+    return None if stage is None or stage.number >= len(stages) else stages[stage.number]
+
+
+def _paused_until(timeline: tuple[Segment, ...], now: dt.datetime) -> dt.datetime | None:
+    """Start of the first unpaused segment after ``now``."""
+    return _first(timeline, lambda s: s.start > now and not s.paused)

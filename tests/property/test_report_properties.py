@@ -1,0 +1,206 @@
+"""Properties of forecasts and report rows: contiguous timelines that agree with decide()."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+
+from hypothesis import given
+from hypothesis import strategies as st
+from strategies import stage_tables
+
+from tbes.catalog import Catalog, Compliance
+from tbes.decide import Policy, decide
+from tbes.ledger import Pause
+from tbes.report import ReportRow, Segment, forecast, horizon, report_row
+from tbes.serde import converter
+from tbes.stages import DEFAULT_STAGE_TABLE
+from tbes.state import ServerState
+from tbes.version import ExchangeBuild
+
+US = dt.timedelta(microseconds=1)
+SERVER = "ex16.contoso.example"
+CATALOG = Catalog.default()
+
+policies = st.builds(
+    Policy,
+    stage_table=st.one_of(st.just(DEFAULT_STAGE_TABLE), stage_tables(max_stages=6)),
+    pause_freezes_clock=st.booleans(),
+)
+
+
+@st.composite
+def server_states(draw: st.DrawFn) -> ServerState:
+    """A server in an episode (or healed from one), with a few pauses around its detection."""
+    first = draw(
+        st.datetimes(
+            min_value=dt.datetime(2025, 1, 1),
+            max_value=dt.datetime(2028, 12, 31),
+            timezones=st.just(dt.UTC),
+        )
+    )
+    pauses: list[Pause] = []
+    cursor = first.date() - dt.timedelta(days=draw(st.integers(0, 40)))
+    for _ in range(draw(st.integers(0, 3))):
+        start = cursor + dt.timedelta(days=draw(st.integers(0, 60)))
+        days = draw(st.integers(1, 45))
+        pauses.append(Pause(SERVER, start, days))
+        cursor = start + dt.timedelta(days=days)  # touching is allowed, overlapping is not
+    healed = draw(st.none() | st.timedeltas(dt.timedelta(0), dt.timedelta(days=200)))
+    return ServerState(
+        server_id=SERVER,
+        tenant="contoso",
+        build=ExchangeBuild(15, 1, 2507, 39),
+        status=Compliance.COMPLIANT if healed is not None else Compliance.OUTDATED,
+        first_detected=first,
+        last_seen=first,
+        compliant_since=None if healed is None else first + healed,
+        pauses=tuple(pauses),
+    )
+
+
+spans = st.timedeltas(dt.timedelta(minutes=1), dt.timedelta(days=700))
+
+
+def _episode_state(state: ServerState, at: dt.datetime) -> ServerState:
+    """The state decide() judged ``at`` with: before remediation, the running episode."""
+    healed = state.compliant_since
+    if healed is not None and at < healed:
+        return ServerState(
+            state.server_id,
+            state.tenant,
+            state.build,
+            Compliance.OUTDATED,
+            state.first_detected,
+            state.last_seen,
+            None,
+            state.pauses,
+        )
+    return state
+
+
+@given(server_states(), policies, spans)
+def test_forecast_is_contiguous_ordered_and_agrees_with_decide_at_every_change(
+    state: ServerState, policy: Policy, span: dt.timedelta
+) -> None:
+    assert state.first_detected is not None
+    until = state.first_detected + span
+    segments = forecast(state, policy, until=until)
+    # Contiguous, ordered, covering [first_detected, until); neighbours differ.
+    assert segments[0].start == state.first_detected
+    assert segments[-1].end == until
+    for left, right in itertools.pairwise(segments):
+        assert left.end == right.start
+        assert (left.stage, left.paused) != (right.stage, right.paused)
+    # Stage numbers never decrease; unenforced time only follows remediation.
+    numbers = [segment.stage.number for segment in segments if segment.stage is not None]
+    assert numbers == sorted(numbers)
+    for segment in segments:
+        if segment.stage is None:
+            assert state.compliant_since is not None
+            assert segment.start >= state.compliant_since
+        for at in (segment.start, segment.end - US):
+            # Paused exactly where one of the state's pauses covers the episode ...
+            enforced = state.compliant_since is None or at < state.compliant_since
+            covered = enforced and any(pause.covers(at) for pause in state.pauses)
+            assert segment.paused == covered
+            # ... and decide() says the same at both ends of every segment.
+            decision = decide(_episode_state(state, at), at, policy)
+            assert (segment.stage, segment.paused) == (decision.stage, decision.paused)
+
+
+@given(server_states(), policies, spans, st.floats(0, 1, exclude_max=True))
+def test_forecast_agrees_with_decide_at_any_instant_however_far_it_looks(
+    state: ServerState, policy: Policy, span: dt.timedelta, share: float
+) -> None:
+    assert state.first_detected is not None
+    until = state.first_detected + span
+    at = state.first_detected + min(span * share, span - US)  # timedelta * float rounds
+    segments = forecast(state, policy, until=until)
+    (segment,) = [s for s in segments if s.start <= at < s.end]
+    decision = decide(_episode_state(state, at), at, policy)
+    assert segment.stage == decision.stage
+    assert segment.paused == decision.paused
+    longer = forecast(state, policy, until=until + dt.timedelta(days=100))
+    head = [(s.start, s.stage, s.paused) for s in longer if s.start < until]
+    assert head == [(s.start, s.stage, s.paused) for s in segments]
+
+
+@given(server_states(), policies, st.timedeltas(dt.timedelta(0), dt.timedelta(days=300)))
+def test_report_row_takes_stage_pause_and_milestones_from_decide(
+    state: ServerState, policy: Policy, after: dt.timedelta
+) -> None:
+    assert state.first_detected is not None
+    now = state.first_detected + after
+    row = report_row(state, now, policy, CATALOG)
+    decision = decide(state, now, policy)
+    assert row.stage == decision.stage
+    _check_milestones(state, policy, row)
+    _check_pause_and_next_stage(state, policy, row, now, decision.paused)
+    assert converter.structure(converter.unstructure(row), ReportRow) == row
+    segments = forecast(state, policy, until=horizon(state, policy, now))
+    data = converter.unstructure(segments, tuple[Segment, ...])
+    assert converter.structure(data, tuple[Segment, ...]) == segments
+
+
+def _check_milestones(state: ServerState, policy: Policy, row: ReportRow) -> None:
+    """Each milestone is the first unpaused instant in (or past) its stage."""
+    assert state.first_detected is not None
+    table = policy.stage_table
+    milestones = (
+        (row.throttle_enabled, table.first_throttle),
+        (row.blocking_enabled, table.first_block),
+        (row.full_block, table.full_block),
+    )
+    for instant, offset in milestones:
+        if state.compliant_since is not None or offset is None:
+            assert instant is None
+            continue
+        assert instant is not None
+        wanted = table.stage_at(offset).number
+        decision = decide(state, instant, policy)
+        assert decision.stage is not None
+        assert decision.stage.number >= wanted
+        assert not decision.paused
+        if instant > state.first_detected:
+            before = decide(state, instant - US, policy)
+            assert before.paused or before.stage is None or before.stage.number < wanted
+        assert instant >= state.first_detected + offset  # pauses only ever delay
+
+
+def _check_pause_and_next_stage(
+    state: ServerState, policy: Policy, row: ReportRow, now: dt.datetime, paused: bool
+) -> None:
+    assert (row.paused_until is not None) == paused
+    if row.paused_until is not None:
+        assert row.paused_until > now
+        assert not decide(state, row.paused_until, policy).paused
+        assert decide(state, row.paused_until - US, policy).paused
+    if row.next_stage_start is not None:
+        assert row.stage is not None
+        following = decide(state, row.next_stage_start, policy).stage
+        assert following is not None
+        assert following.number == row.stage.number + 1
+        assert row.next_stage_throttle == following.throttle_minutes
+        assert row.next_stage_block == following.block_minutes
+
+
+@given(server_states(), st.timedeltas(dt.timedelta(0), dt.timedelta(days=300)))
+def test_a_frozen_clock_delays_each_milestone_by_the_paused_time_before_it(
+    state: ServerState, after: dt.timedelta
+) -> None:
+    assert state.first_detected is not None
+    policy = Policy()  # the default table; pauses freeze the clock
+    row = report_row(state, state.first_detected + after, policy, CATALOG)
+    if state.compliant_since is not None:
+        return
+    for instant, offset in (
+        (row.throttle_enabled, dt.timedelta(days=30)),
+        (row.blocking_enabled, dt.timedelta(days=60)),
+        (row.full_block, dt.timedelta(days=90)),
+    ):
+        assert instant is not None
+        paused = sum(
+            (p.overlap(state.first_detected, instant) for p in state.pauses), dt.timedelta()
+        )
+        assert instant == state.first_detected + offset + paused

@@ -1,0 +1,278 @@
+"""The renderers: text table, JSON, CSV and the self-contained HTML page."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import re
+from html.parser import HTMLParser
+
+import pytest
+
+from tbes.catalog import Catalog, Compliance
+from tbes.decide import Policy
+from tbes.ledger import Pause
+from tbes.render import (
+    FORMATS,
+    render_csv,
+    render_html,
+    render_json,
+    render_report,
+    render_text,
+)
+from tbes.report import ReportRow, forecast, report_row
+from tbes.serde import loads
+from tbes.state import ServerState
+from tbes.version import ExchangeBuild
+
+UTC = dt.UTC
+POLICY = Policy()
+CATALOG = Catalog.default()
+NOW = dt.datetime(2026, 1, 15, tzinfo=UTC)
+HOSTILE = '<script>alert("x")</script>&"'
+
+
+def server(
+    server_id: str,
+    build: str,
+    first: dt.datetime | None,
+    *pauses: tuple[dt.date, int],
+    status: Compliance = Compliance.OUTDATED,
+) -> ServerState:
+    return ServerState(
+        server_id=server_id,
+        tenant="fabrikam",
+        build=ExchangeBuild.parse(build),
+        status=status,
+        first_detected=first,
+        last_seen=NOW,
+        compliant_since=None,
+        pauses=tuple(Pause(server_id, start, days) for start, days in pauses),
+    )
+
+
+EX16 = server(
+    "ex16.fabrikam.example",
+    "15.1.2507.39",
+    dt.datetime(2026, 1, 1, tzinfo=UTC),
+    (dt.date(2026, 1, 10), 10),
+)
+EX19 = server("ex19.fabrikam.example", "15.2.1748.39", None, status=Compliance.COMPLIANT)
+STATES = [EX16, EX19]
+
+
+def rows() -> list[ReportRow]:
+    return [report_row(state, NOW, POLICY, CATALOG) for state in STATES]
+
+
+# ---- text -----------------------------------------------------------------------------------
+
+
+def test_text_table_has_a_heading_a_rule_and_one_line_per_server() -> None:
+    lines = render_text(rows()).splitlines()
+    assert lines[0].startswith("Server")
+    assert set(lines[1].replace(" ", "")) == {"-"}
+    assert len(lines) == 4
+    assert lines[2].startswith("ex16.fabrikam.example")
+    assert lines[3].startswith("ex19.fabrikam.example")
+
+
+def test_text_table_aligns_columns_under_their_headings() -> None:
+    lines = render_text(rows()).splitlines()
+    column = lines[0].index("Throttling from")
+    # Paused 10 days from 10 Jan, so throttling starts on 10 Feb instead of 31 Jan.
+    assert lines[2][column:].startswith("2026-02-10 00:00")
+    assert lines[3][column:].startswith("-")
+
+
+def test_text_table_shows_stage_status_and_pause() -> None:
+    line = render_text(rows()).splitlines()[2]
+    assert "OUTDATED" in line
+    assert "1: report only" in line
+    assert "throttle 5 min/h" in line  # the next stage
+    assert "2026-01-20 00:00" in line  # paused until
+
+
+# ---- csv ------------------------------------------------------------------------------------
+
+
+def test_csv_has_a_header_and_machine_readable_values() -> None:
+    records = list(csv.DictReader(io.StringIO(render_csv(rows()), newline="")))
+    assert len(records) == 2
+    first = records[0]
+    assert first["server"] == "ex16.fabrikam.example"
+    assert first["build"] == "15.1.2507.39"
+    assert first["product"] == "EXCHANGE_2016"
+    assert first["status"] == "OUTDATED"
+    assert first["throttle_enabled"] == "2026-02-10T00:00:00+00:00"
+    assert first["full_block"] == "2026-04-11T00:00:00+00:00"
+    assert (first["stage"], first["stage_throttle_minutes"], first["stage_block_minutes"]) == (
+        "1",
+        "0",
+        "0",
+    )
+    assert first["paused_until"] == "2026-01-20T00:00:00+00:00"
+    assert first["recommended"] == "15.1.2507.61"
+    assert records[1]["stage"] == ""
+    assert records[1]["throttle_enabled"] == ""
+
+
+def test_csv_quotes_values_with_commas_and_quotes() -> None:
+    state = server('odd,"name"', "15.1.2507.39", NOW)
+    text = render_csv([report_row(state, NOW, POLICY, CATALOG)])
+    assert '"odd,""name"""' in text
+    (record,) = csv.DictReader(io.StringIO(text, newline=""))
+    assert record["server"] == 'odd,"name"'
+
+
+# ---- json -----------------------------------------------------------------------------------
+
+
+def test_json_report_reads_back_into_the_same_rows() -> None:
+    original = rows()
+    assert loads(render_json(original), list[ReportRow]) == original
+
+
+def test_json_report_uses_the_serde_forms() -> None:
+    text = render_json(rows())
+    assert '"build": "15.1.2507.39"' in text
+    assert '"throttle_enabled": "2026-02-10T00:00:00+00:00"' in text
+    assert '"status": "OUTDATED"' in text
+
+
+# ---- html -----------------------------------------------------------------------------------
+
+
+class _Tags(HTMLParser):
+    """Collects start tags and attributes, and checks that elements nest properly."""
+
+    VOID = frozenset({"meta", "br", "link", "img", "input", "hr"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.open: list[str] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+        if tag not in self.VOID:
+            self.open.append(tag)
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_endtag(self, tag: str) -> None:
+        assert self.open, f"</{tag}> closes nothing"
+        assert self.open[-1] == tag, f"</{tag}> closes <{self.open[-1]}>"
+        self.open.pop()
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def page(states: list[ServerState] = STATES) -> str:
+    until = dt.datetime(2026, 5, 1, tzinfo=UTC)
+    return render_html(
+        [report_row(state, NOW, POLICY, CATALOG) for state in states],
+        {state.server_id: forecast(state, POLICY, until=until) for state in states},
+        now=NOW,
+        subtitle="tenant fabrikam",
+    )
+
+
+def parsed(text: str) -> _Tags:
+    tags = _Tags()
+    tags.feed(text)
+    tags.close()
+    assert tags.open == []
+    return tags
+
+
+def test_html_page_is_well_formed_with_a_table_row_and_a_timeline_per_server() -> None:
+    tags = parsed(page())
+    names = [tag for tag, _ in tags.tags]
+    assert names.count("tr") == 1 + len(STATES)
+    timelines = [a for tag, a in tags.tags if tag == "svg" and a.get("role") == "img"]
+    assert [a["aria-label"] for a in timelines] == [
+        "timeline of ex16.fabrikam.example",
+        "timeline of ex19.fabrikam.example",
+    ]
+
+
+def test_html_page_needs_nothing_from_outside() -> None:
+    tags = parsed(page())
+    names = {tag for tag, _ in tags.tags}
+    assert not names & {"script", "link", "img", "iframe", "object"}
+    for _, attributes in tags.tags:
+        for name, value in attributes.items():
+            if name in {"src", "href"} or (value and "url(" in value):
+                assert value is not None
+                assert value.startswith("url(#"), (name, value)
+    # The only URL is the SVG namespace name, which is never fetched.
+    urls = set(re.findall(r"https?://[^\s\"'<>]+", page()))
+    assert urls == {"http://www.w3.org/2000/svg"}
+
+
+def test_html_page_hatches_paused_time_with_an_svg_pattern() -> None:
+    tags = parsed(page())
+    patterns = {a["id"] for tag, a in tags.tags if tag == "pattern"}
+    hatched = {a["fill"] for tag, a in tags.tags if tag == "rect" and "url(" in (a["fill"] or "")}
+    assert hatched
+    assert {fill.removeprefix("url(#").removesuffix(")") for fill in hatched if fill} <= patterns
+
+
+def test_html_page_marks_today_and_labels_the_axis_with_dates() -> None:
+    text = " ".join(parsed(page()).text)
+    assert text.count("today 2026-01-15") == len(STATES)
+    for month in ("Jan 2026", "Feb", "Mar", "Apr"):
+        assert month in text
+
+
+def test_html_page_colours_stages_by_what_they_do() -> None:
+    tags = parsed(page())
+    fills = {
+        a["fill"] for tag, a in tags.tags if tag == "rect" and (a.get("fill") or "").startswith("#")
+    }
+    # Report only, throttling, blocking, full block and "not enforced" are all distinct.
+    assert len(fills) >= 8
+
+
+def test_html_page_escapes_everything_that_comes_from_data() -> None:
+    hostile = server(HOSTILE, "15.1.2507.39", NOW)
+    text = page([hostile])
+    assert "<script>" not in text
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;&quot;" in text
+    tags = parsed(text)
+    assert HOSTILE in "".join(tags.text)
+    assert not any(tag == "script" for tag, _ in tags.tags)
+
+
+def test_html_title_and_subtitle_are_escaped_too() -> None:
+    text = render_html([], {}, now=NOW, title="<b>t</b>", subtitle="<i>s</i>")
+    assert "<b>t</b>" not in text
+    assert "&lt;b&gt;t&lt;/b&gt;" in text
+    assert "&lt;i&gt;s&lt;/i&gt;" in text
+    assert "No servers." in text
+
+
+# ---- render_report --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_render_report_renders_states_in_every_format(fmt: str) -> None:
+    text = render_report(STATES, fmt, now=NOW, policy=POLICY, catalog=CATALOG)
+    assert "ex16.fabrikam.example" in text
+    assert "ex19.fabrikam.example" in text
+
+
+def test_render_report_orders_rows_by_tenant_and_server() -> None:
+    text = render_report(list(reversed(STATES)), "csv", now=NOW, policy=POLICY, catalog=CATALOG)
+    servers = [r["server"] for r in csv.DictReader(io.StringIO(text, newline=""))]
+    assert servers == ["ex16.fabrikam.example", "ex19.fabrikam.example"]
+
+
+def test_render_report_refuses_an_unknown_format() -> None:
+    with pytest.raises(ValueError, match="'pdf'"):
+        render_report(STATES, "pdf", now=NOW, policy=POLICY, catalog=CATALOG)
