@@ -1,0 +1,13 @@
+"""Transports: thin layers that let an MTA ask the :class:`~tbes.enforcer.Enforcer`.
+
+Each adapter turns what its MTA knows about a connection into a
+:class:`~tbes.enforcer.Connection` through the operator's :mod:`tbes.adapters.config`
+(identity comes from the connection, never from headers), asks the enforcer, and answers
+in its MTA's terms; a fault fails open unless the configuration says ``fail_closed``.
+
+* :mod:`tbes.adapters.milter` — Postfix and Sendmail milter (extra ``milter``: pymilter).
+* :mod:`tbes.adapters.aiosmtpd` — an aiosmtpd handler (extra ``smtp``).
+* :mod:`tbes.adapters.postfix_policy` — Postfix policy delegation, from stored state.
+
+This package imports none of them, so that each extra stays optional.
+"""

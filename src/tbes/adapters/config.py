@@ -1,0 +1,475 @@
+"""Operator configuration of the adapters: who is connecting, and how to fail.
+
+An MTA adapter knows only the connection: the peer's IP address, its verified host name
+and the subject of its TLS client certificate. The operator's configuration maps these to a
+connector kind, a server id and a tenant (SPEC section 9: identity comes from the
+connection, never from headers). Rules are tried in order; the first whose every given
+criterion matches wins. A connection no rule matches gets ``unmatched_kind`` (``INTERNET``
+by default, which the default policy does not enforce), so an operator who forgets a rule
+fails open.
+
+The file format is TOML read by :mod:`tomllib`; unknown keys are errors, because a typo in a
+security setting must not pass silently. ``[testing] fixed_time`` freezes the clock, so that
+tests (and demonstrations) can place a server in any stage at any minute; it is not meant
+for production.
+
+Example::
+
+    tenant = "contoso"
+    own_hosts = ["mx.contoso.example"]
+    fail_closed = false
+    policy = "exchange_online_2026"
+
+    [[connector]]
+    kind = "on_premises"
+    tenant = "fabrikam"
+    server_id = "fabrikam-edge"
+    networks = ["203.0.113.0/28"]
+    hosts = ["mail.fabrikam.example"]
+    tls_subjects = ["mail.fabrikam.example"]
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import logging
+import os
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+import attrs
+
+from tbes.catalog import Catalog
+from tbes.decide import ConnectorKind, Decision, Policy, SmtpReply
+from tbes.enforcer import FAIL_CLOSED_REPLY, Connection, Enforcer, Notifier, utc_now
+from tbes.errors import NaiveDatetimeError, TbesError
+from tbes.store.protocol import StateStore
+
+__all__ = [
+    "FAULT_REPLY",
+    "AdapterConfig",
+    "AdapterConfigError",
+    "Checker",
+    "ConnectorRule",
+    "load_config",
+    "make_enforcer",
+    "normalise_host",
+    "normalise_ip",
+    "normalise_subject",
+    "parse_config",
+]
+
+_log = logging.getLogger(__name__)
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+# What MTAs write for a client whose name they could not verify.
+_NO_NAME = frozenset({"", "unknown"})
+
+
+class AdapterConfigError(TbesError, ValueError):
+    """An adapter configuration is invalid: the message names the key and the value."""
+
+
+class Checker(Protocol):
+    """What an adapter needs from an :class:`~tbes.enforcer.Enforcer`: ``check``."""
+
+    def check(self, conn: Connection, received: Sequence[str]) -> Decision:
+        """Decide for a message from ``conn`` with these Received values, top first."""
+        ...
+
+
+FAULT_REPLY: SmtpReply = FAIL_CLOSED_REPLY
+"""What a ``fail_closed`` adapter answers when a fault keeps it from deciding: the same
+line as the enforcer's own fail-closed reply, so the client sees one wording."""
+
+
+# ---- normalisation of what an MTA reports -------------------------------------------------
+
+
+def normalise_ip(value: str | None) -> str | None:
+    """The peer address in canonical form, or ``None`` if ``value`` is not an IP address.
+
+    Accepts what MTAs write: ``[192.0.2.1]``, ``IPv6:2001:db8::1``, IPv4-mapped IPv6
+    (given as the IPv4 address), surrounding white space.
+    """
+    address = _parse_address(value)
+    return None if address is None else str(address)
+
+
+def _parse_address(value: str | None) -> _Address | None:
+    if value is None:
+        return None
+    text = value.strip().removeprefix("[").removesuffix("]")
+    if text[:5].lower() == "ipv6:":
+        text = text[5:]
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def normalise_host(value: str | None) -> str | None:
+    """The peer's verified host name lower-cased without a trailing dot; ``None`` if unknown.
+
+    ``unknown`` (Postfix, Sendmail) and an address literal such as ``[192.0.2.1]`` mean the
+    MTA could not verify a name.
+    """
+    if value is None:
+        return None
+    text = value.strip().rstrip(".").lower()
+    if text in _NO_NAME or text.startswith("["):
+        return None
+    return text
+
+
+def normalise_subject(value: str | None) -> str | None:
+    """A TLS client certificate subject with surrounding white space removed; ``None`` if empty."""
+    if value is None:
+        return None
+    text = value.strip()
+    return text or None
+
+
+# ---- rules ---------------------------------------------------------------------------------
+
+
+def _to_networks(values: Iterable[str | _Network]) -> tuple[_Network, ...]:
+    networks: list[_Network] = []
+    for value in values:
+        if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
+            networks.append(value)
+            continue
+        try:
+            networks.append(ipaddress.ip_network(str(value).strip(), strict=False))
+        except ValueError:
+            raise AdapterConfigError(
+                f"not an IP address or CIDR network: {value!r} (write e.g. '203.0.113.0/24')"
+            ) from None
+    return tuple(networks)
+
+
+def _to_hosts(values: Iterable[str]) -> tuple[str, ...]:
+    hosts = []
+    for value in values:
+        text = str(value).strip().rstrip(".").lower()
+        if not text or text == ".":
+            raise AdapterConfigError(f"empty host name in {list(values)!r}")
+        hosts.append(text)
+    return tuple(hosts)
+
+
+def _to_subjects(values: Iterable[str]) -> tuple[str, ...]:
+    subjects = []
+    for value in values:
+        text = str(value).strip()
+        if not text:
+            raise AdapterConfigError(f"empty TLS subject in {list(values)!r}")
+        subjects.append(text)
+    return tuple(subjects)
+
+
+def _non_empty_text(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise AdapterConfigError(f"{attribute.name} must be a non-empty string, got {value!r}")
+
+
+def _optional_text(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None:
+        _non_empty_text(instance, attribute, value)
+
+
+def _has_criterion(rule: ConnectorRule) -> None:
+    if not (rule.networks or rule.hosts or rule.tls_subjects):
+        raise AdapterConfigError(
+            f"connector rule {rule.name or rule.server_id or rule.tenant!r} names no "
+            "networks, hosts or tls_subjects: it would match every connection"
+        )
+
+
+@attrs.frozen
+class ConnectorRule:
+    """One operator rule: which peers it matches and what connector, tenant and id they get.
+
+    ``networks`` are CIDR networks of the peer address; ``hosts`` are verified peer host
+    names, exact, or every subdomain when written with a leading dot (``.fabrikam.example``);
+    ``tls_subjects`` are TLS client certificate subjects, compared case-insensitively. A
+    rule matches when each kind of criterion it lists matches (any one entry of a list is
+    enough). ``server_id`` names the server in the store; ``None`` takes the peer's host
+    name, or its address when it has none.
+    """
+
+    kind: ConnectorKind = attrs.field(validator=attrs.validators.instance_of(ConnectorKind))
+    tenant: str = attrs.field(validator=_non_empty_text)
+    server_id: str | None = attrs.field(default=None, validator=_optional_text)
+    networks: tuple[_Network, ...] = attrs.field(default=(), converter=_to_networks)
+    hosts: tuple[str, ...] = attrs.field(default=(), converter=_to_hosts)
+    tls_subjects: tuple[str, ...] = attrs.field(default=(), converter=_to_subjects)
+    name: str = attrs.field(default="", validator=attrs.validators.instance_of(str))
+
+    def __attrs_post_init__(self) -> None:
+        _has_criterion(self)
+
+    def matches(self, address: _Address | None, host: str | None, subject: str | None) -> bool:
+        """Whether a peer with this normalised address, host name and TLS subject matches."""
+        if self.networks and (address is None or not any(address in n for n in self.networks)):
+            return False
+        if self.hosts and (host is None or not any(_host_matches(host, h) for h in self.hosts)):
+            return False
+        if self.tls_subjects:
+            wanted = {s.casefold() for s in self.tls_subjects}
+            if subject is None or subject.casefold() not in wanted:
+                return False
+        return True
+
+
+def _host_matches(host: str, pattern: str) -> bool:
+    if pattern.startswith("."):
+        return host.endswith(pattern)
+    return host == pattern
+
+
+# ---- the configuration ---------------------------------------------------------------------
+
+
+def _aware(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, dt.datetime):
+        raise AdapterConfigError(f"{attribute.name} must be a datetime, got {value!r}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise NaiveDatetimeError(
+            f"{attribute.name} has no time zone: {value.isoformat()!r} (add e.g. 'Z' or '+00:00')"
+        )
+
+
+def _rules(values: Iterable[ConnectorRule]) -> tuple[ConnectorRule, ...]:
+    rules = tuple(values)
+    for rule in rules:
+        if not isinstance(rule, ConnectorRule):
+            raise AdapterConfigError(f"connectors must be ConnectorRule values, got {rule!r}")
+    return rules
+
+
+def _policy_name(instance: AdapterConfig, attribute: attrs.Attribute[str], value: str) -> None:
+    # Building the preset once is the only check that cannot drift from Policy.named.
+    try:
+        Policy.named(value, on=instance.policy_on)
+    except (TypeError, ValueError) as error:
+        raise AdapterConfigError(f"policy = {value!r}: {error}") from None
+
+
+@attrs.frozen
+class AdapterConfig:
+    """How an adapter names connections and behaves on faults (see the module docstring).
+
+    ``tenant`` is the tenant of connections no rule matches and the default of rules that
+    name none; ``own_hosts`` are this site's own host names, whose Received hops are skipped
+    when looking for the sending server; ``fail_closed`` makes a fault answer "try again
+    later" instead of accepting; ``policy``/``policy_on`` name a :meth:`Policy.named`
+    preset; ``fixed_time`` (testing only) freezes the clock.
+    """
+
+    connectors: tuple[ConnectorRule, ...] = attrs.field(default=(), converter=_rules)
+    tenant: str = attrs.field(default="default", validator=_non_empty_text)
+    unmatched_kind: ConnectorKind = attrs.field(
+        default=ConnectorKind.INTERNET, validator=attrs.validators.instance_of(ConnectorKind)
+    )
+    own_hosts: tuple[str, ...] = attrs.field(default=(), converter=_to_hosts)
+    fail_closed: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    policy_on: dt.date | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.instance_of(dt.date))
+    )
+    policy: str = attrs.field(default="exchange_online_2026", validator=_policy_name)
+    fixed_time: dt.datetime | None = attrs.field(default=None, validator=_aware)
+
+    def connection(
+        self, *, peer_ip: str | None, peer_host: str | None, tls_subject: str | None
+    ) -> Connection:
+        """The :class:`~tbes.enforcer.Connection` for a peer, by the first rule that matches."""
+        address = _parse_address(peer_ip)
+        host = normalise_host(peer_host)
+        subject = normalise_subject(tls_subject)
+        ip = None if address is None else str(address)
+        for rule in self.connectors:
+            if rule.matches(address, host, subject):
+                return Connection(
+                    server_id=rule.server_id or host or ip or "unknown",
+                    tenant=rule.tenant,
+                    kind=rule.kind,
+                    peer_ip=ip,
+                    peer_host=host,
+                    tls_subject=subject,
+                )
+        return Connection(
+            server_id=host or ip or "unknown",
+            tenant=self.tenant,
+            kind=self.unmatched_kind,
+            peer_ip=ip,
+            peer_host=host,
+            tls_subject=subject,
+        )
+
+    def clock(self) -> dt.datetime:
+        """The current instant: ``fixed_time`` when set (testing), else the UTC wall clock."""
+        return self.fixed_time if self.fixed_time is not None else utc_now()
+
+    def make_policy(self) -> Policy:
+        """The :class:`~tbes.decide.Policy` preset this configuration names."""
+        return Policy.named(self.policy, on=self.policy_on)
+
+
+def make_enforcer(
+    config: AdapterConfig,
+    store: StateStore,
+    *,
+    catalog: Catalog | None = None,
+    notifier: Notifier | None = None,
+) -> Enforcer:
+    """An :class:`~tbes.enforcer.Enforcer` over ``store`` with this configuration's settings."""
+    if config.fixed_time is not None:
+        _log.warning(
+            "tbes: [testing] fixed_time = %s freezes the clock; never use it in production",
+            config.fixed_time.isoformat(),
+        )
+    return Enforcer(
+        store,
+        config.make_policy(),
+        catalog if catalog is not None else Catalog.default(),
+        clock=config.clock,
+        notifier=notifier,
+        fail_closed=config.fail_closed,
+        own_hosts=config.own_hosts,
+    )
+
+
+# ---- TOML ----------------------------------------------------------------------------------
+
+_TOP_KEYS = frozenset(
+    {"tenant", "unmatched_kind", "own_hosts", "fail_closed", "policy", "policy_on"}
+)
+_TABLE_KEYS = frozenset({"connector", "testing"})
+_RULE_KEYS = frozenset({"kind", "tenant", "server_id", "networks", "hosts", "tls_subjects", "name"})
+_TESTING_KEYS = frozenset({"fixed_time"})
+
+
+def load_config(path: str | os.PathLike[str]) -> AdapterConfig:
+    """Read an adapter configuration from a TOML file (see the module docstring)."""
+    try:
+        with open(path, "rb") as handle:
+            text = handle.read().decode("utf-8")
+    except OSError as error:
+        raise AdapterConfigError(
+            f"cannot read adapter configuration {str(path)!r}: {error}"
+        ) from error
+    except UnicodeDecodeError as error:
+        raise AdapterConfigError(f"{str(path)!r} is not UTF-8: {error}") from None
+    return parse_config(text, source=str(path))
+
+
+def parse_config(text: str, *, source: str = "<string>") -> AdapterConfig:
+    """Parse an adapter configuration from TOML text; ``source`` names it in errors."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise AdapterConfigError(f"{source}: not valid TOML: {error}") from None
+    try:
+        return _from_mapping(data)
+    except AdapterConfigError as error:
+        raise AdapterConfigError(f"{source}: {error}") from None
+    except NaiveDatetimeError as error:
+        raise NaiveDatetimeError(f"{source}: {error}") from None
+
+
+def _from_mapping(data: Mapping[str, Any]) -> AdapterConfig:
+    _no_unknown_keys("the top level", data, _TOP_KEYS | _TABLE_KEYS)
+    tenant = _get(data, "tenant", str, "default")
+    rules = _get(data, "connector", list, [])
+    testing = _get(data, "testing", dict, {})
+    _no_unknown_keys("[testing]", testing, _TESTING_KEYS)
+    return AdapterConfig(
+        connectors=tuple(_rule(item, index, tenant) for index, item in enumerate(rules)),
+        tenant=tenant,
+        unmatched_kind=_kind(_get(data, "unmatched_kind", str, "internet"), "unmatched_kind"),
+        own_hosts=_string_list(data, "own_hosts"),
+        fail_closed=_get(data, "fail_closed", bool, False),
+        policy_on=_get(data, "policy_on", dt.date, None),
+        policy=_get(data, "policy", str, "exchange_online_2026"),
+        fixed_time=_instant(testing.get("fixed_time")),
+    )
+
+
+def _rule(item: object, index: int, tenant: str) -> ConnectorRule:
+    where = f"[[connector]] number {index + 1}"
+    if not isinstance(item, dict):
+        raise AdapterConfigError(f"{where} must be a table, got {item!r}")
+    _no_unknown_keys(where, item, _RULE_KEYS)
+    if "kind" not in item:
+        raise AdapterConfigError(f"{where} needs kind = 'on_premises', 'partner' or 'internet'")
+    try:
+        return ConnectorRule(
+            kind=_kind(_get(item, "kind", str, ""), "kind"),
+            tenant=_get(item, "tenant", str, tenant),
+            server_id=_get(item, "server_id", str, None),
+            networks=_string_list(item, "networks"),
+            hosts=_string_list(item, "hosts"),
+            tls_subjects=_string_list(item, "tls_subjects"),
+            name=_get(item, "name", str, ""),
+        )
+    except AdapterConfigError as error:
+        raise AdapterConfigError(f"{where}: {error}") from None
+
+
+def _no_unknown_keys(where: str, data: Mapping[str, Any], known: frozenset[str]) -> None:
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise AdapterConfigError(
+            f"unknown key {unknown[0]!r} in {where}; known keys: {', '.join(sorted(known))}"
+        )
+
+
+def _get(data: Mapping[str, Any], key: str, kind: type, default: Any) -> Any:
+    if key not in data:
+        return default
+    value = data[key]
+    # A TOML datetime is also a date: a date key must not take one silently.
+    wrong_date = kind is dt.date and isinstance(value, dt.datetime)
+    if not isinstance(value, kind) or wrong_date:
+        raise AdapterConfigError(f"{key} must be a {kind.__name__}, got {value!r}")
+    return value
+
+
+def _string_list(data: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    values = _get(data, key, list, [])
+    if not all(isinstance(v, str) for v in values):
+        raise AdapterConfigError(f"{key} must be a list of strings, got {values!r}")
+    return tuple(values)
+
+
+def _kind(value: str, key: str) -> ConnectorKind:
+    try:
+        return ConnectorKind(value.strip().upper())
+    except ValueError:
+        names = ", ".join(repr(k.value.lower()) for k in ConnectorKind)
+        raise AdapterConfigError(f"{key} = {value!r} is not a connector kind ({names})") from None
+
+
+def _instant(value: object) -> dt.datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value)
+        except ValueError:
+            raise AdapterConfigError(f"fixed_time = {value!r} is not an ISO 8601 instant") from None
+    if not isinstance(value, dt.datetime):
+        raise AdapterConfigError(f"fixed_time must be a date and time, got {value!r}")
+    if value.tzinfo is None:
+        raise NaiveDatetimeError(
+            f"fixed_time has no time zone: {value.isoformat()!r} (add e.g. 'Z' or '+00:00')"
+        )
+    return value.astimezone(dt.UTC)

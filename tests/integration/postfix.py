@@ -1,0 +1,388 @@
+"""A throw-away Postfix on loopback for the end-to-end tests, and the tbes milter beside it.
+
+:class:`PostfixServer` writes ``main.cf``/``master.cf`` into a temporary configuration
+directory (queue and data directories beside it, readable by the ``postfix`` user, because
+``mkdtemp`` directories are private) and runs ``postfix -c DIR start`` as root; it always
+stops the mail system again, also from ``atexit`` should a test run die. All accepted mail
+is discarded. The tbes part of ``main.cf`` is not written here: it is read from the
+snippets in ``docs/postfix.md`` (:func:`doc_snippet`), so the documentation shows exactly
+what the tests run, only with free ports instead of the documented ones.
+
+:class:`MilterProcess` runs the milter as ``tbes milter`` does (the click command of
+:mod:`tbes.adapters.milter`) in a child process, so a test can restart it with a new
+``fixed_time`` to put a server in another stage. :func:`smtp_send` speaks SMTP from a
+chosen loopback address (Linux routes all of 127.0.0.0/8 to ``lo``), so one Postfix sees
+several "servers".
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import re
+import shutil
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import attrs
+import pytest
+
+__all__ = [
+    "Listener",
+    "MilterProcess",
+    "PostfixServer",
+    "SmtpOutcome",
+    "doc_snippet",
+    "free_port",
+    "require_root",
+    "smtp_send",
+    "wait_for_port",
+    "with_port",
+]
+
+REPO = Path(__file__).resolve().parents[2]
+POSTFIX_DOC = REPO / "docs" / "postfix.md"
+RECEIVER_DOMAIN = "receiver.example"
+_READY_TIMEOUT = 15.0
+
+
+def _require_integration() -> bool:
+    # The switch tests/conftest.py reads; importing it by name would be ambiguous here.
+    return os.environ.get("TBES_REQUIRE_INTEGRATION") == "1"
+
+
+def _postfix_binary() -> str:
+    found = shutil.which("postfix", path=os.environ.get("PATH", "") + os.pathsep + "/usr/sbin")
+    assert found is not None, "postfix is not installed"
+    return found
+
+
+def require_root() -> None:
+    """Skip (or fail, under TBES_REQUIRE_INTEGRATION=1) unless we may start Postfix."""
+    if os.geteuid() != 0:
+        message = "starting a private Postfix needs root (postfix -c DIR start)"
+        if _require_integration():
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int, *, host: str = "127.0.0.1", timeout: float = _READY_TIMEOUT) -> None:
+    """Return once ``host:port`` accepts TCP connections; raise TimeoutError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=1.0):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listens on {host}:{port} after {timeout} s") from None
+            time.sleep(0.05)
+
+
+def doc_snippet(name: str, *, doc: Path = POSTFIX_DOC) -> str:
+    """The fenced block that follows the line ``% tbes-snippet: NAME`` in ``docs/postfix.md``."""
+    lines = doc.read_text(encoding="utf-8").splitlines()
+    marker = f"% tbes-snippet: {name}"
+    try:
+        start = lines.index(marker)
+    except ValueError:
+        raise AssertionError(f"{doc} has no line {marker!r}") from None
+    if not lines[start + 1].startswith("```"):
+        raise AssertionError(f"{marker!r} in {doc} is not followed by a fenced block")
+    end = lines.index("```", start + 2)
+    return "\n".join(lines[start + 2 : end]) + "\n"
+
+
+def with_port(snippet: str, documented: int, actual: int) -> str:
+    """``snippet`` with the documented ``127.0.0.1:PORT`` endpoint moved to ``actual``."""
+    pattern = rf"127\.0\.0\.1:{documented}\b"
+    if not re.search(pattern, snippet):
+        raise AssertionError(f"the snippet does not use 127.0.0.1:{documented}:\n{snippet}")
+    return re.sub(pattern, f"127.0.0.1:{actual}", snippet)
+
+
+# Internal services every instance needs (no chroot: the temp queue has no /etc copies).
+_MASTER_BASE = """\
+cleanup   unix  n - n - 0 cleanup
+qmgr      unix  n - n 300 1 qmgr
+rewrite   unix  - - n - - trivial-rewrite
+bounce    unix  - - n - 0 bounce
+defer     unix  - - n - 0 bounce
+trace     unix  - - n - 0 bounce
+verify    unix  - - n - 1 verify
+flush     unix  n - n 1000? 0 flush
+proxymap  unix  - - n - - proxymap
+showq     unix  n - n - - showq
+error     unix  - - n - - error
+retry     unix  - - n - - error
+discard   unix  - - n - - discard
+anvil     unix  - - n - 1 anvil
+scache    unix  - - n - 1 scache
+postlog   unix-dgram n - n - 1 postlogd
+"""
+
+
+@attrs.frozen
+class Listener:
+    """One smtpd listener on 127.0.0.1:``port``, with ``-o name=value`` overrides."""
+
+    port: int
+    overrides: tuple[tuple[str, str], ...] = ()
+
+    def master_line(self) -> str:
+        """The master.cf entry of this listener."""
+        lines = [f"127.0.0.1:{self.port} inet n - n - - smtpd"]
+        lines += [f"  -o {name}={value}" for name, value in self.overrides]
+        return "\n".join(lines) + "\n"
+
+
+class PostfixServer:
+    """A private Postfix instance; use as a context manager (it always stops)."""
+
+    def __init__(
+        self, tbes_main_cf: str, listeners: Sequence[Listener], *, master_extra: str = ""
+    ) -> None:
+        self.listeners = tuple(listeners)
+        self._master_extra = master_extra
+        self.root = Path(tempfile.mkdtemp(prefix="tbes-postfix-"))
+        self.config_dir = self.root / "etc"
+        self.maillog = self.root / "maillog"
+        self._tbes_main_cf = tbes_main_cf
+        self._running = False
+
+    @property
+    def port(self) -> int:
+        """The port of the first listener."""
+        return self.listeners[0].port
+
+    @property
+    def ports(self) -> list[int]:
+        """Every smtpd port, from the listeners and the extra master.cf text."""
+        extra = [
+            int(p) for p in re.findall(r"^127\.0\.0\.1:(\d+)\s+inet\b", self._master_extra, re.M)
+        ]
+        return [listener.port for listener in self.listeners] + extra
+
+    def _write_config(self) -> None:
+        # Postfix daemons run as the postfix user and must traverse to the queue.
+        self.root.chmod(0o755)
+        self.config_dir.mkdir()
+        (self.root / "spool").mkdir()
+        data = self.root / "data"
+        data.mkdir()
+        shutil.chown(data, user="postfix", group="postfix")
+        base = f"""\
+compatibility_level = 3.6
+myhostname = mx.{RECEIVER_DOMAIN}
+mydomain = {RECEIVER_DOMAIN}
+queue_directory = {self.root}/spool
+data_directory = {data}
+meta_directory = /etc/postfix
+maillog_file = {self.maillog}
+maillog_file_prefixes = {self.root}
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.1/32
+mydestination =
+relay_domains = {RECEIVER_DOMAIN}
+default_transport = discard:
+relay_transport = discard:
+local_transport = discard:
+alias_maps =
+alias_database =
+smtpd_peername_lookup = no
+smtputf8_enable = no
+"""
+        (self.config_dir / "main.cf").write_text(base + self._tbes_main_cf)
+        master = "".join(listener.master_line() for listener in self.listeners)
+        (self.config_dir / "master.cf").write_text(master + self._master_extra + _MASTER_BASE)
+
+    def _postfix(self, *command: str) -> subprocess.CompletedProcess[str]:
+        binary = _postfix_binary()
+        # Postfix reports only to syslog unless stderr is a terminal; the maillog has it all.
+        return subprocess.run(
+            [binary, "-c", str(self.config_dir), *command],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    def start(self) -> None:
+        """Write the configuration, start Postfix and wait until every listener answers."""
+        self._write_config()
+        atexit.register(self.stop)
+        result = self._postfix("start")
+        self._running = True
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"postfix start failed ({result.returncode}): {result.stderr}\n{self.log()}"
+            )
+        for port in self.ports:
+            wait_for_port(port)
+
+    def log(self) -> str:
+        """What Postfix has logged so far."""
+        return self.maillog.read_text(errors="replace") if self.maillog.exists() else ""
+
+    def _master_pid(self) -> int | None:
+        pid_file = self.root / "spool" / "pid" / "master.pid"
+        with contextlib.suppress(OSError, ValueError):
+            return int(pid_file.read_text().strip())
+        return None
+
+    def stop(self) -> None:
+        """Stop Postfix (waiting for its master to exit) and delete its files."""
+        if self._running:
+            pid = self._master_pid()
+            self._postfix("stop")
+            if pid is not None and not _wait_exit(pid, timeout=10.0):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                _wait_exit(pid, timeout=5.0)
+            self._running = False
+        shutil.rmtree(self.root, ignore_errors=True)
+        atexit.unregister(self.stop)
+
+    def __enter__(self) -> PostfixServer:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _wait_exit(pid: int, *, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+# What `tbes milter --listen ... --db ... --config ...` runs (the CLI registers this command).
+_MILTER_MAIN = "import sys; from tbes.adapters.milter import command; command.main(sys.argv[1:])"
+
+
+class MilterProcess:
+    """The tbes milter in a child process, as ``tbes milter`` runs it; a context manager."""
+
+    def __init__(self, config_file: Path, db: Path, port: int, log: Path) -> None:
+        self.port = port
+        self.log = log
+        self._argv = [
+            sys.executable,
+            "-c",
+            _MILTER_MAIN,
+            "--listen",
+            f"inet:{port}@127.0.0.1",
+            "--db",
+            str(db),
+            "--config",
+            str(config_file),
+        ]
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> MilterProcess:
+        with self.log.open("ab") as log:
+            self._process = subprocess.Popen(self._argv, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            _wait_for_child_port(self._process, self.port)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Terminate the milter and wait for it (SIGKILL if it lingers)."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        # libmilter notices the stop request only when its accept loop wakes (every few
+        # seconds): knock until it has, so a restart takes a fraction of a second.
+        deadline = time.monotonic() + 5.0
+        while process.poll() is None and time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=0.1)
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=5)
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _wait_for_child_port(process: subprocess.Popen[bytes], port: int) -> None:
+    deadline = time.monotonic() + _READY_TIMEOUT
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"the milter exited with {process.returncode} before listening")
+        try:
+            wait_for_port(port, timeout=0.2)
+            return
+        except TimeoutError:
+            if time.monotonic() > deadline:
+                raise
+
+
+@attrs.frozen
+class SmtpOutcome:
+    """How an SMTP transaction ended: the command that got the final reply, and the reply."""
+
+    command: str
+    code: int
+    text: str
+
+    @property
+    def line(self) -> str:
+        """The reply as one line: ``"450 4.7.230 ..."``."""
+        return f"{self.code} {self.text}"
+
+
+def smtp_send(
+    port: int, message: bytes, *, source: str, rcpt: str = f"postmaster@{RECEIVER_DOMAIN}"
+) -> SmtpOutcome:
+    """Send ``message`` from loopback address ``source``; stop at the first non-2xx/3xx reply."""
+    with smtplib.SMTP("127.0.0.1", port, source_address=(source, 0), timeout=30) as client:
+        client.ehlo("client.example")
+        code, text = client.mail("sender@client.example")
+        if code >= 400:
+            return SmtpOutcome("MAIL", code, text.decode())
+        code, text = client.rcpt(rcpt)
+        if code >= 400:
+            return SmtpOutcome("RCPT", code, text.decode())
+        try:
+            code, text = client.data(message)
+        except smtplib.SMTPDataError as error:
+            code, text = error.smtp_code, _as_bytes(error.smtp_error)
+        return SmtpOutcome("DATA", code, text.decode())
+
+
+def _as_bytes(text: bytes | str) -> bytes:
+    return text if isinstance(text, bytes) else text.encode()

@@ -1,0 +1,273 @@
+"""The operator configuration: TOML in, connection identities and clocks out."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tbes.adapters.config import (
+    AdapterConfig,
+    AdapterConfigError,
+    ConnectorRule,
+    load_config,
+    make_enforcer,
+    normalise_host,
+    normalise_ip,
+    parse_config,
+)
+from tbes.decide import Action, ConnectorKind
+from tbes.errors import NaiveDatetimeError, TbesError
+from tbes.store.memory import MemoryStore
+from tbes.version import ExchangeBuild
+
+EXAMPLE = """
+tenant = "contoso"
+own_hosts = ["MX.Contoso.Example."]
+fail_closed = true
+policy = "exchange_online_2023"
+
+[[connector]]
+name = "fabrikam edge"
+kind = "on_premises"
+tenant = "fabrikam"
+server_id = "fabrikam-edge"
+networks = ["203.0.113.0/28"]
+hosts = [".fabrikam.example"]
+
+[[connector]]
+kind = "PARTNER"
+networks = ["198.51.100.0/24", "2001:db8::/32"]
+
+[[connector]]
+kind = "on_premises"
+tenant = "adatum"
+tls_subjects = ["Mail.Adatum.Example"]
+
+[testing]
+fixed_time = 2025-06-01T10:07:00+02:00
+"""
+
+
+@pytest.fixture
+def config() -> AdapterConfig:
+    return parse_config(EXAMPLE)
+
+
+def test_example_file_reads_every_setting(config: AdapterConfig) -> None:
+    assert config.tenant == "contoso"
+    assert config.own_hosts == ("mx.contoso.example",)
+    assert config.fail_closed is True
+    assert config.policy == "exchange_online_2023"
+    assert config.unmatched_kind is ConnectorKind.INTERNET
+    assert [rule.kind for rule in config.connectors] == [
+        ConnectorKind.ON_PREMISES,
+        ConnectorKind.PARTNER,
+        ConnectorKind.ON_PREMISES,
+    ]
+    # A rule without a tenant takes the file's.
+    assert config.connectors[1].tenant == "contoso"
+    assert config.fixed_time == dt.datetime(2025, 6, 1, 8, 7, tzinfo=dt.UTC)
+
+
+def test_rule_needs_every_listed_criterion(config: AdapterConfig) -> None:
+    inside_named = config.connection(
+        peer_ip="203.0.113.5", peer_host="mail.fabrikam.example", tls_subject=None
+    )
+    assert (inside_named.server_id, inside_named.tenant) == ("fabrikam-edge", "fabrikam")
+    assert inside_named.kind is ConnectorKind.ON_PREMISES
+    # Right network, no verified name: the first rule does not match, nor any other.
+    unnamed = config.connection(peer_ip="203.0.113.5", peer_host=None, tls_subject=None)
+    assert unnamed.kind is ConnectorKind.INTERNET
+    assert unnamed.tenant == "contoso"
+    # Right name, wrong network.
+    outside = config.connection(
+        peer_ip="192.0.2.1", peer_host="mail.fabrikam.example", tls_subject=None
+    )
+    assert outside.kind is ConnectorKind.INTERNET
+
+
+def test_leading_dot_matches_subdomains_only() -> None:
+    rule = ConnectorRule(
+        kind=ConnectorKind.PARTNER, tenant="t", hosts=(".fabrikam.example", "fabrikam.example")
+    )
+    exact_only = ConnectorRule(kind=ConnectorKind.PARTNER, tenant="t", hosts=("fabrikam.example",))
+    assert rule.matches(None, "a.b.fabrikam.example", None)
+    assert rule.matches(None, "fabrikam.example", None)
+    assert not rule.matches(None, "evilfabrikam.example", None)
+    assert not exact_only.matches(None, "mail.fabrikam.example", None)
+
+
+def test_first_matching_rule_wins() -> None:
+    config = AdapterConfig(
+        connectors=(
+            ConnectorRule(kind=ConnectorKind.PARTNER, tenant="first", networks=("10.0.0.0/8",)),
+            ConnectorRule(
+                kind=ConnectorKind.ON_PREMISES, tenant="second", networks=("10.1.0.0/16",)
+            ),
+        )
+    )
+    conn = config.connection(peer_ip="10.1.2.3", peer_host=None, tls_subject=None)
+    assert (conn.tenant, conn.kind) == ("first", ConnectorKind.PARTNER)
+
+
+def test_tls_subject_matches_case_insensitively(config: AdapterConfig) -> None:
+    conn = config.connection(
+        peer_ip="192.0.2.9", peer_host=None, tls_subject=" mail.adatum.example "
+    )
+    assert (conn.tenant, conn.kind) == ("adatum", ConnectorKind.ON_PREMISES)
+    assert conn.tls_subject == "mail.adatum.example"
+    other = config.connection(peer_ip="192.0.2.9", peer_host=None, tls_subject="mail.evil.example")
+    assert other.kind is ConnectorKind.INTERNET
+
+
+def test_server_id_defaults_to_verified_name_then_address(config: AdapterConfig) -> None:
+    named = config.connection(
+        peer_ip="198.51.100.7", peer_host="Relay.Partner.Example.", tls_subject=None
+    )
+    assert named.server_id == "relay.partner.example"
+    assert named.kind is ConnectorKind.PARTNER
+    unnamed = config.connection(peer_ip="198.51.100.7", peer_host="unknown", tls_subject=None)
+    assert unnamed.server_id == "198.51.100.7"
+    assert unnamed.peer_host is None
+    nothing = config.connection(peer_ip=None, peer_host=None, tls_subject=None)
+    assert nothing.server_id == "unknown"
+
+
+def test_mta_address_forms_are_normalised(config: AdapterConfig) -> None:
+    assert normalise_ip("[203.0.113.5]") == "203.0.113.5"
+    assert normalise_ip("IPv6:2001:DB8::1") == "2001:db8::1"
+    assert normalise_ip("::ffff:203.0.113.5") == "203.0.113.5"
+    assert normalise_ip("not an address") is None
+    mapped = config.connection(
+        peer_ip="::ffff:203.0.113.5", peer_host="mx.fabrikam.example", tls_subject=None
+    )
+    assert mapped.server_id == "fabrikam-edge"
+    v6 = config.connection(peer_ip="IPv6:2001:db8::25", peer_host=None, tls_subject=None)
+    assert v6.kind is ConnectorKind.PARTNER
+
+
+def test_unverified_host_names_count_as_none() -> None:
+    assert normalise_host("unknown") is None
+    assert normalise_host("[192.0.2.1]") is None
+    assert normalise_host("") is None
+    assert normalise_host("MAIL.Example.") == "mail.example"
+
+
+def test_fixed_time_freezes_the_clock(config: AdapterConfig) -> None:
+    assert config.clock() == dt.datetime(2025, 6, 1, 8, 7, tzinfo=dt.UTC)
+    assert config.clock() == config.clock()
+
+
+def test_without_fixed_time_the_clock_is_the_utc_wall_clock() -> None:
+    before = dt.datetime.now(dt.UTC)
+    now = AdapterConfig().clock()
+    after = dt.datetime.now(dt.UTC)
+    assert now.utcoffset() == dt.timedelta(0)
+    assert before <= now <= after
+
+
+def test_fixed_time_may_be_an_iso_string() -> None:
+    config = parse_config('[testing]\nfixed_time = "2025-01-02T03:04:05Z"\n')
+    assert config.fixed_time == dt.datetime(2025, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+
+
+def test_naive_fixed_time_is_refused() -> None:
+    with pytest.raises(NaiveDatetimeError, match="2025-01-02T03:04:05"):
+        parse_config("[testing]\nfixed_time = 2025-01-02T03:04:05\n")
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ('tenat = "x"\n', "'tenat'"),
+        ('[[connector]]\nkind = "on_premises"\nnetwork = ["10.0.0.0/8"]\n', "'network'"),
+        ('[[connector]]\nkind = "on_premises"\nnetworks = ["10.0.0.300/8"]\n', "10.0.0.300/8"),
+        ('[[connector]]\nkind = "cloud"\nnetworks = ["10.0.0.0/8"]\n', "'cloud'"),
+        ('[[connector]]\nnetworks = ["10.0.0.0/8"]\n', "needs kind"),
+        ('[[connector]]\nkind = "partner"\n', "would match every connection"),
+        ('fail_closed = "yes"\n', "fail_closed"),
+        ('own_hosts = "mx.example"\n', "own_hosts"),
+        ('policy = "strict"\n', "strict"),
+        ('policy = "supported_only"\n', "supported_only"),
+        ("[testing]\nclock = 1\n", "'clock'"),
+        ("tenant = \n", "not valid TOML"),
+    ],
+)
+def test_invalid_configuration_names_the_offending_value(text: str, named: str) -> None:
+    with pytest.raises(AdapterConfigError, match=named) as error:
+        parse_config(text, source="adapters.toml")
+    assert isinstance(error.value, TbesError)
+    assert "adapters.toml" in str(error.value)
+
+
+def test_supported_only_takes_its_date() -> None:
+    config = parse_config('policy = "supported_only"\npolicy_on = 2025-01-15\n')
+    assert config.policy_on == dt.date(2025, 1, 15)
+
+
+def test_load_config_reads_a_file_and_names_a_missing_one(tmp_path: Path) -> None:
+    path = tmp_path / "adapters.toml"
+    path.write_text(EXAMPLE, encoding="utf-8")
+    assert load_config(path) == parse_config(EXAMPLE)
+    with pytest.raises(AdapterConfigError, match=r"missing\.toml"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_make_enforcer_uses_the_configured_clock_policy_and_kinds() -> None:
+    fixed = dt.datetime(2025, 3, 3, 9, 0, tzinfo=dt.UTC)
+    config = AdapterConfig(
+        connectors=(
+            ConnectorRule(kind=ConnectorKind.ON_PREMISES, tenant="t", networks=("192.0.2.0/24",)),
+        ),
+        fixed_time=fixed,
+    )
+    store = MemoryStore()
+    enforcer = make_enforcer(config, store)
+    conn = config.connection(peer_ip="192.0.2.10", peer_host=None, tls_subject=None)
+    exchange_2007 = (
+        "from EXHUB01.fabrikam.local (10.1.2.3) by mail.fabrikam.example (192.0.2.10) with "
+        "Microsoft SMTP Server id 8.3.83.6; Mon, 3 Mar 2025 10:00:00 +0100"
+    )
+    decision = enforcer.check(conn, [exchange_2007])
+    # First detection: stage 1 reports only.
+    assert decision.action is Action.ACCEPT
+    stored = store.get(conn.server_id)
+    assert stored is not None
+    assert stored.value.first_detected == fixed
+    assert stored.value.build == ExchangeBuild(8, 3, 83, 6)
+
+
+_networks = st.builds(
+    lambda address, prefix: ipaddress.ip_network(f"{address}/{prefix}", strict=False),
+    st.ip_addresses(v=4),
+    st.integers(0, 32),
+)
+
+
+@given(network=_networks, address=st.ip_addresses(v=4))
+def test_network_rule_matches_exactly_the_addresses_inside(
+    network: ipaddress.IPv4Network, address: ipaddress.IPv4Address
+) -> None:
+    config = AdapterConfig(
+        connectors=(ConnectorRule(kind=ConnectorKind.PARTNER, tenant="t", networks=(network,)),)
+    )
+    conn = config.connection(peer_ip=str(address), peer_host=None, tls_subject=None)
+    inside = int(address) >> (32 - network.prefixlen) == int(network.network_address) >> (
+        32 - network.prefixlen
+    )
+    assert (conn.kind is ConnectorKind.PARTNER) is inside
+
+
+_PARSED = parse_config(EXAMPLE)
+
+
+@given(peer_ip=st.text(), peer_host=st.text(), subject=st.text())
+def test_any_peer_text_gives_a_connection(peer_ip: str, peer_host: str, subject: str) -> None:
+    conn = _PARSED.connection(peer_ip=peer_ip, peer_host=peer_host, tls_subject=subject)
+    assert conn.server_id
+    assert conn.kind in set(ConnectorKind)

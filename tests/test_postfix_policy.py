@@ -1,0 +1,287 @@
+"""Postfix policy delegation: the codec byte by byte, the decision per request, the server."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Sequence
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tbes.adapters.config import AdapterConfig, ConnectorRule
+from tbes.adapters.postfix_policy import (
+    PolicyParser,
+    PolicyProtocolError,
+    PolicyRequest,
+    action_for,
+    decide_request,
+    format_response,
+    serve_policy,
+)
+from tbes.catalog import Catalog
+from tbes.decide import Action, ConnectorKind, Decision, Policy, SmtpReply
+from tbes.enforcer import Connection, Enforcer
+from tbes.stages import DEFAULT_STAGE_TABLE
+from tbes.store.memory import MemoryStore
+
+# A request as Postfix 3.x sends it at RCPT TO (SMTPD_POLICY_README), abridged.
+REQUEST = (
+    b"request=smtpd_access_policy\n"
+    b"protocol_state=RCPT\n"
+    b"protocol_name=ESMTP\n"
+    b"client_address=203.0.113.25\n"
+    b"client_name=mail.fabrikam.example\n"
+    b"reverse_client_name=mail.fabrikam.example\n"
+    b"helo_name=mail.fabrikam.example\n"
+    b"sender=alice@fabrikam.example\n"
+    b"recipient=bob@contoso.example\n"
+    b"ccert_subject=mail.fabrikam.example\n"
+    b"queue_id=\n"
+    b"\n"
+)
+THROTTLE_5 = (
+    "450 4.7.230 Connecting Exchange server version is out-of-date; connection to Exchange "
+    "Online throttled for 5 mins/hr. For more information see https://aka.ms/BlockUnsafeExchange."
+)
+BLOCK_60 = (
+    "550 5.7.230 Connecting Exchange server version is out-of-date; connection to Exchange "
+    "Online blocked for 60 mins/hr. For more information see https://aka.ms/BlockUnsafeExchange."
+)
+CONFIG = AdapterConfig(
+    connectors=(
+        ConnectorRule(
+            kind=ConnectorKind.ON_PREMISES,
+            tenant="fabrikam",
+            server_id="fabrikam-edge",
+            networks=("203.0.113.0/24",),
+        ),
+    )
+)
+
+
+def test_a_whole_request_gives_its_attributes_in_order() -> None:
+    (request,) = PolicyParser().feed(REQUEST)
+    assert request.get("client_address") == "203.0.113.25"
+    assert request.get("ccert_subject") == "mail.fabrikam.example"
+    assert request.get("queue_id") == ""
+    assert request.get("missing") is None
+    assert next(iter(request)) == ("request", "smtpd_access_policy")
+    assert len(request.attributes) == 11
+
+
+def test_requests_on_one_connection_come_out_one_by_one() -> None:
+    parser = PolicyParser()
+    assert parser.feed(REQUEST[:40]) == []
+    assert not parser.idle
+    first = parser.feed(REQUEST[40:] + REQUEST + b"client_address=192.0.2.1\n")
+    assert len(first) == 2
+    assert parser.feed(b"\n") == [PolicyRequest((("client_address", "192.0.2.1"),))]
+    assert parser.idle
+
+
+@given(cuts=st.lists(st.integers(0, 2 * len(REQUEST)), max_size=12))
+def test_any_chunking_gives_the_same_requests(cuts: list[int]) -> None:
+    stream = REQUEST + REQUEST.replace(b"203.0.113.25", b"198.51.100.1")
+    parser = PolicyParser()
+    got: list[PolicyRequest] = []
+    last = 0
+    for cut in [*sorted(cuts), len(stream)]:
+        got += parser.feed(stream[last:cut])
+        last = max(last, cut)
+    assert [r.get("client_address") for r in got] == ["203.0.113.25", "198.51.100.1"]
+
+
+def test_crlf_lines_and_repeated_names_are_read() -> None:
+    (request,) = PolicyParser().feed(b"a=1\r\nb=x=y\r\na=2\r\n\r\n")
+    assert request.get("a") == "2"
+    assert request.get("b") == "x=y"
+
+
+def test_invalid_utf8_is_replaced_not_fatal() -> None:
+    (request,) = PolicyParser().feed(b"sender=\xff\xfe@example\n\n")
+    assert request.get("sender") == "\ufffd\ufffd@example"
+
+
+def test_an_overlong_line_fails_before_it_is_buffered() -> None:
+    parser = PolicyParser(max_line=64)
+    parser.feed(b"client_address=" + b"1" * 40)
+    with pytest.raises(PolicyProtocolError, match="longer than 64 bytes"):
+        parser.feed(b"2" * 100)  # no newline yet: the limit applies to the partial line
+    # The parser stays broken and keeps nothing.
+    with pytest.raises(PolicyProtocolError):
+        parser.feed(b"\n\n")
+
+
+def test_too_many_attributes_fail() -> None:
+    parser = PolicyParser(max_attributes=3)
+    with pytest.raises(PolicyProtocolError, match="more than 3 attributes"):
+        parser.feed(b"a=1\nb=2\nc=3\nd=4\n")
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"no equals sign\n", "not name=value"),
+        (b"=value\n", "not name=value"),
+        (b"\n", "empty policy request"),
+    ],
+)
+def test_malformed_lines_fail(data: bytes, message: str) -> None:
+    with pytest.raises(PolicyProtocolError, match=message):
+        PolicyParser().feed(data)
+
+
+@given(st.lists(st.binary(max_size=300), max_size=20))
+def test_arbitrary_bytes_give_requests_or_a_protocol_error(chunks: list[bytes]) -> None:
+    parser = PolicyParser(max_line=128, max_attributes=8)
+    try:
+        for chunk in chunks:
+            for request in parser.feed(chunk):
+                assert 1 <= len(request.attributes) <= 8
+                assert all(len(name) <= 128 for name, _ in request)
+    except PolicyProtocolError:
+        pass
+
+
+def test_limits_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_line=0"):
+        PolicyParser(max_line=0)
+
+
+def test_response_is_one_action_line_and_an_empty_line() -> None:
+    assert format_response("DUNNO") == b"action=DUNNO\n\n"
+    assert format_response(THROTTLE_5) == f"action={THROTTLE_5}\n\n".encode()
+    for bad in ("", "DUNNO\n", "a\rb", " DUNNO"):
+        with pytest.raises(ValueError, match="one non-empty line"):
+            format_response(bad)
+
+
+def _decision(action: Action, reply: SmtpReply | None, stage_number: int) -> Decision:
+    return Decision(
+        action=action,
+        stage=DEFAULT_STAGE_TABLE.stages[stage_number - 1],
+        reply=reply,
+        report=True,
+        paused=False,
+        elapsed=dt.timedelta(days=95),
+        next_change=None,
+        reason="test",
+    )
+
+
+def test_actions_are_the_reply_line_or_dunno() -> None:
+    block = SmtpReply(550, "5.7.230", BLOCK_60.split(" ", 2)[2])
+    assert action_for(_decision(Action.BLOCK, block, 8)) == BLOCK_60
+    assert action_for(_decision(Action.ACCEPT, None, 1)) == "DUNNO"
+
+
+class _Recorder:
+    """A checker that records its calls and answers (or raises) as told."""
+
+    def __init__(self, answer: Decision | Exception) -> None:
+        self.answer = answer
+        self.calls: list[tuple[Connection, Sequence[str]]] = []
+
+    def check(self, conn: Connection, received: Sequence[str]) -> Decision:
+        self.calls.append((conn, received))
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+def test_identity_comes_from_client_attributes_and_no_headers_are_judged() -> None:
+    (request,) = PolicyParser().feed(REQUEST)
+    recorder = _Recorder(_decision(Action.ACCEPT, None, 1))
+    assert decide_request(request, recorder, CONFIG) == "DUNNO"
+    ((conn, received),) = recorder.calls
+    assert conn == Connection(
+        server_id="fabrikam-edge",
+        tenant="fabrikam",
+        kind=ConnectorKind.ON_PREMISES,
+        peer_ip="203.0.113.25",
+        peer_host="mail.fabrikam.example",
+        tls_subject="mail.fabrikam.example",
+    )
+    assert list(received) == []
+
+
+def test_a_fault_answers_dunno_and_warns(caplog: pytest.LogCaptureFixture) -> None:
+    (request,) = PolicyParser().feed(REQUEST)
+    with caplog.at_level(logging.WARNING, logger="tbes.adapters.postfix_policy"):
+        action = decide_request(request, _Recorder(OSError("store down")), CONFIG)
+    assert action == "DUNNO"
+    assert any("203.0.113.25" in r.getMessage() for r in caplog.records)
+    assert all(r.levelno == logging.WARNING for r in caplog.records)
+
+
+def test_a_fault_defers_when_failing_closed() -> None:
+    (request,) = PolicyParser().feed(REQUEST)
+    closed = AdapterConfig(connectors=CONFIG.connectors, fail_closed=True)
+    action = decide_request(request, _Recorder(OSError("store down")), closed)
+    assert (
+        action
+        == "451 4.3.0 Temporary failure checking the sending Exchange server; try again later"
+    )
+
+
+def _exchange_2007_received() -> str:
+    return (
+        "from EXHUB01.fabrikam.local (10.1.2.3) by mail.fabrikam.example (203.0.113.25) "
+        "with Microsoft SMTP Server id 8.3.83.6; Mon, 3 Mar 2025 10:00:00 +0100"
+    )
+
+
+async def _exchange(port: int, payload: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(payload)
+    await writer.drain()
+    writer.write_eof()
+    data = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    await writer.wait_closed()
+    return data
+
+
+def test_server_answers_from_the_stored_state_over_one_connection() -> None:
+    detected = dt.datetime(2025, 3, 3, 9, 0, tzinfo=dt.UTC)
+    clock = [detected]
+    store = MemoryStore()
+    enforcer = Enforcer(
+        store, Policy.exchange_online_2026(), Catalog.default(), clock=lambda: clock[0]
+    )
+    conn = CONFIG.connection(peer_ip="203.0.113.25", peer_host=None, tls_subject=None)
+    enforcer.check(conn, [_exchange_2007_received()])  # what the milter would have seen
+    clock[0] = detected + dt.timedelta(days=91)  # stage 8: blocked all hour
+    unknown = REQUEST.replace(b"203.0.113.25", b"192.0.2.99")
+
+    async def scenario() -> bytes:
+        server = await serve_policy(enforcer, CONFIG)
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            return await _exchange(port, REQUEST + unknown)
+
+    answer = asyncio.run(scenario())
+    assert answer == f"action={BLOCK_60}\n\naction=DUNNO\n\n".encode()
+
+
+def test_server_drops_a_peer_that_is_not_postfix(caplog: pytest.LogCaptureFixture) -> None:
+    recorder = _Recorder(_decision(Action.ACCEPT, None, 1))
+
+    async def scenario() -> bytes:
+        server = await serve_policy(recorder, CONFIG)
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            return await _exchange(port, b"GET / HTTP/1.0\r\n\r\n")
+
+    with caplog.at_level(logging.WARNING, logger="tbes.adapters.postfix_policy"):
+        assert asyncio.run(scenario()) == b""
+    assert recorder.calls == []
+    assert any("not name=value" in r.getMessage() for r in caplog.records)
+
+
+def test_throttle_reply_is_the_decision_line() -> None:
+    throttle = SmtpReply(450, "4.7.230", THROTTLE_5.split(" ", 2)[2])
+    assert action_for(_decision(Action.THROTTLE, throttle, 2)) == THROTTLE_5
