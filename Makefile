@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python examples/01_builds.py
+	$(BIN)/tbes demo
 
 test: lint typecheck pytest docs
 

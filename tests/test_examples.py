@@ -33,6 +33,21 @@ EXPECTED: dict[str, tuple[list[str], list[str]]] = {
             "matches the hop above or the client: yes",
         ],
     ),
+    "03_timeline.py": (
+        [],
+        [
+            "Stage 2 from 2025-12-03 09:00 UTC (day 31): throttle 5 min/h, block 0 min/h",
+            "2026-01-02  day 61  stage 5  throttle 30 min/h  block  5 min/h  "
+            + "." * 14
+            + "B" * 5
+            + "t" * 30
+            + "." * 11,
+            "  550 5.7.230 Connecting Exchange server version is out-of-date; connection to "
+            "Exchange Online blocked for 20 mins/hr. For more information see "
+            "https://aka.ms/BlockUnsafeExchange.",
+            "Stage 8 from 2026-02-01 09:00 UTC (day 91): throttle 0 min/h, block 60 min/h",
+        ],
+    ),
     "04_pause_quota.py": (
         [],
         [
@@ -40,6 +55,19 @@ EXPECTED: dict[str, tuple[list[str], list[str]]] = {
             "refused: pause of 10 days for EX03 needs 10 days in 2024, "
             "but only 0 of 90 remain (90 used)",
             "after 31 December the unused days expire: 2025: 0 used, 90 remaining",
+        ],
+    ),
+    "05_enforcer_sqlite.py": (
+        [],
+        [
+            "day  91 2026-04-06  ex2016.contoso.example   15.1.2507.39  stage 8           BLOCK  "
+            "550 5.7.230 Connecting Exchange server version is out-of-date; connection to "
+            "Exchange Online blocked for 60 mins/hr. For more information see "
+            "https://aka.ms/BlockUnsafeExchange.",
+            "day  76 2026-03-22  ex2013.contoso.example   15.0.1497.48  stage 5 ",
+            "day  76 2026-03-22  ex2016.contoso.example   15.1.2507.39  stage 6 ",
+            "event REMEDIATED: ex2013.contoso.example",
+            "ex2019.contoso.example   COMPLIANT   never enforced",
         ],
     ),
 }

@@ -1,9 +1,23 @@
 """tbes: transport-based enforcement against outdated Microsoft Exchange servers.
 
-The public API, re-exported from the modules that hold each concept.
+The public API, re-exported from the modules that hold each concept. The pure core
+(version … report) never imports the shell (store, enforcer, adapters, cli); this facade
+re-exports both. ``PostgresStore`` and the adapters live in their own modules only, so
+that ``import tbes`` needs neither psycopg nor pymilter.
 """
 
 from tbes.catalog import Assessment, Baseline, Catalog, Compliance, Release, assess
+from tbes.decide import DEFAULT_POLICY, Action, ConnectorKind, Decision, Policy, SmtpReply, decide
+from tbes.enforcer import (
+    CallbackNotifier,
+    Connection,
+    Enforcer,
+    Event,
+    EventKind,
+    LoggingNotifier,
+    Notifier,
+    utc_now,
+)
 from tbes.errors import (
     CatalogError,
     HeaderParseError,
@@ -20,41 +34,71 @@ from tbes.errors import (
 )
 from tbes.ledger import Pause, PauseLedger
 from tbes.received import Hop, SenderEvidence, find_sender, parse_received, received_values
+from tbes.report import ReportRow, Segment, forecast, report_row
 from tbes.stages import DEFAULT_STAGE_TABLE, Stage, StageTable
+from tbes.state import ServerState, observe
+from tbes.store import LedgerWrite, MemoryStore, SQLiteStore, StateStore, StateWrite, Versioned
 from tbes.version import ExchangeBuild, Product
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "DEFAULT_POLICY",
     "DEFAULT_STAGE_TABLE",
+    "Action",
     "Assessment",
     "Baseline",
+    "CallbackNotifier",
     "Catalog",
     "CatalogError",
     "Compliance",
+    "Connection",
+    "ConnectorKind",
+    "Decision",
+    "Enforcer",
+    "Event",
+    "EventKind",
     "ExchangeBuild",
     "HeaderParseError",
     "Hop",
     "InvalidBuildError",
     "InvalidPauseError",
+    "LedgerWrite",
+    "LoggingNotifier",
+    "MemoryStore",
     "NaiveDatetimeError",
+    "Notifier",
     "Pause",
     "PauseConflictError",
     "PauseInPastError",
     "PauseLedger",
+    "Policy",
     "Product",
     "QuotaExceededError",
     "Release",
+    "ReportRow",
+    "SQLiteStore",
+    "Segment",
     "SenderEvidence",
+    "ServerState",
+    "SmtpReply",
     "Stage",
     "StageTable",
     "StageTableError",
+    "StateStore",
+    "StateWrite",
     "StoreConflictError",
     "StoreError",
     "TbesError",
+    "Versioned",
     "__version__",
     "assess",
+    "decide",
     "find_sender",
+    "forecast",
+    "observe",
     "parse_received",
     "received_values",
+    "report_row",
+    "utc_now",
 ]
