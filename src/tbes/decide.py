@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import attrs
 
 from tbes.catalog import Baseline
-from tbes.errors import NaiveDatetimeError
+from tbes.errors import InvalidValueError, NaiveDatetimeError, PolicyError
 from tbes.ledger import Pause
 from tbes.stages import DEFAULT_STAGE_TABLE, Stage, StageTable
 
@@ -99,7 +99,7 @@ def _minute_offset(server_id: str) -> int:
 
 def _check_code(instance: SmtpReply, attribute: attrs.Attribute[int], value: int) -> None:
     if type(value) is not int or not 400 <= value <= 599:
-        raise ValueError(f"an enforcement reply code is 4xx or 5xx, got {value!r}")
+        raise InvalidValueError(f"an enforcement reply code is 4xx or 5xx, got {value!r}")
 
 
 def _check_enhanced(instance: SmtpReply, attribute: attrs.Attribute[str], value: str) -> None:
@@ -110,7 +110,7 @@ def _check_enhanced(instance: SmtpReply, attribute: attrs.Attribute[str], value:
         and parts[0] == str(instance.code)[0]
     )
     if not valid:
-        raise ValueError(
+        raise InvalidValueError(
             f"enhanced status code must be class.subject.detail with the reply's class "
             f"{str(instance.code)[0]} (RFC 3463), got {value!r}"
         )
@@ -118,7 +118,9 @@ def _check_enhanced(instance: SmtpReply, attribute: attrs.Attribute[str], value:
 
 def _check_line(what: str, value: str) -> None:
     if not isinstance(value, str) or not value or not _PRINTABLE.issuperset(value):
-        raise ValueError(f"{what} must be non-empty printable ASCII on one line, got {value!r}")
+        raise InvalidValueError(
+            f"{what} must be non-empty printable ASCII on one line, got {value!r}"
+        )
 
 
 def _check_text(instance: SmtpReply, attribute: attrs.Attribute[str], value: str) -> None:
@@ -197,7 +199,7 @@ def _check_connectors(
     assert isinstance(value, frozenset)  # the converter made it one
     strangers = [kind for kind in value if not isinstance(kind, ConnectorKind)]
     if strangers:
-        raise ValueError(f"connectors must be ConnectorKind members, got {strangers[0]!r}")
+        raise PolicyError(f"connectors must be ConnectorKind members, got {strangers[0]!r}")
 
 
 def _check_text_setting(instance: Policy, attribute: attrs.Attribute[str], value: str) -> None:
@@ -207,14 +209,14 @@ def _check_text_setting(instance: Policy, attribute: attrs.Attribute[str], value
 
 def _check_quota(instance: Policy, attribute: attrs.Attribute[int], value: int) -> None:
     if type(value) is not int or value < 0:
-        raise ValueError(f"pause_quota_days must be an int >= 0, got {value!r}")
+        raise PolicyError(f"pause_quota_days must be an int >= 0, got {value!r}")
 
 
 def _check_window(
     instance: Policy, attribute: attrs.Attribute[dt.timedelta], value: object
 ) -> None:
     if not isinstance(value, dt.timedelta) or value < _ZERO:
-        raise ValueError(f"relapse_window must be a timedelta >= 0, got {value!r}")
+        raise PolicyError(f"relapse_window must be a timedelta >= 0, got {value!r}")
 
 
 def _default_baseline() -> Baseline:
@@ -227,8 +229,8 @@ class Policy:
 
     The defaults are Microsoft's Exchange Online rules of 2026; see the presets
     :meth:`exchange_online_2023`, :meth:`exchange_online_2026`, :meth:`supported_only` and
-    :meth:`named`. Invalid settings raise :class:`ValueError` (or :class:`TypeError` for a
-    value of the wrong kind) naming the setting and the value.
+    :meth:`named`. Invalid settings raise :class:`~tbes.errors.PolicyError` (or
+    :class:`TypeError` for a value of the wrong kind) naming the setting and the value.
     """
 
     stage_table: StageTable = attrs.field(
@@ -307,8 +309,8 @@ class Policy:
     def named(cls, name: str, *, on: dt.date | None = None) -> Policy:
         """The preset called ``name``; ``supported_only`` needs ``on``, the others ignore it.
 
-        Raises :class:`ValueError` naming the valid presets for an unknown name, and for
-        ``supported_only`` without ``on``.
+        Raises :class:`~tbes.errors.PolicyError` naming the valid presets for an unknown
+        name, and for ``supported_only`` without ``on``.
         """
         if name == "exchange_online_2023":
             return cls.exchange_online_2023()
@@ -316,9 +318,9 @@ class Policy:
             return cls.exchange_online_2026()
         if name == "supported_only":
             if on is None:
-                raise ValueError("policy 'supported_only' needs the date to judge support on")
+                raise PolicyError("policy 'supported_only' needs the date to judge support on")
             return cls.supported_only(on)
-        raise ValueError(f"unknown policy {name!r}: choose one of {', '.join(_PRESETS)}")
+        raise PolicyError(f"unknown policy {name!r}: choose one of {', '.join(_PRESETS)}")
 
 
 DEFAULT_POLICY: Policy = Policy.exchange_online_2026()
@@ -373,7 +375,7 @@ class Decision:
             or (self.paused and not accept)
             or not self.elapsed >= _ZERO
         ):
-            raise ValueError(_what_is_broken(self))
+            raise InvalidValueError(_what_is_broken(self))
         change = self.next_change
         if change is not None and change.tzinfo is not dt.UTC:
             # The class is frozen; normalising to UTC is the one write, made while constructing.

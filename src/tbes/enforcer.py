@@ -26,7 +26,13 @@ import attrs
 
 from tbes.catalog import Catalog, Compliance, assess
 from tbes.decide import Action, ConnectorKind, Decision, Policy, SmtpReply, decide
-from tbes.errors import NaiveDatetimeError, StoreConflictError, StoreError, TbesError
+from tbes.errors import (
+    InvalidValueError,
+    NaiveDatetimeError,
+    StoreConflictError,
+    StoreError,
+    TbesError,
+)
 from tbes.ledger import PauseLedger
 from tbes.received import SenderEvidence, find_sender
 from tbes.stages import Stage
@@ -63,7 +69,7 @@ def utc_now() -> dt.datetime:
 
 def _non_empty(instance: object, attribute: attrs.Attribute[str], value: object) -> None:
     if not isinstance(value, str) or not value:
-        raise ValueError(f"{attribute.name} must be a non-empty str, got {value!r}")
+        raise InvalidValueError(f"{attribute.name} must be a non-empty str, got {value!r}")
 
 
 _optional_str = attrs.validators.optional(attrs.validators.instance_of(str))
@@ -192,7 +198,7 @@ class Enforcer:
         own_hosts: Iterable[str] = (),
     ) -> None:
         if type(retries) is not int or retries < 0:
-            raise ValueError(f"retries must be an int >= 0, got {retries!r}")
+            raise InvalidValueError(f"retries must be an int >= 0, got {retries!r}")
         self.store = store
         self.policy = policy
         self.catalog = catalog
@@ -349,7 +355,7 @@ class Enforcer:
             )
             state = stored_state.value if stored_state is not None else _unseen(server_id, tenant)
             if state.tenant != tenant:
-                raise ValueError(
+                raise InvalidValueError(
                     f"server {server_id} belongs to tenant {state.tenant}, not {tenant}"
                 )
             changed = change(ledger)

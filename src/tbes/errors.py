@@ -12,9 +12,11 @@ __all__ = [
     "HeaderParseError",
     "InvalidBuildError",
     "InvalidPauseError",
+    "InvalidValueError",
     "NaiveDatetimeError",
     "PauseConflictError",
     "PauseInPastError",
+    "PolicyError",
     "QuotaExceededError",
     "StageTableError",
     "StoreConflictError",
@@ -35,7 +37,15 @@ class HeaderParseError(TbesError, ValueError):
     """A header could not be parsed where the caller asked for strict parsing."""
 
 
-class InvalidPauseError(TbesError, ValueError):
+class InvalidValueError(TbesError, ValueError):
+    """A value was given a field it cannot hold (an empty id, a negative count, …)."""
+
+
+class PolicyError(InvalidValueError):
+    """A policy name is unknown or a policy setting is invalid."""
+
+
+class InvalidPauseError(InvalidValueError):
     """A pause or pause ledger was given a value it cannot hold (days < 1, an empty id, …)."""
 
 

@@ -65,7 +65,7 @@ from typing import TypeVar
 
 import attrs
 
-from tbes.errors import NaiveDatetimeError
+from tbes.errors import InvalidValueError, NaiveDatetimeError
 from tbes.version import ExchangeBuild, Product
 
 __all__ = ["Hop", "SenderEvidence", "find_sender", "parse_received", "received_values"]
@@ -125,7 +125,7 @@ class Hop:
 
 def _non_negative_index(instance: object, attribute: attrs.Attribute[int], value: object) -> None:
     if type(value) is not int or value < 0:
-        raise ValueError(f"{attribute.name} must be an int >= 0, got {value!r}")
+        raise InvalidValueError(f"{attribute.name} must be an int >= 0, got {value!r}")
 
 
 @attrs.frozen

@@ -18,7 +18,7 @@ import attrs
 
 from tbes.catalog import Catalog, Compliance, assess
 from tbes.decide import Policy, decide
-from tbes.errors import NaiveDatetimeError
+from tbes.errors import InvalidValueError, NaiveDatetimeError
 from tbes.stages import Stage
 from tbes.state import ServerState
 from tbes.version import ExchangeBuild, Product
@@ -50,7 +50,7 @@ def _after_start(
 ) -> None:
     _require_aware(end, "end")
     if end <= instance.start:
-        raise ValueError(f"a segment must end after it starts: {instance.start} .. {end}")
+        raise InvalidValueError(f"a segment must end after it starts: {instance.start} .. {end}")
 
 
 @attrs.frozen

@@ -24,6 +24,7 @@ import attrs
 from tbes.catalog import Assessment, Compliance
 from tbes.decide import DEFAULT_POLICY, Policy, _as_utc, _as_utc_or_none, _minute_offset
 from tbes.decide import _pause_spans as _spans_of
+from tbes.errors import InvalidValueError
 from tbes.ledger import Pause
 from tbes.version import ExchangeBuild
 
@@ -34,11 +35,13 @@ _NON_COMPLIANT = frozenset({Compliance.OUTDATED, Compliance.UNSUPPORTED})
 
 def _check_id(instance: ServerState, attribute: attrs.Attribute[str], value: str) -> None:
     if not isinstance(value, str) or not value:
-        raise ValueError(f"{attribute.name} must be a non-empty str, got {value!r}")
+        raise InvalidValueError(f"{attribute.name} must be a non-empty str, got {value!r}")
     try:
         value.encode()  # the minute offset hashes the UTF-8 bytes; stores need them too
     except UnicodeEncodeError:
-        raise ValueError(f"{attribute.name} must be valid Unicode text, got {value!r}") from None
+        raise InvalidValueError(
+            f"{attribute.name} must be valid Unicode text, got {value!r}"
+        ) from None
 
 
 def _check_build(
@@ -69,7 +72,7 @@ def _check_pauses(
 ) -> None:
     for pause in value:
         if pause.server_id != instance.server_id:
-            raise ValueError(
+            raise InvalidValueError(
                 f"state of {instance.server_id} cannot hold a pause of {pause.server_id}: {pause}"
             )
 
@@ -78,7 +81,9 @@ def _check_notified(
     instance: ServerState, attribute: attrs.Attribute[int | None], value: object
 ) -> None:
     if value is not None and (type(value) is not int or value < 1):
-        raise ValueError(f"notified_stage must be a stage number >= 1 or None, got {value!r}")
+        raise InvalidValueError(
+            f"notified_stage must be a stage number >= 1 or None, got {value!r}"
+        )
 
 
 @attrs.frozen
@@ -192,7 +197,7 @@ def observe(
     if state is None:
         return _fresh(server_id, tenant, status, build, at)
     if (state.server_id, state.tenant) != (server_id, tenant):
-        raise ValueError(
+        raise InvalidValueError(
             f"cannot observe {server_id} of tenant {tenant} with the state of "
             f"{state.server_id} of tenant {state.tenant}"
         )

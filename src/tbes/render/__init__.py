@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 from tbes.catalog import Catalog
 from tbes.decide import Policy
+from tbes.errors import InvalidValueError
 from tbes.render.csv import render_csv
 from tbes.render.html import render_html
 from tbes.render.json import render_json
@@ -44,7 +45,9 @@ def render_report(
     HTML page only. An unknown format raises :class:`ValueError` naming the valid ones.
     """
     if fmt not in FORMATS:
-        raise ValueError(f"unknown report format {fmt!r}: choose one of {', '.join(FORMATS)}")
+        raise InvalidValueError(
+            f"unknown report format {fmt!r}: choose one of {', '.join(FORMATS)}"
+        )
     ordered = sorted(states, key=lambda state: (state.tenant, state.server_id))
     rows = [report_row(state, now, policy, catalog) for state in ordered]
     if fmt == "table":

@@ -21,7 +21,7 @@ from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 import attrs
 
-from tbes.errors import StoreConflictError, StoreError
+from tbes.errors import InvalidValueError, StoreConflictError, StoreError
 from tbes.ledger import PauseLedger
 from tbes.serde import dumps, loads
 from tbes.state import ServerState
@@ -54,7 +54,7 @@ _T_co = TypeVar("_T_co", covariant=True)
 
 def _check_version(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
     if type(value) is not int or value < 1:
-        raise ValueError(f"a stored version is an int >= 1, got {value!r}")
+        raise InvalidValueError(f"a stored version is an int >= 1, got {value!r}")
 
 
 @attrs.frozen
@@ -69,7 +69,7 @@ def _check_expected(
     instance: object, attribute: attrs.Attribute[int | None], value: object
 ) -> None:
     if value is not None and (type(value) is not int or value < 1):
-        raise ValueError(f"expected_version is None or an int >= 1, got {value!r}")
+        raise InvalidValueError(f"expected_version is None or an int >= 1, got {value!r}")
 
 
 @attrs.frozen
