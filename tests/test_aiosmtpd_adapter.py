@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
 import smtplib
-import socket
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -16,10 +14,11 @@ pytest.importorskip("aiosmtpd", reason="the smtp extra (aiosmtpd) is not install
 
 from aiosmtpd.controller import Controller
 
+from adapter_support import free_port, offset_minute, on_premises, reply_line, smtp_send
 from tbes.adapters.aiosmtpd import EnforcingHandler, peer_subject
-from tbes.adapters.config import AdapterConfig, ConnectorRule
+from tbes.adapters.config import AdapterConfig
 from tbes.catalog import Catalog
-from tbes.decide import ConnectorKind, Decision, Policy
+from tbes.decide import Decision, Policy
 from tbes.enforcer import Connection, Enforcer
 from tbes.state import ServerState
 from tbes.store.memory import MemoryStore
@@ -27,18 +26,8 @@ from tbes.store.memory import MemoryStore
 DETECTED = dt.datetime(2025, 3, 3, 9, 0, tzinfo=dt.UTC)
 CONFIG = AdapterConfig(
     connectors=(
-        ConnectorRule(
-            kind=ConnectorKind.ON_PREMISES,
-            tenant="fabrikam",
-            server_id="fabrikam-ex2007",
-            networks=("127.0.0.2/32",),
-        ),
-        ConnectorRule(
-            kind=ConnectorKind.ON_PREMISES,
-            tenant="northwind",
-            server_id="northwind-ex2019",
-            networks=("127.0.0.3/32",),
-        ),
+        on_premises("fabrikam", "fabrikam-ex2007", "127.0.0.2/32"),
+        on_premises("northwind", "northwind-ex2019", "127.0.0.3/32"),
     )
 )
 EX2007_MESSAGE = (
@@ -62,20 +51,6 @@ EX2019_MESSAGE = (
 )
 
 
-def _offset(server_id: str) -> int:
-    # SPEC 7: the server's place in the hour.
-    return int.from_bytes(hashlib.sha256(server_id.encode()).digest()[:8], "big") % 60
-
-
-def _line(verb: str, minutes: int) -> str:
-    code = "450 4.7.230" if verb == "throttled" else "550 5.7.230"
-    return (
-        f"{code} Connecting Exchange server version is out-of-date; connection to Exchange "
-        f"Online {verb} for {minutes} mins/hr. For more information see "
-        "https://aka.ms/BlockUnsafeExchange."
-    )
-
-
 class _Inbox:
     """The inner delivery handler: keeps what it is given."""
 
@@ -94,31 +69,17 @@ class _Broken:
         raise OSError("store down")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class _Server:
     def __init__(self, checker: Any, config: AdapterConfig = CONFIG) -> None:
         self.inbox = _Inbox()
-        self.port = _free_port()
+        self.port = free_port()
         handler = EnforcingHandler(checker, config, inner=self.inbox)
         self.controller = Controller(handler, hostname="127.0.0.1", port=self.port)
 
     def send(self, message: bytes, source: str) -> str:
         """The final reply line to a transaction from ``source``."""
-        with smtplib.SMTP("127.0.0.1", self.port, source_address=(source, 0), timeout=10) as c:
-            c.ehlo("client.example")
-            c.mail("alice@fabrikam.example")
-            c.rcpt("bob@receiver.example")
-            try:
-                code, text = c.data(message)
-            except smtplib.SMTPDataError as error:
-                code, text = error.smtp_code, _as_bytes(error.smtp_error)
-            return f"{code} {text.decode()}"
+        sender, rcpt = "alice@fabrikam.example", "bob@receiver.example"
+        return smtp_send(self.port, message, source=source, sender=sender, rcpt=rcpt).line
 
 
 @pytest.fixture
@@ -167,23 +128,23 @@ def test_up_to_date_exchange_2019_is_delivered(server: _Server, store: MemorySto
 def test_exchange_2007_goes_through_the_stages(
     server: _Server, store: MemoryStore, clock: list[dt.datetime]
 ) -> None:
-    offset = dt.timedelta(minutes=_offset("fabrikam-ex2007"))
+    offset = dt.timedelta(minutes=offset_minute("fabrikam-ex2007"))
     # Stage 1 (first detection): reported, delivered.
     assert server.send(EX2007_MESSAGE, "127.0.0.2") == "250 2.0.0 delivered"
     assert _stored(store, "fabrikam-ex2007").first_detected == DETECTED
     # Stage 2 at the server's offset minute: throttled 5 min/h.
     clock[0] = DETECTED + dt.timedelta(days=31) + offset
-    assert server.send(EX2007_MESSAGE, "127.0.0.2") == _line("throttled", 5)
+    assert server.send(EX2007_MESSAGE, "127.0.0.2") == reply_line("throttled", 5)
     # Stage 5: the first 5 minutes of its window block, the next 30 throttle, then accept.
     clock[0] = DETECTED + dt.timedelta(days=61) + offset
-    assert server.send(EX2007_MESSAGE, "127.0.0.2") == _line("blocked", 5)
+    assert server.send(EX2007_MESSAGE, "127.0.0.2") == reply_line("blocked", 5)
     clock[0] += dt.timedelta(minutes=5)
-    assert server.send(EX2007_MESSAGE, "127.0.0.2") == _line("throttled", 30)
+    assert server.send(EX2007_MESSAGE, "127.0.0.2") == reply_line("throttled", 30)
     clock[0] += dt.timedelta(minutes=30)
     assert server.send(EX2007_MESSAGE, "127.0.0.2") == "250 2.0.0 delivered"
     # Stage 8: blocked all hour.
     clock[0] = DETECTED + dt.timedelta(days=95, minutes=17)
-    assert server.send(EX2007_MESSAGE, "127.0.0.2") == _line("blocked", 60)
+    assert server.send(EX2007_MESSAGE, "127.0.0.2") == reply_line("blocked", 60)
     assert len(server.inbox.messages) == 2
 
 
@@ -235,10 +196,6 @@ def test_without_inner_handler_accepted_mail_gets_250(
         assert running.send(EX2019_MESSAGE, "127.0.0.3") == "250 2.0.0 OK"
     finally:
         running.controller.stop()
-
-
-def _as_bytes(text: bytes | str) -> bytes:
-    return text if isinstance(text, bytes) else text.encode()
 
 
 class _Transport:

@@ -19,6 +19,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 import tbes.cli
+from report_support import fabrikam_state
 from support import shared_path
 from tbes.catalog import Compliance
 from tbes.cli import cli
@@ -63,6 +64,11 @@ def table_rows(output: str) -> list[list[str]]:
     return rows
 
 
+def milestones_of(output: str) -> dict[str, str]:
+    """The two-cell rows of the tables in ``output``: milestone name to instant."""
+    return {row[0]: row[1] for row in table_rows(output) if len(row) == 2}
+
+
 def assert_one_line_error(result: Result, *fragments: str) -> None:
     """Exit code 2, nothing on stdout, and one line on stderr naming what was wrong."""
     assert result.exit_code == 2, result.output
@@ -87,25 +93,6 @@ def eml(tmp_path: Path) -> Path:
     return path
 
 
-def state(
-    server_id: str,
-    build: str,
-    first: dt.datetime | None,
-    *pauses: Pause,
-    status: Compliance = Compliance.OUTDATED,
-) -> ServerState:
-    return ServerState(
-        server_id=server_id,
-        tenant="fabrikam",
-        build=ExchangeBuild.parse(build),
-        status=status,
-        first_detected=first,
-        last_seen=first or dt.datetime(2026, 1, 1, tzinfo=UTC),
-        compliant_since=None,
-        pauses=pauses,
-    )
-
-
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
     """A database with fabrikam's 2016 server (detected 1 Jan 2026) and its 2019 server."""
@@ -113,10 +100,12 @@ def db(tmp_path: Path) -> Path:
     store = SQLiteStore(path)
     try:
         store.put(
-            state(EX16, "15.1.2507.39", dt.datetime(2026, 1, 1, tzinfo=UTC)), expected_version=None
+            fabrikam_state(EX16, "15.1.2507.39", dt.datetime(2026, 1, 1, tzinfo=UTC)),
+            expected_version=None,
         )
         store.put(
-            state(EX19, "15.2.1748.39", None, status=Compliance.COMPLIANT), expected_version=None
+            fabrikam_state(EX19, "15.2.1748.39", None, status=Compliance.COMPLIANT),
+            expected_version=None,
         )
         store.put(
             ServerState(
@@ -164,7 +153,7 @@ def test_an_unknown_command_is_one_line_and_exit_2() -> None:
 def test_timeline_shows_throttling_blocking_and_full_block_dates() -> None:
     result = run("timeline", "--build", "15.1.2507.39", "--first-detected", "2026-01-01")
     assert result.exit_code == 0, result.output
-    milestones = {row[0]: row[1] for row in table_rows(result.output) if len(row) == 2}
+    milestones = milestones_of(result.output)
     assert milestones == {
         "first detected": "2026-01-01 00:00",
         "throttling from": "2026-01-31 00:00",
@@ -199,7 +188,7 @@ def test_timeline_with_a_ten_day_pause_shifts_each_milestone_by_ten_days() -> No
         "2026-01-10:10",
     )
     assert result.exit_code == 0, result.output
-    milestones = {row[0]: row[1] for row in table_rows(result.output) if len(row) == 2}
+    milestones = milestones_of(result.output)
     assert milestones["throttling from"] == "2026-02-10 00:00"
     assert milestones["blocking from"] == "2026-03-12 00:00"
     assert milestones["fully blocked"] == "2026-04-11 00:00"
@@ -211,7 +200,7 @@ def test_timeline_keeps_the_time_and_converts_offsets_to_utc() -> None:
     result = run(
         "timeline", "--build", "8.3.517.0", "--first-detected", "2026-01-01T10:30:00+02:00"
     )
-    milestones = {row[0]: row[1] for row in table_rows(result.output) if len(row) == 2}
+    milestones = milestones_of(result.output)
     assert milestones["throttling from"] == "2026-01-31 08:30"
     assert "UNSUPPORTED" in result.output
 
@@ -312,7 +301,7 @@ def test_inspect_finds_the_sending_exchange_server_behind_our_own_hop(eml: Path)
     assert "Assessment under exchange_online_2026: OUTDATED." in result.output
     assert "Recommended: 15.1.2507.61" in result.output
     assert "Decision: ACCEPT in stage 1." in result.output
-    milestones = {row[0]: row[1] for row in table_rows(result.output) if len(row) == 2}
+    milestones = milestones_of(result.output)
     assert milestones["throttling from"] == "2026-11-14 08:13"
 
 

@@ -19,12 +19,12 @@ except ImportError:  # pragma: no cover - depends on the installed extras
         raise
     pytest.skip("the milter extra (pymilter) is not installed", allow_module_level=True)
 
-from tbes.adapters.config import AdapterConfig, ConnectorRule
+from adapter_support import Recorder, decision, enforcement_text, offset_minute, on_premises
+from tbes.adapters.config import AdapterConfig
 from tbes.adapters.milter import MAX_RECEIVED, TbesMilter, run_milter, validate_socket
 from tbes.catalog import Catalog
-from tbes.decide import Action, ConnectorKind, Decision, Policy, SmtpReply
+from tbes.decide import Action, ConnectorKind, Policy, SmtpReply
 from tbes.enforcer import Connection, Enforcer
-from tbes.stages import DEFAULT_STAGE_TABLE
 from tbes.store.memory import MemoryStore
 
 EX2007 = (
@@ -35,56 +35,17 @@ MAPI = (
     "from EXMBX01.fabrikam.local ([10.1.2.7]) by EXHUB01.fabrikam.local ([10.1.2.3]) "
     "with mapi; Mon, 3 Mar 2025 09:59:59 +0100"
 )
-CONFIG = AdapterConfig(
-    connectors=(
-        ConnectorRule(
-            kind=ConnectorKind.ON_PREMISES,
-            tenant="fabrikam",
-            server_id="fabrikam-edge",
-            networks=("203.0.113.0/24",),
-        ),
-    )
-)
-TEXT_5 = (
-    "Connecting Exchange server version is out-of-date; connection to Exchange Online "
-    "throttled for 5 mins/hr. For more information see https://aka.ms/BlockUnsafeExchange."
-)
+CONFIG = AdapterConfig(connectors=(on_premises("fabrikam", "fabrikam-edge", "203.0.113.0/24"),))
+TEXT_5 = enforcement_text("throttled", 5)
 
 
 # Callbacks that never refuse answer NOREPLY once the MTA agreed to skip their replies.
 _GO_ON = (Milter.CONTINUE, Milter.NOREPLY)
 
 
-def _decision(action: Action, reply: SmtpReply | None = None, stage: int = 1) -> Decision:
-    return Decision(
-        action=action,
-        stage=DEFAULT_STAGE_TABLE.stages[stage - 1],
-        reply=reply,
-        report=True,
-        paused=False,
-        elapsed=dt.timedelta(days=31),
-        next_change=None,
-        reason="test",
-    )
-
-
-class _Recorder:
-    """A checker that records its calls and answers (or raises) as told."""
-
-    def __init__(self, answer: Decision | Exception) -> None:
-        self.answer = answer
-        self.calls: list[tuple[Connection, list[str]]] = []
-
-    def check(self, conn: Connection, received: Sequence[str]) -> Decision:
-        self.calls.append((conn, list(received)))
-        if isinstance(self.answer, Exception):
-            raise self.answer
-        return self.answer
-
-
 @pytest.fixture
-def recorder() -> _Recorder:
-    return _Recorder(_decision(Action.ACCEPT))
+def recorder() -> Recorder:
+    return Recorder(decision(Action.ACCEPT))
 
 
 def _install(
@@ -94,7 +55,7 @@ def _install(
 
 
 @pytest.fixture
-def ctx(monkeypatch: pytest.MonkeyPatch, recorder: _Recorder) -> testctx.TestCtx:
+def ctx(monkeypatch: pytest.MonkeyPatch, recorder: Recorder) -> testctx.TestCtx:
     _install(monkeypatch, recorder)
     return testctx.TestCtx()
 
@@ -122,7 +83,7 @@ def test_milter_asks_the_mta_for_the_identity_macros(ctx: testctx.TestCtx) -> No
     assert ctx._protocol & Milter.P_NOBODY
 
 
-def test_identity_comes_from_the_mta_macros(ctx: testctx.TestCtx, recorder: _Recorder) -> None:
+def test_identity_comes_from_the_mta_macros(ctx: testctx.TestCtx, recorder: Recorder) -> None:
     ctx._setsymval("{client_addr}", "203.0.113.25")
     ctx._setsymval("{client_name}", "mail.fabrikam.example")
     ctx._setsymval("{cert_subject}", "mail.fabrikam.example")
@@ -140,14 +101,14 @@ def test_identity_comes_from_the_mta_macros(ctx: testctx.TestCtx, recorder: _Rec
 
 
 def test_without_macros_the_connect_arguments_identify(
-    ctx: testctx.TestCtx, recorder: _Recorder
+    ctx: testctx.TestCtx, recorder: Recorder
 ) -> None:
     _message(ctx, [("Received", EX2007)], ip="203.0.113.9")
     ((conn, _),) = recorder.calls
     assert (conn.peer_ip, conn.peer_host, conn.server_id) == ("203.0.113.9", None, "fabrikam-edge")
 
 
-def test_unverified_names_do_not_identify(ctx: testctx.TestCtx, recorder: _Recorder) -> None:
+def test_unverified_names_do_not_identify(ctx: testctx.TestCtx, recorder: Recorder) -> None:
     ctx._setsymval("{client_name}", "mail.fabrikam.example")
     ctx._setsymval("{client_resolve}", "FORGED")
     _message(ctx, [("Received", EX2007)])
@@ -156,7 +117,7 @@ def test_unverified_names_do_not_identify(ctx: testctx.TestCtx, recorder: _Recor
 
 
 def test_received_values_go_top_first_and_nothing_else(
-    ctx: testctx.TestCtx, recorder: _Recorder
+    ctx: testctx.TestCtx, recorder: Recorder
 ) -> None:
     headers = [
         ("Received", EX2007),
@@ -170,7 +131,7 @@ def test_received_values_go_top_first_and_nothing_else(
 
 
 def test_each_message_is_judged_on_its_own_headers(
-    ctx: testctx.TestCtx, recorder: _Recorder
+    ctx: testctx.TestCtx, recorder: Recorder
 ) -> None:
     _message(ctx, [("Received", EX2007)])
     assert ctx._envfrom("<alice@fabrikam.example>") in _GO_ON
@@ -180,7 +141,7 @@ def test_each_message_is_judged_on_its_own_headers(
 
 
 def test_undecodable_header_bytes_become_replacement_characters(
-    ctx: testctx.TestCtx, recorder: _Recorder
+    ctx: testctx.TestCtx, recorder: Recorder
 ) -> None:
     # TestCtx sends this str as the bytes b"from \xff ..." (surrogateescape), as an MTA would.
     _message(ctx, [("Received", "from \udcffhost by mx.example; Mon, 3 Mar 2025 10:00:00 +0000")])
@@ -190,7 +151,7 @@ def test_undecodable_header_bytes_become_replacement_characters(
     assert all(not 0xD800 <= ord(c) <= 0xDFFF for c in received[0])
 
 
-def test_received_values_are_bounded(ctx: testctx.TestCtx, recorder: _Recorder) -> None:
+def test_received_values_are_bounded(ctx: testctx.TestCtx, recorder: Recorder) -> None:
     _message(ctx, [("Received", f"hop {i}") for i in range(MAX_RECEIVED + 50)])
     ((_, received),) = recorder.calls
     assert received == [f"hop {i}" for i in range(MAX_RECEIVED)]
@@ -200,7 +161,7 @@ def test_throttle_is_tempfail_with_the_decision_reply(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     reply = SmtpReply(450, "4.7.230", TEXT_5)
-    _install(monkeypatch, _Recorder(_decision(Action.THROTTLE, reply, stage=2)))
+    _install(monkeypatch, Recorder(decision(Action.THROTTLE, reply, stage=2)))
     ctx = testctx.TestCtx()
     assert _message(ctx, [("Received", EX2007)]) == Milter.TEMPFAIL
     assert ctx._reply == ("450", "4.7.230", TEXT_5)
@@ -208,7 +169,7 @@ def test_throttle_is_tempfail_with_the_decision_reply(
 
 def test_block_is_reject_and_percent_is_doubled(monkeypatch: pytest.MonkeyPatch) -> None:
     text = "blocked for 60 mins/hr. For more information see https://example.test/a%20b."
-    _install(monkeypatch, _Recorder(_decision(Action.BLOCK, SmtpReply(550, "5.7.230", text), 8)))
+    _install(monkeypatch, Recorder(decision(Action.BLOCK, SmtpReply(550, "5.7.230", text), 8)))
     ctx = testctx.TestCtx()
     assert _message(ctx, [("Received", EX2007)]) == Milter.REJECT
     assert ctx._reply == ("550", "5.7.230", text.replace("%", "%%"))
@@ -217,7 +178,7 @@ def test_block_is_reject_and_percent_is_doubled(monkeypatch: pytest.MonkeyPatch)
 def test_a_fault_accepts_and_warns(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    _install(monkeypatch, _Recorder(OSError("store down")))
+    _install(monkeypatch, Recorder(OSError("store down")))
     ctx = testctx.TestCtx()
     with caplog.at_level(logging.WARNING, logger="tbes.adapters.milter"):
         assert _message(ctx, [("Received", EX2007)]) == Milter.ACCEPT
@@ -228,7 +189,7 @@ def test_a_fault_accepts_and_warns(
 
 def test_a_fault_defers_when_failing_closed(monkeypatch: pytest.MonkeyPatch) -> None:
     closed = AdapterConfig(connectors=CONFIG.connectors, fail_closed=True)
-    _install(monkeypatch, _Recorder(OSError("store down")), closed)
+    _install(monkeypatch, Recorder(OSError("store down")), closed)
     ctx = testctx.TestCtx()
     assert _message(ctx, [("Received", EX2007)]) == Milter.TEMPFAIL
     assert ctx._reply == (
@@ -247,16 +208,10 @@ def test_real_enforcer_throttles_in_stage_two(monkeypatch: pytest.MonkeyPatch) -
     _install(monkeypatch, enforcer)
     assert _message(testctx.TestCtx(), [("Received", EX2007), ("Received", MAPI)]) == Milter.ACCEPT
     # Stage 2 starts 30 days later; at the server's own offset minute it is throttled.
-    clock[0] = detected + dt.timedelta(days=31, minutes=_offset("fabrikam-edge"))
+    clock[0] = detected + dt.timedelta(days=31, minutes=offset_minute("fabrikam-edge"))
     ctx = testctx.TestCtx()
     assert _message(ctx, [("Received", EX2007), ("Received", MAPI)]) == Milter.TEMPFAIL
     assert ctx._reply == ("450", "4.7.230", TEXT_5)
-
-
-def _offset(server_id: str) -> int:
-    import hashlib
-
-    return int.from_bytes(hashlib.sha256(server_id.encode()).digest()[:8], "big") % 60
 
 
 @pytest.mark.parametrize(
@@ -269,7 +224,7 @@ def test_milter_sockets_in_libmilter_form_are_accepted(socket: str) -> None:
 @pytest.mark.parametrize("socket", ["127.0.0.1:8891", "inet:127.0.0.1:8891", "tcp:8891", ""])
 def test_other_socket_forms_are_refused_before_starting(socket: str) -> None:
     with pytest.raises(ValueError, match="not a milter socket"):
-        run_milter(socket, CONFIG, _Recorder(_decision(Action.ACCEPT)))
+        run_milter(socket, CONFIG, Recorder(decision(Action.ACCEPT)))
 
 
 def test_tbes_milter_command_refuses_a_bad_socket_without_starting(tmp_path: Path) -> None:

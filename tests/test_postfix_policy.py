@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Sequence
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tbes.adapters.config import AdapterConfig, ConnectorRule
+from adapter_support import Recorder, decision, on_premises, reply_line
+from tbes.adapters.config import AdapterConfig
 from tbes.adapters.postfix_policy import (
     PolicyParser,
     PolicyProtocolError,
@@ -22,9 +22,8 @@ from tbes.adapters.postfix_policy import (
     serve_policy,
 )
 from tbes.catalog import Catalog
-from tbes.decide import Action, ConnectorKind, Decision, Policy, SmtpReply
+from tbes.decide import Action, ConnectorKind, Policy, SmtpReply
 from tbes.enforcer import Connection, Enforcer
-from tbes.stages import DEFAULT_STAGE_TABLE
 from tbes.store.memory import MemoryStore
 
 # A request as Postfix 3.x sends it at RCPT TO (SMTPD_POLICY_README), abridged.
@@ -42,24 +41,9 @@ REQUEST = (
     b"queue_id=\n"
     b"\n"
 )
-THROTTLE_5 = (
-    "450 4.7.230 Connecting Exchange server version is out-of-date; connection to Exchange "
-    "Online throttled for 5 mins/hr. For more information see https://aka.ms/BlockUnsafeExchange."
-)
-BLOCK_60 = (
-    "550 5.7.230 Connecting Exchange server version is out-of-date; connection to Exchange "
-    "Online blocked for 60 mins/hr. For more information see https://aka.ms/BlockUnsafeExchange."
-)
-CONFIG = AdapterConfig(
-    connectors=(
-        ConnectorRule(
-            kind=ConnectorKind.ON_PREMISES,
-            tenant="fabrikam",
-            server_id="fabrikam-edge",
-            networks=("203.0.113.0/24",),
-        ),
-    )
-)
+THROTTLE_5 = reply_line("throttled", 5)
+BLOCK_60 = reply_line("blocked", 60)
+CONFIG = AdapterConfig(connectors=(on_premises("fabrikam", "fabrikam-edge", "203.0.113.0/24"),))
 
 
 def test_a_whole_request_gives_its_attributes_in_order() -> None:
@@ -159,42 +143,15 @@ def test_response_is_one_action_line_and_an_empty_line() -> None:
             format_response(bad)
 
 
-def _decision(action: Action, reply: SmtpReply | None, stage_number: int) -> Decision:
-    return Decision(
-        action=action,
-        stage=DEFAULT_STAGE_TABLE.stages[stage_number - 1],
-        reply=reply,
-        report=True,
-        paused=False,
-        elapsed=dt.timedelta(days=95),
-        next_change=None,
-        reason="test",
-    )
-
-
 def test_actions_are_the_reply_line_or_dunno() -> None:
     block = SmtpReply(550, "5.7.230", BLOCK_60.split(" ", 2)[2])
-    assert action_for(_decision(Action.BLOCK, block, 8)) == BLOCK_60
-    assert action_for(_decision(Action.ACCEPT, None, 1)) == "DUNNO"
-
-
-class _Recorder:
-    """A checker that records its calls and answers (or raises) as told."""
-
-    def __init__(self, answer: Decision | Exception) -> None:
-        self.answer = answer
-        self.calls: list[tuple[Connection, Sequence[str]]] = []
-
-    def check(self, conn: Connection, received: Sequence[str]) -> Decision:
-        self.calls.append((conn, received))
-        if isinstance(self.answer, Exception):
-            raise self.answer
-        return self.answer
+    assert action_for(decision(Action.BLOCK, block, 8)) == BLOCK_60
+    assert action_for(decision(Action.ACCEPT, None, 1)) == "DUNNO"
 
 
 def test_identity_comes_from_client_attributes_and_no_headers_are_judged() -> None:
     (request,) = PolicyParser().feed(REQUEST)
-    recorder = _Recorder(_decision(Action.ACCEPT, None, 1))
+    recorder = Recorder(decision(Action.ACCEPT, None, 1))
     assert decide_request(request, recorder, CONFIG) == "DUNNO"
     ((conn, received),) = recorder.calls
     assert conn == Connection(
@@ -211,7 +168,7 @@ def test_identity_comes_from_client_attributes_and_no_headers_are_judged() -> No
 def test_a_fault_answers_dunno_and_warns(caplog: pytest.LogCaptureFixture) -> None:
     (request,) = PolicyParser().feed(REQUEST)
     with caplog.at_level(logging.WARNING, logger="tbes.adapters.postfix_policy"):
-        action = decide_request(request, _Recorder(OSError("store down")), CONFIG)
+        action = decide_request(request, Recorder(OSError("store down")), CONFIG)
     assert action == "DUNNO"
     assert any("203.0.113.25" in r.getMessage() for r in caplog.records)
     assert all(r.levelno == logging.WARNING for r in caplog.records)
@@ -220,7 +177,7 @@ def test_a_fault_answers_dunno_and_warns(caplog: pytest.LogCaptureFixture) -> No
 def test_a_fault_defers_when_failing_closed() -> None:
     (request,) = PolicyParser().feed(REQUEST)
     closed = AdapterConfig(connectors=CONFIG.connectors, fail_closed=True)
-    action = decide_request(request, _Recorder(OSError("store down")), closed)
+    action = decide_request(request, Recorder(OSError("store down")), closed)
     assert (
         action
         == "451 4.3.0 Temporary failure checking the sending Exchange server; try again later"
@@ -268,7 +225,7 @@ def test_server_answers_from_the_stored_state_over_one_connection() -> None:
 
 
 def test_server_drops_a_peer_that_is_not_postfix(caplog: pytest.LogCaptureFixture) -> None:
-    recorder = _Recorder(_decision(Action.ACCEPT, None, 1))
+    recorder = Recorder(decision(Action.ACCEPT, None, 1))
 
     async def scenario() -> bytes:
         server = await serve_policy(recorder, CONFIG)
@@ -284,4 +241,4 @@ def test_server_drops_a_peer_that_is_not_postfix(caplog: pytest.LogCaptureFixtur
 
 def test_throttle_reply_is_the_decision_line() -> None:
     throttle = SmtpReply(450, "4.7.230", THROTTLE_5.split(" ", 2)[2])
-    assert action_for(_decision(Action.THROTTLE, throttle, 2)) == THROTTLE_5
+    assert action_for(decision(Action.THROTTLE, throttle, 2)) == THROTTLE_5

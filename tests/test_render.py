@@ -10,9 +10,9 @@ from html.parser import HTMLParser
 
 import pytest
 
+from report_support import fabrikam_state
 from tbes.catalog import Catalog, Compliance
 from tbes.decide import Policy
-from tbes.ledger import Pause
 from tbes.render import (
     FORMATS,
     render_csv,
@@ -24,7 +24,6 @@ from tbes.render import (
 from tbes.report import ReportRow, forecast, report_row
 from tbes.serde import loads
 from tbes.state import ServerState
-from tbes.version import ExchangeBuild
 
 UTC = dt.UTC
 POLICY = Policy()
@@ -40,16 +39,7 @@ def server(
     *pauses: tuple[dt.date, int],
     status: Compliance = Compliance.OUTDATED,
 ) -> ServerState:
-    return ServerState(
-        server_id=server_id,
-        tenant="fabrikam",
-        build=ExchangeBuild.parse(build),
-        status=status,
-        first_detected=first,
-        last_seen=NOW,
-        compliant_since=None,
-        pauses=tuple(Pause(server_id, start, days) for start, days in pauses),
-    )
+    return fabrikam_state(server_id, build, first, pauses, status=status, last_seen=NOW)
 
 
 EX16 = server(

@@ -10,10 +10,10 @@ import datetime as dt
 
 import pytest
 
+from report_support import JAN_1, fabrikam_state
 from tbes.catalog import Catalog, Compliance
 from tbes.decide import Policy
 from tbes.errors import NaiveDatetimeError
-from tbes.ledger import Pause
 from tbes.report import ReportRow, Segment, forecast, horizon, report_row
 from tbes.serde import dumps, loads
 from tbes.stages import DEFAULT_STAGE_TABLE
@@ -24,7 +24,6 @@ UTC = dt.UTC
 SERVER = "ex16.fabrikam.example"
 POLICY = Policy()
 CATALOG = Catalog.default()
-JAN_1 = dt.datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def at(month: int, day: int, hour: int = 0, minute: int = 0, year: int = 2026) -> dt.datetime:
@@ -40,15 +39,8 @@ def state(
     status = Compliance.OUTDATED if compliant_since is None else Compliance.COMPLIANT
     if first is None:
         status = Compliance.COMPLIANT
-    return ServerState(
-        server_id=SERVER,
-        tenant="fabrikam",
-        build=ExchangeBuild.parse(build),
-        status=status,
-        first_detected=first,
-        last_seen=first or JAN_1,
-        compliant_since=compliant_since,
-        pauses=tuple(Pause(SERVER, start, days) for start, days in pauses),
+    return fabrikam_state(
+        SERVER, build, first, pauses, status=status, compliant_since=compliant_since
     )
 
 

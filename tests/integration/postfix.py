@@ -10,9 +10,9 @@ what the tests run, only with free ports instead of the documented ones.
 
 :class:`MilterProcess` runs the milter as ``tbes milter`` does (the click command of
 :mod:`tbes.adapters.milter`) in a child process, so a test can restart it with a new
-``fixed_time`` to put a server in another stage. :func:`smtp_send` speaks SMTP from a
-chosen loopback address (Linux routes all of 127.0.0.0/8 to ``lo``), so one Postfix sees
-several "servers".
+``fixed_time`` to put a server in another stage. :func:`smtp_send` (from
+``adapter_support``, shared with the aiosmtpd tests) speaks SMTP from a chosen loopback
+address, so one Postfix sees several "servers".
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import os
 import re
 import shutil
 import signal
-import smtplib
 import socket
 import subprocess
 import sys
@@ -34,6 +33,8 @@ from pathlib import Path
 
 import attrs
 import pytest
+
+from adapter_support import RECEIVER_DOMAIN, SmtpOutcome, free_port, smtp_send
 
 __all__ = [
     "Listener",
@@ -50,7 +51,6 @@ __all__ = [
 
 REPO = Path(__file__).resolve().parents[2]
 POSTFIX_DOC = REPO / "docs" / "postfix.md"
-RECEIVER_DOMAIN = "receiver.example"
 _READY_TIMEOUT = 15.0
 
 
@@ -72,14 +72,6 @@ def require_root() -> None:
         if _require_integration():
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_for_port(port: int, *, host: str = "127.0.0.1", timeout: float = _READY_TIMEOUT) -> None:
@@ -349,40 +341,3 @@ def _wait_for_child_port(process: subprocess.Popen[bytes], port: int) -> None:
         except TimeoutError:
             if time.monotonic() > deadline:
                 raise
-
-
-@attrs.frozen
-class SmtpOutcome:
-    """How an SMTP transaction ended: the command that got the final reply, and the reply."""
-
-    command: str
-    code: int
-    text: str
-
-    @property
-    def line(self) -> str:
-        """The reply as one line: ``"450 4.7.230 ..."``."""
-        return f"{self.code} {self.text}"
-
-
-def smtp_send(
-    port: int, message: bytes, *, source: str, rcpt: str = f"postmaster@{RECEIVER_DOMAIN}"
-) -> SmtpOutcome:
-    """Send ``message`` from loopback address ``source``; stop at the first non-2xx/3xx reply."""
-    with smtplib.SMTP("127.0.0.1", port, source_address=(source, 0), timeout=30) as client:
-        client.ehlo("client.example")
-        code, text = client.mail("sender@client.example")
-        if code >= 400:
-            return SmtpOutcome("MAIL", code, text.decode())
-        code, text = client.rcpt(rcpt)
-        if code >= 400:
-            return SmtpOutcome("RCPT", code, text.decode())
-        try:
-            code, text = client.data(message)
-        except smtplib.SMTPDataError as error:
-            code, text = error.smtp_code, _as_bytes(error.smtp_error)
-        return SmtpOutcome("DATA", code, text.decode())
-
-
-def _as_bytes(text: bytes | str) -> bytes:
-    return text if isinstance(text, bytes) else text.encode()

@@ -11,13 +11,13 @@ server is throttled is worked out from the SPEC's formula, not taken from tbes.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from adapter_support import offset_minute, reply_line
 from integration.postfix import (
     Listener,
     MilterProcess,
@@ -114,20 +114,6 @@ fixed_time = {now}
 """
 
 
-def _offset(server_id: str) -> int:
-    # SPEC 7: the server's fixed place in the UTC hour.
-    return int.from_bytes(hashlib.sha256(server_id.encode()).digest()[:8], "big") % 60
-
-
-def _line(verb: str, minutes: int) -> str:
-    code = "450 4.7.230" if verb == "throttled" else "550 5.7.230"
-    return (
-        f"{code} Connecting Exchange server version is out-of-date; connection to Exchange "
-        f"Online {verb} for {minutes} mins/hr. For more information see "
-        "https://aka.ms/BlockUnsafeExchange."
-    )
-
-
 class _Site:
     """Postfix plus what a test needs to run the milter at a chosen instant."""
 
@@ -210,21 +196,21 @@ def test_up_to_date_exchange_2019_is_accepted_and_recorded(site: _Site) -> None:
 
 def test_exchange_2007_is_reported_then_throttled_then_blocked(site: _Site) -> None:
     server = "fabrikam-ex2007"
-    at_offset = dt.timedelta(minutes=_offset(server))
+    at_offset = dt.timedelta(minutes=offset_minute(server))
     # Day 0: first detection, stage 1 only reports.
     assert site.send_at(T0, EX2007, "127.0.0.2").startswith("250 ")
     assert _stored(site, server) == ("8.3.83.6", Compliance.UNSUPPORTED, T0)
     # Day 31, the server's offset minute: stage 2 throttles 5 minutes an hour.
-    assert site.send_at(T0 + dt.timedelta(days=31) + at_offset, EX2007, "127.0.0.2") == _line(
+    assert site.send_at(T0 + dt.timedelta(days=31) + at_offset, EX2007, "127.0.0.2") == reply_line(
         "throttled", 5
     )
     # Day 61: stage 5 blocks the first 5 minutes of the window, and accepts after 35.
     stage5 = T0 + dt.timedelta(days=61) + at_offset
-    assert site.send_at(stage5, EX2007, "127.0.0.2") == _line("blocked", 5)
+    assert site.send_at(stage5, EX2007, "127.0.0.2") == reply_line("blocked", 5)
     later = stage5 + dt.timedelta(minutes=40)
     assert site.send_at(later, EX2007, "127.0.0.2").startswith("250 ")
     # Day 95: stage 8 blocks all hour.
-    assert site.send_at(T0 + dt.timedelta(days=95, minutes=7), EX2007, "127.0.0.2") == _line(
+    assert site.send_at(T0 + dt.timedelta(days=95, minutes=7), EX2007, "127.0.0.2") == reply_line(
         "blocked", 60
     )
     # The episode still starts at the first detection.

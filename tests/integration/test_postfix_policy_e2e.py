@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hashlib
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from adapter_support import enforcement_text, offset_minute, on_premises
 from integration.postfix import (
     Listener,
     PostfixServer,
@@ -29,10 +29,10 @@ from integration.postfix import (
     smtp_send,
     with_port,
 )
-from tbes.adapters.config import AdapterConfig, ConnectorRule
+from tbes.adapters.config import AdapterConfig
 from tbes.adapters.postfix_policy import serve_policy
 from tbes.catalog import Catalog
-from tbes.decide import ConnectorKind, Policy
+from tbes.decide import Policy
 from tbes.enforcer import Enforcer
 from tbes.store.sqlite import SQLiteStore
 
@@ -50,38 +50,15 @@ MESSAGE = b"Subject: figures\r\nFrom: alice@fabrikam.example\r\n\r\nHello.\r\n"
 def _config(*, fail_closed: bool) -> AdapterConfig:
     return AdapterConfig(
         connectors=(
-            ConnectorRule(
-                kind=ConnectorKind.ON_PREMISES,
-                tenant="fabrikam",
-                server_id="fabrikam-ex2007",
-                networks=("127.0.0.2/32",),
-            ),
-            ConnectorRule(
-                kind=ConnectorKind.ON_PREMISES,
-                tenant="litware",
-                server_id="litware-broken-row",
-                networks=("127.0.0.5/32",),
-            ),
+            on_premises("fabrikam", "fabrikam-ex2007", "127.0.0.2/32"),
+            on_premises("litware", "litware-broken-row", "127.0.0.5/32"),
         ),
         fail_closed=fail_closed,
     )
 
 
-def _offset(server_id: str) -> int:
-    # SPEC 7: the server's fixed place in the UTC hour.
-    return int.from_bytes(hashlib.sha256(server_id.encode()).digest()[:8], "big") % 60
-
-
 def _rejected(code: str, text: str) -> str:
     return f"{code} <{RCPT}>: Recipient address rejected: {text}"
-
-
-def _enforcement(verb: str, minutes: int) -> str:
-    return (
-        f"Connecting Exchange server version is out-of-date; connection to Exchange Online "
-        f"{verb} for {minutes} mins/hr. For more information see "
-        "https://aka.ms/BlockUnsafeExchange."
-    )
 
 
 class _PolicyThread:
@@ -177,18 +154,18 @@ def test_a_client_without_stored_state_is_accepted(site: _Site) -> None:
 
 
 def test_stored_state_throttles_and_blocks_at_rcpt(site: _Site) -> None:
-    at_offset = dt.timedelta(minutes=_offset("fabrikam-ex2007"))
+    at_offset = dt.timedelta(minutes=offset_minute("fabrikam-ex2007"))
     site.clock[0] = T0 + dt.timedelta(days=1)  # stage 1: report only
     assert site.send(site.postfix.ports[0], "127.0.0.2").startswith("DATA 250 ")
     site.clock[0] = T0 + dt.timedelta(days=31) + at_offset  # stage 2, in the window
     assert site.send(site.postfix.ports[0], "127.0.0.2") == "RCPT " + _rejected(
-        "450 4.7.230", _enforcement("throttled", 5)
+        "450 4.7.230", enforcement_text("throttled", 5)
     )
     site.clock[0] += dt.timedelta(minutes=10)  # stage 2, outside the 5-minute window
     assert site.send(site.postfix.ports[0], "127.0.0.2").startswith("DATA 250 ")
     site.clock[0] = T0 + dt.timedelta(days=95)  # stage 8: blocked all hour
     assert site.send(site.postfix.ports[0], "127.0.0.2") == "RCPT " + _rejected(
-        "550 5.7.230", _enforcement("blocked", 60)
+        "550 5.7.230", enforcement_text("blocked", 60)
     )
 
 

@@ -73,7 +73,7 @@ def render_html(
     axis = _Axis.spanning(timelines.values(), now)
     palette = _Palette(stage_table)
     sections = "\n".join(
-        _server_section(index, row, timelines.get(row.server, ()), axis, palette, now)
+        _server_section(row, _svg(index, row, timelines.get(row.server, ()), axis, palette, now))
         for index, row in enumerate(rows)
     )
     return _PAGE.format(
@@ -228,24 +228,14 @@ def _mix(light: str, dark: str, share: float) -> str:
     return "#" + "".join(f"{round(x + (y - x) * share):02x}" for x, y in zip(a, b, strict=True))
 
 
-def _server_section(
-    index: int,
-    row: ReportRow,
-    timeline: Sequence[Segment],
-    axis: _Axis,
-    palette: _Palette,
-    now: dt.datetime,
-) -> str:
+def _server_section(row: ReportRow, svg: str) -> str:
     build = "" if row.build is None else f"{row.product.label if row.product else ''} {row.build}"
     heading = (
         f'<h3><span class="server">{_esc(row.server)}</span> '
         f'<span class="badge {_STATUS_CLASS[row.status]}">{_esc(row.status.value)}</span> '
         f'<span class="muted">{_esc(build.strip())}</span></h3>'
     )
-    return (
-        f'<section class="timeline">\n{heading}\n'
-        f"{_svg(index, row, timeline, axis, palette, now)}\n</section>"
-    )
+    return f'<section class="timeline">\n{heading}\n{svg}\n</section>'
 
 
 def _svg(

@@ -12,24 +12,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 
-from tbes.ledger import PauseLedger
 from tbes.state import ServerState
-from tbes.store.protocol import (
-    ROW_SCHEMA,
-    LedgerWrite,
-    RawRow,
-    StateWrite,
-    Versioned,
-    Write,
-    load_ledger,
-    load_state,
-    plan_writes,
-)
+from tbes.store._rows import RowStore
+from tbes.store.protocol import ROW_SCHEMA, RawRow, Write, load_state, plan_writes
 
 __all__ = ["MemoryStore"]
 
 
-class MemoryStore:
+class MemoryStore(RowStore):
     """A :class:`~tbes.store.StateStore` held in a dict; lost when the process ends."""
 
     def __init__(self) -> None:
@@ -38,29 +28,9 @@ class MemoryStore:
         self._rows: dict[str, dict[str, RawRow]] = {"server": {}, "ledger": {}}
         self._tenants: dict[str, str] = {}
 
-    def get(self, server_id: str) -> Versioned[ServerState] | None:
-        """The stored state of ``server_id`` and its version, or ``None``."""
+    def _read_row(self, table: str, key: str) -> RawRow | None:
         with self._lock:
-            row = self._rows["server"].get(server_id)
-        if row is None:
-            return None
-        return Versioned(load_state(server_id, row[1], row[2]), row[0])
-
-    def put(self, state: ServerState, *, expected_version: int | None) -> int:
-        """Store ``state`` by compare-and-swap; return its new version."""
-        return self.put_many([StateWrite(state, expected_version)])[0]
-
-    def get_ledger(self, tenant: str) -> Versioned[PauseLedger] | None:
-        """The stored pause ledger of ``tenant`` and its version, or ``None``."""
-        with self._lock:
-            row = self._rows["ledger"].get(tenant)
-        if row is None:
-            return None
-        return Versioned(load_ledger(tenant, row[1], row[2]), row[0])
-
-    def put_ledger(self, ledger: PauseLedger, *, expected_version: int | None) -> int:
-        """Store ``ledger`` by compare-and-swap; return its new version."""
-        return self.put_many([LedgerWrite(ledger, expected_version)])[0]
+            return self._rows[table].get(key)
 
     def put_many(self, writes: Sequence[Write]) -> tuple[int, ...]:
         """Apply compare-and-swap writes all-or-nothing; return their new versions."""

@@ -1,0 +1,58 @@
+"""The reads and single writes every store makes alike, over its own row access.
+
+Decision: a store supplies two primitives, reading one raw row and applying a batch
+(:meth:`~tbes.store.StateStore.put_many`); ``get``, ``get_ledger``, ``put`` and
+``put_ledger`` are the same on top of them for every back end, so they live here once and
+all stores decode and refuse rows through the same :mod:`tbes.store.protocol` helpers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from tbes.ledger import PauseLedger
+from tbes.state import ServerState
+from tbes.store.protocol import (
+    LedgerWrite,
+    RawRow,
+    StateWrite,
+    Versioned,
+    Write,
+    load_ledger,
+    load_state,
+)
+
+__all__ = ["RowStore"]
+
+
+class RowStore:
+    """The parts of a :class:`~tbes.store.StateStore` that are the same for every back end.
+
+    A subclass implements :meth:`_read_row` and :meth:`put_many`.
+    """
+
+    def _read_row(self, table: str, key: str) -> RawRow | None:
+        """The stored row of ``key`` in ``table`` (``"server"`` or ``"ledger"``), or ``None``."""
+        raise NotImplementedError
+
+    def put_many(self, writes: Sequence[Write]) -> tuple[int, ...]:
+        """Apply compare-and-swap writes all-or-nothing; return their new versions."""
+        raise NotImplementedError
+
+    def get(self, server_id: str) -> Versioned[ServerState] | None:
+        """The stored state of ``server_id`` and its version, or ``None``."""
+        row = self._read_row("server", server_id)
+        return None if row is None else Versioned(load_state(server_id, row[1], row[2]), row[0])
+
+    def get_ledger(self, tenant: str) -> Versioned[PauseLedger] | None:
+        """The stored pause ledger of ``tenant`` and its version, or ``None``."""
+        row = self._read_row("ledger", tenant)
+        return None if row is None else Versioned(load_ledger(tenant, row[1], row[2]), row[0])
+
+    def put(self, state: ServerState, *, expected_version: int | None) -> int:
+        """Store ``state`` by compare-and-swap; return its new version."""
+        return self.put_many([StateWrite(state, expected_version)])[0]
+
+    def put_ledger(self, ledger: PauseLedger, *, expected_version: int | None) -> int:
+        """Store ``ledger`` by compare-and-swap; return its new version."""
+        return self.put_many([LedgerWrite(ledger, expected_version)])[0]

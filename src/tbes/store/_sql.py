@@ -1,0 +1,179 @@
+"""What the two SQL stores (SQLite and PostgreSQL) share: tables, statements, CAS, migrations.
+
+Decisions: both keep the same two tables (``tbes_servers``, ``tbes_ledgers``) and the same
+``tbes_schema`` version row, so the statements that read and write them are built here once
+from the driver's placeholder (``?`` or ``%s``); each back end adds only what is its own (row
+locks, ``ON CONFLICT``, how a transaction is opened and which error a lost race raises).
+A batch is planned by :func:`~tbes.store.protocol.plan_writes` and written in (table, key)
+order in both, so concurrent batches never wait for each other in a circle.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar
+
+from tbes.errors import StoreError
+from tbes.state import ServerState
+from tbes.store._rows import RowStore
+from tbes.store.protocol import ROW_SCHEMA, RawRow, RowWrite, Write, load_state, plan_writes
+
+__all__ = [
+    "Connection",
+    "SQLStore",
+    "migrate",
+    "raw_row",
+    "select_sql",
+    "states_sql",
+    "write_sql",
+]
+
+_T = TypeVar("_T")
+
+# table -> (SQL table, key column, the other columns a write sets, in argument order)
+_TABLES = {
+    "server": ("tbes_servers", "server_id", ("tenant", "version", "row_schema", "data")),
+    "ledger": ("tbes_ledgers", "tenant", ("version", "row_schema", "data")),
+}
+
+
+class _Cursor(Protocol):
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class Connection(Protocol):
+    """The part of a DB-API connection (sqlite3, psycopg) the SQL stores use."""
+
+    def execute(self, sql: str, args: Sequence[Any] = ..., /) -> _Cursor:
+        """Run one statement with ``args`` bound to its placeholders."""
+        ...
+
+    def close(self) -> None:
+        """Close the connection."""
+        ...
+
+
+_C = TypeVar("_C", bound=Connection)
+
+
+def select_sql(table: str, param: str) -> str:
+    """The statement reading ``(version, row_schema, data)`` of one row of ``table`` by key."""
+    name, column, _ = _TABLES[table]
+    return f"SELECT version, row_schema, data FROM {name} WHERE {column} = {param}"
+
+
+def raw_row(row: Sequence[Any] | None) -> RawRow | None:
+    """A fetched ``(version, row_schema, data)`` row as a :data:`RawRow`, or ``None``."""
+    return None if row is None else (int(row[0]), row[1], row[2])
+
+
+def states_sql(tenant: str | None, param: str) -> tuple[str, tuple[str, ...]]:
+    """The query for every stored state, or those of ``tenant``, in order of server id."""
+    query = "SELECT server_id, row_schema, data FROM tbes_servers"
+    if tenant is None:
+        return query + " ORDER BY server_id", ()
+    return query + f" WHERE tenant = {param} ORDER BY server_id", (tenant,)
+
+
+def write_sql(row: RowWrite, param: str) -> tuple[str, tuple[object, ...]]:
+    """The ``INSERT`` (no row expected) or version-checked ``UPDATE`` for ``row``, and its args."""
+    name, column, columns = _TABLES[row.table]
+    values = (row.version, ROW_SCHEMA, row.data)
+    args = ((row.tenant, *values) if row.table == "server" else values) + (row.key,)
+    if row.expected is None:
+        marks = ", ".join([param] * len(args))
+        return f"INSERT INTO {name} ({', '.join(columns)}, {column}) VALUES ({marks})", args
+    sets = ", ".join(f"{each} = {param}" for each in columns)
+    sql = f"UPDATE {name} SET {sets} WHERE {column} = {param} AND version = {param}"
+    return sql, (*args, row.expected)
+
+
+def migrate(
+    conn: Connection,
+    migrations: Sequence[Sequence[str]],
+    *,
+    param: str,
+    newer: Callable[[int], str],
+) -> None:
+    """Bring the schema forward to ``len(migrations)``, inside the caller's transaction.
+
+    A database at a higher version than this tbes knows raises StoreError with ``newer(version)``.
+    """
+    conn.execute("CREATE TABLE IF NOT EXISTS tbes_schema (version INTEGER NOT NULL)")
+    row = conn.execute("SELECT version FROM tbes_schema").fetchone()
+    if row is None:
+        conn.execute("INSERT INTO tbes_schema (version) VALUES (0)")
+    version = 0 if row is None else int(row[0])
+    if version > len(migrations):
+        raise StoreError(newer(version))
+    for statements in migrations[version:]:
+        for statement in statements:
+            conn.execute(statement)
+    conn.execute(f"UPDATE tbes_schema SET version = {param}", (len(migrations),))
+
+
+class SQLStore(RowStore, Generic[_C]):
+    """A store on one SQL connection per process, guarded by a lock for its threads.
+
+    A subclass sets ``_lock``, ``_conn`` and ``_pid`` and implements :meth:`_run` (one
+    transaction), :meth:`_read` (one row, inside it), :meth:`_store` (one planned row,
+    inside it), :meth:`_read_row` and :meth:`_fetch_all` (reads outside a write).
+    """
+
+    _PARAM: ClassVar[str] = "?"  # the driver's placeholder; "%s" for psycopg
+    _lock: threading.Lock
+    _conn: _C | None
+    _pid: int
+
+    def _run(self, work: Callable[[_C], _T]) -> _T:
+        """Run ``work`` in one write transaction with the lock held: all of it or none."""
+        raise NotImplementedError
+
+    def _read(self, table: str, key: str) -> RawRow | None:
+        """The row of ``key`` in ``table``, read inside :meth:`_run` so that it cannot change."""
+        raise NotImplementedError
+
+    def _store(self, conn: _C, row: RowWrite) -> None:
+        """Write one planned row inside :meth:`_run`, checking the version it expects."""
+        raise NotImplementedError
+
+    def _fetch_all(self, sql: str, args: tuple[str, ...]) -> list[Any]:
+        """Every row ``sql`` selects."""
+        raise NotImplementedError
+
+    def states(self, tenant: str | None = None) -> Iterator[ServerState]:
+        """Every stored state, or those of ``tenant``, in order of server id."""
+        for server_id, schema, data in self._fetch_all(*states_sql(tenant, self._PARAM)):
+            yield load_state(server_id, schema, data)
+
+    def put_many(self, writes: Sequence[Write]) -> tuple[int, ...]:
+        """Apply compare-and-swap writes in one transaction; return their new versions."""
+
+        def work(conn: _C) -> tuple[int, ...]:
+            planned = plan_writes(writes, self._read)
+            # Rows are written in (table, key) order too, so batches never wait in a circle.
+            for row in sorted(planned, key=lambda row: (row.table, row.key)):
+                self._store(conn, row)
+            return tuple(row.version for row in planned)
+
+        return self._run(work)
+
+    def close(self) -> None:
+        """Close this process's connection."""
+        with self._lock:
+            if self._conn is not None and self._pid == os.getpid():
+                self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
