@@ -14,6 +14,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -122,6 +123,12 @@ def enforcer(store: MemoryStore, catalog: Catalog, clock: Clock, events: list[Ev
 
 def conn(kind: ConnectorKind = ConnectorKind.ON_PREMISES, server_id: str = SERVER) -> Connection:
     return Connection(server_id, TENANT, kind, peer_ip="192.0.2.10", peer_host=SERVER)
+
+
+def check_on(enforcer: Enforcer, clock: Clock, day: int, build: str = OUTDATED) -> Decision:
+    """Move the clock to ``when(day)`` and check a message from the server on ``build``."""
+    clock.now = when(day)
+    return enforcer.check(conn(), [hop(build)])
 
 
 def kinds(events: Sequence[Event]) -> list[tuple[EventKind, int | None]]:
@@ -266,7 +273,11 @@ def test_stripping_headers_never_evades_enforcement(
         decision = enforcer.check(conn(), received)
         assert decision.action is Action.BLOCK
         assert str(decision.reply) == BLOCK_550
-    assert store.get(SERVER) == before  # nothing stored changed
+    after = store.get(SERVER)
+    assert before is not None
+    assert after is not None
+    # Only the notification marker moved (stage 8 was announced); the episode is as it was.
+    assert after.value == attrs.evolve(before.value, notified_stage=8)
 
 
 def test_no_evidence_and_no_record_accepts_and_stores_nothing(
@@ -569,8 +580,7 @@ def test_a_silent_server_jumping_stages_gets_every_threshold_event(
     enforcer: Enforcer, clock: Clock, events: list[Event]
 ) -> None:
     enforcer.check(conn(), [hop(OUTDATED)])
-    clock.now = when(95)
-    enforcer.check(conn(), [hop(OUTDATED)])
+    check_on(enforcer, clock, 95)
     assert kinds(events) == [
         (EventKind.DETECTED, 1),
         (EventKind.STAGE_CHANGED, 8),
@@ -579,39 +589,155 @@ def test_a_silent_server_jumping_stages_gets_every_threshold_event(
     ]
 
 
-def test_remediation_and_relapse_are_announced(
+def test_a_relapse_into_a_later_stage_is_announced_as_a_resumption_not_a_detection(
     enforcer: Enforcer, clock: Clock, events: list[Event]
 ) -> None:
     enforcer.check(conn(), [hop(OUTDATED)])
-    clock.now = when(35)
-    enforcer.check(conn(), [hop(OUTDATED)])
-    clock.now = when(36)
-    enforcer.check(conn(), [hop(COMPLIANT)])
-    clock.now = when(45)  # within the 30-day relapse window: the old episode resumes
-    enforcer.check(conn(), [hop(OUTDATED)])
+    check_on(enforcer, clock, 35)
+    check_on(enforcer, clock, 36, COMPLIANT)
+    check_on(enforcer, clock, 45)  # within the 30-day relapse window: the old episode resumes
+    check_on(enforcer, clock, 46, COMPLIANT)  # people heard of stage 3, so this is news again
     assert kinds(events) == [
         (EventKind.DETECTED, 1),
         (EventKind.STAGE_CHANGED, 2),
         (EventKind.REMEDIATED, None),
-        (EventKind.DETECTED, 3),
         (EventKind.STAGE_CHANGED, 3),
+        (EventKind.REMEDIATED, None),
     ]
-    assert "resumes" in events[3].detail
+    assert "resumed after remediation" in events[3].detail
+    assert events[2].build == events[4].build == ExchangeBuild.parse(COMPLIANT)
 
 
 def test_a_new_episode_after_the_relapse_window_starts_announcing_afresh(
     enforcer: Enforcer, clock: Clock, events: list[Event]
 ) -> None:
     enforcer.check(conn(), [hop(OUTDATED)])
-    clock.now = when(35)
+    check_on(enforcer, clock, 35)
+    check_on(enforcer, clock, 36, COMPLIANT)
+    check_on(enforcer, clock, 80)  # 44 days after remediation: past the 30-day window
+    check_on(enforcer, clock, 111)
+    assert kinds(events) == [
+        (EventKind.DETECTED, 1),
+        (EventKind.STAGE_CHANGED, 2),
+        (EventKind.REMEDIATED, None),
+        (EventKind.DETECTED, 1),
+        (EventKind.STAGE_CHANGED, 2),
+    ]
+    assert "episode started" in events[3].detail
+    assert events[3].at == when(80)
+
+
+def test_stripped_headers_after_detection_still_announce_each_threshold_once(
+    enforcer: Enforcer, store: MemoryStore, clock: Clock, events: list[Event]
+) -> None:
     enforcer.check(conn(), [hop(OUTDATED)])
-    clock.now = when(36)
-    enforcer.check(conn(), [hop(COMPLIANT)])
-    clock.now = when(80)
+    before = store.get(SERVER)
+    assert before is not None
+    heard = [kinds(events)]
+    events.clear()
+    for day in (35, 65, 95, 96):
+        clock.now = when(day)
+        enforcer.check(conn(), [])
+        heard.append(kinds(events))
+        events.clear()
+    assert heard == [
+        [(EventKind.DETECTED, 1)],
+        [(EventKind.STAGE_CHANGED, 2)],
+        [(EventKind.STAGE_CHANGED, 5), (EventKind.BLOCKING_STARTED, 5)],
+        [(EventKind.STAGE_CHANGED, 8), (EventKind.FULLY_BLOCKED, 8)],
+        [],
+    ]
+    after = store.get(SERVER)
+    assert after is not None
+    assert after.value.notified_stage == 8
+    # The episode is exactly as the one message with headers left it: only the marker moved.
+    assert attrs.evolve(after.value, notified_stage=1) == before.value
+    assert after.version == before.version + 3  # one marker write per announcement
+
+
+def test_a_stripped_message_that_loses_the_race_does_not_repeat_the_winners_announcement(
+    catalog: Catalog, events: list[Event]
+) -> None:
+    inner = MemoryStore()
+    Enforcer(inner, DEFAULT_POLICY, catalog, clock=Clock()).check(conn(), [hop(OUTDATED)])
+    rival_heard: list[Event] = []
+
+    def rival(store: MemoryStore) -> None:
+        # Another node sees a stripped message of the same server at the same moment.
+        other = Enforcer(
+            store,
+            DEFAULT_POLICY,
+            catalog,
+            clock=Clock(when(65)),
+            notifier=CallbackNotifier(rival_heard.append),
+        )
+        other.check(conn(), [])
+
+    racing = RacingStore(inner, races=1, rival=rival)
+    store: Any = racing
+    enforcer = Enforcer(
+        store,
+        DEFAULT_POLICY,
+        catalog,
+        clock=Clock(when(65)),
+        notifier=CallbackNotifier(events.append),
+    )
+    decision = enforcer.check(conn(), [])
+    assert racing.attempts == 1  # lost once; the re-read found the stage already announced
+    assert stage_of(decision) == 5
+    assert kinds(rival_heard) == [(EventKind.STAGE_CHANGED, 5), (EventKind.BLOCKING_STARTED, 5)]
+    assert events == []
+    stored = inner.get(SERVER)
+    assert stored is not None
+    assert (stored.version, stored.value.notified_stage) == (2, 5)
+
+
+def test_a_stripped_message_is_not_announced_for_a_server_of_another_tenant(
+    enforcer: Enforcer, store: MemoryStore, clock: Clock, events: list[Event]
+) -> None:
     enforcer.check(conn(), [hop(OUTDATED)])
-    clock.now = when(111)
+    before = store.get(SERVER)
+    clock.now = when(65)
+    stranger = Connection(SERVER, "tailspin", ConnectorKind.ON_PREMISES)
+    assert stage_of(enforcer.check(stranger, [])) == 5  # still decided on the record
+    assert store.get(SERVER) == before
+    assert kinds(events) == [(EventKind.DETECTED, 1)]
+
+
+def test_alternating_compliant_and_outdated_within_the_window_is_detected_and_remediated_once(
+    enforcer: Enforcer, store: MemoryStore, clock: Clock, events: list[Event]
+) -> None:
     enforcer.check(conn(), [hop(OUTDATED)])
-    assert kinds(events)[3:] == [(EventKind.DETECTED, 1), (EventKind.STAGE_CHANGED, 2)]
+    for day in range(1, 25):  # every relapse comes a day after the remediation: one episode
+        check_on(enforcer, clock, day, COMPLIANT if day % 2 else OUTDATED)
+    assert kinds(events) == [(EventKind.DETECTED, 1), (EventKind.REMEDIATED, None)]
+    stored = store.get(SERVER)
+    assert stored is not None
+    assert (stored.value.first_detected, stored.value.compliant_since) == (T0, None)
+
+
+def test_a_relapse_at_a_stage_already_announced_is_silent_and_a_later_stage_is_announced(
+    enforcer: Enforcer, store: MemoryStore, clock: Clock, events: list[Event]
+) -> None:
+    enforcer.check(conn(), [hop(OUTDATED)])
+    check_on(enforcer, clock, 31)  # stage 2 announced
+    for day in range(32, 40):  # flapping within stage 2 (days 30 to 40)
+        decision = check_on(enforcer, clock, day, COMPLIANT if day % 2 == 0 else OUTDATED)
+    assert stage_of(decision) == 2  # day 39: enforcement resumed, in the same episode
+    assert kinds(events) == [
+        (EventKind.DETECTED, 1),
+        (EventKind.STAGE_CHANGED, 2),
+        (EventKind.REMEDIATED, None),
+    ]
+    events.clear()
+    clock.now = when(41)
+    enforcer.check(conn(), [])  # stage 3 reached: news, even without headers
+    check_on(enforcer, clock, 42, COMPLIANT)  # and the remediation after it is news again
+    assert kinds(events) == [(EventKind.STAGE_CHANGED, 3), (EventKind.REMEDIATED, None)]
+    assert "resumed after remediation" in events[0].detail
+    stored = store.get(SERVER)
+    assert stored is not None
+    assert stored.value.first_detected == T0
 
 
 def test_two_nodes_sharing_a_store_announce_each_change_once(
@@ -765,66 +891,118 @@ _steps = st.lists(
 )
 
 
-def _replay(steps: list[tuple[int, int, str]], store: MemoryStore, catalog: Catalog) -> list[Event]:
-    """Two nodes with their own clocks check messages from one server, sharing ``store``."""
+Step = tuple[Versioned[ServerState] | None, Versioned[ServerState] | None, list[Event]]
+
+
+def _replay(
+    steps: list[tuple[int, int, str]], store: MemoryStore, catalog: Catalog, *, skew: bool = True
+) -> list[Step]:
+    """Two nodes check messages from one server, sharing ``store``: with their own clocks
+    (``skew``), or with one clock that only moves forward.
+
+    Returns, for each check, the stored state before and after it and the events it sent.
+    """
     heard: list[Event] = []
-    clocks = [Clock(), Clock()]
+    shared = Clock()
+    clocks = [Clock(), Clock()] if skew else [shared, shared]
     nodes = [
         Enforcer(store, DEFAULT_POLICY, catalog, clock=c, notifier=CallbackNotifier(heard.append))
         for c in clocks
     ]
+    history: list[Step] = []
     for node, minutes, message in steps:
         clocks[node].now += dt.timedelta(minutes=minutes)
+        before = store.get(SERVER)
         nodes[node].check(conn(), [hop(build) for build in _MESSAGES[message]])
-    return heard
+        history.append((before, store.get(SERVER), list(heard)))
+        heard.clear()
+    return history
 
 
-@given(steps=_steps)
-def test_announcements_form_episodes_and_never_repeat_a_stage(
-    steps: list[tuple[int, int, str]],
+def _block_minutes(stage: int) -> int:
+    return DEFAULT_POLICY.stage_table.stages[stage - 1].block_minutes
+
+
+@given(steps=_steps, skew=st.booleans())
+def test_announcements_tell_each_episode_once_and_never_repeat_a_stage(
+    steps: list[tuple[int, int, str]], skew: bool
 ) -> None:
-    store = MemoryStore()
+    # ``running`` is what people were last told: enforcement runs (DETECTED or a stage) or it
+    # stopped (REMEDIATED); ``last`` is the stage they last heard of in this episode. With
+    # clocks in step REMEDIATED comes only after news of enforcement; a node whose clock is
+    # behind an announcement may repeat it (docs/storage.md), but never a stage or DETECTED.
     running, last, blocking, full = False, 0, False, False
-    for event in _replay(steps, store, CATALOG):
-        kind, stage = event.kind, event.stage
-        if kind is EventKind.DETECTED:
-            assert not running
-            running = True
-            if "resumes" not in event.detail:  # a new episode announces afresh
-                last, blocking, full = stage or 0, False, False
-        elif kind is EventKind.REMEDIATED:
-            assert running
-            running = False
-        else:
-            assert running
-            assert stage is not None
-            if kind is EventKind.STAGE_CHANGED:
+    for before, after, events in _replay(steps, MemoryStore(), CATALOG, skew=skew):
+        old = None if before is None else before.value
+        new = None if after is None else after.value
+        starts = (
+            new is not None
+            and new.in_episode
+            and (old is None or old.first_detected != new.first_detected)
+        )
+        assert [e.kind for e in events].count(EventKind.DETECTED) == (1 if starts else 0)
+        for event in events:
+            kind, stage = event.kind, event.stage
+            if kind is EventKind.DETECTED:
+                assert not running
+                running, last, blocking, full = True, stage or 0, False, False
+            elif kind is EventKind.REMEDIATED:
+                assert running or skew  # at most once until people hear of enforcement again
+                running = False
+            elif kind is EventKind.STAGE_CHANGED:
+                assert stage is not None
                 assert stage > last
-                last = stage
+                running, last = True, stage
             elif kind is EventKind.BLOCKING_STARTED:
+                assert running
+                assert stage == last
                 assert not blocking
                 blocking = True
             else:
                 assert kind is EventKind.FULLY_BLOCKED
+                assert running
+                assert stage == last
                 assert not full
                 full = True
-    stored = store.get(SERVER)
-    if running:
-        assert stored is not None
-        assert stored.value.notified_stage == last
+        if running:  # every threshold of the stage people last heard of was announced
+            assert blocking == (_block_minutes(last) > 0)
+            assert full == (_block_minutes(last) >= 60)
+        if new is not None and new.first_detected is not None and not skew:
+            # The marker is what people were last told (docs/storage.md, "Events").
+            if running:
+                assert new.in_episode
+                assert new.notified_stage == last
+            elif new.in_episode:
+                assert new.notified_stage is None  # resumed silently after REMEDIATED
+            else:
+                assert new.notified_stage == (last or None)
 
 
 @given(steps=_steps, later=st.integers(0, 200 * 24 * 60))
-def test_a_stripped_message_is_decided_by_the_stored_state_and_changes_nothing(
+def test_a_stripped_message_is_decided_by_the_stored_state_and_changes_only_the_marker(
     steps: list[tuple[int, int, str]], later: int
 ) -> None:
     store = MemoryStore()
     _replay(steps, store, CATALOG)
     before = store.get(SERVER)
     now = T0 + dt.timedelta(minutes=later)
-    decision = Enforcer(store, DEFAULT_POLICY, CATALOG, clock=Clock(now)).check(conn(), [])
-    assert store.get(SERVER) == before
+    heard: list[Event] = []
+    enforcer = Enforcer(
+        store, DEFAULT_POLICY, CATALOG, clock=Clock(now), notifier=CallbackNotifier(heard.append)
+    )
+    decision = enforcer.check(conn(), [])
+    after = store.get(SERVER)
     if before is None:
+        assert after is None
         assert (decision.action, decision.stage) == (Action.ACCEPT, None)
-    else:
-        assert decision == decide(before.value, now, DEFAULT_POLICY)
+        return
+    assert after is not None
+    assert decision == decide(before.value, now, DEFAULT_POLICY)
+    # The server's assessment and episode are untouched; the marker moves only to announce.
+    assert after.value == attrs.evolve(before.value, notified_stage=after.value.notified_stage)
+    assert (after != before) == bool(heard)
+    assert {e.kind for e in heard} <= {
+        EventKind.STAGE_CHANGED,
+        EventKind.BLOCKING_STARTED,
+        EventKind.FULLY_BLOCKED,
+    }

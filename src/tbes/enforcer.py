@@ -215,9 +215,11 @@ class Enforcer:
 
         Connections of a kind the policy does not enforce are accepted without touching the
         store. Otherwise the sender's build is found, assessed and recorded, and the stored
-        state decides; without Exchange evidence nothing is recorded, but a stored state of
-        ``conn.server_id`` still decides. A store failure accepts (logged at WARNING), or
-        answers :data:`FAIL_CLOSED_REPLY` when the enforcer fails closed.
+        state decides; without Exchange evidence nothing about the server is recorded, but a
+        stored state of ``conn.server_id`` still decides, and a stage it has reached since the
+        last announcement is announced (only ``notified_stage`` is written). A store failure
+        accepts (logged at WARNING), or answers :data:`FAIL_CLOSED_REPLY` when the enforcer
+        fails closed.
         """
         if conn.kind not in self.policy.connectors:
             return _accept(f"{conn.kind.value} connections are not enforced by the policy.")
@@ -225,25 +227,44 @@ class Enforcer:
         evidence = find_sender(
             received, own_hosts=self._own_hosts, client=conn.peer_ip or conn.peer_host
         )
+        observation = None if evidence is None else self._observation(conn, evidence, now)
         try:
-            if evidence is None:
-                return self._decide_stored(conn, now)
-            return self._record(conn, evidence, now)
+            return self._settle(conn, now, observation)
         except StoreError as exc:
             return self._store_fault(conn, exc)
 
-    def _decide_stored(self, conn: Connection, now: dt.datetime) -> Decision:
-        current = self._state(conn.server_id)
-        if current is None:
-            return _accept(f"{conn.server_id}: no Exchange build in the headers and no record.")
-        return decide(current.value, now, self.policy)
-
-    def _record(self, conn: Connection, evidence: SenderEvidence, now: dt.datetime) -> Decision:
+    def _observation(
+        self, conn: Connection, evidence: SenderEvidence, now: dt.datetime
+    ) -> Callable[[ServerState | None], ServerState]:
+        """The change one message with Exchange evidence makes to the stored state."""
         assessment = assess(evidence.build, baseline=self.policy.baseline, catalog=self.catalog)
+        return functools.partial(
+            observe,
+            server_id=conn.server_id,
+            tenant=conn.tenant,
+            assessment=assessment,
+            build=evidence.build,
+            at=now,
+            policy=self.policy,
+        )
+
+    def _settle(
+        self,
+        conn: Connection,
+        now: dt.datetime,
+        observation: Callable[[ServerState | None], ServerState] | None,
+    ) -> Decision:
+        """Read, observe (if there is evidence), announce, compare-and-swap; retry a lost race.
+
+        Without evidence the state itself is kept and only the notification marker can
+        change, so stage changes are still announced (once) when headers are stripped.
+        """
         decision: Decision | None = None
         for _ in range(self._retries + 1):
             current = self._state(conn.server_id)
-            old = current.value if current is not None else None
+            old = None if current is None else current.value
+            if old is None and observation is None:
+                return _accept(f"{conn.server_id}: no Exchange build in the headers and no record.")
             if old is not None and old.tenant != conn.tenant:
                 _log.warning(
                     "tbes: %s belongs to tenant %s, not %s: decided on the stored state, "
@@ -253,23 +274,16 @@ class Enforcer:
                     conn.tenant,
                 )
                 return decide(old, now, self.policy)
-            observed = observe(
-                old,
-                server_id=conn.server_id,
-                tenant=conn.tenant,
-                assessment=assessment,
-                build=evidence.build,
-                at=now,
-                policy=self.policy,
-            )
+            observed = observation(old) if observation is not None else old
+            assert observed is not None  # no observation means a stored state (checked above)
             decision = decide(observed, now, self.policy)
-            new, events = _announce(old, observed, decision, self.policy, now)
+            new, events = _announce(old, observed, self.policy, now)
             if new == old:
-                return decision  # nothing to store (an observation dated before last_seen)
+                return decision  # nothing to store or announce
             try:
-                self._put(new, None if current is None else current.version)
+                self._put(new, _version(current))
             except StoreConflictError:
-                continue
+                continue  # another writer won: recompute from its state, which may announce
             self._emit(events)
             return decision
         _log.warning(
@@ -409,7 +423,8 @@ class Enforcer:
                 _log.warning("tbes: notifier failed on %s", event, exc_info=True)
 
     def _event(self, kind: EventKind, state: ServerState, now: dt.datetime, detail: str) -> Event:
-        return _make_event(kind, state, decide(state, now, self.policy), now, detail)
+        stage = decide(state, now, self.policy).stage
+        return _make_event(kind, state, None if stage is None else stage.number, now, detail)
 
 
 def _version(stored: Versioned[object] | None) -> int | None:
@@ -422,51 +437,106 @@ def _unseen(server_id: str, tenant: str) -> ServerState:
 
 
 def _make_event(
-    kind: EventKind, state: ServerState, decision: Decision, now: dt.datetime, detail: str
+    kind: EventKind, state: ServerState, stage: int | None, now: dt.datetime, detail: str
 ) -> Event:
-    stage = None if decision.stage is None else decision.stage.number
     return Event(kind, state.server_id, state.tenant, now, stage, state.build, detail)
 
 
 def _announce(
-    old: ServerState | None,
-    new: ServerState,
-    decision: Decision,
-    policy: Policy,
-    now: dt.datetime,
+    old: ServerState | None, new: ServerState, policy: Policy, now: dt.datetime
 ) -> tuple[ServerState, list[Event]]:
     """The events a write from ``old`` to ``new`` announces, and ``new`` with its marker.
 
-    The rules (docs/storage.md): DETECTED when an episode starts or resumes; for a stage
-    above the last announced one, STAGE_CHANGED (except for the stage an episode starts in,
-    which DETECTED announces), BLOCKING_STARTED on the first stage that blocks, and
-    FULLY_BLOCKED on the first that blocks the whole hour; REMEDIATED when an episode ends.
-    Stages are announced only upwards, so nodes with skewed clocks cannot make them flap.
+    ``notified_stage`` says what people were last told (docs/storage.md, "Events"): in a
+    running episode, the stage last announced, or ``None`` when they were last told of a
+    remediation and the episode has since resumed without a new stage to announce; outside
+    an episode, the stage last announced before it stopped. So DETECTED fires once per
+    episode, a resumption at a stage already announced is silent, and REMEDIATED fires only
+    when people were last told that enforcement runs. Stages are announced only upwards, so
+    nodes with skewed clocks cannot make them flap.
     """
-    events: list[Event] = []
-    was_running = old is not None and old.in_episode
+    if not new.in_episode:
+        return _announce_stop(old, new, policy, now)
+    stage = _stage_number(new, _latest(new, now), policy)
+    if old is None or old.first_detected != new.first_detected:
+        detail = f"build {new.build} is {new.status.value.lower()}: enforcement episode started"
+        detected = _make_event(EventKind.DETECTED, new, stage, now, detail)
+        return _announce_stage(new, stage, None, policy, now, detected=detected)
+    if old.in_episode and old.notified_stage is not None:
+        return _announce_stage(new, stage, old.notified_stage, policy, now)
+    # People were last told of a remediation: the episode resumed within the relapse window
+    # (``old`` is remediated), or resumed earlier without a new stage (marker ``None``, and
+    # the stage last announced is the one in force at ``last_seen``).
+    told = old.notified_stage if not old.in_episode else _stage_number(old, old.last_seen, policy)
+    if stage > (told or 0):
+        resumed = "enforcement resumed after remediation; "
+        return _announce_stage(new, stage, told, policy, now, prefix=resumed)
+    if stage < (told or 0):
+        # Only a node whose clock is behind the announcement gets here. Going silent would
+        # lose the stage announced (``last_seen`` is behind it), so keep the marker: at
+        # worst people hear REMEDIATED once more, but never a stage twice.
+        return new, []
+    return attrs.evolve(new, notified_stage=None), []
 
-    def add(kind: EventKind, detail: str) -> None:
-        events.append(_make_event(kind, new, decision, now, detail))
 
-    if new.in_episode and decision.stage is not None:
-        marker = new.notified_stage  # observe resets it when a new episode starts
-        if not was_running:
-            resumed = old is not None and old.first_detected == new.first_detected
-            add(EventKind.DETECTED, _detected_detail(new, resumed))
-        stage = decision.stage
-        if stage.number > (marker or 0):
-            before = _blocks(policy, marker)
-            if marker is not None or was_running:
-                add(EventKind.STAGE_CHANGED, f"now in stage {stage.number}: {_stage_text(stage)}")
-            if stage.block_minutes > 0 and before == 0:
-                add(EventKind.BLOCKING_STARTED, f"blocked for {stage.block_minutes} mins/hr")
-            if stage.block_minutes >= 60 > before:
-                add(EventKind.FULLY_BLOCKED, "every connection is blocked")
-            new = attrs.evolve(new, notified_stage=stage.number)
-    elif was_running and new.compliant_since is not None:
-        add(EventKind.REMEDIATED, f"build {new.build} is compliant; enforcement stopped")
-    return new, events
+def _announce_stage(
+    new: ServerState,
+    stage: int,
+    told: int | None,
+    policy: Policy,
+    now: dt.datetime,
+    *,
+    detected: Event | None = None,
+    prefix: str = "",
+) -> tuple[ServerState, list[Event]]:
+    """Announce ``stage`` if above ``told`` (the stage last announced; ``None``: none).
+
+    STAGE_CHANGED names the new stage, except in the write that starts an episode, whose
+    ``detected`` event names it; the thresholds compare with the stage ``told``.
+    """
+    events = [] if detected is None else [detected]
+    if stage <= (told or 0):
+        return new, events
+    before, blocks = _blocks(policy, told), _blocks(policy, stage)
+    if detected is None:
+        text = _stage_text(policy.stage_table.stages[stage - 1])
+        detail = f"{prefix}now in stage {stage}: {text}"
+        events.append(_make_event(EventKind.STAGE_CHANGED, new, stage, now, detail))
+    if blocks > 0 and before == 0:
+        detail = f"blocked for {blocks} mins/hr"
+        events.append(_make_event(EventKind.BLOCKING_STARTED, new, stage, now, detail))
+    if blocks >= 60 > before:
+        detail = "every connection is blocked"
+        events.append(_make_event(EventKind.FULLY_BLOCKED, new, stage, now, detail))
+    return attrs.evolve(new, notified_stage=stage), events
+
+
+def _announce_stop(
+    old: ServerState | None, new: ServerState, policy: Policy, now: dt.datetime
+) -> tuple[ServerState, list[Event]]:
+    """REMEDIATED when a running episode people know of ends; nothing otherwise."""
+    if old is None or not old.in_episode:
+        return new, []
+    if old.notified_stage is None:
+        # Resumed silently: people still believe the last remediation. Keep the stage they
+        # last heard (in force at ``last_seen``) for the next resumption to compare with.
+        return attrs.evolve(new, notified_stage=_stage_number(old, old.last_seen, policy)), []
+    detail = f"build {new.build} is compliant; enforcement stopped"
+    return new, [_make_event(EventKind.REMEDIATED, new, None, now, detail)]
+
+
+def _latest(state: ServerState, now: dt.datetime) -> dt.datetime:
+    """The later of ``now`` and ``last_seen``: a slow node announces no stage behind it."""
+    seen = state.last_seen
+    return now if seen is None or now >= seen else seen
+
+
+def _stage_number(state: ServerState, at: dt.datetime | None, policy: Policy) -> int:
+    """The stage in force at ``at`` for a state in an episode (stage 1 without ``at``)."""
+    if at is None:
+        return 1
+    stage = decide(state, at, policy).stage
+    return 1 if stage is None else stage.number
 
 
 def _blocks(policy: Policy, number: int | None) -> int:
@@ -485,13 +555,3 @@ def _stage_text(stage: Stage) -> str:
         if minutes
     ]
     return " and ".join(parts) or "reported, not throttled or blocked"
-
-
-def _detected_detail(state: ServerState, resumed: bool) -> str:
-    status = state.status.value.lower()
-    if resumed:
-        since = state.first_detected
-        return (
-            f"{status} again within the relapse window: the episode from {since:%Y-%m-%d} resumes"
-        )
-    return f"build {state.build} is {status}: enforcement episode started"
