@@ -24,7 +24,7 @@ from tbes.decide import (
     SmtpReply,
     decide,
 )
-from tbes.errors import NaiveDatetimeError
+from tbes.errors import NaiveDatetimeError, PolicyError
 from tbes.ledger import Pause
 from tbes.stages import DEFAULT_STAGE_TABLE, Stage, StageTable
 from tbes.state import ServerState
@@ -495,7 +495,7 @@ def test_unknown_policy_name_lists_the_valid_ones() -> None:
 def test_supported_only_needs_a_day() -> None:
     with pytest.raises(ValueError, match="supported_only"):
         Policy.named("supported_only")
-    with pytest.raises(TypeError, match="date"):
+    with pytest.raises(PolicyError, match="date"):
         Policy.supported_only(dt.datetime(2026, 1, 1, tzinfo=UTC))
 
 

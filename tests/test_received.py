@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from support import load_vectors
-from tbes.errors import NaiveDatetimeError
+from tbes.errors import InvalidValueError, NaiveDatetimeError
 from tbes.received import Hop, SenderEvidence, find_sender, parse_received, received_values
 from tbes.version import ExchangeBuild
 
@@ -448,7 +448,7 @@ def test_hop_rejects_a_naive_date() -> None:
 
 
 def test_hop_rejects_a_host_that_is_not_text() -> None:
-    with pytest.raises(TypeError, match="by_host"):
+    with pytest.raises(InvalidValueError, match="by_host"):
         Hop(by_host=42)  # type: ignore[arg-type]
 
 

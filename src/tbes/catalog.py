@@ -29,7 +29,13 @@ from typing import Any
 import attrs
 import cattrs
 
-from tbes.errors import CatalogError, InvalidBuildError, NaiveDatetimeError, TbesError
+from tbes.errors import (
+    CatalogError,
+    InvalidBuildError,
+    InvalidValueError,
+    NaiveDatetimeError,
+    TbesError,
+)
 from tbes.version import ExchangeBuild, Product
 
 __all__ = ["Assessment", "Baseline", "Catalog", "Compliance", "Release", "assess"]
@@ -318,7 +324,9 @@ class Catalog:
     # -- lookups ------------------------------------------------------------------------------
 
     def release(self, build: ExchangeBuild) -> Release | None:
-        """The release published as exactly this build, or None."""
+        """The release published as exactly this build, or None (InvalidBuildError if no build)."""
+        if not isinstance(build, ExchangeBuild):
+            raise InvalidBuildError(f"build must be an ExchangeBuild, got {build!r:.80}")
         return self._index.by_build.get(build)
 
     def base_release(self, build: ExchangeBuild) -> Release | None:
@@ -327,11 +335,16 @@ class Catalog:
         The line is ``major.minor.build`` (``15.1.2507.*`` is 2016 CU23), or for Exchange 2007
         and 2010 the service pack ``major.minor`` (``14.3.*`` is 2010 SP3). Builds the catalog
         never heard of (a newer SU, an id between two rollups) still find their line.
+        A ``build`` that is no :class:`ExchangeBuild` raises :class:`InvalidBuildError`.
         """
+        if not isinstance(build, ExchangeBuild):
+            raise InvalidBuildError(f"build must be an ExchangeBuild, got {build!r:.80}")
         return self._index.base_by_line.get(_line_of(build))
 
     def latest(self, product: Product) -> Release:
         """The product's highest published build; CatalogError if the catalog has none."""
+        if not isinstance(product, Product):
+            raise InvalidValueError(f"product must be a Product, got {product!r:.80}")
         latest = self._index.latest.get(product)
         if latest is None:
             raise CatalogError(
@@ -341,6 +354,8 @@ class Catalog:
 
     def end_of_support(self, product: Product) -> _dt.date | None:
         """Microsoft's end-of-support date for the product, or None (SE, cloud, unknown)."""
+        if not isinstance(product, Product):
+            raise InvalidValueError(f"product must be a Product, got {product!r:.80}")
         return _END_OF_SUPPORT.get(product)
 
     def _latest(self, product: Product) -> Release | None:
@@ -692,13 +707,21 @@ class Assessment:
 
 
 def assess(build: ExchangeBuild, *, baseline: Baseline, catalog: Catalog) -> Assessment:
-    """Judge one build against a baseline; never raises, and fails open for non-Exchange.
+    """Judge one build against a baseline; never raises for a build, fails open for non-Exchange.
 
     ``release`` is the catalog's release for the build: the exact one, else the RTM/SP/CU of
     its line, else None. ``recommended`` lists the minimum builds of the product's lines,
     newest first; for an unsupported product, those of the newest product the baseline
-    supports (or that product's latest build when it has no minimum).
+    supports (or that product's latest build when it has no minimum). Arguments of the wrong
+    type raise :class:`InvalidBuildError` (``build``) or :class:`InvalidValueError`.
     """
+    if not isinstance(build, ExchangeBuild):
+        raise InvalidBuildError(f"build must be an ExchangeBuild, got {build!r:.80}")
+    if not isinstance(baseline, Baseline) or not isinstance(catalog, Catalog):
+        raise InvalidValueError(
+            f"assess needs a Baseline and a Catalog, got baseline={baseline!r:.80}, "
+            f"catalog={catalog!r:.80}"
+        )
     product = build.product
     base = catalog.base_release(build)
     release = catalog.release(build) or base

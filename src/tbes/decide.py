@@ -17,8 +17,8 @@ import bisect
 import datetime as dt
 import enum
 import hashlib
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, NamedTuple
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import attrs
 
@@ -68,9 +68,10 @@ class Action(enum.Enum):
 
 
 def _as_utc(value: dt.datetime, name: str) -> dt.datetime:
-    """``value`` in UTC; a naive datetime raises NaiveDatetimeError, a non-datetime TypeError."""
+    """``value`` in UTC; a naive datetime raises NaiveDatetimeError, a non-datetime (a date
+    included: it names no instant) InvalidValueError."""
     if not isinstance(value, dt.datetime):
-        raise TypeError(f"{name} must be a timezone-aware datetime, got {value!r}")
+        raise InvalidValueError(f"{name} must be a timezone-aware datetime, got {value!r:.80}")
     tz = value.tzinfo
     if tz is dt.UTC:
         return value
@@ -82,10 +83,12 @@ def _as_utc(value: dt.datetime, name: str) -> dt.datetime:
     return value.astimezone(dt.UTC)
 
 
-def _as_utc_or_none(value: dt.datetime | None) -> dt.datetime | None:
-    if value is None or value.tzinfo is dt.UTC:  # the common case, first: decide's hot path
+def _as_utc_or_none(value: dt.datetime | None, name: str) -> dt.datetime | None:
+    """``value`` in UTC, or None; see :func:`_as_utc`."""
+    # The common case first; type() rules out other objects with a tzinfo (a time, say).
+    if value is None or (type(value) is dt.datetime and value.tzinfo is dt.UTC):
         return value
-    return _as_utc(value, "an instant")
+    return _as_utc(value, name)
 
 
 def _minute_offset(server_id: str) -> int:
@@ -219,6 +222,18 @@ def _check_window(
         raise PolicyError(f"relapse_window must be a timedelta >= 0, got {value!r}")
 
 
+def _setting_of(kind: type) -> Callable[[Policy, attrs.Attribute[Any], object], None]:
+    """A validator raising PolicyError (not attrs' TypeError) for a value not of ``kind``."""
+
+    def check(instance: Policy, attribute: attrs.Attribute[Any], value: object) -> None:
+        # bool is exact: 1 and 0 are no flags.
+        wrong = type(value) is not bool if kind is bool else not isinstance(value, kind)
+        if wrong:
+            raise PolicyError(f"{attribute.name} must be a {kind.__name__}, got {value!r:.80}")
+
+    return check
+
+
 def _default_baseline() -> Baseline:
     return Baseline.exchange_online_2026()
 
@@ -229,16 +244,15 @@ class Policy:
 
     The defaults are Microsoft's Exchange Online rules of 2026; see the presets
     :meth:`exchange_online_2023`, :meth:`exchange_online_2026`, :meth:`supported_only` and
-    :meth:`named`. Invalid settings raise :class:`~tbes.errors.PolicyError` (or
-    :class:`TypeError` for a value of the wrong kind) naming the setting and the value.
+    :meth:`named`. Invalid settings, values of the wrong type included, raise
+    :class:`~tbes.errors.PolicyError` naming the setting and the value (the reply wording,
+    :class:`~tbes.errors.InvalidValueError`).
     """
 
     stage_table: StageTable = attrs.field(
-        default=DEFAULT_STAGE_TABLE, validator=attrs.validators.instance_of(StageTable)
+        default=DEFAULT_STAGE_TABLE, validator=_setting_of(StageTable)
     )
-    baseline: Baseline = attrs.field(
-        factory=_default_baseline, validator=attrs.validators.instance_of(Baseline)
-    )
+    baseline: Baseline = attrs.field(factory=_default_baseline, validator=_setting_of(Baseline))
     connectors: frozenset[ConnectorKind] = attrs.field(
         default=frozenset({ConnectorKind.ON_PREMISES}),
         converter=_to_connectors,
@@ -249,9 +263,7 @@ class Policy:
         default="https://aka.ms/BlockUnsafeExchange", validator=_check_text_setting
     )
     pause_quota_days: int = attrs.field(default=90, validator=_check_quota)
-    pause_freezes_clock: bool = attrs.field(
-        default=True, validator=attrs.validators.instance_of(bool)
-    )
+    pause_freezes_clock: bool = attrs.field(default=True, validator=_setting_of(bool))
     relapse_window: dt.timedelta = attrs.field(
         default=dt.timedelta(days=30), validator=_check_window
     )
@@ -300,9 +312,13 @@ class Policy:
 
     @classmethod
     def supported_only(cls, on: dt.date) -> Policy:
-        """Only what Microsoft supports on ``on``: the latest SU of every supported CU line."""
+        """Only what Microsoft supports on ``on``: the latest SU of every supported CU line.
+
+        ``on`` must be a :class:`~datetime.date` (not a datetime), else
+        :class:`~tbes.errors.PolicyError`.
+        """
         if isinstance(on, dt.datetime) or not isinstance(on, dt.date):
-            raise TypeError(f"on must be a date, got {on!r}")
+            raise PolicyError(f"on must be a date, got {on!r:.80}")
         return cls(baseline=Baseline.supported_only(on))
 
     @classmethod
@@ -333,7 +349,16 @@ DEFAULT_POLICY: Policy = Policy.exchange_online_2026()
 def _what_is_broken(decision: Decision) -> str:
     action = decision.action
     if not isinstance(action, Action):
-        return f"action must be an Action, got {action!r}"
+        return f"action must be an Action, got {action!r:.80}"
+    for name, kind in _FIELD_TYPES:
+        value = getattr(decision, name)
+        # bool is exact: 1 and 0 are no flags.
+        wrong = type(value) is not bool if kind is bool else not isinstance(value, kind)
+        if value is not None and wrong:
+            return f"{name} must be a {kind.__name__}, got {value!r:.80}"
+    for name in ("report", "paused", "elapsed", "reason"):
+        if getattr(decision, name) is None:
+            return f"{name} must not be None"
     if action is Action.ACCEPT and decision.reply is not None:
         return f"an ACCEPT decision carries no reply, got {decision.reply!r}"
     if action is not Action.ACCEPT and decision.reply is None:
@@ -341,6 +366,18 @@ def _what_is_broken(decision: Decision) -> str:
     if decision.paused:
         return f"a paused server is accepted, got {action.value}"
     return f"elapsed must be >= 0, got {decision.elapsed!r}"
+
+
+# The types _what_is_broken names; None is checked apart (it is valid for some fields).
+_FIELD_TYPES = (
+    ("stage", Stage),
+    ("reply", SmtpReply),
+    ("report", bool),
+    ("paused", bool),
+    ("elapsed", dt.timedelta),
+    ("next_change", dt.datetime),
+    ("reason", str),
+)
 
 
 @attrs.frozen
@@ -355,6 +392,13 @@ class Decision:
     excluded when the policy freezes the clock). ``next_change`` is the earliest later
     instant at which the decision changes (its action, its stage, or whether the server is
     paused), ``None`` if it never will for this state; ``reason`` says why, in a sentence.
+
+    A Decision is made by :func:`decide` (and the enforcer's fixed replies), on the hot
+    path, so construction checks only what one cheap test can:
+    :class:`~tbes.errors.InvalidValueError` for a reply that does not fit the action, a
+    paused non-ACCEPT, a negative or non-timedelta ``elapsed``, ``report``/``paused`` not
+    bool, ``reason`` not str or ``next_change`` not a datetime. The types of ``stage`` and
+    ``reply`` are not checked.
     """
 
     action: Action
@@ -368,18 +412,30 @@ class Decision:
 
     def __attrs_post_init__(self) -> None:
         # Checked here, in one cheap test, rather than by a validator per field: decide()
-        # builds a Decision for every connection. The message is worked out only when broken.
+        # builds a Decision for every connection, and this test was timed at about 2% of a
+        # decision (a type test per field cost twice that). So report, paused, reason and
+        # elapsed are checked exactly; stage and reply are trusted to be what decide() and
+        # the enforcer build. A wrong type that makes a test raise is caught at no cost
+        # (try is free until something raises). The message is worked out only when broken.
         accept = self.action is Action.ACCEPT
-        if (
-            (self.reply is None) is not accept
-            or (self.paused and not accept)
-            or not self.elapsed >= _ZERO
-        ):
+        paused = self.paused
+        try:
+            broken = (
+                (self.reply is None) is not accept
+                # exactly True or False, and True only when accepted
+                or (paused is not False and (paused is not True or not accept))
+                or not self.elapsed >= _ZERO  # TypeError unless a timedelta
+                or type(self.reason) is not str
+                or type(self.report) is not bool
+            )
+            change = self.next_change
+            if not broken and change is not None and change.tzinfo is not dt.UTC:
+                # Frozen class: normalising to UTC is the one write, made while constructing.
+                object.__setattr__(self, "next_change", _as_utc(change, "next_change"))
+        except (TypeError, AttributeError):  # elapsed or next_change of the wrong type
+            broken = True
+        if broken:
             raise InvalidValueError(_what_is_broken(self))
-        change = self.next_change
-        if change is not None and change.tzinfo is not dt.UTC:
-            # The class is frozen; normalising to UTC is the one write, made while constructing.
-            object.__setattr__(self, "next_change", _as_utc(change, "next_change"))
 
 
 # ---- decide ----------------------------------------------------------------------------
@@ -499,10 +555,16 @@ def decide(state: ServerState, now: dt.datetime, policy: Policy = DEFAULT_POLICY
     stage comes from the episode's clock (paused time excluded when the policy freezes
     it), a paused server is accepted and reported, and the minute of the UTC hour, shifted
     by the server's SHA-256 offset, picks block, throttle or accept. A naive ``now`` raises
-    :class:`~tbes.errors.NaiveDatetimeError`.
+    :class:`~tbes.errors.NaiveDatetimeError`; arguments of the wrong type raise
+    :class:`~tbes.errors.InvalidValueError` naming the argument.
     """
     now = _as_utc(now, "now")
-    first = state.first_detected
+    if policy is not DEFAULT_POLICY and not isinstance(policy, Policy):
+        raise InvalidValueError(f"policy must be a Policy, got {policy!r:.80}")
+    try:  # free unless it raises; ServerState is imported for type checking only
+        first = state.first_detected
+    except AttributeError:
+        raise InvalidValueError(f"state must be a ServerState, got {state!r:.80}") from None
     if first is None or state.compliant_since is not None:
         return _outside(state)
     spans = state._pause_spans

@@ -46,10 +46,28 @@ def _require_date(value: object, name: str) -> dt.date:
     return value
 
 
-def _require_aware(at: dt.datetime) -> dt.datetime:
+def _require_aware(at: dt.datetime, name: str) -> dt.datetime:
+    # A date is no instant: which day it names depends on a time zone nobody gave.
+    if not isinstance(at, dt.datetime):
+        raise InvalidPauseError(f"{name} must be a timezone-aware datetime, got {at!r:.80}")
     if at.tzinfo is None or at.utcoffset() is None:
-        raise NaiveDatetimeError(f"an instant needs a time zone, got naive {at!r}")
+        raise NaiveDatetimeError(f"{name} must be timezone-aware, got naive {at!r}")
     return at
+
+
+def _require_year(year: object) -> int:
+    # bool is an int subclass, but True is no year; date() only holds years 1..9999.
+    if type(year) is not int or not dt.MINYEAR <= year <= dt.MAXYEAR:
+        raise InvalidPauseError(
+            f"year must be an int from {dt.MINYEAR} to {dt.MAXYEAR}, got {year!r:.80}"
+        )
+    return year
+
+
+def _require_server_id(server_id: object) -> str:
+    if not isinstance(server_id, str) or not server_id:
+        raise InvalidPauseError(f"server_id must be a non-empty str, got {server_id!r:.80}")
+    return server_id
 
 
 def _midnight(day: dt.date) -> dt.datetime:
@@ -115,7 +133,7 @@ class Pause:
 
     def covers(self, at: dt.datetime) -> bool:
         """Whether the instant ``at`` falls inside the pause (a naive ``at`` raises)."""
-        return self.start_instant <= _require_aware(at) < self.end_instant
+        return self.start_instant <= _require_aware(at, "at") < self.end_instant
 
     def covers_day(self, day: dt.date) -> bool:
         """Whether the UTC day ``day`` is one of the paused days."""
@@ -123,14 +141,16 @@ class Pause:
 
     def overlap(self, since: dt.datetime, until: dt.datetime) -> dt.timedelta:
         """How much of the interval ``[since, until)`` the pause covers (zero if none)."""
-        lo = max(self.start_instant, _require_aware(since))
-        hi = min(self.end_instant, _require_aware(until))
+        lo = max(self.start_instant, _require_aware(since, "since"))
+        hi = min(self.end_instant, _require_aware(until, "until"))
         return max(hi - lo, dt.timedelta(0))
 
     def days_in_year(self, year: int) -> int:
         """How many of the paused days fall in the UTC calendar year ``year``."""
+        _require_year(year)
         lo = max(self.start, dt.date(year, 1, 1))
-        hi = min(self.end, dt.date(year, 12, 31) + dt.timedelta(days=1))
+        # The year's exclusive end, except in 9999, whose end no date holds (nor does self.end).
+        hi = self.end if year == dt.MAXYEAR else min(self.end, dt.date(year + 1, 1, 1))
         return max((hi - lo).days, 0)
 
     def years(self) -> range:
@@ -249,6 +269,7 @@ class PauseLedger:
         Past pauses stay on record. With no current or future pause this is a no-op and
         returns the ledger unchanged.
         """
+        _require_server_id(server_id)
         _require_date(today, "today")
         kept: list[Pause] = []
         changed = False
@@ -262,7 +283,11 @@ class PauseLedger:
         return attrs.evolve(self, pauses=tuple(kept)) if changed else self
 
     def used(self, year: int) -> int:
-        """Pause days charged to the UTC calendar year ``year``, over all servers."""
+        """Pause days charged to the UTC calendar year ``year``, over all servers.
+
+        A ``year`` that is no int from 1 to 9999 raises :exc:`InvalidPauseError`.
+        """
+        _require_year(year)
         return sum(pause.days_in_year(year) for pause in self.pauses)
 
     def remaining(self, year: int) -> int:
@@ -271,9 +296,14 @@ class PauseLedger:
 
     def pauses_for(self, server_id: str) -> tuple[Pause, ...]:
         """The pauses of ``server_id``, past, current and future, in order of start."""
+        _require_server_id(server_id)
         return tuple(pause for pause in self.pauses if pause.server_id == server_id)
 
     def paused_at(self, server_id: str, at: dt.datetime) -> bool:
-        """Whether ``server_id`` is paused at the instant ``at`` (a naive ``at`` raises)."""
-        _require_aware(at)
+        """Whether ``server_id`` is paused at the instant ``at``.
+
+        A naive ``at`` raises :class:`~tbes.errors.NaiveDatetimeError`; a date or any other
+        non-datetime raises :exc:`InvalidPauseError`.
+        """
+        _require_aware(at, "at")
         return any(pause.covers(at) for pause in self.pauses_for(server_id))

@@ -9,18 +9,19 @@ uses the headers for the build alone.
 
 Decisions that shaped this module:
 
-* **Total and linear.** ``parse_received`` never raises and runs in time linear in its input.
-  It uses no regular expressions. :func:`_split_comments` cuts the text at every ``(``
-  with ``str.split`` and a plain comment at its ``)`` with ``str.partition`` (C loops,
-  linear); only the characters of nested or escaped comments are walked in Python, each
-  once, with a depth counter, so nesting costs nothing extra and an unclosed comment
-  simply runs to the end. The text outside comments is cut into words by
+* **Total and linear.** ``parse_received`` never raises on a ``str`` and runs in time linear
+  in its input (anything else is refused with ``InvalidValueError``, as are wrong-typed
+  arguments of the other functions). It uses no regular expressions. :func:`_split_comments`
+  cuts the text at every ``(`` with ``str.split`` and a plain comment at its ``)`` with
+  ``str.partition`` (C loops, linear); only the characters of nested or escaped comments are
+  walked in Python, each once, with a depth counter, so nesting costs nothing extra and an
+  unclosed comment simply runs to the end. The text outside comments is cut into words by
   ``str.replace`` and ``str.split`` (C loops, linear; CR and LF are white space, which
   unfolds the header). One pass over the tokens then does O(1) work per token. Everything
   handed to the standard library is bounded: a build is parsed only from an ``id`` word of
-  at most 64 characters, an address only from a word of at most 64 characters and only
-  among the first 16 comment words of a clause, and a date only from at most 256
-  characters. So 1 MiB of any text is parsed in a fraction of a second.
+  at most 64 characters, an address only from a word of at most 64 characters and only among
+  the first 16 comment words of a clause, and a date only from at most 256 characters. So 1
+  MiB of any text is parsed in a fraction of a second.
 * **Forgiving fields.** Malformed input gives a ``Hop`` whose unknown fields are ``None``.
   Hosts are lower-cased without a trailing dot; addresses keep their written form without
   brackets or the Sendmail ``IPv6:`` prefix (lower-cased), and are accepted only when
@@ -61,11 +62,11 @@ import email.message
 import email.utils
 import ipaddress
 from collections.abc import Iterable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import attrs
 
-from tbes.errors import InvalidValueError, NaiveDatetimeError
+from tbes.errors import InvalidBuildError, InvalidValueError, NaiveDatetimeError
 from tbes.version import ExchangeBuild, Product
 
 __all__ = ["Hop", "SenderEvidence", "find_sender", "parse_received", "received_values"]
@@ -91,10 +92,29 @@ _Text = TypeVar("_Text", str, bytes)
 
 def _optional_str(instance: object, attribute: attrs.Attribute[str | None], value: object) -> None:
     if value is not None and not isinstance(value, str):
-        raise TypeError(f"{attribute.name} must be a str or None, got {value!r}")
+        raise InvalidValueError(f"{attribute.name} must be a str or None, got {value!r:.80}")
 
 
-_optional_build = attrs.validators.optional(attrs.validators.instance_of(ExchangeBuild))
+def _optional_build(
+    instance: object, attribute: attrs.Attribute[ExchangeBuild | None], value: object
+) -> None:
+    if value is not None:
+        _check_build(instance, attribute, value)
+
+
+def _check_build(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, ExchangeBuild):
+        raise InvalidBuildError(f"{attribute.name} must be an ExchangeBuild, got {value!r:.80}")
+
+
+def _check_hop(instance: object, attribute: attrs.Attribute[Hop], value: object) -> None:
+    if not isinstance(value, Hop):
+        raise InvalidValueError(f"{attribute.name} must be a Hop, got {value!r:.80}")
+
+
+def _check_bool(instance: object, attribute: attrs.Attribute[bool], value: object) -> None:
+    if type(value) is not bool:
+        raise InvalidValueError(f"{attribute.name} must be a bool, got {value!r:.80}")
 
 
 def _optional_aware(
@@ -103,7 +123,7 @@ def _optional_aware(
     if value is None:
         return
     if not isinstance(value, _dt.datetime):
-        raise TypeError(f"{attribute.name} must be a datetime or None, got {value!r}")
+        raise InvalidValueError(f"{attribute.name} must be a datetime or None, got {value!r:.80}")
     if value.tzinfo is None or value.utcoffset() is None:
         raise NaiveDatetimeError(f"{attribute.name} must be timezone-aware, got {value!r}")
 
@@ -132,12 +152,12 @@ def _non_negative_index(instance: object, attribute: attrs.Attribute[int], value
 class SenderEvidence:
     """The build claimed by the hop that the sending server wrote, and where it was found."""
 
-    build: ExchangeBuild = attrs.field(validator=attrs.validators.instance_of(ExchangeBuild))
+    build: ExchangeBuild = attrs.field(validator=_check_build)
     host: str | None = attrs.field(validator=_optional_str)
     ip: str | None = attrs.field(validator=_optional_str)
     index: int = attrs.field(validator=_non_negative_index)
-    hop: Hop = attrs.field(validator=attrs.validators.instance_of(Hop))
-    matched: bool = attrs.field(validator=attrs.validators.instance_of(bool))
+    hop: Hop = attrs.field(validator=_check_hop)
+    matched: bool = attrs.field(validator=_check_bool)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,7 +165,13 @@ class SenderEvidence:
 
 
 def parse_received(value: str) -> Hop:
-    """Read one Received header value into a Hop; never raises, linear in the input."""
+    """Read one Received header value into a Hop; never raises on a str, linear in the input.
+
+    A value that is not a ``str`` (``None``, undecoded ``bytes``) raises
+    :class:`~tbes.errors.InvalidValueError`.
+    """
+    if not isinstance(value, str):
+        raise InvalidValueError(f"a Received value must be a str, got {value!r:.80}")
     tokens = _tokenize(value)
     last_semi = _last_semicolon(tokens)
     clauses = _clauses(tokens if last_semi is None else tokens[:last_semi])
@@ -371,9 +397,17 @@ def find_sender(
     ``received`` is top (newest) first. Leading hops written by the receiver (``own_hosts``
     and their subdomains, and Exchange Online when ``skip_exchange_online``) are dropped; the
     first hop left is the sender hop. Its build is returned, or None if it has none.
+    Arguments of the wrong type (``received`` not a sequence of ``str``, a host that is no
+    ``str``) raise :class:`~tbes.errors.InvalidValueError` naming the argument.
     """
-    hops = [parse_received(value) for value in received]
+    hops = [parse_received(value) for value in _texts(received, "received")]
     owners = _own_names(own_hosts)
+    if client is not None and not isinstance(client, str):
+        raise InvalidValueError(f"client must be a str or None, got {client!r:.80}")
+    if type(skip_exchange_online) is not bool:
+        raise InvalidValueError(
+            f"skip_exchange_online must be a bool, got {skip_exchange_online!r:.80}"
+        )
     first = _first_foreign(hops, owners, skip_exchange_online)
     if first is None:
         return None
@@ -390,9 +424,20 @@ def find_sender(
     return SenderEvidence(hop.build, hop.by_host, hop.by_ip, first, hop, matched)
 
 
+def _texts(values: Iterable[str], name: str) -> tuple[str, ...]:
+    # A bare str or bytes is iterable too, but one value read letter by letter is a mistake.
+    if isinstance(values, str | bytes) or not isinstance(values, Iterable):
+        raise InvalidValueError(f"{name} must be a sequence of str, got {values!r:.80}")
+    items = tuple(values)
+    for item in items:
+        if not isinstance(item, str):
+            raise InvalidValueError(f"{name} must hold only str values, got {item!r:.80}")
+    return items
+
+
 def _own_names(own_hosts: Iterable[str]) -> tuple[str, ...]:
     # A bare str is one host name, not an iterable of one-letter names.
-    names = (own_hosts,) if isinstance(own_hosts, str) else tuple(own_hosts)
+    names = (own_hosts,) if isinstance(own_hosts, str) else _texts(own_hosts, "own_hosts")
     cleaned = (_host_key(name) for name in names)
     return tuple(name for name in cleaned if name)
 
@@ -446,13 +491,20 @@ def _same_ip(left: str | None, right: str | None) -> bool:
 
 
 def received_values(message: email.message.Message | bytes | str) -> list[str]:
-    """The Received header values of a message, top first, unfolded; the body is not read."""
+    """The Received header values of a message, top first, unfolded; the body is not read.
+
+    Anything but a message, ``bytes`` or ``str`` raises :class:`~tbes.errors.InvalidValueError`.
+    """
     if isinstance(message, email.message.Message):
         values = message.get_all("Received") or []
         return [_unfold(_clean(_header_text(value))) for value in values]
     if isinstance(message, bytes | bytearray | memoryview):
         data = bytes(message)
         head = data[: _header_end(data, b"\n", b"\r")].decode("utf-8", "replace")
+    elif not isinstance(message, str):
+        raise InvalidValueError(
+            f"message must be an email.message.Message, bytes or str, got {message!r:.80}"
+        )
     else:
         head = _clean(message[: _header_end(message, "\n", "\r")])
     return [_unfold(value) for name, value in _fields(head) if name.lower() == "received"]

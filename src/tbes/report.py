@@ -13,12 +13,13 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import attrs
 
 from tbes.catalog import Catalog, Compliance, assess
-from tbes.decide import Policy, decide
-from tbes.errors import InvalidValueError, NaiveDatetimeError
+from tbes.decide import Policy, _as_utc, decide
+from tbes.errors import InvalidBuildError, InvalidValueError, NaiveDatetimeError
 from tbes.stages import Stage
 from tbes.state import ServerState
 from tbes.version import ExchangeBuild, Product
@@ -26,10 +27,40 @@ from tbes.version import ExchangeBuild, Product
 __all__ = ["ReportRow", "Segment", "forecast", "horizon", "report_row"]
 
 _DAY = dt.timedelta(days=1)
+_MINUTES = 60
+
+_Validator = Callable[[object, "attrs.Attribute[Any]", object], None]
 
 
-def _aware(instance: object, attribute: attrs.Attribute[dt.datetime], value: dt.datetime) -> None:
-    _require_aware(value, attribute.name)
+def _of(kind: type) -> _Validator:
+    """A validator raising InvalidValueError (not attrs' TypeError) for a value not of ``kind``."""
+
+    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        # bool is exact: 1 and 0 are no flags.
+        wrong = type(value) is not bool if kind is bool else not isinstance(value, kind)
+        if wrong:
+            error = InvalidBuildError if kind is ExchangeBuild else InvalidValueError
+            raise error(f"{attribute.name} must be a {kind.__name__}, got {value!r:.80}")
+
+    return check
+
+
+def _optional(kind: type) -> _Validator:
+    """Like :func:`_of`, but None is valid too."""
+    check = _of(kind)
+
+    def optional(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value is not None:
+            check(instance, attribute, value)
+
+    return optional
+
+
+def _require_inputs(state: object, policy: object) -> None:
+    if not isinstance(state, ServerState):
+        raise InvalidValueError(f"state must be a ServerState, got {state!r:.80}")
+    if not isinstance(policy, Policy):
+        raise InvalidValueError(f"policy must be a Policy, got {policy!r:.80}")
 
 
 def _aware_or_none(
@@ -40,15 +71,24 @@ def _aware_or_none(
 
 
 def _require_aware(value: dt.datetime, name: str) -> dt.datetime:
+    if not isinstance(value, dt.datetime):
+        raise InvalidValueError(f"{name} must be an aware datetime, got {value!r:.80}")
     if value.tzinfo is None or value.utcoffset() is None:
         raise NaiveDatetimeError(f"{name} must be an aware datetime, got naive {value!r}")
     return value
 
 
+def _start_utc(value: dt.datetime) -> dt.datetime:
+    return _as_utc(value, "start")
+
+
+def _end_utc(value: dt.datetime) -> dt.datetime:
+    return _as_utc(value, "end")
+
+
 def _after_start(
     instance: Segment, attribute: attrs.Attribute[dt.datetime], end: dt.datetime
 ) -> None:
-    _require_aware(end, "end")
     if end <= instance.start:
         raise InvalidValueError(f"a segment must end after it starts: {instance.start} .. {end}")
 
@@ -58,15 +98,14 @@ class Segment:
     """A span ``[start, end)`` of a server's timeline with one stage and one paused flag.
 
     ``stage`` is ``None`` where nothing is enforced (the server is compliant again);
-    ``paused`` is true while a pause holds enforcement off.
+    ``paused`` is true while a pause holds enforcement off. ``start`` and ``end`` are
+    normalised to UTC (naive ones raise :class:`~tbes.errors.NaiveDatetimeError`).
     """
 
-    start: dt.datetime = attrs.field(validator=_aware)
-    end: dt.datetime = attrs.field(validator=_after_start)
-    stage: Stage | None = attrs.field(
-        validator=attrs.validators.optional(attrs.validators.instance_of(Stage))
-    )
-    paused: bool = attrs.field(validator=attrs.validators.instance_of(bool))
+    start: dt.datetime = attrs.field(converter=_start_utc)
+    end: dt.datetime = attrs.field(converter=_end_utc, validator=_after_start)
+    stage: Stage | None = attrs.field(validator=_optional(Stage))
+    paused: bool = attrs.field(validator=_of(bool))
 
     @property
     def duration(self) -> dt.timedelta:
@@ -75,7 +114,24 @@ class Segment:
 
 
 def _builds(value: Iterable[ExchangeBuild]) -> tuple[ExchangeBuild, ...]:
-    return tuple(value)
+    if not isinstance(value, Iterable) or isinstance(value, str | bytes):
+        raise InvalidValueError(f"recommended must be a sequence of builds, got {value!r:.80}")
+    builds = tuple(value)
+    for build in builds:
+        if not isinstance(build, ExchangeBuild):
+            raise InvalidBuildError(
+                f"recommended must hold ExchangeBuild values, got {build!r:.80}"
+            )
+    return builds
+
+
+def _minutes_or_none(
+    instance: object, attribute: attrs.Attribute[int | None], value: object
+) -> None:
+    if value is not None and (type(value) is not int or not 0 <= value <= _MINUTES):
+        raise InvalidValueError(
+            f"{attribute.name} must be minutes per hour (0..60) or None, got {value!r:.80}"
+        )
 
 
 @attrs.frozen
@@ -91,26 +147,20 @@ class ReportRow:
     the report's instant ends.
     """
 
-    server: str = attrs.field(validator=attrs.validators.instance_of(str))
-    tenant: str = attrs.field(validator=attrs.validators.instance_of(str))
-    build: ExchangeBuild | None = attrs.field(
-        validator=attrs.validators.optional(attrs.validators.instance_of(ExchangeBuild))
-    )
-    product: Product | None = attrs.field(
-        validator=attrs.validators.optional(attrs.validators.instance_of(Product))
-    )
-    status: Compliance = attrs.field(validator=attrs.validators.instance_of(Compliance))
+    server: str = attrs.field(validator=_of(str))
+    tenant: str = attrs.field(validator=_of(str))
+    build: ExchangeBuild | None = attrs.field(validator=_optional(ExchangeBuild))
+    product: Product | None = attrs.field(validator=_optional(Product))
+    status: Compliance = attrs.field(validator=_of(Compliance))
     first_detected: dt.datetime | None = attrs.field(validator=_aware_or_none)
     last_seen: dt.datetime | None = attrs.field(validator=_aware_or_none)
     recommended: tuple[ExchangeBuild, ...] = attrs.field(converter=_builds)
     throttle_enabled: dt.datetime | None = attrs.field(validator=_aware_or_none)
     blocking_enabled: dt.datetime | None = attrs.field(validator=_aware_or_none)
     full_block: dt.datetime | None = attrs.field(validator=_aware_or_none)
-    stage: Stage | None = attrs.field(
-        validator=attrs.validators.optional(attrs.validators.instance_of(Stage))
-    )
-    next_stage_throttle: int | None
-    next_stage_block: int | None
+    stage: Stage | None = attrs.field(validator=_optional(Stage))
+    next_stage_throttle: int | None = attrs.field(validator=_minutes_or_none)
+    next_stage_block: int | None = attrs.field(validator=_minutes_or_none)
     next_stage_start: dt.datetime | None = attrs.field(validator=_aware_or_none)
     paused_until: dt.datetime | None = attrs.field(validator=_aware_or_none)
 
@@ -124,8 +174,10 @@ def forecast(state: ServerState, policy: Policy, *, until: dt.datetime) -> tuple
     compliant again, the segments before ``compliant_since`` are what ``decide`` answered
     while the episode ran (the same state without ``compliant_since``) and one unenforced
     segment (stage ``None``) follows, as ``decide`` answers for the state itself.
+    Arguments of the wrong type raise :class:`~tbes.errors.InvalidValueError`.
     """
     _require_aware(until, "until")
+    _require_inputs(state, policy)
     start = state.first_detected
     if start is None or until <= start:
         return ()
@@ -184,8 +236,15 @@ def _merged(pieces: list[Segment]) -> tuple[Segment, ...]:
 
 
 def report_row(state: ServerState, now: dt.datetime, policy: Policy, catalog: Catalog) -> ReportRow:
-    """The report line for ``state`` as of ``now``: status, timeline instants, next stage."""
+    """The report line for ``state`` as of ``now``: status, timeline instants, next stage.
+
+    A naive ``now`` raises :class:`~tbes.errors.NaiveDatetimeError`, arguments of the wrong
+    type :class:`~tbes.errors.InvalidValueError`.
+    """
     _require_aware(now, "now")
+    if not isinstance(catalog, Catalog):
+        raise InvalidValueError(f"catalog must be a Catalog, got {catalog!r:.80}")
+    _require_inputs(state, policy)
     decision = decide(state, now, policy)
     # Once compliant, nothing lies ahead: the history a forecast keeps is not the schedule.
     ahead = state.compliant_since is None
@@ -226,6 +285,7 @@ def horizon(state: ServerState, policy: Policy, now: dt.datetime) -> dt.datetime
     horizon shows everything that will ever change for the state.
     """
     _require_aware(now, "now")
+    _require_inputs(state, policy)
     last_pause = max((pause.end_instant for pause in state.pauses), default=now)
     latest = max(now, last_pause)
     first = state.first_detected

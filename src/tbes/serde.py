@@ -3,6 +3,14 @@
 All (de)serialisation goes through :data:`converter`, so stored rows, reports and the
 command line agree on one format: builds as their short string, instants as ISO 8601
 with their offset, dates as ISO dates, timedeltas as seconds, enums by value.
+
+:func:`loads` is the checked entry point for text from outside: text that is not JSON, or
+JSON that does not make a ``cls``, raises :class:`~tbes.errors.InvalidValueError` naming
+``cls`` and the problem, with the original error (``json.JSONDecodeError``, a cattrs
+validation error group) as its ``__cause__``; a tbes error raised while structuring a bare
+value (say :class:`~tbes.errors.NaiveDatetimeError` for ``loads(text, datetime)``) passes
+through as it is. :data:`converter` itself behaves as cattrs does (``structure`` may raise
+cattrs' own errors), for callers who want them.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ import cattrs
 from cattrs.cols import is_any_set
 from cattrs.preconf.json import make_converter
 
-from tbes.errors import NaiveDatetimeError
+from tbes.errors import InvalidValueError, NaiveDatetimeError, TbesError
 from tbes.version import ExchangeBuild
 
 __all__ = ["converter", "dumps", "loads"]
@@ -42,7 +50,7 @@ def _structure_datetime(value: Any, _: type) -> _dt.datetime:
 
 def _structure_timedelta(value: Any, _: type) -> _dt.timedelta:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"a duration must be a number of seconds, got {value!r}")
+        raise InvalidValueError(f"a duration must be a number of seconds, got {value!r:.80}")
     return _dt.timedelta(seconds=value)
 
 
@@ -86,5 +94,28 @@ def dumps(value: object) -> str:
 
 
 def loads(text: str | bytes, cls: type[_T]) -> _T:
-    """Parse JSON made by :func:`dumps` back into a value of type ``cls``."""
-    return converter.structure(json.loads(text), cls)
+    """Parse JSON made by :func:`dumps` back into a value of type ``cls``.
+
+    Raises :class:`~tbes.errors.InvalidValueError` (the original error as ``__cause__``) for
+    text that is not JSON or does not make a ``cls``.
+    """
+    name = getattr(cls, "__name__", None) or repr(cls)
+    try:
+        data = json.loads(text)
+    except (ValueError, TypeError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+        raise InvalidValueError(f"cannot load {name}: not valid JSON: {exc}") from exc
+    try:
+        return converter.structure(data, cls)
+    except TbesError:
+        raise
+    except cattrs.BaseValidationError as exc:
+        problems = cattrs.transform_error(exc, format_exception=_describe)
+        raise InvalidValueError(f"cannot load {name}: {'; '.join(problems)}") from exc
+    except Exception as exc:  # cattrs raises what hooks raise; no cls to make, and so on
+        raise InvalidValueError(f"cannot load {name}: {_describe(exc, None)}") from exc
+
+
+def _describe(exc: BaseException, _: type | None) -> str:
+    if isinstance(exc, KeyError):
+        return "required field missing"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 import attrs
 
-from tbes.errors import StageTableError
+from tbes.errors import InvalidValueError, StageTableError
 
 __all__ = ["DEFAULT_STAGE_TABLE", "Stage", "StageTable"]
 
@@ -113,7 +113,14 @@ def _check_stages(instance: object, attribute: object, stages: tuple[Stage, ...]
 
 
 def _to_tuple(stages: Iterable[Stage]) -> tuple[Stage, ...]:
+    if not isinstance(stages, Iterable) or isinstance(stages, str | bytes):
+        raise StageTableError(f"a stage table needs a sequence of Stage, got {stages!r:.80}")
     return tuple(stages)
+
+
+def _require_elapsed(elapsed: object) -> None:
+    if not isinstance(elapsed, dt.timedelta):
+        raise InvalidValueError(f"elapsed must be a timedelta, got {elapsed!r:.80}")
 
 
 def _starts(stages: tuple[Stage, ...]) -> tuple[dt.timedelta, ...]:
@@ -156,6 +163,7 @@ class StageTable:
 
     def stage_at(self, elapsed: dt.timedelta) -> Stage:
         """The stage in force ``elapsed`` after first detection (negative ``elapsed`` means 0)."""
+        _require_elapsed(elapsed)
         index = bisect.bisect_right(self._start_offsets, elapsed) - 1
         return self.stages[max(index, 0)]
 
@@ -172,6 +180,7 @@ class StageTable:
 
     def next_start(self, elapsed: dt.timedelta) -> dt.timedelta | None:
         """The start of the stage after the one at ``elapsed``; ``None`` from the terminal stage."""
+        _require_elapsed(elapsed)
         index = max(bisect.bisect_right(self._start_offsets, elapsed), 1)
         return self._start_offsets[index] if index < len(self._start_offsets) else None
 

@@ -24,13 +24,27 @@ import attrs
 from tbes.catalog import Assessment, Compliance
 from tbes.decide import DEFAULT_POLICY, Policy, _as_utc, _as_utc_or_none, _minute_offset
 from tbes.decide import _pause_spans as _spans_of
-from tbes.errors import InvalidValueError
+from tbes.errors import InvalidBuildError, InvalidValueError
 from tbes.ledger import Pause
 from tbes.version import ExchangeBuild
 
 __all__ = ["ServerState", "observe"]
 
 _NON_COMPLIANT = frozenset({Compliance.OUTDATED, Compliance.UNSUPPORTED})
+
+
+# One converter per instant field, so that an error names the field (the mypy plugin of attrs
+# understands named functions only, not attrs.Converter(..., takes_field=True)).
+def _first_detected(value: dt.datetime | None) -> dt.datetime | None:
+    return _as_utc_or_none(value, "first_detected")
+
+
+def _last_seen(value: dt.datetime | None) -> dt.datetime | None:
+    return _as_utc_or_none(value, "last_seen")
+
+
+def _compliant_since(value: dt.datetime | None) -> dt.datetime | None:
+    return _as_utc_or_none(value, "compliant_since")
 
 
 def _check_id(instance: ServerState, attribute: attrs.Attribute[str], value: str) -> None:
@@ -48,21 +62,23 @@ def _check_build(
     instance: ServerState, attribute: attrs.Attribute[ExchangeBuild | None], value: object
 ) -> None:
     if value is not None and not isinstance(value, ExchangeBuild):
-        raise TypeError(f"build must be an ExchangeBuild or None, got {value!r}")
+        raise InvalidBuildError(f"build must be an ExchangeBuild or None, got {value!r:.80}")
 
 
 def _check_status(
     instance: ServerState, attribute: attrs.Attribute[Compliance], value: object
 ) -> None:
     if not isinstance(value, Compliance):
-        raise TypeError(f"status must be a Compliance, got {value!r}")
+        raise InvalidValueError(f"status must be a Compliance, got {value!r:.80}")
 
 
 def _sorted_pauses(pauses: Iterable[Pause]) -> tuple[Pause, ...]:
+    if not isinstance(pauses, Iterable):
+        raise InvalidValueError(f"pauses must be a sequence of Pause, got {pauses!r:.80}")
     items = tuple(pauses)
     for pause in items:
         if not isinstance(pause, Pause):
-            raise TypeError(f"pauses must be Pause values, got {pause!r}")
+            raise InvalidValueError(f"pauses must be Pause values, got {pause!r:.80}")
     # One canonical order, as in the ledger, so equal states compare equal.
     return tuple(sorted(items, key=lambda p: (p.start, p.days)))
 
@@ -99,17 +115,18 @@ class ServerState:
     by the enforcer's notifier and reset to ``None`` when a new episode starts.
 
     Instants must be timezone-aware (else :class:`~tbes.errors.NaiveDatetimeError`) and are
-    stored in UTC; ids must be non-empty and every pause must be this server's
-    (else :class:`ValueError`).
+    stored in UTC; ids must be non-empty and every pause must be this server's; a value of
+    the wrong type raises :class:`~tbes.errors.InvalidValueError` (for ``build``,
+    :class:`~tbes.errors.InvalidBuildError`) naming the field.
     """
 
     server_id: str = attrs.field(validator=_check_id)
     tenant: str = attrs.field(validator=_check_id)
     build: ExchangeBuild | None = attrs.field(validator=_check_build)
     status: Compliance = attrs.field(validator=_check_status)
-    first_detected: dt.datetime | None = attrs.field(converter=_as_utc_or_none)
-    last_seen: dt.datetime | None = attrs.field(converter=_as_utc_or_none)
-    compliant_since: dt.datetime | None = attrs.field(converter=_as_utc_or_none)
+    first_detected: dt.datetime | None = attrs.field(converter=_first_detected)
+    last_seen: dt.datetime | None = attrs.field(converter=_last_seen)
+    compliant_since: dt.datetime | None = attrs.field(converter=_compliant_since)
     pauses: tuple[Pause, ...] = attrs.field(
         default=(), converter=_sorted_pauses, validator=_check_pauses
     )
@@ -172,6 +189,18 @@ def _compliant(state: ServerState, build: ExchangeBuild | None, when: dt.datetim
     )
 
 
+def _require_types(state: object, assessment: object, build: object, policy: object) -> None:
+    # build too: a NOT_APPLICABLE observation drops it, which must not hide a wrong type.
+    if build is not None and not isinstance(build, ExchangeBuild):
+        raise InvalidBuildError(f"build must be an ExchangeBuild or None, got {build!r:.80}")
+    if state is not None and not isinstance(state, ServerState):
+        raise InvalidValueError(f"state must be a ServerState or None, got {state!r:.80}")
+    if not isinstance(assessment, Assessment):
+        raise InvalidValueError(f"assessment must be an Assessment, got {assessment!r:.80}")
+    if not isinstance(policy, Policy):
+        raise InvalidValueError(f"policy must be a Policy, got {policy!r:.80}")
+
+
 def observe(
     state: ServerState | None,
     *,
@@ -189,10 +218,12 @@ def observe(
     ``policy.relapse_window`` of ``compliant_since`` resumes the old episode, later starts
     a new one. ``NOT_APPLICABLE`` only moves ``last_seen`` and keeps the last real build and
     status. An ``at`` before ``last_seen`` counts as ``last_seen``, so no time moves back.
-    ``pauses`` are never changed. Raises :class:`ValueError` when ``state`` belongs to
-    another server or tenant and :class:`~tbes.errors.NaiveDatetimeError` for a naive ``at``.
+    ``pauses`` are never changed. Raises :class:`~tbes.errors.InvalidValueError` when
+    ``state`` belongs to another server or tenant or an argument has the wrong type, and
+    :class:`~tbes.errors.NaiveDatetimeError` for a naive ``at``.
     """
     at = _as_utc(at, "at")
+    _require_types(state, assessment, build, policy)
     status = assessment.status
     if state is None:
         return _fresh(server_id, tenant, status, build, at)
