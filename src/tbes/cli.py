@@ -259,15 +259,21 @@ def _console() -> Console:
 
 
 def _catalog(ctx: click.Context) -> Catalog:
-    path: Path | None = ctx.find_root().params.get("catalog_path")
-    if path is None:
-        return _guard(Catalog.default)
-    return _guard(lambda: Catalog.load(path))
+    root = ctx.find_root()
+    cached: Catalog | None = root.meta.get("tbes.catalog")
+    if cached is not None:
+        return cached
+    path: Path | None = root.params.get("catalog_path")
+    loaded = _guard(Catalog.default if path is None else lambda: Catalog.load(path))
+    root.meta["tbes.catalog"] = loaded
+    return loaded
 
 
-def _policy(name: str, at: dt.datetime) -> Policy:
-    # supported_only judges support on the day of the decision.
-    return _guard(lambda: Policy.named(name, on=at.astimezone(dt.UTC).date()))
+def _policy(ctx: click.Context, name: str, at: dt.datetime) -> Policy:
+    # supported_only judges support on the day of the decision, by the operator's catalog;
+    # the fixed presets need no catalog, so none is read for them.
+    catalog = _catalog(ctx) if name == "supported_only" else None
+    return _guard(lambda: Policy.named(name, on=at.astimezone(dt.UTC).date(), catalog=catalog))
 
 
 def _policy_option(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -377,7 +383,7 @@ def inspect(
     decision for a connection at --at, with the server's timeline.
     """
     at = at or utc_now()
-    policy = _policy(policy_name, at)
+    policy = _policy(ctx, policy_name, at)
     catalog = _catalog(ctx)
     values = received_values(_guard(message.read_bytes))
     hops = [parse_received(value) for value in values]
@@ -529,7 +535,7 @@ def timeline(
     server: str,
 ) -> None:
     """Forecast when a server is throttled, blocked and fully blocked, stage by stage."""
-    policy = _policy(policy_name, first_detected)
+    policy = _policy(ctx, policy_name, first_detected)
     catalog = _catalog(ctx)
     assessment = assess(build, baseline=policy.baseline, catalog=catalog)
     state = _guard(lambda: _what_if(server, build, assessment, first_detected, pauses, policy))
@@ -637,7 +643,7 @@ def report(
 ) -> None:
     """Report every server in the database, one row per server."""
     at = at or utc_now()
-    policy = _policy(policy_name, at)
+    policy = _policy(ctx, policy_name, at)
     catalog = _catalog(ctx)
     store = _open_store(db)
     try:
@@ -664,13 +670,19 @@ def report(
 @click.option("--year", type=click.IntRange(1, 9999), default=None, help="Default: this year.")
 @_at_option("Take 'this year' from this instant (default: now).")
 @_policy_option
+@click.pass_context
 def quota(
-    db: Path, tenant: str, year: int | None, at: dt.datetime | None, policy_name: str
+    ctx: click.Context,
+    db: Path,
+    tenant: str,
+    year: int | None,
+    at: dt.datetime | None,
+    policy_name: str,
 ) -> None:
     """Show a tenant's pause quota for a calendar year: days used, remaining, and the pauses."""
     at = at or utc_now()
     year = year or at.year
-    ledger = _ledger(db, tenant, _policy(policy_name, at))
+    ledger = _ledger(db, tenant, _policy(ctx, policy_name, at))
     _print_quota(_console(), ledger, year)
 
 
@@ -914,7 +926,7 @@ def _enforcer(
     ctx: click.Context, db: Path, policy_name: str, at: dt.datetime
 ) -> Iterator[tuple[Enforcer, SQLiteStore]]:
     """An Enforcer over the database with its clock fixed at ``at``; closes the store after."""
-    policy, catalog = _policy(policy_name, at), _catalog(ctx)
+    policy, catalog = _policy(ctx, policy_name, at), _catalog(ctx)
     store = _open_store(db)
     try:
         yield Enforcer(store, policy, catalog, clock=lambda: at), store

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import attrs
 
-from tbes.catalog import Baseline
+from tbes.catalog import Baseline, Catalog
 from tbes.errors import InvalidValueError, NaiveDatetimeError, PolicyError
 from tbes.ledger import Pause
 from tbes.stages import DEFAULT_STAGE_TABLE, Stage, StageTable
@@ -311,22 +311,30 @@ class Policy:
         return cls(baseline=Baseline.exchange_online_2026())
 
     @classmethod
-    def supported_only(cls, on: dt.date) -> Policy:
+    def supported_only(cls, on: dt.date, catalog: Catalog | None = None) -> Policy:
         """Only what Microsoft supports on ``on``: the latest SU of every supported CU line.
 
         ``on`` must be a :class:`~datetime.date` (not a datetime), else
-        :class:`~tbes.errors.PolicyError`.
+        :class:`~tbes.errors.PolicyError`. The lines and their updates come from
+        ``catalog``, so an operator's imported catalog raises the minimums without a new
+        release; without one the packaged catalog is read (:meth:`Catalog.default`).
         """
         if isinstance(on, dt.datetime) or not isinstance(on, dt.date):
             raise PolicyError(f"on must be a date, got {on!r:.80}")
-        return cls(baseline=Baseline.supported_only(on))
+        if catalog is not None and not isinstance(catalog, Catalog):
+            raise PolicyError(f"catalog must be a Catalog or None, got {catalog!r:.80}")
+        return cls(baseline=Baseline.supported_only(on, catalog))
 
     @classmethod
-    def named(cls, name: str, *, on: dt.date | None = None) -> Policy:
+    def named(
+        cls, name: str, *, on: dt.date | None = None, catalog: Catalog | None = None
+    ) -> Policy:
         """The preset called ``name``; ``supported_only`` needs ``on``, the others ignore it.
 
-        Raises :class:`~tbes.errors.PolicyError` naming the valid presets for an unknown
-        name, and for ``supported_only`` without ``on``.
+        ``catalog`` is what ``supported_only`` reads its lines from (see
+        :meth:`supported_only`); the fixed presets need none. Raises
+        :class:`~tbes.errors.PolicyError` naming the valid presets for an unknown name, and
+        for ``supported_only`` without ``on``.
         """
         if name == "exchange_online_2023":
             return cls.exchange_online_2023()
@@ -335,7 +343,7 @@ class Policy:
         if name == "supported_only":
             if on is None:
                 raise PolicyError("policy 'supported_only' needs the date to judge support on")
-            return cls.supported_only(on)
+            return cls.supported_only(on, catalog)
         raise PolicyError(f"unknown policy {name!r}: choose one of {', '.join(_PRESETS)}")
 
 

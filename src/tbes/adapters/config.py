@@ -19,6 +19,7 @@ Example::
     own_hosts = ["mx.contoso.example"]
     fail_closed = false
     policy = "exchange_online_2026"
+    catalog = "/etc/tbes/catalog.json"   # optional: written by `tbes catalog import`
 
     [[connector]]
     kind = "on_premises"
@@ -44,7 +45,7 @@ import attrs
 from tbes.catalog import Catalog
 from tbes.decide import ConnectorKind, Decision, Policy, SmtpReply
 from tbes.enforcer import FAIL_CLOSED_REPLY, Connection, Enforcer, Notifier, utc_now
-from tbes.errors import NaiveDatetimeError, TbesError
+from tbes.errors import CatalogError, NaiveDatetimeError, TbesError
 from tbes.store.protocol import StateStore
 
 __all__ = [
@@ -271,7 +272,9 @@ class AdapterConfig:
     name none; ``own_hosts`` are this site's own host names, whose Received hops are skipped
     when looking for the sending server; ``fail_closed`` makes a fault answer "try again
     later" instead of accepting; ``policy``/``policy_on`` name a :meth:`Policy.named`
-    preset; ``fixed_time`` (testing only) freezes the clock.
+    preset; ``catalog`` is the path of a catalog written by ``tbes catalog import`` (the
+    packaged one when unset), used for assessment and the ``supported_only`` baseline;
+    ``fixed_time`` (testing only) freezes the clock.
     """
 
     connectors: tuple[ConnectorRule, ...] = attrs.field(default=(), converter=_rules)
@@ -286,6 +289,9 @@ class AdapterConfig:
     )
     policy: str = attrs.field(default="exchange_online_2026", validator=_policy_name)
     fixed_time: dt.datetime | None = attrs.field(default=None, validator=_aware)
+    catalog: str | None = attrs.field(
+        default=None, validator=attrs.validators.optional(_non_empty_text)
+    )
 
     def connection(
         self, *, peer_ip: str | None, peer_host: str | None, tls_subject: str | None
@@ -318,9 +324,22 @@ class AdapterConfig:
         """The current instant: ``fixed_time`` when set (testing), else the UTC wall clock."""
         return self.fixed_time if self.fixed_time is not None else utc_now()
 
-    def make_policy(self) -> Policy:
-        """The :class:`~tbes.decide.Policy` preset this configuration names."""
-        return Policy.named(self.policy, on=self.policy_on)
+    def load_catalog(self) -> Catalog:
+        """The build catalog: the file ``catalog`` names, else the packaged one."""
+        if self.catalog is None:
+            return Catalog.default()
+        try:
+            return Catalog.load(self.catalog)
+        except CatalogError as error:
+            raise AdapterConfigError(f"catalog = {self.catalog!r}: {error}") from None
+
+    def make_policy(self, catalog: Catalog | None = None) -> Policy:
+        """The :class:`~tbes.decide.Policy` preset this configuration names.
+
+        ``catalog`` feeds the ``supported_only`` baseline (default: :meth:`load_catalog`).
+        """
+        known = catalog if catalog is not None else self.load_catalog()
+        return Policy.named(self.policy, on=self.policy_on, catalog=known)
 
 
 def make_enforcer(
@@ -336,10 +355,12 @@ def make_enforcer(
             "tbes: [testing] fixed_time = %s freezes the clock; never use it in production",
             config.fixed_time.isoformat(),
         )
+    # One catalog for both, so an imported newer list moves assessment and baseline together.
+    known = catalog if catalog is not None else config.load_catalog()
     return Enforcer(
         store,
-        config.make_policy(),
-        catalog if catalog is not None else Catalog.default(),
+        config.make_policy(known),
+        known,
         clock=config.clock,
         notifier=notifier,
         fail_closed=config.fail_closed,
@@ -350,7 +371,7 @@ def make_enforcer(
 # ---- TOML ----------------------------------------------------------------------------------
 
 _TOP_KEYS = frozenset(
-    {"tenant", "unmatched_kind", "own_hosts", "fail_closed", "policy", "policy_on"}
+    {"tenant", "unmatched_kind", "own_hosts", "fail_closed", "policy", "policy_on", "catalog"}
 )
 _TABLE_KEYS = frozenset({"connector", "testing"})
 _RULE_KEYS = frozenset({"kind", "tenant", "server_id", "networks", "hosts", "tls_subjects", "name"})
@@ -400,6 +421,7 @@ def _from_mapping(data: Mapping[str, Any]) -> AdapterConfig:
         policy_on=_get(data, "policy_on", dt.date, None),
         policy=_get(data, "policy", str, "exchange_online_2026"),
         fixed_time=_instant(testing.get("fixed_time")),
+        catalog=_get(data, "catalog", str, None),
     )
 
 

@@ -189,8 +189,9 @@ def _click_command() -> Any:
     """Build ``tbes milter`` (click is the ``cli`` extra, so it is imported only here)."""
     import click
 
-    from tbes.adapters.config import AdapterConfigError, load_config, make_enforcer
-    from tbes.errors import StoreError
+    from tbes.adapters.config import load_config, make_enforcer
+    from tbes.catalog import Catalog
+    from tbes.errors import TbesError
     from tbes.store.sqlite import SQLiteStore
 
     @click.command("milter")
@@ -215,15 +216,19 @@ def _click_command() -> Any:
     )
     def milter(listen: str, db: Path, config_path: Path) -> None:
         """Run the milter for Postfix or Sendmail until SIGTERM."""
+        # `tbes --catalog FILE milter ...` (or $TBES_CATALOG) wins over the config's catalog.
+        override = click.get_current_context().find_root().params.get("catalog_path")
         try:
             validate_socket(listen)
             config = load_config(config_path)
+            catalog = config.load_catalog() if override is None else Catalog.load(override)
             store = SQLiteStore(db)
-        except (AdapterConfigError, StoreError, ValueError) as error:
+            enforcer = make_enforcer(config, store, catalog=catalog)
+        except (TbesError, ValueError) as error:
             raise click.ClickException(str(error)) from error
         if not logging.getLogger().handlers:
             logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-        run_milter(listen, config, make_enforcer(config, store))
+        run_milter(listen, config, enforcer)
 
     return milter
 
