@@ -10,7 +10,9 @@ from a header, so stripping headers never evades enforcement: the stored state s
 decides. And people hear of each change exactly once, even with many MTA processes
 sharing one store, because only the writer whose compare-and-swap stored the change
 notifies (the stage last announced, ``notified_stage``, is part of the stored state).
-:func:`utc_now` is the only place tbes reads the clock.
+Failing open covers faults, not mistakes: an argument of the wrong type is the caller's
+bug and raises :class:`~tbes.errors.InvalidValueError` naming it, before the store is
+touched. :func:`utc_now` is the only place tbes reads the clock.
 """
 
 from __future__ import annotations
@@ -18,15 +20,17 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import functools
+import inspect
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import attrs
 
 from tbes.catalog import Catalog, Compliance, assess
 from tbes.decide import Action, ConnectorKind, Decision, Policy, SmtpReply, decide
 from tbes.errors import (
+    InvalidPauseError,
     InvalidValueError,
     NaiveDatetimeError,
     StoreConflictError,
@@ -69,10 +73,22 @@ def utc_now() -> dt.datetime:
 
 def _non_empty(instance: object, attribute: attrs.Attribute[str], value: object) -> None:
     if not isinstance(value, str) or not value:
-        raise InvalidValueError(f"{attribute.name} must be a non-empty str, got {value!r}")
+        raise InvalidValueError(f"{attribute.name} must be a non-empty str, got {value!r:.80}")
 
 
-_optional_str = attrs.validators.optional(attrs.validators.instance_of(str))
+def _optional_str(instance: object, attribute: attrs.Attribute[str | None], value: object) -> None:
+    if value is not None and not isinstance(value, str):
+        raise InvalidValueError(f"{attribute.name} must be a str or None, got {value!r:.80}")
+
+
+def _of(cls: type) -> Callable[[object, attrs.Attribute[Any], object], None]:
+    """An attrs validator: the value is a ``cls``, else InvalidValueError naming the field."""
+
+    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if not isinstance(value, cls):
+            raise InvalidValueError(f"{attribute.name} must be a {cls.__name__}, got {value!r:.80}")
+
+    return check
 
 
 @attrs.frozen
@@ -86,7 +102,7 @@ class Connection:
 
     server_id: str = attrs.field(validator=_non_empty)
     tenant: str = attrs.field(validator=_non_empty)
-    kind: ConnectorKind = attrs.field(validator=attrs.validators.instance_of(ConnectorKind))
+    kind: ConnectorKind = attrs.field(validator=_of(ConnectorKind))
     peer_ip: str | None = attrs.field(default=None, validator=_optional_str)
     peer_host: str | None = attrs.field(default=None, validator=_optional_str)
     tls_subject: str | None = attrs.field(default=None, validator=_optional_str)
@@ -104,12 +120,29 @@ class EventKind(enum.Enum):
     REMEDIATED = "REMEDIATED"
 
 
-def _aware_utc(value: dt.datetime) -> dt.datetime:
+def _aware_utc(value: object, name: str) -> dt.datetime:
+    """``value`` in UTC if it is an aware datetime; the errors name it ``name``."""
     if not isinstance(value, dt.datetime):
-        raise TypeError(f"an instant must be a datetime, got {value!r}")
+        raise InvalidValueError(f"{name} must be a timezone-aware datetime, got {value!r:.80}")
     if value.tzinfo is None or value.utcoffset() is None:
-        raise NaiveDatetimeError(f"an instant needs a time zone, got naive {value!r}")
+        raise NaiveDatetimeError(f"{name} must be timezone-aware, got naive {value!r}")
     return value.astimezone(dt.UTC)
+
+
+def _event_at(value: object) -> dt.datetime:
+    return _aware_utc(value, "at")
+
+
+def _check_stage(instance: object, attribute: attrs.Attribute[int | None], value: object) -> None:
+    if value is not None and (type(value) is not int or value < 1):
+        raise InvalidValueError(f"stage must be a stage number >= 1 or None, got {value!r:.80}")
+
+
+def _optional_build(
+    instance: object, attribute: attrs.Attribute[ExchangeBuild | None], value: object
+) -> None:
+    if value is not None and not isinstance(value, ExchangeBuild):
+        raise InvalidValueError(f"build must be an ExchangeBuild or None, got {value!r:.80}")
 
 
 @attrs.frozen
@@ -120,13 +153,13 @@ class Event:
     server's last known build, ``detail`` a sentence for humans.
     """
 
-    kind: EventKind = attrs.field(validator=attrs.validators.instance_of(EventKind))
+    kind: EventKind = attrs.field(validator=_of(EventKind))
     server_id: str = attrs.field(validator=_non_empty)
     tenant: str = attrs.field(validator=_non_empty)
-    at: dt.datetime = attrs.field(converter=_aware_utc)
-    stage: int | None
-    build: ExchangeBuild | None
-    detail: str = attrs.field(validator=attrs.validators.instance_of(str))
+    at: dt.datetime = attrs.field(converter=_event_at)
+    stage: int | None = attrs.field(validator=_check_stage)
+    build: ExchangeBuild | None = attrs.field(validator=_optional_build)
+    detail: str = attrs.field(validator=_of(str))
 
 
 @runtime_checkable
@@ -182,7 +215,10 @@ class Enforcer:
     many times a lost compare-and-swap is retried; ``notifier`` hears of every change
     (:class:`Event`); ``fail_closed`` answers :data:`FAIL_CLOSED_REPLY` instead of
     accepting when the store fails. ``own_hosts`` are the receiving side's host names, whose
-    Received hops :func:`~tbes.received.find_sender` skips.
+    Received hops :func:`~tbes.received.find_sender` skips. An argument of the wrong kind (a
+    store without the :class:`~tbes.store.StateStore` methods, a policy that is no
+    :class:`~tbes.decide.Policy`, a clock that is not callable, …) raises
+    :class:`~tbes.errors.InvalidValueError` naming it.
     """
 
     def __init__(
@@ -197,8 +233,15 @@ class Enforcer:
         fail_closed: bool = False,
         own_hosts: Iterable[str] = (),
     ) -> None:
-        if type(retries) is not int or retries < 0:
-            raise InvalidValueError(f"retries must be an int >= 0, got {retries!r}")
+        _require(type(retries) is int and retries >= 0, "retries", "an int >= 0", retries)
+        _require(_is_store(store), "store", "a StateStore (" + ", ".join(_STORE_API) + ")", store)
+        _require(isinstance(policy, Policy), "policy", "a Policy", policy)
+        _require(isinstance(catalog, Catalog), "catalog", "a Catalog", catalog)
+        _require(callable(clock), "clock", "callable (returning an aware datetime)", clock)
+        _require(
+            notifier is None or isinstance(notifier, Notifier), "notifier", "a Notifier", notifier
+        )
+        _require(type(fail_closed) is bool, "fail_closed", "a bool", fail_closed)
         self.store = store
         self.policy = policy
         self.catalog = catalog
@@ -206,7 +249,7 @@ class Enforcer:
         self.fail_closed = fail_closed
         self._clock = clock
         self._retries = retries
-        self._own_hosts = (own_hosts,) if isinstance(own_hosts, str) else tuple(own_hosts)
+        self._own_hosts = _host_names(own_hosts)
 
     # ---- checking connections ---------------------------------------------------------
 
@@ -219,8 +262,13 @@ class Enforcer:
         stored state of ``conn.server_id`` still decides, and a stage it has reached since the
         last announcement is announced (only ``notified_stage`` is written). A store failure
         accepts (logged at WARNING), or answers :data:`FAIL_CLOSED_REPLY` when the enforcer
-        fails closed.
+        fails closed. A ``conn`` that is no :class:`Connection`, or ``received`` that is no
+        sequence of ``str``, is the caller's mistake, not a fault: it raises
+        :class:`~tbes.errors.InvalidValueError` naming the argument.
         """
+        if not isinstance(conn, Connection):
+            raise InvalidValueError(f"conn must be a Connection, got {conn!r:.80}")
+        _check_received(received)
         if conn.kind not in self.policy.connectors:
             return _accept(f"{conn.kind.value} connections are not enforced by the policy.")
         now = self._now()
@@ -317,8 +365,15 @@ class Enforcer:
         atomic write (a server not yet seen gets a state without a build). Errors of the
         ledger propagate (:class:`~tbes.errors.QuotaExceededError`,
         :class:`~tbes.errors.PauseConflictError`, :class:`~tbes.errors.PauseInPastError`),
-        and so do store errors. Returns the tenant's new ledger.
+        and so do store errors. Returns the tenant's new ledger. Arguments of the wrong kind
+        (an empty id, ``days`` < 1, a ``start`` that is no date) raise
+        :class:`~tbes.errors.InvalidPauseError` naming the argument.
         """
+        _check_pause_ids(tenant, server_id)
+        if type(days) is not int or days < 1:
+            raise InvalidPauseError(f"days must be an int >= 1, got {days!r:.80}")
+        if start is not None and (type(start) is dt.datetime or not isinstance(start, dt.date)):
+            raise InvalidPauseError(f"start must be a date or None, got {start!r:.80}")
         now = self._now()
         today = now.date()
         first = today if start is None else start
@@ -338,8 +393,10 @@ class Enforcer:
 
         A pause that has started keeps today (enforcement resumes at the next UTC
         midnight); the days given up return to the quota. With nothing to end, nothing is
-        written and no event is sent.
+        written and no event is sent. An empty or non-``str`` id raises
+        :class:`~tbes.errors.InvalidPauseError` naming it.
         """
+        _check_pause_ids(tenant, server_id)
         now = self._now()
         today = now.date()
         ledger, state, changed = self._change_pauses(
@@ -393,7 +450,7 @@ class Enforcer:
     # ---- helpers ----------------------------------------------------------------------
 
     def _now(self) -> dt.datetime:
-        return _aware_utc(self._clock())
+        return _aware_utc(self._clock(), "the clock's time")
 
     def _guard(self, call: Callable[[], _T]) -> _T:
         """Call the store; an exception outside tbes's family becomes a StoreError."""
@@ -425,6 +482,58 @@ class Enforcer:
     def _event(self, kind: EventKind, state: ServerState, now: dt.datetime, detail: str) -> Event:
         stage = decide(state, now, self.policy).stage
         return _make_event(kind, state, None if stage is None else stage.number, now, detail)
+
+
+_STORE_API = ("get", "put", "get_ledger", "put_ledger", "put_many", "states", "close")
+_MISSING = object()
+
+
+def _require(ok: bool, name: str, what: str, value: object) -> None:
+    if not ok:
+        raise InvalidValueError(f"{name} must be {what}, got {value!r:.80}")
+
+
+def _is_store(store: object) -> bool:
+    """Whether ``store`` has the StateStore methods, looked up without touching the store."""
+    if isinstance(store, type):
+        return False  # the class, not a store: every call would fail, and fail open
+    # A proxy answering through __getattr__ (a wrapper of another store) cannot be looked at
+    # without calling it, so it is trusted; its own failures are store faults later.
+    if inspect.getattr_static(store, "__getattr__", _MISSING) is not _MISSING:
+        return True
+    return all(inspect.getattr_static(store, name, _MISSING) is not _MISSING for name in _STORE_API)
+
+
+def _host_names(own_hosts: object) -> tuple[str, ...]:
+    """``own_hosts`` as a tuple: one name (a ``str``) or an iterable of names."""
+    if isinstance(own_hosts, str):
+        return (own_hosts,)
+    if isinstance(own_hosts, bytes) or not isinstance(own_hosts, Iterable):
+        raise InvalidValueError(
+            f"own_hosts must be a str or an iterable of str, got {own_hosts!r:.80}"
+        )
+    names = tuple(own_hosts)
+    for name in names:
+        if not isinstance(name, str):
+            raise InvalidValueError(f"own_hosts must hold only str names, got {name!r:.80}")
+    return names
+
+
+def _check_received(received: object) -> None:
+    # A bare str is a sequence too, but of letters: one header value passed by mistake.
+    if isinstance(received, str | bytes) or not isinstance(received, Sequence):
+        raise InvalidValueError(
+            f"received must be a sequence of Received header values, got {received!r:.80}"
+        )
+    for value in received:
+        if not isinstance(value, str):
+            raise InvalidValueError(f"received must hold only str values, got {value!r:.80}")
+
+
+def _check_pause_ids(tenant: object, server_id: object) -> None:
+    for name, value in (("tenant", tenant), ("server_id", server_id)):
+        if not isinstance(value, str) or not value:
+            raise InvalidPauseError(f"{name} must be a non-empty str, got {value!r:.80}")
 
 
 def _version(stored: Versioned[object] | None) -> int | None:

@@ -1,14 +1,15 @@
 """The reads and single writes every store makes alike, over its own row access.
 
-Decision: a store supplies two primitives, reading one raw row and applying a batch
-(:meth:`~tbes.store.StateStore.put_many`); ``get``, ``get_ledger``, ``put`` and
-``put_ledger`` are the same on top of them for every back end, so they live here once and
-all stores decode and refuse rows through the same :mod:`tbes.store.protocol` helpers.
+Decision: a store supplies three primitives, reading one raw row, applying a checked batch
+and listing states; the public methods are the same on top of them for every back end, so
+they live here once: all stores check their arguments (:class:`~tbes.errors.InvalidValueError`
+naming the argument, before the back end is touched) and decode and refuse rows through the
+same :mod:`tbes.store.protocol` helpers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from tbes.ledger import PauseLedger
 from tbes.state import ServerState
@@ -18,6 +19,8 @@ from tbes.store.protocol import (
     StateWrite,
     Versioned,
     Write,
+    check_key,
+    check_writes,
     load_ledger,
     load_state,
 )
@@ -28,25 +31,38 @@ __all__ = ["RowStore"]
 class RowStore:
     """The parts of a :class:`~tbes.store.StateStore` that are the same for every back end.
 
-    A subclass implements :meth:`_read_row` and :meth:`put_many`.
+    A subclass implements :meth:`_read_row`, :meth:`_apply` and :meth:`_states`.
     """
 
     def _read_row(self, table: str, key: str) -> RawRow | None:
         """The stored row of ``key`` in ``table`` (``"server"`` or ``"ledger"``), or ``None``."""
         raise NotImplementedError
 
+    def _apply(self, writes: tuple[Write, ...]) -> tuple[int, ...]:
+        """Apply checked compare-and-swap writes all-or-nothing; return their new versions."""
+        raise NotImplementedError
+
+    def _states(self, tenant: str | None) -> Iterator[ServerState]:
+        """Every stored state, or those of ``tenant`` (checked), in order of server id."""
+        raise NotImplementedError
+
     def put_many(self, writes: Sequence[Write]) -> tuple[int, ...]:
         """Apply compare-and-swap writes all-or-nothing; return their new versions."""
-        raise NotImplementedError
+        return self._apply(check_writes(writes))
+
+    def states(self, tenant: str | None = None) -> Iterator[ServerState]:
+        """Every stored state, or those of ``tenant``, in order of server id."""
+        # Checked here, not in the generator, so a bad tenant raises at the call.
+        return self._states(None if tenant is None else check_key("tenant", tenant))
 
     def get(self, server_id: str) -> Versioned[ServerState] | None:
         """The stored state of ``server_id`` and its version, or ``None``."""
-        row = self._read_row("server", server_id)
+        row = self._read_row("server", check_key("server_id", server_id))
         return None if row is None else Versioned(load_state(server_id, row[1], row[2]), row[0])
 
     def get_ledger(self, tenant: str) -> Versioned[PauseLedger] | None:
         """The stored pause ledger of ``tenant`` and its version, or ``None``."""
-        row = self._read_row("ledger", tenant)
+        row = self._read_row("ledger", check_key("tenant", tenant))
         return None if row is None else Versioned(load_ledger(tenant, row[1], row[2]), row[0])
 
     def put(self, state: ServerState, *, expected_version: int | None) -> int:

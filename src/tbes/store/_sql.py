@@ -125,6 +125,7 @@ class SQLStore(RowStore, Generic[_C]):
     A subclass sets ``_lock``, ``_conn`` and ``_pid`` and implements :meth:`_run` (one
     transaction), :meth:`_read` (one row, inside it), :meth:`_store` (one planned row,
     inside it), :meth:`_read_row` and :meth:`_fetch_all` (reads outside a write).
+    Arguments are checked by :class:`~tbes.store._rows.RowStore` before any of these runs.
     """
 
     _PARAM: ClassVar[str] = "?"  # the driver's placeholder; "%s" for psycopg
@@ -148,13 +149,12 @@ class SQLStore(RowStore, Generic[_C]):
         """Every row ``sql`` selects."""
         raise NotImplementedError
 
-    def states(self, tenant: str | None = None) -> Iterator[ServerState]:
-        """Every stored state, or those of ``tenant``, in order of server id."""
+    def _states(self, tenant: str | None) -> Iterator[ServerState]:
         for server_id, schema, data in self._fetch_all(*states_sql(tenant, self._PARAM)):
             yield load_state(server_id, schema, data)
 
-    def put_many(self, writes: Sequence[Write]) -> tuple[int, ...]:
-        """Apply compare-and-swap writes in one transaction; return their new versions."""
+    def _apply(self, writes: tuple[Write, ...]) -> tuple[int, ...]:
+        """Apply checked compare-and-swap writes in one transaction; return their versions."""
 
         def work(conn: _C) -> tuple[int, ...]:
             planned = plan_writes(writes, self._read)

@@ -10,7 +10,7 @@ processes.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 from tbes.state import ServerState
 from tbes.store._rows import RowStore
@@ -32,8 +32,7 @@ class MemoryStore(RowStore):
         with self._lock:
             return self._rows[table].get(key)
 
-    def put_many(self, writes: Sequence[Write]) -> tuple[int, ...]:
-        """Apply compare-and-swap writes all-or-nothing; return their new versions."""
+    def _apply(self, writes: tuple[Write, ...]) -> tuple[int, ...]:
         with self._lock:
             planned = plan_writes(writes, lambda table, key: self._rows[table].get(key))
             for row in planned:  # under the lock: no order to keep
@@ -42,8 +41,7 @@ class MemoryStore(RowStore):
                     self._tenants[row.key] = row.tenant
         return tuple(row.version for row in planned)
 
-    def states(self, tenant: str | None = None) -> Iterator[ServerState]:
-        """Every stored state, or those of ``tenant``, in order of server id."""
+    def _states(self, tenant: str | None) -> Iterator[ServerState]:
         with self._lock:
             rows = sorted(
                 (key, row)

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from tbes.errors import StoreConflictError, StoreError
+from tbes.errors import InvalidValueError, StoreConflictError, StoreError
 from tbes.store._sql import SQLStore, migrate, raw_row, select_sql, write_sql
 from tbes.store.protocol import RawRow, RowWrite, describe
 
@@ -60,12 +60,20 @@ class PostgresStore(SQLStore["psycopg.Connection[Any]"]):
     the tables in another schema with ``options=-csearch_path=...``. One connection per
     store object, guarded by a lock, serves all its threads; it is reopened after a
     failure and in a process that inherited the store across ``fork``. Opening creates or
-    migrates the schema and refuses (StoreError) a database made by a newer tbes.
+    migrates the schema and refuses (StoreError) a database made by a newer tbes. A ``dsn``
+    that is no ``str``, or a ``connect_timeout`` that is no int >= 0 (seconds; 0 waits
+    forever), raises InvalidValueError.
     """
 
     _PARAM = "%s"
 
     def __init__(self, dsn: str, *, connect_timeout: int = 10) -> None:
+        if not isinstance(dsn, str):
+            raise InvalidValueError(f"dsn must be a str, got {dsn!r:.80}")
+        if type(connect_timeout) is not int or connect_timeout < 0:
+            raise InvalidValueError(
+                f"connect_timeout must be an int >= 0 (seconds), got {connect_timeout!r}"
+            )
         try:
             import psycopg  # noqa: F401  (fail early and clearly without the extra)
         except ImportError as exc:

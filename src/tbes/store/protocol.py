@@ -7,21 +7,21 @@ without locks held across the computation. :meth:`StateStore.put_many` writes se
 all-or-nothing (a pause changes the tenant's ledger and the server's state together).
 
 Rows are stored as JSON made by :mod:`tbes.serde` plus a row-schema version. The helpers
-here (:func:`dump_row`, :func:`load_state`, :func:`load_ledger`, :func:`plan_writes`) are
-shared by every store, so that all of them read, check and refuse rows alike: a row that
-cannot be read raises :class:`~tbes.errors.StoreError` naming its key, and is never
-overwritten.
+here (:func:`check_key`, :func:`check_writes`, :func:`dump_row`, :func:`load_state`,
+:func:`load_ledger`, :func:`plan_writes`) are shared by every store, so that all of them
+read, check and refuse alike: a wrong-typed argument raises
+:class:`~tbes.errors.InvalidValueError` naming it, and a row that cannot be read raises
+:class:`~tbes.errors.StoreError` naming its key, and is never overwritten.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator, Sequence
 from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 import attrs
 
-from tbes.errors import InvalidValueError, StoreConflictError, StoreError
+from tbes.errors import InvalidValueError, StoreConflictError, StoreError, TbesError
 from tbes.ledger import PauseLedger
 from tbes.serde import dumps, loads
 from tbes.state import ServerState
@@ -35,7 +35,9 @@ __all__ = [
     "StateWrite",
     "Versioned",
     "Write",
+    "check_key",
     "check_row",
+    "check_writes",
     "conflict",
     "describe",
     "dump_row",
@@ -72,11 +74,21 @@ def _check_expected(
         raise InvalidValueError(f"expected_version is None or an int >= 1, got {value!r}")
 
 
+def _check_state(instance: object, attribute: attrs.Attribute[ServerState], value: object) -> None:
+    if not isinstance(value, ServerState):
+        raise InvalidValueError(f"state must be a ServerState, got {value!r:.80}")
+
+
+def _check_ledger(instance: object, attribute: attrs.Attribute[PauseLedger], value: object) -> None:
+    if not isinstance(value, PauseLedger):
+        raise InvalidValueError(f"ledger must be a PauseLedger, got {value!r:.80}")
+
+
 @attrs.frozen
 class StateWrite:
     """One server state to write in :meth:`StateStore.put_many`, with the version read."""
 
-    state: ServerState = attrs.field(validator=attrs.validators.instance_of(ServerState))
+    state: ServerState = attrs.field(validator=_check_state)
     expected_version: int | None = attrs.field(validator=_check_expected)
 
 
@@ -84,7 +96,7 @@ class StateWrite:
 class LedgerWrite:
     """One pause ledger to write in :meth:`StateStore.put_many`, with the version read."""
 
-    ledger: PauseLedger = attrs.field(validator=attrs.validators.instance_of(PauseLedger))
+    ledger: PauseLedger = attrs.field(validator=_check_ledger)
     expected_version: int | None = attrs.field(validator=_check_expected)
 
 
@@ -98,7 +110,10 @@ class StateStore(Protocol):
 
     Versions start at 1 and every successful write of a row adds 1. Every method may raise
     :class:`~tbes.errors.StoreError` for a failing back end or an unreadable row (naming
-    the server or tenant); an unreadable row is never overwritten.
+    the server or tenant); an unreadable row is never overwritten. An argument of the wrong
+    type (an id that is no non-empty ``str``, a value that is no state or ledger, a version
+    that is no int >= 1) raises :class:`~tbes.errors.InvalidValueError` naming it, before
+    the back end is touched.
     """
 
     def get(self, server_id: str) -> Versioned[ServerState] | None:
@@ -178,6 +193,28 @@ def conflict(table: str, key: str, expected: int | None, found: int | None) -> S
     return StoreConflictError(f"{describe(table, key)}: expected {want}, found {have}")
 
 
+def check_key(name: str, value: object) -> str:
+    """``value`` if it is a non-empty ``str`` (a server id or tenant), else InvalidValueError."""
+    if not isinstance(value, str) or not value:
+        raise InvalidValueError(f"{name} must be a non-empty str, got {value!r:.80}")
+    return value
+
+
+def check_writes(writes: object) -> tuple[Write, ...]:
+    """``writes`` as a tuple if it is a sequence of writes, else InvalidValueError naming it."""
+    # A bare str is a sequence too, but never one of writes.
+    if isinstance(writes, str | bytes) or not isinstance(writes, Sequence):
+        raise InvalidValueError(
+            f"writes must be a sequence of StateWrite and LedgerWrite, got {writes!r:.80}"
+        )
+    for write in writes:
+        if not isinstance(write, StateWrite | LedgerWrite):
+            raise InvalidValueError(
+                f"writes must hold only StateWrite and LedgerWrite values, got {write!r:.80}"
+            )
+    return tuple(writes)
+
+
 def dump_row(value: ServerState | PauseLedger) -> str:
     """The JSON text stored for ``value``; its row schema is :data:`ROW_SCHEMA`."""
     return dumps(value)
@@ -196,10 +233,8 @@ def _load(table: str, key: str, schema: object, data: object, cls: type[_T]) -> 
         raise StoreError(f"stored row of the {where} is not text but {type(data).__name__}")
     try:
         return loads(data, cls)
-    except json.JSONDecodeError as exc:
-        raise StoreError(f"stored row of the {where} is not valid JSON: {exc}") from exc
-    except Exception as exc:  # cattrs wraps validators' errors in exception groups
-        raise StoreError(f"stored row of the {where} does not decode: {exc!r}") from exc
+    except TbesError as exc:  # InvalidValueError (bad JSON, no such value) or a value's own
+        raise StoreError(f"stored row of the {where} does not decode: {exc}") from exc
 
 
 def load_state(server_id: str, schema: object, data: object) -> ServerState:
@@ -242,9 +277,11 @@ def plan_writes(
     order, so that concurrent batches lock rows in the same order and cannot deadlock. An
     unreadable row raises :class:`~tbes.errors.StoreError` whatever version was expected
     (it is never overwritten); a row at another version raises
-    :class:`~tbes.errors.StoreConflictError`; two writes of one row raise StoreError.
+    :class:`~tbes.errors.StoreConflictError`; two writes of one row raise StoreError;
+    ``writes`` that are not a sequence of writes raise InvalidValueError (:func:`check_writes`).
     """
-    keys = [_checked_key(write) for write in writes]
+    writes = check_writes(writes)
+    keys = [row_key(write) for write in writes]
     if len(set(keys)) != len(keys):
         twice = next(key for key in keys if keys.count(key) > 1)
         raise StoreError(f"put_many got two writes of the {describe(*twice)}")
@@ -264,9 +301,3 @@ def plan_writes(
             tenant, data = write.ledger.tenant, dump_row(write.ledger)
         planned[index] = RowWrite(table, key, tenant, found, (found or 0) + 1, data)
     return [planned[index] for index in range(len(writes))]
-
-
-def _checked_key(write: object) -> tuple[str, str]:
-    if not isinstance(write, StateWrite | LedgerWrite):
-        raise TypeError(f"put_many takes StateWrite and LedgerWrite values, got {write!r}")
-    return row_key(write)

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tbes.errors import StoreError
+from tbes.errors import InvalidValueError, StoreError
 from tbes.store._sql import SQLStore, migrate, raw_row, select_sql, write_sql
 from tbes.store.protocol import RawRow, RowWrite, conflict
 
@@ -55,12 +55,15 @@ class SQLiteStore(SQLStore[sqlite3.Connection]):
 
     ``timeout`` is how many seconds a write waits for another process's write lock before
     failing with :class:`~tbes.errors.StoreError`. Opening migrates an older schema forward
-    and refuses (StoreError) a file made by a newer tbes.
+    and refuses (StoreError) a file made by a newer tbes. A ``path`` that is no ``str`` or
+    path, or a ``timeout`` that is no number > 0, raises InvalidValueError.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, timeout: float = 30.0) -> None:
+        if not isinstance(path, str | os.PathLike) or not str(path):
+            raise InvalidValueError(f"path must be a non-empty str or path, got {path!r:.80}")
         self.path = Path(path)
-        self._timeout = timeout
+        self._timeout = _checked_timeout(timeout)
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._pid = 0
@@ -133,6 +136,15 @@ class SQLiteStore(SQLStore[sqlite3.Connection]):
         sql, args = write_sql(row, self._PARAM)
         if conn.execute(sql, args).rowcount != 1:  # cannot happen under the lock; never trust it
             raise conflict(row.table, row.key, row.expected, None)
+
+
+def _checked_timeout(timeout: object) -> float:
+    # Finite: an endless wait is a hang, and the busy timeout is set in whole milliseconds.
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise InvalidValueError(f"timeout must be a number of seconds, got {timeout!r:.80}")
+    if not 0 < timeout < float("inf"):
+        raise InvalidValueError(f"timeout must be finite and > 0 seconds, got {timeout!r}")
+    return timeout
 
 
 def _transaction(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], _T]) -> _T:
