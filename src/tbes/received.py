@@ -307,6 +307,10 @@ def _comment_address(clause: list[str]) -> str | None:
     return None
 
 
+# What an IPv4 or IPv6 address (before any %zone) is written with.
+_ADDRESS_CHARS = frozenset("0123456789abcdefABCDEF.:")
+
+
 def _address(text: str) -> str | None:
     """The IP address a word names (``1.2.3.4``, ``[::1]``, ``[IPv6:2001:db8::1]``), or None."""
     if len(text) > _MAX_ADDRESS:
@@ -317,6 +321,9 @@ def _address(text: str) -> str | None:
         text = text[1:end] if end > 0 else text[1:]
     if text[:5].lower() == "ipv6:":
         text = text[5:]
+    # Most words are host names: a set check turns them away before the costly parse.
+    if not _ADDRESS_CHARS.issuperset(text.partition("%")[0]):
+        return None
     try:
         ipaddress.ip_address(text)
     except ValueError:
@@ -400,7 +407,7 @@ def find_sender(
     Arguments of the wrong type (``received`` not a sequence of ``str``, a host that is no
     ``str``) raise :class:`~tbes.errors.InvalidValueError` naming the argument.
     """
-    hops = [parse_received(value) for value in _texts(received, "received")]
+    hops = _LazyHops(_texts(received, "received"))
     owners = _own_names(own_hosts)
     if client is not None and not isinstance(client, str):
         raise InvalidValueError(f"client must be a str or None, got {client!r:.80}")
@@ -442,16 +449,44 @@ def _own_names(own_hosts: Iterable[str]) -> tuple[str, ...]:
     return tuple(name for name in cleaned if name)
 
 
-def _first_foreign(hops: list[Hop], owners: tuple[str, ...], skip_online: bool) -> int | None:
-    # Work bottom-up: a hop without by_host belongs to the writer of the hop below it.
-    receivers = [False] * len(hops)
-    below = False
-    for index in range(len(hops) - 1, -1, -1):
-        hop = hops[index]
-        mine = _written_by_receiver(hop, owners, skip_online)
-        receivers[index] = mine or (hop.by_host is None and below)
-        below = receivers[index]
-    return next((index for index, mine in enumerate(receivers) if not mine), None)
+class _LazyHops:
+    """Received values parsed on first use: the sender hop is usually among the first few."""
+
+    __slots__ = ("_hops", "_texts")
+
+    def __init__(self, texts: tuple[str, ...]) -> None:
+        self._texts = texts
+        self._hops: list[Hop | None] = [None] * len(texts)
+
+    def __len__(self) -> int:
+        return len(self._texts)
+
+    def __getitem__(self, index: int) -> Hop:
+        hop = self._hops[index]
+        if hop is None:
+            hop = self._hops[index] = parse_received(self._texts[index])
+        return hop
+
+
+def _first_foreign(hops: _LazyHops, owners: tuple[str, ...], skip_online: bool) -> int | None:
+    # A hop without by_host belongs to the writer of the hop below it, so a run of such hops
+    # shares the verdict of the first hop under it that has a writer (none at the bottom:
+    # foreign). Walking down run by run parses only as far as the first foreign hop.
+    start, count = 0, len(hops)
+    while start < count:
+        below, mine = start, False
+        while below < count:
+            hop = hops[below]
+            if _written_by_receiver(hop, owners, skip_online):
+                mine = True
+                break
+            if hop.by_host is not None:
+                break
+            below += 1
+        if not mine:
+            return start
+        start = below + 1
+    return None
 
 
 def _written_by_receiver(hop: Hop, owners: tuple[str, ...], skip_online: bool) -> bool:

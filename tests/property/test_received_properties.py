@@ -306,3 +306,48 @@ def test_received_values_gives_back_each_value_in_order(values: list[str], fold:
     assert received_values(text.encode("ascii")) == values
     message = email.message_from_string(text, policy=email.policy.compat32)
     assert received_values(message) == values
+
+
+# ---- the sender-hop rule against a literal reading of SPEC section 2 -----------------------
+
+_HOP_POOL = (
+    "from a.example (a.example [192.0.2.1]) by mx.receiver.example (Postfix) with ESMTPS id 1",
+    "from b.example ([192.0.2.2]) by relay.receiver.example with ESMTP id 2",
+    "(qmail 4242 invoked by uid 0)",
+    "with ECARTIS (v1.0.0; list users); Mon, 4 Mar 2024 10:00:00 +0000",
+    "from x.outlook.com (10.0.0.1) by y.outlook.com with Microsoft SMTP Server id 15.20.8835.29",
+    "from ex (10.1.1.1) by ex16.fabrikam.example (203.0.113.16) with Microsoft SMTP Server"
+    " (version=TLS1_2, cipher=TLS_AES_256_GCM_SHA384) id 15.1.2507.39",
+    "from gw (gw [198.51.100.7]) by gw.northwind.example (Postfix) with ESMTPS id 3",
+    "by 2002:a05:6a10::1 with SMTP id abc; Mon, 4 Mar 2024 10:00:00 -0800",
+)
+
+
+def _reference_first_foreign(values: list[str]) -> int | None:
+    # SPEC section 2 step 1, bottom-up: a hop without by_host belongs to the hop below it.
+    hops = [parse_received(value) for value in values]
+    receiver = [False] * len(hops)
+    for index in range(len(hops) - 1, -1, -1):
+        hop = hops[index]
+        own = hop.by_host is not None and (
+            hop.by_host == "receiver.example" or hop.by_host.endswith(".receiver.example")
+        )
+        online = (hop.build is not None and hop.build.product is Product.EXCHANGE_ONLINE) or (
+            hop.by_host is not None and hop.by_host.endswith(".outlook.com")
+        )
+        below = index + 1 < len(hops) and receiver[index + 1]
+        receiver[index] = own or online or (hop.by_host is None and below)
+    return next((index for index, mine in enumerate(receiver) if not mine), None)
+
+
+@given(st.lists(st.sampled_from(_HOP_POOL), max_size=12), st.booleans())
+def test_sender_hop_matches_the_literal_bottom_up_rule(values: list[str], bottom: bool) -> None:
+    if bottom:  # an Exchange hop at the bottom makes most chains end in evidence
+        values = [*values, _HOP_POOL[5]]
+    first = _reference_first_foreign(values)
+    found = find_sender(values, own_hosts=["receiver.example"])
+    if first is None or parse_received(values[first]).build is None:
+        assert found is None
+    else:
+        assert found is not None
+        assert found.index == first
