@@ -59,6 +59,11 @@ __all__ = [
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _ZERO = dt.timedelta(0)
+_SEEN_RESOLUTION = dt.timedelta(minutes=1)
+# The stored fields that make a state what it is; last_seen is compared on its own.
+_STATE_FIELDS = tuple(
+    field.name for field in attrs.fields(ServerState) if field.eq and field.name != "last_seen"
+)
 
 FAIL_CLOSED_REPLY = SmtpReply(
     451, "4.3.0", "Temporary failure checking the sending Exchange server; try again later"
@@ -215,7 +220,11 @@ class Enforcer:
     many times a lost compare-and-swap is retried; ``notifier`` hears of every change
     (:class:`Event`); ``fail_closed`` answers :data:`FAIL_CLOSED_REPLY` instead of
     accepting when the store fails. ``own_hosts`` are the receiving side's host names, whose
-    Received hops :func:`~tbes.received.find_sender` skips. An argument of the wrong kind (a
+    Received hops :func:`~tbes.received.find_sender` skips. ``seen_resolution`` (one
+    minute by default, ``timedelta(0)`` to write every message) is how far ``last_seen`` may
+    lag before it is written: a message that changes nothing else is not stored, because
+    :func:`~tbes.decide.decide` never reads ``last_seen`` and a busy server would otherwise
+    cost one synchronous write per message. An argument of the wrong kind (a
     store without the :class:`~tbes.store.StateStore` methods, a policy that is no
     :class:`~tbes.decide.Policy`, a clock that is not callable, …) raises
     :class:`~tbes.errors.InvalidValueError` naming it.
@@ -232,8 +241,15 @@ class Enforcer:
         notifier: Notifier | None = None,
         fail_closed: bool = False,
         own_hosts: Iterable[str] = (),
+        seen_resolution: dt.timedelta = _SEEN_RESOLUTION,
     ) -> None:
         _require(type(retries) is int and retries >= 0, "retries", "an int >= 0", retries)
+        _require(
+            isinstance(seen_resolution, dt.timedelta) and seen_resolution >= _ZERO,
+            "seen_resolution",
+            "a timedelta >= 0",
+            seen_resolution,
+        )
         _require(_is_store(store), "store", "a StateStore (" + ", ".join(_STORE_API) + ")", store)
         _require(isinstance(policy, Policy), "policy", "a Policy", policy)
         _require(isinstance(catalog, Catalog), "catalog", "a Catalog", catalog)
@@ -250,6 +266,7 @@ class Enforcer:
         self._clock = clock
         self._retries = retries
         self._own_hosts = _host_names(own_hosts)
+        self._seen_resolution = seen_resolution
 
     # ---- checking connections ---------------------------------------------------------
 
@@ -326,7 +343,7 @@ class Enforcer:
             assert observed is not None  # no observation means a stored state (checked above)
             decision = decide(observed, now, self.policy)
             new, events = _announce(old, observed, self.policy, now)
-            if new == old:
+            if new == old or (not events and _only_seen(old, new, self._seen_resolution)):
                 return decision  # nothing to store or announce
             try:
                 self._put(new, _version(current))
@@ -534,6 +551,15 @@ def _check_pause_ids(tenant: object, server_id: object) -> None:
     for name, value in (("tenant", tenant), ("server_id", server_id)):
         if not isinstance(value, str) or not value:
             raise InvalidPauseError(f"{name} must be a non-empty str, got {value!r:.80}")
+
+
+def _only_seen(old: ServerState | None, new: ServerState, resolution: dt.timedelta) -> bool:
+    """Whether ``new`` differs from ``old`` only by ``last_seen``, moved by under ``resolution``."""
+    if old is None or old.last_seen is None or new.last_seen is None:
+        return False
+    if not _ZERO <= new.last_seen - old.last_seen < resolution:
+        return False
+    return all(getattr(old, name) == getattr(new, name) for name in _STATE_FIELDS)
 
 
 def _version(stored: Versioned[object] | None) -> int | None:
