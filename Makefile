@@ -25,11 +25,11 @@ demo: $(STAMP)
 test: lint typecheck pytest docs
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests examples tools fuzz
-	$(BIN)/ruff format --check src tests examples tools fuzz
+	$(BIN)/ruff check src tests examples tools fuzz benchmarks
+	$(BIN)/ruff format --check src tests examples tools fuzz benchmarks
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict src tests tools fuzz
+	$(BIN)/mypy --strict src tests tools fuzz benchmarks
 
 pytest: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
@@ -49,3 +49,7 @@ fuzz: $(STAMP)
 	$(BIN)/python fuzz/hypothesis_received.py --seconds $${FUZZ_SECONDS:-300}
 	if $(BIN)/python -c "import atheris" 2>/dev/null; then \
 		$(BIN)/python fuzz/fuzz_received.py --seconds $${FUZZ_SECONDS:-300}; fi
+
+# The benchmarks (pyperf); writes docs/performance.md. The 1,000,000-server scale run takes minutes.
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run.py --output docs/performance.md

@@ -1,0 +1,1 @@
+"""Benchmarks of tbes; ``python benchmarks/run.py`` runs them and writes docs/performance.md."""

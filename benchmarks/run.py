@@ -1,0 +1,433 @@
+"""Run every benchmark and write the results, with the machine they ran on, as Markdown.
+
+``python benchmarks/run.py [--quick | --smoke] [--output docs/performance.md]``
+
+Each benchmark runs in processes of its own: the micro-benchmarks (``bench_received``,
+``bench_decide``) are pyperf scripts, whose workers are spawned and calibrated by pyperf and
+whose JSON results are read back here; the macro-benchmarks (``bench_enforcer``,
+``bench_scale``) print JSON summaries. Every figure is shown next to a baseline measured in
+the same run, as a ratio, so that a slower or busier machine moves both. ``--quick`` runs
+fewer pyperf processes and leaves out the store of a million servers; ``--smoke`` runs each
+benchmark once, tiny, only to prove that it still works (its figures mean nothing).
+The measured notes on profiling and fixes are kept in ``benchmarks/findings.md`` and
+copied into the output under the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import sqlite3
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import pyperf
+
+import tbes
+
+__all__ = ["MODES", "Mode", "machine", "main", "render"]
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+FINDINGS = HERE / "findings.md"
+
+DECIDE_TARGET = 300_000  # decisions per second on one core
+CHECK_TARGET = 5_000  # messages per second from one process
+
+
+class Mode(NamedTuple):
+    """How hard to run: pyperf rounds and options, enforcer calls, scale sizes and checks."""
+
+    name: str
+    rounds: int
+    pyperf_args: list[str]
+    calls: int
+    servers: int
+    sizes: list[int]
+    checks: int
+
+
+MODES = {
+    "full": Mode("full", 5, ["--processes=4"], 5000, 1000, [10_000, 100_000, 1_000_000], 1000),
+    "quick": Mode("quick", 2, ["--processes=3"], 2000, 500, [10_000, 100_000], 500),
+    "smoke": Mode("smoke", 1, ["--debug-single-value"], 40, 10, [200, 1000], 10),
+}
+
+
+# ---- running ---------------------------------------------------------------------------
+
+
+def _python(args: Sequence[str]) -> None:
+    subprocess.run([sys.executable, *args], check=True, cwd=ROOT)
+
+
+def _pyperf(script: str, mode: Mode, workdir: Path) -> dict[str, dict[str, float]]:
+    """Run a pyperf script; its benchmarks' mean, stdev and value count, by name.
+
+    pyperf runs a script's benchmarks one after the other, so on a machine whose load
+    changes a benchmark and its baseline would see different loads. The script is run in
+    ``mode.rounds`` rounds of a few worker processes each, appended to one result file,
+    so that every benchmark is sampled in every round.
+    """
+    out = workdir / f"{Path(script).stem}.json"
+    out.unlink(missing_ok=True)
+    for _ in range(mode.rounds):
+        _python([str(HERE / script), "--quiet", "--append", str(out), *mode.pyperf_args])
+    suite = pyperf.BenchmarkSuite.load(str(out))
+    results = {}
+    for bench in suite.get_benchmarks():
+        values = bench.get_nvalue()
+        results[bench.get_name()] = {
+            "mean": bench.mean(),
+            "stdev": bench.stdev() if values > 1 else 0.0,
+            "values": float(values),
+        }
+    return results
+
+
+def _json_of(args: Sequence[str], out: Path) -> dict[str, Any]:
+    _python([*args, "--json", str(out)])
+    data: dict[str, Any] = json.loads(out.read_text())
+    return data
+
+
+def run_all(mode: Mode, workdir: Path) -> dict[str, Any]:
+    """Run every benchmark in ``mode``; the results, keyed by benchmark."""
+    results: dict[str, Any] = {"mode": mode.name, "machine": machine(), "load_before": _load()}
+    results["received"] = _pyperf("bench_received.py", mode, workdir)
+    results["decide"] = _pyperf("bench_decide.py", mode, workdir)
+    results["enforcer"] = _json_of(
+        [
+            str(HERE / "bench_enforcer.py"),
+            f"--calls={mode.calls}",
+            f"--servers={mode.servers}",
+            f"--workdir={workdir}",
+        ],
+        workdir / "enforcer.json",
+    )
+    results["scale"] = _json_of(
+        [
+            str(HERE / "bench_scale.py"),
+            "all",
+            f"--sizes={','.join(str(size) for size in mode.sizes)}",
+            f"--checks={mode.checks}",
+            f"--workdir={workdir}",
+        ],
+        workdir / "scale.json",
+    )
+    results["load_after"] = _load()
+    return results
+
+
+# ---- the machine -----------------------------------------------------------------------
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _memory_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return None
+
+
+def _load() -> str:
+    try:
+        return " ".join(f"{value:.2f}" for value in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
+def _commit() -> str:
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return done.stdout.strip()
+
+
+def machine() -> dict[str, str]:
+    """What the benchmarks ran on: CPUs, memory, OS, Python and library versions, date."""
+    memory = _memory_gib()
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": _cpu_model(),
+        "nproc": str(
+            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        ),
+        "memory": "unknown" if memory is None else f"{memory:.1f} GiB",
+        "os": platform.platform(),
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "tbes": f"{tbes.__version__} (commit {_commit()})",
+        "sqlite": sqlite3.sqlite_version,
+        "pyperf": pyperf.__version__,
+    }
+
+
+# ---- rendering -------------------------------------------------------------------------
+
+
+def _us(seconds: float) -> str:
+    return f"{seconds * 1e6:,.2f} µs"
+
+
+def _rate(per_s: float) -> str:
+    return f"{per_s:,.0f}/s"
+
+
+def _ratio(value: float, base: float) -> str:
+    return f"{value / base:.2f}x" if base > 0 else "n/a"
+
+
+def _met(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def _micro_section(results: dict[str, Any]) -> list[str]:
+    received, decide = results["received"], results["decide"]
+    stdlib, ours = received["received-stdlib"]["mean"], received["received-tbes"]["mean"]
+    values, hops = received["received-values"]["mean"], received["received-hops"]["mean"]
+    trivial, decision = decide["decide-trivial"]["mean"], decide["decide"]["mean"]
+    return [
+        "## Micro-benchmarks (pyperf)",
+        "",
+        "Mean CPU time per call (`time.thread_time`, so that time spent waiting for a busy "
+        "machine's cores is left out) over pyperf's worker processes, run in rounds so that "
+        "each benchmark and its baseline are sampled alike; the ratio is against the "
+        "baseline in the same row, measured the same way in the same run.",
+        "",
+        "| What | Time per call | Baseline | Baseline time | Ratio | Target | Met |",
+        "|---|---|---|---|---|---|---|",
+        f"| `find_sender(received_values(block))`: the whole analysis of an 8-hop header "
+        f"block | {_us(ours)} | stdlib `HeaderParser(policy=compat32)` parse + Received "
+        f"values | {_us(stdlib)} | {_ratio(ours, stdlib)} | < 1.00x | {_met(ours < stdlib)} |",
+        f"| `received_values(block)` alone | {_us(values)} | same | {_us(stdlib)} "
+        f"| {_ratio(values, stdlib)} | | |",
+        f"| `parse_received(value)`, per hop | {_us(hops)} | same, per hop "
+        f"| {_us(stdlib / 8)} | {_ratio(hops, stdlib / 8)} | | |",
+        f"| `decide(state, now, policy)`, mixed states | {_us(decision)} "
+        f"({_rate(1 / decision)}) | a function reading the same fields + one dict lookup "
+        f"| {_us(trivial)} ({_rate(1 / trivial)}) | {_ratio(decision, trivial)} "
+        f"| ≥ {DECIDE_TARGET:,}/s | {_met(1 / decision >= DECIDE_TARGET)} |",
+        "",
+    ]
+
+
+_CASES = {
+    "sqlite": "`Enforcer.check`, SQLiteStore (real clock, as in production)",
+    "sqlite-no-write": "`Enforcer.check`, SQLiteStore, clock stopped (nothing to record)",
+    "memory": "`Enforcer.check`, MemoryStore (real clock, no I/O)",
+    "raw-sqlite-cas": "baseline: raw sqlite3 CAS per message (BEGIN IMMEDIATE, read, "
+    "update, COMMIT; WAL, synchronous=FULL)",
+    "raw-sqlite-read": "baseline: raw sqlite3 primary-key read",
+}
+
+
+def _enforcer_section(results: dict[str, Any]) -> list[str]:
+    enforcer = results["enforcer"]
+    cases = enforcer["cases"]
+    floor = cases["raw-sqlite-cas"]
+    lines = [
+        "## Enforcer.check end to end",
+        "",
+        f"{enforcer['calls']:,} messages from {enforcer['servers']:,} servers (every server "
+        f"seen once before timing), one process, database on {enforcer['file_system']}. "
+        "Latency per call by `time.perf_counter_ns`; throughput is calls over the wall time "
+        "of the run. Ratios are p50 latency against the raw SQLite compare-and-swap.",
+        "",
+        "| Case | Throughput | CPU per call | p50 | p90 | p99 | max | p50 ratio to raw CAS |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, label in _CASES.items():
+        case = cases[name]
+        lines.append(
+            f"| {label} | {_rate(case['per_s'])} | {case['cpu_us']:,.0f} µs "
+            f"| {case['p50_us']:,.0f} µs "
+            f"| {case['p90_us']:,.0f} µs | {case['p99_us']:,.0f} µs | {case['max_us']:,.0f} µs "
+            f"| {_ratio(case['p50_us'], floor['p50_us'])} |"
+        )
+    rate = cases["sqlite"]["per_s"]
+    lines += [
+        "",
+        f"Target ≥ {CHECK_TARGET:,} messages/s on SQLite from one process: "
+        f"{_met(rate >= CHECK_TARGET)} ({_rate(rate)}).",
+        "",
+    ]
+    return lines
+
+
+def _bar(value: float, top: float, width: int = 40) -> str:
+    return "#" * max(1, round(width * value / top)) if top > 0 else ""
+
+
+def _per_row(point: dict[str, Any]) -> float:
+    return float(point["report_cpu_s"]) / float(point["size"])
+
+
+def _scale_section(results: dict[str, Any]) -> list[str]:
+    scale = results["scale"]
+    curve = scale["curve"]
+    lines = [
+        "## Scale: stores of many servers",
+        "",
+        f"SQLite files on {scale['file_system']}, filled through `SQLiteStore.put_many` "
+        "(10,000 rows per transaction). Reporting is every state from `states()` through "
+        "`report_row`; its baseline reads every row with raw sqlite3 and `json.loads`. "
+        "Peak memory is the measuring process's `ru_maxrss` after reporting (before: after "
+        f"opening the store). Checks and reads: {scale['checks']:,} random servers, each "
+        "check a write (the stored states are older than the clock).",
+        "",
+        "| Servers | Build | Report all rows | per row (CPU) | Raw scan | Ratio | Peak RSS "
+        "(before) | `get` p50 / p99 | `check` p50 / p99 | `check` CPU per call | `check` rate |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for point in curve:
+        size = point["size"]
+        get, check = point["get"], point["check"]
+        lines.append(
+            f"| {size:,} | {point['build_s']:,.1f} s | {point['report_s']:,.1f} s "
+            f"| {point['report_s'] / size * 1e6:,.0f} µs "
+            f"({point['report_cpu_s'] / size * 1e6:,.0f} µs) | {point['raw_scan_s']:,.2f} s "
+            f"| {_ratio(point['report_s'], point['raw_scan_s'])} "
+            f"| {point['rss_peak_mib']:,.0f} MiB ({point['rss_before_mib']:,.0f}) "
+            f"| {get['p50_us']:,.0f} / {get['p99_us']:,.0f} µs "
+            f"| {check['p50_us']:,.0f} / {check['p99_us']:,.0f} µs | {check['cpu_us']:,.0f} µs "
+            f"| {_rate(check['per_s'])} |"
+        )
+    lines += ["", "The curve (per server; each bar scaled to the largest value in its block):"]
+    lines += ["", "```text"]
+    series: list[tuple[str, list[float]]] = [
+        ("report, CPU µs per row", [p["report_cpu_s"] / p["size"] * 1e6 for p in curve]),
+        ("peak RSS while reporting, MiB", [p["rss_peak_mib"] for p in curve]),
+        ("check, CPU µs per call", [p["check"]["cpu_us"] for p in curve]),
+        ("get p50, µs", [p["get"]["p50_us"] for p in curve]),
+    ]
+    for title, values in series:
+        top = max(values)
+        lines.append(title)
+        for point, value in zip(curve, values, strict=True):
+            lines.append(f"  {point['size']:>9,} {value:>10,.1f} {_bar(value, top)}")
+    lines += ["```", ""]
+    if len(curve) > 1:
+        first, last = curve[0], curve[-1]
+        growth = last["get"]["p50_us"] / first["get"]["p50_us"]
+        lines += [
+            f"From {first['size']:,} to {last['size']:,} servers "
+            f"({last['size'] // first['size']:,}x the rows), `get` p50 changes "
+            f"{growth:.2f}x, `check` CPU per call "
+            f"{last['check']['cpu_us'] / first['check']['cpu_us']:.2f}x and reporting CPU per "
+            f"row {_per_row(last) / _per_row(first):.2f}x; peak memory while reporting grows "
+            f"from {first['rss_peak_mib']:,.0f} to {last['rss_peak_mib']:,.0f} MiB.",
+            "",
+        ]
+    return lines
+
+
+def render(results: dict[str, Any]) -> str:
+    """The Markdown page for ``results`` (as :func:`run_all` returns them)."""
+    info = results["machine"]
+    lines = [
+        "# Performance",
+        "",
+        "Performance is a measured feature of tbes: the figures below come from "
+        "`make bench` (`python benchmarks/run.py`), which writes this page. Each figure is "
+        "set against a baseline measured in the same run, so the ratios carry over to other "
+        "machines better than the absolute times. See `benchmarks/README.md` for what each "
+        "benchmark does and how to run one alone.",
+        "",
+    ]
+    if results["mode"] != "full":
+        lines += [
+            f"```{{note}}\nThis page was written by a `--{results['mode']}` run: "
+            + (
+                "its figures mean nothing (each benchmark ran once, tiny)."
+                if results["mode"] == "smoke"
+                else "fewer pyperf processes and no store of a million servers."
+            )
+            + "\n```",
+            "",
+        ]
+    lines += [
+        "## Machine",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| Date | {info['date']} |",
+        f"| CPU | {info['cpu']} |",
+        f"| CPUs available (nproc) | {info['nproc']} |",
+        f"| Memory | {info['memory']} |",
+        f"| OS | {info['os']} |",
+        f"| Python | {info['python']} |",
+        f"| tbes | {info['tbes']} |",
+        f"| SQLite | {info['sqlite']} |",
+        f"| pyperf | {info['pyperf']} |",
+        f"| Load average before / after (1, 5, 15 min) | {results['load_before']} / "
+        f"{results['load_after']} |",
+        "",
+    ]
+    lines += _micro_section(results)
+    lines += _enforcer_section(results)
+    lines += _scale_section(results)
+    if FINDINGS.exists():
+        lines += [FINDINGS.read_text().rstrip(), ""]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line: ``[--quick | --smoke] [--output FILE] [--workdir DIR] [--json FILE]``.
+
+    ``--from-json FILE`` renders results saved earlier by ``--json`` without running anything
+    (e.g. after editing ``benchmarks/findings.md``).
+    """
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--quick", action="store_true", help="fewer runs, no 1M-server store")
+    group.add_argument("--smoke", action="store_true", help="each benchmark once, tiny")
+    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "performance.md")
+    parser.add_argument("--workdir", type=Path, help="where temporary databases go (on disk)")
+    parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument(
+        "--from-json", type=Path, help="run nothing: render results saved by --json"
+    )
+    args = parser.parse_args(argv)
+    if args.from_json is not None:
+        results = json.loads(args.from_json.read_text())
+    else:
+        mode = MODES["smoke" if args.smoke else "quick" if args.quick else "full"]
+        with tempfile.TemporaryDirectory(prefix="tbes-bench-", dir=args.workdir) as tmp:
+            results = run_all(mode, Path(tmp))
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(render(results))
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
