@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tbes.catalog import Catalog, Compliance
+from tbes.catalog import Baseline, Catalog, Compliance, assess
 from tbes.decide import DEFAULT_POLICY, Action, ConnectorKind, Decision, Policy, decide
 from tbes.enforcer import (
     FAIL_CLOSED_REPLY,
@@ -261,6 +261,43 @@ def test_a_compliant_server_is_recorded_without_an_episode(
 
 
 # ---- no evidence -------------------------------------------------------------------------
+
+
+def test_a_replaced_policy_or_catalog_is_never_answered_from_an_old_verdict(
+    enforcer: Enforcer, store: MemoryStore, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[ExchangeBuild] = []
+
+    def counting_assess(build: ExchangeBuild, **kwargs: Any) -> Any:
+        calls.append(build)
+        return assess(build, **kwargs)
+
+    monkeypatch.setattr("tbes.enforcer.assess", counting_assess)
+    enforcer.check(conn(), [hop(OUTDATED)])
+    enforcer.check(conn(), [hop(OUTDATED)])
+    assert len(calls) == 1  # one verdict per build while policy and catalog stay
+    assert store.get(SERVER).value.status is Compliance.OUTDATED  # type: ignore[union-attr]
+    # Under the 2023 baseline Exchange 2016 has no minimum build: the same build complies.
+    enforcer.policy = attrs.evolve(DEFAULT_POLICY, baseline=Baseline.exchange_online_2023())
+    clock.now = T0 + dt.timedelta(hours=1)
+    enforcer.check(conn(), [hop(OUTDATED)])
+    assert len(calls) == 2
+    assert store.get(SERVER).value.status is Compliance.COMPLIANT  # type: ignore[union-attr]
+    enforcer.catalog = Catalog.default()  # equal, but another object: judged afresh
+    enforcer.check(conn(), [hop(OUTDATED)])
+    assert len(calls) == 3
+
+
+def test_forged_builds_cannot_grow_the_verdict_cache_without_bound(
+    enforcer: Enforcer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sizes: list[int] = []
+    verdicts = enforcer._verdicts  # the cache itself: its size is the behaviour under test
+    for patch in range(3_000):
+        enforcer.check(conn(server_id=f"ex{patch}.fabrikam.example"), [hop(f"15.1.2507.{patch}")])
+        sizes.append(len(verdicts))
+    assert max(sizes) <= 1_024
+    assert sizes[-1] >= 1  # still caching after being cleared
 
 
 def test_stripping_headers_never_evades_enforcement(

@@ -325,6 +325,29 @@ def test_states_lists_all_servers_in_id_order_or_one_tenants(store: StateStore) 
     assert list(store.states("nobody")) == []
 
 
+def test_states_reads_past_page_boundaries_while_the_caller_writes(store: StateStore) -> None:
+    # More rows than one page of the SQL stores (1,000), in two tenants; the caller writes
+    # between rows, which must neither block nor make a row appear twice.
+    count = 2_345
+    store.put_many(
+        [
+            StateWrite(state(f"mx{i:05d}", ("contoso", "fabrikam")[i % 2]), None)
+            for i in range(count)
+        ]
+    )
+    seen: list[str] = []
+    for listed in store.states():
+        seen.append(listed.server_id)
+        if len(seen) == 1_500:  # a row already listed changes, a new one appears further on
+            store.put(state("mx00010", notified_stage=1), expected_version=1)
+            store.put(state("mx99999"), expected_version=None)
+    assert seen == sorted(set(seen))
+    # The new row may or may not be listed (the iteration need not be one snapshot).
+    assert [i for i in seen if i != "mx99999"] == [f"mx{i:05d}" for i in range(count)]
+    fabrikam = [listed.server_id for listed in store.states("fabrikam")]
+    assert fabrikam == [f"mx{i:05d}" for i in range(1, count, 2)]
+
+
 def test_a_server_moved_to_another_tenant_is_listed_there(store: StateStore) -> None:
     store.put(state("mx1", "contoso"), expected_version=None)
     store.put(state("mx1", "fabrikam"), expected_version=1)

@@ -27,7 +27,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import attrs
 
-from tbes.catalog import Catalog, Compliance, assess
+from tbes.catalog import Assessment, Baseline, Catalog, Compliance, assess
 from tbes.decide import Action, ConnectorKind, Decision, Policy, SmtpReply, decide
 from tbes.errors import (
     InvalidPauseError,
@@ -59,6 +59,7 @@ __all__ = [
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _ZERO = dt.timedelta(0)
+_MAX_VERDICTS = 1024
 _SEEN_RESOLUTION = dt.timedelta(minutes=1)
 # The stored fields that make a state what it is; last_seen is compared on its own.
 _STATE_FIELDS = tuple(
@@ -224,7 +225,10 @@ class Enforcer:
     minute by default, ``timedelta(0)`` to write every message) is how far ``last_seen`` may
     lag before it is written: a message that changes nothing else is not stored, because
     :func:`~tbes.decide.decide` never reads ``last_seen`` and a busy server would otherwise
-    cost one synchronous write per message. An argument of the wrong kind (a
+    cost one synchronous write per message. ``policy`` and ``catalog`` may be replaced
+    at any time (a configuration reload); the verdict per build that the enforcer keeps
+    (at most 1,024 builds) is never used under another policy or catalog than its own.
+    An argument of the wrong kind (a
     store without the :class:`~tbes.store.StateStore` methods, a policy that is no
     :class:`~tbes.decide.Policy`, a clock that is not callable, …) raises
     :class:`~tbes.errors.InvalidValueError` naming it.
@@ -267,6 +271,9 @@ class Enforcer:
         self._retries = retries
         self._own_hosts = _host_names(own_hosts)
         self._seen_resolution = seen_resolution
+        # Verdicts per build, each with the baseline and catalog it was judged against: a
+        # handful of builds makes nearly all the traffic, and assess is pure.
+        self._verdicts: dict[ExchangeBuild, tuple[Baseline, Catalog, Assessment]] = {}
 
     # ---- checking connections ---------------------------------------------------------
 
@@ -302,7 +309,7 @@ class Enforcer:
         self, conn: Connection, evidence: SenderEvidence, now: dt.datetime
     ) -> Callable[[ServerState | None], ServerState]:
         """The change one message with Exchange evidence makes to the stored state."""
-        assessment = assess(evidence.build, baseline=self.policy.baseline, catalog=self.catalog)
+        assessment = self._assess(evidence.build)
         return functools.partial(
             observe,
             server_id=conn.server_id,
@@ -358,6 +365,19 @@ class Enforcer:
         )
         assert decision is not None  # the loop ran at least once
         return decision
+
+    def _assess(self, build: ExchangeBuild) -> Assessment:
+        baseline, catalog = self.policy.baseline, self.catalog
+        cached = self._verdicts.get(build)
+        # Checked by identity, so a new policy or catalog is never answered from an old
+        # verdict, even by a thread that raced the change.
+        if cached is not None and cached[0] is baseline and cached[1] is catalog:
+            return cached[2]
+        if len(self._verdicts) >= _MAX_VERDICTS:  # forged builds must not grow it for ever
+            self._verdicts.clear()
+        verdict = assess(build, baseline=baseline, catalog=catalog)
+        self._verdicts[build] = (baseline, catalog, verdict)
+        return verdict
 
     def _store_fault(self, conn: Connection, exc: StoreError) -> Decision:
         if self.fail_closed:

@@ -586,7 +586,7 @@ def _fields(head: str) -> list[tuple[str, str]]:
             continue
         name, colon, rest = line.partition(":")
         name = name.rstrip()
-        if colon and name and not any(char.isspace() for char in name):
+        if colon and name and name.split(maxsplit=1) == [name]:  # no white space in it
             fields.append((name, [rest]))
         elif number == 0 and line.startswith("From "):
             continue

@@ -32,6 +32,9 @@ __all__ = [
 
 _T = TypeVar("_T")
 
+STATES_PAGE = 1000
+"""Rows per read in :meth:`SQLStore.states`."""
+
 # table -> (SQL table, key column, the other columns a write sets, in argument order)
 _TABLES = {
     "server": ("tbes_servers", "server_id", ("tenant", "version", "row_schema", "data")),
@@ -74,12 +77,16 @@ def raw_row(row: Sequence[Any] | None) -> RawRow | None:
     return None if row is None else (int(row[0]), row[1], row[2])
 
 
-def states_sql(tenant: str | None, param: str) -> tuple[str, tuple[str, ...]]:
-    """The query for every stored state, or those of ``tenant``, in order of server id."""
-    query = "SELECT server_id, row_schema, data FROM tbes_servers"
-    if tenant is None:
-        return query + " ORDER BY server_id", ()
-    return query + f" WHERE tenant = {param} ORDER BY server_id", (tenant,)
+def states_sql(tenant: str | None, param: str, after: str) -> tuple[str, tuple[str, ...]]:
+    """The query for the next page of stored states (of ``tenant``) by server id after ``after``.
+
+    Keyset pagination on the primary key: each page is one index range scan, however far in.
+    """
+    query = f"SELECT server_id, row_schema, data FROM tbes_servers WHERE server_id > {param}"
+    args: tuple[str, ...] = (after,)
+    if tenant is not None:
+        query, args = query + f" AND tenant = {param}", (after, tenant)
+    return query + f" ORDER BY server_id LIMIT {STATES_PAGE}", args
 
 
 def write_sql(row: RowWrite, param: str) -> tuple[str, tuple[object, ...]]:
@@ -150,8 +157,17 @@ class SQLStore(RowStore, Generic[_C]):
         raise NotImplementedError
 
     def _states(self, tenant: str | None) -> Iterator[ServerState]:
-        for server_id, schema, data in self._fetch_all(*states_sql(tenant, self._PARAM)):
-            yield load_state(server_id, schema, data)
+        # A page at a time, so memory stays flat however many servers there are and the
+        # lock is not held while the caller works; each page is consistent, the whole
+        # iteration is not one snapshot.
+        after = ""  # ids are non-empty, so every id sorts after ""
+        while True:
+            rows = self._fetch_all(*states_sql(tenant, self._PARAM, after))
+            for server_id, schema, data in rows:
+                yield load_state(server_id, schema, data)
+            if len(rows) < STATES_PAGE:
+                return
+            after = rows[-1][0]
 
     def _apply(self, writes: tuple[Write, ...]) -> tuple[int, ...]:
         """Apply checked compare-and-swap writes in one transaction; return their versions."""

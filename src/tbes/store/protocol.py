@@ -148,7 +148,11 @@ class StateStore(Protocol):
         ...
 
     def states(self, tenant: str | None = None) -> Iterator[ServerState]:
-        """Every stored server state, or those of one ``tenant``, in order of server id."""
+        """Every stored server state, or those of one ``tenant``, in order of server id.
+
+        The iteration need not be one snapshot: the SQL stores read a page at a time, so
+        a row written meanwhile may or may not be seen, but no row is seen twice.
+        """
         ...
 
     def close(self) -> None:
