@@ -11,13 +11,16 @@ Decisions that shaped this module:
 
 * **Total and linear.** ``parse_received`` never raises on a ``str`` and runs in time linear
   in its input (anything else is refused with ``InvalidValueError``, as are wrong-typed
-  arguments of the other functions). It uses no regular expressions. :func:`_split_comments`
+  arguments of the other functions). Its few regular expressions (an IPv4 address, a date in
+  RFC 5322's layout, the header section) are anchored, fixed-shape patterns whose
+  alternatives and repeats start with disjoint characters, so they cannot backtrack
+  beyond a bounded amount. :func:`_split_comments`
   cuts the text at every ``(`` with ``str.split`` and a plain comment at its ``)`` with
   ``str.partition`` (C loops, linear); only the characters of nested or escaped comments are
   walked in Python, each once, with a depth counter, so nesting costs nothing extra and an
   unclosed comment simply runs to the end. The text outside comments is cut into words by
   ``str.replace`` and ``str.split`` (C loops, linear; CR and LF are white space, which
-  unfolds the header). One pass over the tokens then does O(1) work per token. Everything
+  unfolds the header). One pass over the words then does O(1) work per word. Everything
   handed to the standard library is bounded: a build is parsed only from an ``id`` word of
   at most 64 characters, an address only from a word of at most 64 characters and only among
   the first 16 comment words of a clause, and a date only from at most 256 characters. So 1
@@ -25,7 +28,7 @@ Decisions that shaped this module:
 * **Forgiving fields.** Malformed input gives a ``Hop`` whose unknown fields are ``None``.
   Hosts are lower-cased without a trailing dot; addresses keep their written form without
   brackets or the Sendmail ``IPv6:`` prefix (lower-cased), and are accepted only when
-  :mod:`ipaddress` accepts them. An address in the comment after ``from``/``by`` (the
+  :mod:`ipaddress` accepts them (IPv4 is checked by its rules without calling it). An address in the comment after ``from``/``by`` (the
   address the server saw, as Postfix, Sendmail and Exchange write it) wins over an address
   literal used as the name (which the client merely claimed in its greeting).
 * **Clauses.** Each clause (``from``, ``by``, ``with``, ``id``, ``via``, ``for``; keywords
@@ -43,7 +46,9 @@ Decisions that shaped this module:
   the hop below it, so when such a hop sits directly above a kept hop it is itself the first
   hop left, and, naming no build, makes the result ``None``.
 * **Dates.** The words after the last ``;`` outside comments, read by
-  :func:`email.utils.parsedate_to_datetime`. A date whose zone is ``-0000``, missing or an
+  :func:`email.utils.parsedate_to_datetime`, or, when they are in RFC 5322's own layout
+  (nearly always), read directly the way it reads them (a property test holds the two to
+  the same answer). A date whose zone is ``-0000``, missing or an
   unknown name is taken as UTC (RFC 5322 3.3: ``-0000`` means the time is UTC and the local
   zone unknown). Dates are normalised to UTC. A date that does not parse gives ``None``.
 * **received_values** uses a small own header splitter, not :mod:`email.parser`: it stops
@@ -61,6 +66,9 @@ import email.header
 import email.message
 import email.utils
 import ipaddress
+import itertools
+import re
+import string
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -79,7 +87,13 @@ _EXCHANGE_ONLINE_SUFFIXES = (
     "exchangelabs.com",
     "microsoft.com",
 )
-_KEYWORDS = frozenset({"from", "by", "with", "id", "via", "for"})
+_KEYWORDS = ("from", "by", "with", "id", "via", "for")
+# What ends a clause: every spelling of a keyword (they are case-insensitive), and ";".
+_MARKS = frozenset(
+    "".join(spelling)
+    for keyword in _KEYWORDS
+    for spelling in itertools.product(*((char, char.upper()) for char in keyword))
+) | {";"}
 _BUILD_PROTOCOLS = frozenset({"microsoft smtp server", "mapi"})
 # Bounds on what is handed to the standard library; see the module docstring.
 _MAX_ID = 64
@@ -172,33 +186,140 @@ def parse_received(value: str) -> Hop:
     """
     if not isinstance(value, str):
         raise InvalidValueError(f"a Received value must be a str, got {value!r:.80}")
-    tokens = _tokenize(value)
-    last_semi = _last_semicolon(tokens)
-    clauses = _clauses(tokens if last_semi is None else tokens[:last_semi])
-    from_host, from_ip = _endpoint(clauses.get("from"))
-    by_host, by_ip = _endpoint(clauses.get("by"))
-    protocol = _leading_words(clauses.get("with"))
-    return Hop(
-        from_host=from_host,
-        from_ip=from_ip,
-        by_host=by_host,
-        by_ip=by_ip,
-        protocol=protocol,
-        tls=_tls(clauses),
-        build=_build(protocol, clauses.get("id")),
-        via=_leading_words(clauses.get("via")),
-        date=None if last_semi is None else _date(tokens[last_semi + 1 :]),
-    )
+    return _Scan(value).hop()
 
 
-def _tokenize(value: str) -> list[str]:
-    """Words, ``;`` and comments (a token starting with ``(``, then the comment's text)."""
+_UNREAD: Any = object()
+
+
+class _Scan:
+    """One Received value cut into clauses; each field is read from them on first use.
+
+    :func:`find_sender` needs only the writer (``by``) of the hops above the sender, not
+    their dates, TLS or addresses, so it reads those and nothing more. Most fields need
+    only the words outside comments (a comment stands there as ``"("``); the addresses and
+    TLS are read from the comments' text, which is put in place only for them.
+    """
+
+    __slots__ = ("_bounds", "_build", "_comments", "_date", "_tokens", "_words", "by_host")
+
+    def __init__(self, value: str) -> None:
+        self._words, self._comments = _words(value)
+        self._bounds, self._date = _clauses(self._words)
+        self._tokens: list[str] | None = None
+        self._build: ExchangeBuild | None = _UNREAD
+        self.by_host = _host(self._clause("by"))
+
+    def _clause(self, keyword: str) -> list[str] | None:
+        # The clause's words, each comment standing as "(".
+        bounds = self._bounds.get(keyword)
+        return None if bounds is None else self._words[bounds[0] : bounds[1]]
+
+    def _full_clause(self, keyword: str) -> list[str] | None:
+        # The clause's tokens, each comment as "(" and its text.
+        bounds = self._bounds.get(keyword)
+        if bounds is None:
+            return None
+        if self._tokens is None:
+            pending = iter(self._comments)
+            self._tokens = ["(" + next(pending) if w == "(" else w for w in self._words]
+        return self._tokens[bounds[0] : bounds[1]]
+
+    @property
+    def build(self) -> ExchangeBuild | None:
+        """The Exchange build the hop names (only Exchange's own forms carry one)."""
+        if self._build is _UNREAD:
+            self._build = _build(_leading_words(self._clause("with")), self._clause("id"))
+        return self._build
+
+    def client(self) -> tuple[str | None, str | None]:
+        """``(from_host, from_ip)``: the client the hop's writer took the message from."""
+        return _host(self._clause("from")), _ip(self._full_clause("from"))
+
+    def hop(self) -> Hop:
+        """Every field, as a Hop."""
+        from_host, from_ip = self.client()
+        return _hop(
+            from_host,
+            from_ip,
+            self.by_host,
+            _ip(self._full_clause("by")),
+            _leading_words(self._clause("with")),
+            _tls([self._full_clause(keyword) for keyword in _TLS_CLAUSES]),
+            self.build,
+            _leading_words(self._clause("via")),
+            None if self._date is None else _date(self._words[self._date :]),
+        )
+
+
+# The parser makes a Hop and a SenderEvidence for every message, valid by construction (the
+# property tests hold them to the classes' checks, attrs.validate), so it fills their slots
+# directly: the frozen classes' checked __init__ costs more than the rest of a hop's fields.
+_new = object.__new__
+(
+    _SET_FROM_HOST,
+    _SET_FROM_IP,
+    _SET_BY_HOST,
+    _SET_BY_IP,
+    _SET_PROTOCOL,
+    _SET_TLS,
+    _SET_BUILD,
+    _SET_VIA,
+    _SET_DATE,
+) = tuple(getattr(Hop, field.name).__set__ for field in attrs.fields(Hop))
+(
+    _SET_EVIDENCE_BUILD,
+    _SET_HOST,
+    _SET_IP,
+    _SET_INDEX,
+    _SET_HOP,
+    _SET_MATCHED,
+) = tuple(getattr(SenderEvidence, field.name).__set__ for field in attrs.fields(SenderEvidence))
+
+
+def _hop(
+    from_host: str | None,
+    from_ip: str | None,
+    by_host: str | None,
+    by_ip: str | None,
+    protocol: str | None,
+    tls: str | None,
+    build: ExchangeBuild | None,
+    via: str | None,
+    date: _dt.datetime | None,
+) -> Hop:
+    hop: Hop = _new(Hop)
+    _SET_FROM_HOST(hop, from_host)
+    _SET_FROM_IP(hop, from_ip)
+    _SET_BY_HOST(hop, by_host)
+    _SET_BY_IP(hop, by_ip)
+    _SET_PROTOCOL(hop, protocol)
+    _SET_TLS(hop, tls)
+    _SET_BUILD(hop, build)
+    _SET_VIA(hop, via)
+    _SET_DATE(hop, date)
+    return hop
+
+
+def _evidence(
+    build: ExchangeBuild, host: str | None, ip: str | None, index: int, hop: Hop, matched: bool
+) -> SenderEvidence:
+    evidence: SenderEvidence = _new(SenderEvidence)
+    _SET_EVIDENCE_BUILD(evidence, build)
+    _SET_HOST(evidence, host)
+    _SET_IP(evidence, ip)
+    _SET_INDEX(evidence, index)
+    _SET_HOP(evidence, hop)
+    _SET_MATCHED(evidence, matched)
+    return evidence
+
+
+def _words(value: str) -> tuple[list[str], list[str]]:
+    """The words and ``;`` outside comments, each comment standing as ``(``; the comments."""
     outside, comments = _split_comments(value)
     # No "(" is left outside comments, so " ( " can stand for "a comment was here"; a stray
     # ")" has nothing to close and is white space. Splitting also unfolds: CR/LF are spaces.
-    words = " ( ".join(outside).replace(")", " ").replace(";", " ; ").split()
-    pending = iter(comments)
-    return ["(" + next(pending) if word == "(" else word for word in words]
+    return " ( ".join(outside).replace(")", " ").replace(";", " ; ").split(), comments
 
 
 def _split_comments(value: str) -> tuple[list[str], list[str]]:
@@ -257,39 +378,45 @@ def _walk(piece: str, depth: int) -> tuple[int, int, bool]:
     return -1, depth, False
 
 
-def _last_semicolon(tokens: list[str]) -> int | None:
-    for index in range(len(tokens) - 1, -1, -1):
-        if tokens[index] == ";":
-            return index
+def _clauses(words: list[str]) -> tuple[dict[str, tuple[int, int]], int | None]:
+    # Where each clause before the last ";" lies, by keyword (a repeated keyword opens a
+    # clause that is dropped), and where the words after that ";" (the date) begin.
+    marks = [index for index, word in enumerate(words) if word in _MARKS]
+    semicolons = [index for index in marks if words[index] == ";"]
+    last = semicolons[-1] if semicolons else len(words)
+    bounds: dict[str, tuple[int, int]] = {}
+    for start, end in zip(marks, [*marks[1:], len(words)], strict=False):
+        if start >= last:
+            break
+        keyword = words[start].lower()
+        if keyword != ";" and keyword not in bounds:
+            bounds[keyword] = (start + 1, end)
+    return bounds, last + 1 if semicolons else None
+
+
+def _first_word(clause: list[str] | None) -> str | None:
+    # The name of a from/by clause: its first word that is no comment.
+    for token in clause or ():
+        if not token.startswith("("):
+            return token
     return None
 
 
-def _clauses(tokens: list[str]) -> dict[str, list[str]]:
-    # The tokens of each clause, by keyword; a repeated keyword opens a clause that is dropped.
-    clauses: dict[str, list[str]] = {}
-    current: list[str] | None = None
-    for token in tokens:
-        keyword = token.lower() if len(token) <= 4 else ""
-        if keyword in _KEYWORDS:
-            current = None if keyword in clauses else clauses.setdefault(keyword, [])
-        elif token == ";":
-            current = None
-        elif current is not None:
-            current.append(token)
-    return clauses
+def _host(clause: list[str] | None) -> str | None:
+    # The host a from/by clause names; None for none or an address literal ("[192.0.2.1]").
+    name = _first_word(clause)
+    if name is None or name.startswith("[") or _address(name) is not None:
+        return None
+    return name.rstrip(".").lower() or None
 
 
-def _endpoint(clause: list[str] | None) -> tuple[str | None, str | None]:
-    # (host, ip) of a from/by clause: the first word names it, its comments say the address.
+def _ip(clause: list[str] | None) -> str | None:
+    # The address in a comment of the clause (what the writer saw) wins over a literal name
+    # (what the client claimed in its greeting).
     if not clause:
-        return None, None
-    name = next((token for token in clause if not token.startswith("(")), None)
-    literal = None if name is None else _address(name)
-    seen = _comment_address(clause)
-    if name is None or literal is not None or name.startswith("["):
-        return None, seen or literal
-    host = name.rstrip(".").lower()
-    return host or None, seen
+        return None
+    name = _first_word(clause)
+    return _comment_address(clause) or (None if name is None else _address(name))
 
 
 def _comment_address(clause: list[str]) -> str | None:
@@ -324,11 +451,19 @@ def _address(text: str) -> str | None:
     # Most words are host names: a set check turns them away before the costly parse.
     if not _ADDRESS_CHARS.issuperset(text.partition("%")[0]):
         return None
+    if ":" not in text:  # only IPv4 is written without colons
+        return text if _IPV4.fullmatch(text) else None
     try:
         ipaddress.ip_address(text)
     except ValueError:
         return None
     return text.lower()
+
+
+# IPv4 by ipaddress.IPv4Address's own rules: four decimal octets, none above 255, none with
+# a leading zero (ASCII digits only: [0-9], not \d).
+_OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
 
 
 def _leading_words(clause: list[str] | None) -> str | None:
@@ -341,10 +476,13 @@ def _leading_words(clause: list[str] | None) -> str | None:
     return " ".join(words) or None
 
 
-def _tls(clauses: dict[str, list[str]]) -> str | None:
+_TLS_CLAUSES = ("with", "id", "via", "for")
+
+
+def _tls(clauses: list[list[str] | None]) -> str | None:
     # The transfer's TLS comment follows `with` (Exchange), `id` (Sendmail) or `for` (Gmail).
-    for keyword in ("with", "id", "via", "for"):
-        for token in clauses.get(keyword, ()):
+    for clause in clauses:
+        for token in clause or ():
             if not token.startswith("("):
                 continue
             text = token[1:].strip()
@@ -379,13 +517,55 @@ def _date(tokens: list[str]) -> _dt.datetime | None:
         words.append(token)
     if not words:
         return None
+    text = " ".join(words)
     try:
-        parsed = email.utils.parsedate_to_datetime(" ".join(words))
+        usual = _usual_date(text)
+        if usual is not None:
+            return usual
+        parsed = email.utils.parsedate_to_datetime(text)
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=_dt.UTC)
         return parsed.astimezone(_dt.UTC)
     except (TypeError, ValueError, OverflowError, IndexError):
         return None
+
+
+_MONTHS = {
+    name: number
+    for number, name in enumerate(
+        ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"),
+        start=1,
+    )
+}
+
+
+# RFC 5322's own layout, "[Tue,] 3 Nov 2026 10:17:29 +0100" (email.utils drops any first
+# word that ends in ","), in the words of a date joined by single spaces.
+_USUAL_DATE = re.compile(
+    r"(?:\S*, )?([0-9]+) ([A-Za-z]{3}) ([0-9]+) "  # [day name,] day month year
+    r"([0-9]+):([0-9]+):([0-9]+) ([+-])([0-9]{2})([0-9]{2})"  # clock, zone
+)
+_DAY = 86_400
+
+
+def _usual_date(text: str) -> _dt.datetime | None:
+    # A date in RFC 5322's layout, in UTC, read as email.utils reads it but at a fraction of
+    # the cost; None for any other layout, left to email.utils. A date in this layout that
+    # cannot be (a 31 November, a zone of 24 hours or more) raises ValueError, as there.
+    found = _USUAL_DATE.fullmatch(text)
+    if found is None:
+        return None
+    day, month, year, hour, minute, second, sign, zone_hours, zone_minutes = found.groups()
+    number = _MONTHS.get(month.lower())
+    if number is None or int(year) < 100:  # email.utils widens two-digit years
+        return None
+    offset = int(zone_hours) * 3600 + int(zone_minutes) * 60
+    if offset >= _DAY:
+        raise ValueError(f"zone offset out of range: {sign}{zone_hours}{zone_minutes}")
+    local = _dt.datetime(
+        int(year), number, int(day), int(hour), int(minute), int(second), tzinfo=_dt.UTC
+    )
+    return local + _dt.timedelta(seconds=offset if sign == "-" else -offset)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -408,7 +588,7 @@ def find_sender(
     ``str``) raise :class:`~tbes.errors.InvalidValueError` naming the argument.
     """
     hops = _LazyHops(_texts(received, "received"))
-    owners = _own_names(own_hosts)
+    owners = _domains(_own_names(own_hosts))
     if client is not None and not isinstance(client, str):
         raise InvalidValueError(f"client must be a str or None, got {client!r:.80}")
     if type(skip_exchange_online) is not bool:
@@ -416,19 +596,18 @@ def find_sender(
             f"skip_exchange_online must be a bool, got {skip_exchange_online!r:.80}"
         )
     first = _first_foreign(hops, owners, skip_exchange_online)
-    if first is None:
+    build = None if first is None else hops[first].build
+    if first is None or build is None:
         return None
-    hop = hops[first]
-    if hop.build is None:
-        return None
+    hop = hops[first].hop()
     if client is not None:
         matched = _same_host(client, hop.by_host) or _same_ip(client, hop.by_ip)
     elif first > 0:
-        above = hops[first - 1]
-        matched = _same_host(above.from_host, hop.by_host) or _same_ip(above.from_ip, hop.by_ip)
+        above_host, above_ip = hops[first - 1].client()
+        matched = _same_host(above_host, hop.by_host) or _same_ip(above_ip, hop.by_ip)
     else:
         matched = False
-    return SenderEvidence(hop.build, hop.by_host, hop.by_ip, first, hop, matched)
+    return _evidence(build, hop.by_host, hop.by_ip, first, hop, matched)
 
 
 def _texts(values: Iterable[str], name: str) -> tuple[str, ...]:
@@ -450,25 +629,25 @@ def _own_names(own_hosts: Iterable[str]) -> tuple[str, ...]:
 
 
 class _LazyHops:
-    """Received values parsed on first use: the sender hop is usually among the first few."""
+    """Received values scanned on first use: the sender hop is usually among the first few."""
 
-    __slots__ = ("_hops", "_texts")
+    __slots__ = ("_scans", "_texts")
 
     def __init__(self, texts: tuple[str, ...]) -> None:
         self._texts = texts
-        self._hops: list[Hop | None] = [None] * len(texts)
+        self._scans: list[_Scan | None] = [None] * len(texts)
 
     def __len__(self) -> int:
         return len(self._texts)
 
-    def __getitem__(self, index: int) -> Hop:
-        hop = self._hops[index]
-        if hop is None:
-            hop = self._hops[index] = parse_received(self._texts[index])
-        return hop
+    def __getitem__(self, index: int) -> _Scan:
+        scan = self._scans[index]
+        if scan is None:
+            scan = self._scans[index] = _Scan(self._texts[index])
+        return scan
 
 
-def _first_foreign(hops: _LazyHops, owners: tuple[str, ...], skip_online: bool) -> int | None:
+def _first_foreign(hops: _LazyHops, owners: _Domains, skip_online: bool) -> int | None:
     # A hop without by_host belongs to the writer of the hop below it, so a run of such hops
     # shares the verdict of the first hop under it that has a writer (none at the bottom:
     # foreign). Walking down run by run parses only as far as the first foreign hop.
@@ -489,19 +668,33 @@ def _first_foreign(hops: _LazyHops, owners: tuple[str, ...], skip_online: bool) 
     return None
 
 
-def _written_by_receiver(hop: Hop, owners: tuple[str, ...], skip_online: bool) -> bool:
-    if hop.by_host is not None and _under(hop.by_host, owners):
+def _written_by_receiver(hop: _Scan, owners: _Domains, skip_online: bool) -> bool:
+    # by_host is already a host key (lower case, no trailing dot, no white space).
+    host = hop.by_host
+    if host is not None and _under(host, owners):
         return True
     if not skip_online:
         return False
-    if hop.build is not None and hop.build.product is Product.EXCHANGE_ONLINE:
+    if host is not None and _under(host, _EXCHANGE_ONLINE):
         return True
-    return hop.by_host is not None and _under(hop.by_host, _EXCHANGE_ONLINE_SUFFIXES)
+    return hop.build is not None and hop.build.product is Product.EXCHANGE_ONLINE
 
 
-def _under(host: str, domains: tuple[str, ...]) -> bool:
-    key = _host_key(host)
-    return any(key == domain or key.endswith("." + domain) for domain in domains)
+_Domains = tuple[frozenset[str], tuple[str, ...]]
+
+
+def _domains(names: Iterable[str]) -> _Domains:
+    # The names, and the suffixes their subdomains end with, for one C-level test each.
+    keys = frozenset(names)
+    return keys, tuple("." + name for name in keys)
+
+
+def _under(host: str, domains: _Domains) -> bool:
+    names, suffixes = domains
+    return host in names or host.endswith(suffixes)
+
+
+_EXCHANGE_ONLINE = _domains(_EXCHANGE_ONLINE_SUFFIXES)
 
 
 def _host_key(host: str) -> str:
@@ -518,7 +711,8 @@ def _same_ip(left: str | None, right: str | None) -> bool:
     first, second = _address(left.strip()), _address(right.strip())
     if first is None or second is None:
         return False
-    return ipaddress.ip_address(first) == ipaddress.ip_address(second)
+    # Equal text is the same address; IPv6 may also be written in several ways.
+    return first == second or ipaddress.ip_address(first) == ipaddress.ip_address(second)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -540,9 +734,11 @@ def received_values(message: email.message.Message | bytes | str) -> list[str]:
         raise InvalidValueError(
             f"message must be an email.message.Message, bytes or str, got {message!r:.80}"
         )
+    elif message.isascii():  # nothing to clean: the section's own end is found below
+        head = message
     else:
         head = _clean(message[: _header_end(message, "\n", "\r")])
-    return [_unfold(value) for name, value in _fields(head) if name.lower() == "received"]
+    return _received_fields(head)
 
 
 def _header_text(value: object) -> str:
@@ -563,33 +759,39 @@ def _unfold(value: str) -> str:
 
 
 def _header_end(text: _Text, newline: _Text, carriage_return: _Text) -> int:
-    # Offset of the empty line that ends the header section (or the end of the text). Only
-    # header lines are looked at; the body is never scanned.
-    position = 0
-    while True:
-        end = text.find(newline, position)
-        if end < 0:
-            return len(text)
-        if end == position or text[position:end] == carriage_return:
-            return position
-        position = end + 1
+    # Offset of the empty line (LF or CR LF) that ends the header section, or the end of the
+    # text. The line ending the first line uses is looked for first and the other only
+    # before it, so the body is not scanned.
+    if text[:1] == newline or text[:2] == carriage_return + newline:
+        return 0
+    first_end = text.find(newline)
+    crlf = first_end > 0 and text[first_end - 1 : first_end] == carriage_return
+    ends = (newline + carriage_return + newline, newline + newline)
+    likely, other = ends if crlf else ends[::-1]
+    found = text.find(likely)
+    limit = len(text) if found < 0 else found
+    earlier = text.find(other, 0, limit + len(other))
+    found = earlier if earlier >= 0 else found
+    return len(text) if found < 0 else found + 1
 
 
-def _fields(head: str) -> list[tuple[str, str]]:
-    # Split a header section into (name, folded value) pairs, as email.feedparser does: an
-    # mbox "From " line first is skipped, a line that is no header ends the section.
-    fields: list[tuple[str, list[str]]] = []
-    for number, line in enumerate(head.split("\n")):
-        if line[:1] in (" ", "\t"):
-            if fields:
-                fields[-1][1].append(line)
-            continue
-        name, colon, rest = line.partition(":")
-        name = name.rstrip()
-        if colon and name and name.split(maxsplit=1) == [name]:  # no white space in it
-            fields.append((name, [rest]))
-        elif number == 0 and line.startswith("From "):
-            continue
-        elif line.strip("\r"):
-            break
-    return [(name, "\n".join(parts)) for name, parts in fields]
+# The header section: an mbox "From " line first, then lines that each continue a field
+# (white space first), start one (a name without white space, then ":") or hold only CRs
+# (ignored). It ends, as email.feedparser ends it, before the first line that is empty,
+# "\r" or none of these.
+_SECTION = re.compile(r"(?:From .*\n)?(?:(?:[ \t].*|[^\s:]+[^\S\n]*:.*|\r\r+)(?:\n|\Z))*")
+# A Received field in the lower-cased section (behind a "\n" put first): its value runs
+# over the continuation lines, and over CR-only lines between them, which say nothing.
+_RECEIVED = re.compile(r"\nreceived[^\S\n]*:(.*(?:\n(?:\r\r+\n)*[ \t].*)*)")
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
+def _received_fields(head: str) -> list[str]:
+    # The unfolded Received values of the header section that `head` begins with. Both
+    # patterns are linear: their alternatives and repeats start with disjoint characters.
+    section = head[: _SECTION.match(head).end()]  # type: ignore[union-attr]  # matches ""
+    # Only the ASCII letters of "received" lower-case to them (a test checks every code
+    # point), so lower-casing ASCII alone finds every Received field and keeps offsets.
+    low = section.lower() if section.isascii() else section.translate(_ASCII_LOWER)
+    spans = (found.span(1) for found in _RECEIVED.finditer("\n" + low))
+    return [_unfold(section[start - 1 : end - 1]) for start, end in spans]

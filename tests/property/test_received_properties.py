@@ -8,7 +8,8 @@ import email.policy
 import email.utils
 import ipaddress
 
-from hypothesis import given
+import attrs
+from hypothesis import example, given
 from hypothesis import strategies as st
 from strategies import builds, instants, received_texts
 
@@ -33,6 +34,7 @@ _any_text = st.one_of(received_texts, st.text())
 def test_parse_received_never_raises_and_keeps_its_field_promises(value: str) -> None:
     hop = parse_received(value)
     assert isinstance(hop, Hop)
+    attrs.validate(hop)  # the parser fills the slots directly: the class's checks must hold
     for host in (hop.from_host, hop.by_host):
         if host is not None:  # lower case, no trailing dot, never empty
             assert host == host.lower()
@@ -265,6 +267,7 @@ def test_sender_evidence_is_the_hop_at_its_index_and_all_above_are_dropped(
     found = find_sender(values, own_hosts=own, skip_exchange_online=skip, client=client)
     if found is None:
         return
+    attrs.validate(found)  # filled directly too
     hops = [parse_received(value) for value in values]
     assert 0 <= found.index < len(values)
     assert found.hop == hops[found.index]
@@ -351,3 +354,212 @@ def test_sender_hop_matches_the_literal_bottom_up_rule(values: list[str], bottom
     else:
         assert found is not None
         assert found.index == first
+
+
+# ---- fast paths agree with the standard library they stand in for ---------------------------
+
+_DAY_WORDS = st.sampled_from(["Tue,", "tue,", "Tue", "Mon,", ",", "x,"])
+_DIGIT_WORDS = st.text(alphabet="0123456789", min_size=0, max_size=5)
+
+
+_OCTET = st.integers(0, 300).map(str) | st.sampled_from(["0", "00", "01", "09", "010", "099"])
+
+
+_ODD_DATE_WORDS = st.sampled_from(
+    [
+        *("November", "Xyz", "Nov,", "GMT", "EST", "-0000", "+0000", "+01000", "0100", "26"),
+        *("70", "0099", "31", "32", "00", "10:17", "10::29", "10:17:29:00", "24:00:00", "Tue"),
+    ]
+) | st.text(alphabet="0123456789:+-", min_size=1, max_size=6)
+
+
+@st.composite
+def _date_words(draw: st.DrawFn) -> list[str]:
+    # RFC 5322's layout for any instant and zone offset, then sometimes one word swapped for
+    # an odd one (two-digit years, full month names, named or malformed zones, bad clocks),
+    # or one word missing.
+    moment = draw(st.datetimes(min_value=dt.datetime(100, 1, 1)))
+    month = draw(st.sampled_from([str.lower, str.upper, str.title]))(f"{moment:%b}")
+    sign, hours, minutes = (
+        draw(st.sampled_from("+-")),
+        draw(st.integers(0, 30)),
+        draw(st.integers(0, 99)),
+    )
+    words = [str(moment.day), month, f"{moment.year:04d}", f"{moment:%H:%M:%S}"]
+    words.append(f"{sign}{hours:02d}{minutes:02d}")
+    if draw(st.booleans()):
+        words.insert(0, draw(st.sampled_from(["Tue,", "tue,", "x,", ","])))
+    change = draw(st.integers(0, 5))
+    index = draw(st.integers(0, len(words) - 1))
+    if change == 0:
+        words[index] = draw(_ODD_DATE_WORDS)
+    elif change == 1:
+        del words[index]
+    return words
+
+
+def _stdlib_date(words: list[str]) -> dt.datetime | None:
+    try:
+        parsed = email.utils.parsedate_to_datetime(" ".join(words))
+    except (TypeError, ValueError, OverflowError, IndexError):
+        return None
+    if parsed.tzinfo is None:  # "-0000": UTC, the sender's zone unknown
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    try:
+        return parsed.astimezone(dt.UTC)
+    except OverflowError:
+        return None
+
+
+@example(["Tue,", "3", "Nov", "26", "10:17:29", "+0100"])  # a two-digit year, widened
+@example(["3", "Nov", "1970", "10:17:29", "-0000"])  # UTC, the zone unknown
+@example(["Tue,", "3", "Nov", "2026", "10::29", "+0100"])  # an empty clock part
+@example(["3", "Nov", "2026", "10:17", "+0100"])  # no seconds
+@example(["Tue,", "31", "Nov", "2026", "10:17:29", "-2359"])  # no such day
+@example(["Tue,", "3", "Nov", "2026", "10:17:29", "+2400"])  # no such zone
+@given(_date_words())
+def test_a_hops_date_is_what_email_utils_reads(words: list[str]) -> None:
+    value = "from a by b with ESMTP id 1; " + " ".join(words)
+    expected = _stdlib_date(words)
+    date = parse_received(value).date
+    assert date == expected
+    if date is not None:
+        assert date.tzinfo is dt.UTC
+
+
+def _stdlib_address(word: str) -> str | None:
+    text = word[1:].partition("]")[0] if word.startswith("[") else word
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    return text.lower()
+
+
+_address_words = st.one_of(
+    st.text(alphabet="0123456789.", max_size=20),
+    st.lists(_OCTET, min_size=1, max_size=6).map(".".join),
+    st.lists(_OCTET, min_size=4, max_size=4).map(".".join),
+    st.lists(_DIGIT_WORDS, min_size=3, max_size=5).map(".".join),
+    st.text(alphabet="0123456789abcdefABCDEF.:%[]", max_size=24),
+    st.ip_addresses().map(str),
+)
+
+
+@given(_address_words)
+def test_an_address_in_a_comment_is_read_as_ipaddress_reads_it(word: str) -> None:
+    # The address the hop's writer saw, in its comment; the name itself is a host name.
+    hop = parse_received(f"from client.example ({word}) by mx.example with ESMTP id 1")
+    expected = _stdlib_address(word)
+    if expected is None:
+        assert hop.from_ip is None
+    else:
+        assert hop.from_ip == expected
+
+
+# ---- received_values against a literal, line-by-line reading of the header section ----------
+
+
+def _literal_received_values(text: str) -> list[str]:
+    # The rule in docs/received.md, one line at a time: the section ends at the first empty
+    # (or "\r") line or at a line that is neither a continuation (white space first) nor a
+    # field ("name:", the name without white space), CR-only lines and an mbox "From " line
+    # first are passed over, and continuation lines belong to the field above them.
+    fields: list[tuple[str, list[str]]] = []
+    for number, line in enumerate(text.split("\n")):
+        if line in ("", "\r"):
+            break
+        if line[0] in " \t":
+            if fields:
+                fields[-1][1].append(line)
+            continue
+        name, colon, rest = line.partition(":")
+        name = name.rstrip()
+        if colon and name and not any(char.isspace() for char in name):
+            fields.append((name, [rest]))
+        elif (number == 0 and line.startswith("From ")) or not line.strip("\r"):
+            continue
+        else:
+            break
+    return [
+        "".join(lines).replace("\r", "").strip()
+        for name, lines in fields
+        if name.lower() == "received"
+    ]
+
+
+_header_lines = st.lists(
+    st.tuples(
+        st.sampled_from(
+            [
+                "Received: from a by b",
+                "received :x",
+                "RECEIVED\t: y",
+                "Received-SPF: pass",
+                "Receive: no",
+                "X-Received: no",
+                "Subject: s",
+                "From x@y",
+                "From: z",
+                " continued",
+                "\tcontinued",
+                "\r\r",
+                "\r",
+                "",
+                "no header here",
+                "bad name: v",
+                "Recei\xa0ved: nbsp",
+                "Re\u0130ceived: dotted",
+                ":empty name",
+                "Rec\x1ceived: odd",
+            ]
+        ),
+        st.booleans(),
+    ).map(lambda pair: pair[0] + "\r" * pair[1]),  # a stray CR at the end
+    max_size=12,
+)
+
+
+@example(["Received: a", "\r\r", " b", "Subject: s"], "\n", True)
+@example(
+    ["From x@y", "Received: a", "\r\r", "\r\r", "\tb", "bad line", "Received: c"], "\r\n", False
+)
+@given(_header_lines, st.sampled_from(["\n", "\r\n"]), st.booleans())
+def test_received_values_split_the_section_as_read_line_by_line(
+    lines: list[str], newline: str, final_newline: bool
+) -> None:
+    text = newline.join(lines) + (newline if final_newline else "")
+    expected = _literal_received_values(text)
+    assert received_values(text) == expected
+    assert received_values(text.encode("utf-8")) == expected
+
+
+@given(
+    values=st.lists(st.sampled_from(_HOP_POOL[:2] + _HOP_POOL[4:]), max_size=6),
+    client=st.none() | st.sampled_from(["192.0.2.1", "203.0.113.16", "ex16.fabrikam.example"]),
+)
+def test_matched_compares_the_sender_hop_with_its_client(
+    values: list[str], client: str | None
+) -> None:
+    values = [*values, _HOP_POOL[5]]
+    found = find_sender(values, own_hosts=["receiver.example"], client=client)
+    if found is None:
+        return
+    hops = [parse_received(value) for value in values]
+    hop = hops[found.index]
+    seen_host: str | None
+    seen_ip: str | None
+    if client is not None:
+        seen_host, seen_ip = client, client
+    elif found.index > 0:
+        seen_host, seen_ip = hops[found.index - 1].from_host, hops[found.index - 1].from_ip
+    else:
+        seen_host = seen_ip = None
+    same_host = seen_host is not None and seen_host.lower() == hop.by_host
+    same_ip = (
+        seen_ip is not None
+        and hop.by_ip is not None
+        and _stdlib_address(seen_ip) is not None
+        and ipaddress.ip_address(seen_ip) == ipaddress.ip_address(hop.by_ip)
+    )
+    assert found.matched == (same_host or same_ip)
