@@ -28,9 +28,10 @@ Decisions that shaped this module:
 * **Forgiving fields.** Malformed input gives a ``Hop`` whose unknown fields are ``None``.
   Hosts are lower-cased without a trailing dot; addresses keep their written form without
   brackets or the Sendmail ``IPv6:`` prefix (lower-cased), and are accepted only when
-  :mod:`ipaddress` accepts them (IPv4 is checked by its rules without calling it). An address in the comment after ``from``/``by`` (the
-  address the server saw, as Postfix, Sendmail and Exchange write it) wins over an address
-  literal used as the name (which the client merely claimed in its greeting).
+  :mod:`ipaddress` accepts them (IPv4 is checked by its rules without calling it). An
+  address in the comment after ``from``/``by`` (the address the server saw, as Postfix,
+  Sendmail and Exchange write it) wins over an address literal used as the name (which the
+  client merely claimed in its greeting).
 * **Clauses.** Each clause (``from``, ``by``, ``with``, ``id``, ``via``, ``for``; keywords
   are case-insensitive) counts the first time it appears. ``protocol`` and ``via`` are the
   words after their keyword up to the next comment, keyword or ``;`` — so Microsoft's
@@ -88,12 +89,13 @@ _EXCHANGE_ONLINE_SUFFIXES = (
     "microsoft.com",
 )
 _KEYWORDS = ("from", "by", "with", "id", "via", "for")
-# What ends a clause: every spelling of a keyword (they are case-insensitive), and ";".
-_MARKS = frozenset(
-    "".join(spelling)
+# What ends a clause, and what it is: every spelling of a keyword (they are
+# case-insensitive), and ";".
+_MARKS = {
+    "".join(spelling): keyword
     for keyword in _KEYWORDS
     for spelling in itertools.product(*((char, char.upper()) for char in keyword))
-) | {";"}
+} | {";": ";"}
 _BUILD_PROTOCOLS = frozenset({"microsoft smtp server", "mapi"})
 # Bounds on what is handed to the standard library; see the module docstring.
 _MAX_ID = 64
@@ -381,17 +383,16 @@ def _walk(piece: str, depth: int) -> tuple[int, int, bool]:
 def _clauses(words: list[str]) -> tuple[dict[str, tuple[int, int]], int | None]:
     # Where each clause before the last ";" lies, by keyword (a repeated keyword opens a
     # clause that is dropped), and where the words after that ";" (the date) begin.
-    marks = [index for index, word in enumerate(words) if word in _MARKS]
-    semicolons = [index for index in marks if words[index] == ";"]
-    last = semicolons[-1] if semicolons else len(words)
+    marks = list(itertools.compress(range(len(words)), map(_MARKS.__contains__, words)))
+    last = len(words) - words[::-1].index(";") - 1 if ";" in words else None
     bounds: dict[str, tuple[int, int]] = {}
     for start, end in zip(marks, [*marks[1:], len(words)], strict=False):
-        if start >= last:
+        if last is not None and start >= last:
             break
-        keyword = words[start].lower()
-        if keyword != ";" and keyword not in bounds:
+        keyword = _MARKS[words[start]]
+        if keyword not in bounds and keyword != ";":
             bounds[keyword] = (start + 1, end)
-    return bounds, last + 1 if semicolons else None
+    return bounds, None if last is None else last + 1
 
 
 def _first_word(clause: list[str] | None) -> str | None:
@@ -775,21 +776,48 @@ def _header_end(text: _Text, newline: _Text, carriage_return: _Text) -> int:
     return len(text) if found < 0 else found + 1
 
 
-# The header section: an mbox "From " line first, then lines that each continue a field
-# (white space first), start one (a name without white space, then ":") or hold only CRs
-# (ignored). It ends, as email.feedparser ends it, before the first line that is empty,
-# "\r" or none of these.
-_SECTION = re.compile(r"(?:From .*\n)?(?:(?:[ \t].*|[^\s:]+[^\S\n]*:.*|\r\r+)(?:\n|\Z))*")
+# A line that may end the header section: one that neither continues a field (white space
+# first) nor plainly starts one (a printable ASCII name, then ":"). Few lines are suspects
+# (the empty line that ends the section always is); each is then judged exactly.
+_SUSPECT = re.compile(r"\n(?![ \t]|[!-9;-~]+:)")
 # A Received field in the lower-cased section (behind a "\n" put first): its value runs
 # over the continuation lines, and over CR-only lines between them, which say nothing.
 _RECEIVED = re.compile(r"\nreceived[^\S\n]*:(.*(?:\n(?:\r\r+\n)*[ \t].*)*)")
 _ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 
 
+def _section_end(text: str) -> int:
+    # Where the header section at the start of `text` ends: before its first line that is
+    # empty, "\r", or neither a field, a continuation, a CR-only line nor (first) an mbox
+    # "From " line, as email.feedparser ends it.
+    end = text.find("\n")
+    if not _in_section(text if end < 0 else text[:end], first=True):
+        return 0
+    while end >= 0 and (suspect := _SUSPECT.search(text, end)) is not None:
+        start = suspect.end()
+        end = text.find("\n", start)
+        if not _in_section(text[start:] if end < 0 else text[start:end], first=False):
+            return start
+    return len(text)
+
+
+def _in_section(line: str, *, first: bool) -> bool:
+    if line in ("", "\r"):
+        return False
+    if line[0] in " \t":
+        return True
+    name, colon, _ = line.partition(":")
+    name = name.rstrip()
+    # str.split() splits at exactly the characters str.isspace() accepts.
+    if colon and name and name.split(maxsplit=1) == [name]:
+        return True
+    return (first and line.startswith("From ")) or not line.strip("\r")
+
+
 def _received_fields(head: str) -> list[str]:
-    # The unfolded Received values of the header section that `head` begins with. Both
+    # The unfolded Received values of the header section that `head` begins with. The
     # patterns are linear: their alternatives and repeats start with disjoint characters.
-    section = head[: _SECTION.match(head).end()]  # type: ignore[union-attr]  # matches ""
+    section = head[: _section_end(head)]
     # Only the ASCII letters of "received" lower-case to them (a test checks every code
     # point), so lower-casing ASCII alone finds every Received field and keeps offsets.
     low = section.lower() if section.isascii() else section.translate(_ASCII_LOWER)
