@@ -457,6 +457,31 @@ def test_unreadable_server_row_raises_store_error_naming_the_server(
         list(store.states())
 
 
+def test_a_row_changed_behind_the_stores_back_is_read_afresh(backend: Backend) -> None:
+    # The store reuses the state it last decoded for a server while the row's text stays
+    # the same; any other text, even at the same version, is decoded (or refused) anew.
+    store = backend.open()
+    store.put(state(), expected_version=None)
+    assert store.get("mx1.contoso.com") == Versioned(state(), 1)
+    changed = state(notified_stage=2)
+    backend.plant("server", "mx1.contoso.com", 1, 1, dumps(changed))
+    assert store.get("mx1.contoso.com") == Versioned(changed, 1)
+    for _, schema, data, message in UNREADABLE_SERVER_ROWS:
+        backend.plant("server", "mx1.contoso.com", 1, schema, data)
+        with pytest.raises(StoreError, match=message):
+            store.get("mx1.contoso.com")
+        backend.plant("server", "mx1.contoso.com", 1, 1, dumps(changed))
+        assert store.get("mx1.contoso.com") == Versioned(changed, 1)
+
+
+def test_the_decoded_states_kept_are_bounded(store: StateStore) -> None:
+    # Reading many servers once each (a sweep) must not keep every decoded state.
+    store.put_many([StateWrite(state(f"mx{i:05d}"), None) for i in range(5_000)])
+    for i in range(5_000):
+        assert store.get(f"mx{i:05d}") == Versioned(state(f"mx{i:05d}"), 1)
+    assert len(store._decoded_rows) <= 4_096  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize("expected_version", [None, 1, 3, 4])
 @pytest.mark.parametrize(
     ("schema", "data"),

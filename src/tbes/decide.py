@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import attrs
 
-from tbes.catalog import Baseline, Catalog
+from tbes.catalog import Baseline, Catalog, Compliance
 from tbes.errors import InvalidValueError, NaiveDatetimeError, PolicyError
 from tbes.ledger import Pause
 from tbes.stages import DEFAULT_STAGE_TABLE, Stage, StageTable
@@ -584,12 +584,16 @@ def _covering_end(spans: tuple[_Span, ...], now: dt.datetime) -> dt.datetime | N
     return None
 
 
+# Each status's text, looked up once: an enum member's .value is a Python-level property.
+_STATUS_TEXT = {status: status.value for status in Compliance}
+
+
 def _outside(state: ServerState) -> Decision:
     """The decision for a server that is not in an enforcement episode."""
     if state.compliant_since is not None:
         why = f"compliant since {state.compliant_since.isoformat()}, enforcement stopped"
     else:
-        why = f"no enforcement episode (status {state.status.value})"
+        why = f"no enforcement episode (status {_STATUS_TEXT[state.status]})"
     reason = f"{state.server_id}: {why}."
     return _decision(Action.ACCEPT, None, None, False, False, _ZERO, None, reason)
 
@@ -604,7 +608,8 @@ def decide(state: ServerState, now: dt.datetime, policy: Policy = DEFAULT_POLICY
     :class:`~tbes.errors.NaiveDatetimeError`; arguments of the wrong type raise
     :class:`~tbes.errors.InvalidValueError` naming the argument.
     """
-    now = _as_utc(now, "now")
+    if type(now) is not dt.datetime or now.tzinfo is not dt.UTC:  # else already in UTC
+        now = _as_utc(now, "now")
     if policy is not DEFAULT_POLICY and not isinstance(policy, Policy):
         raise InvalidValueError(f"policy must be a Policy, got {policy!r:.80}")
     try:  # free unless it raises; ServerState is imported for type checking only

@@ -27,12 +27,16 @@ from tbes.store.protocol import (
 
 __all__ = ["RowStore"]
 
+_MAX_DECODED = 4096
+
 
 class RowStore:
     """The parts of a :class:`~tbes.store.StateStore` that are the same for every back end.
 
     A subclass implements :meth:`_read_row`, :meth:`_apply` and :meth:`_states`.
     """
+
+    _decoded_rows: dict[str, tuple[object, object, ServerState]]
 
     def _read_row(self, table: str, key: str) -> RawRow | None:
         """The stored row of ``key`` in ``table`` (``"server"`` or ``"ledger"``), or ``None``."""
@@ -58,7 +62,27 @@ class RowStore:
     def get(self, server_id: str) -> Versioned[ServerState] | None:
         """The stored state of ``server_id`` and its version, or ``None``."""
         row = self._read_row("server", check_key("server_id", server_id))
-        return None if row is None else Versioned(load_state(server_id, row[1], row[2]), row[0])
+        if row is None:
+            return None
+        version, schema, data = row
+        return Versioned(self._decoded(server_id, schema, data), version)
+
+    def _decoded(self, server_id: str, schema: object, data: object) -> ServerState:
+        # A busy server's row is read for every message but seldom changes, and decoding it
+        # costs about a third of a check: the last state decoded per server is reused while
+        # the stored text is the same (states are immutable, so sharing one is safe).
+        try:
+            cache = self._decoded_rows
+        except AttributeError:  # subclasses have their own __init__: made on first use
+            cache = self._decoded_rows = {}
+        entry = cache.get(server_id)
+        if entry is not None and entry[0] == schema and entry[1] == data:
+            return entry[2]
+        state = load_state(server_id, schema, data)
+        if len(cache) >= _MAX_DECODED:  # bounded: a wide scan must not keep every state
+            cache.clear()
+        cache[server_id] = (schema, data, state)
+        return state
 
     def get_ledger(self, tenant: str) -> Versioned[PauseLedger] | None:
         """The stored pause ledger of ``tenant`` and its version, or ``None``."""
