@@ -42,7 +42,7 @@ relapse_windows = st.timedeltas(dt.timedelta(0), 90 * DAY)
 
 def step(state: ServerState | None, seen: Observation, policy: Policy) -> ServerState:
     status, build, at = seen
-    return observe(
+    new = observe(
         state,
         server_id="EX01",
         tenant="contoso",
@@ -51,6 +51,14 @@ def step(state: ServerState | None, seen: Observation, policy: Policy) -> Server
         at=at,
         policy=policy,
     )
+    # observe copies states slot by slot: the result must pass the class's checks and equal,
+    # derived fields included, the state built afresh from its fields.
+    attrs.validate(new)
+    rebuilt = ServerState(*(getattr(new, f.name) for f in attrs.fields(ServerState) if f.init))
+    assert rebuilt == new
+    assert rebuilt._window_offset == new._window_offset
+    assert rebuilt._pause_spans == new._pause_spans
+    return new
 
 
 def not_before(new: dt.datetime | None, old: dt.datetime | None) -> bool:
