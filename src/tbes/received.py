@@ -69,7 +69,6 @@ import email.utils
 import ipaddress
 import itertools
 import re
-import string
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -234,16 +233,19 @@ class _Scan:
             self._build = _build(_leading_words(self._clause("with")), self._clause("id"))
         return self._build
 
-    def client(self) -> tuple[str | None, str | None]:
-        """``(from_host, from_ip)``: the client the hop's writer took the message from."""
-        return _host(self._clause("from")), _ip(self._full_clause("from"))
+    def client_host(self) -> str | None:
+        """``from_host``: the client the hop's writer took the message from, by name."""
+        return _host(self._clause("from"))
+
+    def client_ip(self) -> str | None:
+        """``from_ip``: the client's address, as the hop's writer saw it."""
+        return _ip(self._full_clause("from"))
 
     def hop(self) -> Hop:
         """Every field, as a Hop."""
-        from_host, from_ip = self.client()
         return _hop(
-            from_host,
-            from_ip,
+            self.client_host(),
+            self.client_ip(),
             self.by_host,
             _ip(self._full_clause("by")),
             _leading_words(self._clause("with")),
@@ -604,8 +606,10 @@ def find_sender(
     if client is not None:
         matched = _same_host(client, hop.by_host) or _same_ip(client, hop.by_ip)
     elif first > 0:
-        above_host, above_ip = hops[first - 1].client()
-        matched = _same_host(above_host, hop.by_host) or _same_ip(above_ip, hop.by_ip)
+        above = hops[first - 1]  # its address is read only if its name does not match
+        matched = _same_host(above.client_host(), hop.by_host) or _same_ip(
+            above.client_ip(), hop.by_ip
+        )
     else:
         matched = False
     return _evidence(build, hop.by_host, hop.by_ip, first, hop, matched)
@@ -776,29 +780,40 @@ def _header_end(text: _Text, newline: _Text, carriage_return: _Text) -> int:
     return len(text) if found < 0 else found + 1
 
 
-# A line that may end the header section: one that neither continues a field (white space
-# first) nor plainly starts one (a printable ASCII name, then ":"). Few lines are suspects
-# (the empty line that ends the section always is); each is then judged exactly.
-_SUSPECT = re.compile(r"\n(?![ \t]|[!-9;-~]+:)")
-# A Received field in the lower-cased section (behind a "\n" put first): its value runs
-# over the continuation lines, and over CR-only lines between them, which say nothing.
-_RECEIVED = re.compile(r"\nreceived[^\S\n]*:(.*(?:\n(?:\r\r+\n)*[ \t].*)*)")
-_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+# "received" in any case: only the ASCII letters lower-case to its letters (a test checks
+# every code point), so this is exactly the old test name.lower() == "received".
+_RECEIVED_NAME = r"[Rr][Ee][Cc][Ee][Ii][Vv][Ee][Dd][^\S\n]*:"
+# A line that matters: a Received field (group 1 set), or a line that may end the header
+# section, one that neither continues a field (white space first) nor plainly starts one (a
+# printable ASCII name, then ":"). Suspects are few (the empty line that ends the section
+# always is one) and each is then judged exactly.
+_NOTABLE_LINE = re.compile(rf"\n(?:({_RECEIVED_NAME})|(?![ \t]|[!-9;-~]+:))")
+_FIRST_RECEIVED = re.compile(_RECEIVED_NAME)
+# A field's value: its first line's rest, then its continuation lines and the CR-only lines
+# between them, which say nothing.
+_VALUE = re.compile(r".*(?:\n(?:\r\r+\n)*[ \t].*)*")
 
 
-def _section_end(text: str) -> int:
-    # Where the header section at the start of `text` ends: before its first line that is
-    # empty, "\r", or neither a field, a continuation, a CR-only line nor (first) an mbox
-    # "From " line, as email.feedparser ends it.
-    end = text.find("\n")
-    if not _in_section(text if end < 0 else text[:end], first=True):
-        return 0
-    while end >= 0 and (suspect := _SUSPECT.search(text, end)) is not None:
-        start = suspect.end()
-        end = text.find("\n", start)
-        if not _in_section(text[start:] if end < 0 else text[start:end], first=False):
-            return start
-    return len(text)
+def _received_fields(head: str) -> list[str]:
+    # The unfolded Received values of the header section that `head` begins with, which
+    # ends, as email.feedparser ends it, before its first line that is empty, "\r", or
+    # neither a field, a continuation, a CR-only line nor (first) an mbox "From " line. One
+    # pass of a linear pattern visits the lines that matter.
+    first_end = head.find("\n")
+    if not _in_section(head if first_end < 0 else head[:first_end], first=True):
+        return []
+    values: list[str] = []
+    if (name := _FIRST_RECEIVED.match(head)) is not None:
+        values.append(_unfold(_VALUE.match(head, name.end()).group()))  # type: ignore[union-attr]
+    for line in _NOTABLE_LINE.finditer(head):
+        if line.group(1) is not None:
+            values.append(_unfold(_VALUE.match(head, line.end()).group()))  # type: ignore[union-attr]
+            continue
+        start = line.end()
+        end = head.find("\n", start)
+        if not _in_section(head[start:] if end < 0 else head[start:end], first=False):
+            break
+    return values
 
 
 def _in_section(line: str, *, first: bool) -> bool:
@@ -812,14 +827,3 @@ def _in_section(line: str, *, first: bool) -> bool:
     if colon and name and name.split(maxsplit=1) == [name]:
         return True
     return (first and line.startswith("From ")) or not line.strip("\r")
-
-
-def _received_fields(head: str) -> list[str]:
-    # The unfolded Received values of the header section that `head` begins with. The
-    # patterns are linear: their alternatives and repeats start with disjoint characters.
-    section = head[: _section_end(head)]
-    # Only the ASCII letters of "received" lower-case to them (a test checks every code
-    # point), so lower-casing ASCII alone finds every Received field and keeps offsets.
-    low = section.lower() if section.isascii() else section.translate(_ASCII_LOWER)
-    spans = (found.span(1) for found in _RECEIVED.finditer("\n" + low))
-    return [_unfold(section[start - 1 : end - 1]) for start, end in spans]
