@@ -194,31 +194,52 @@ _UNREAD: Any = object()
 
 
 class _Scan:
-    """One Received value cut into clauses; each field is read from them on first use.
+    """One Received value, its fields read on first use.
 
-    :func:`find_sender` needs only the writer (``by``) of the hops above the sender, not
-    their dates, TLS or addresses, so it reads those and nothing more. Most fields need
-    only the words outside comments (a comment stands there as ``"("``); the addresses and
-    TLS are read from the comments' text, which is put in place only for them.
+    :func:`find_sender` needs only the writer (``by``) of most hops above the sender, not
+    their dates, TLS or addresses, so it reads that and nothing more: the name after the
+    first ``by`` is found in the text outside comments (:func:`_clause_name`) without
+    cutting it into clauses, which is done only for the fields that need it. Most fields
+    need only the words outside comments (a comment stands there as ``"("``); the addresses
+    and TLS are read from the comments' text, which is put in place only for them.
     """
 
-    __slots__ = ("_bounds", "_build", "_comments", "_date", "_tokens", "_words", "by_host")
+    __slots__ = (
+        "_bounds",
+        "_build",
+        "_comments",
+        "_date",
+        "_lowered",
+        "_tokens",
+        "_words",
+        "by_host",
+    )
 
     def __init__(self, value: str) -> None:
-        self._words, self._comments = _words(value)
-        self._bounds, self._date = _clauses(self._words)
+        text, self._comments = _outside(value)
+        self._words = text.split()
+        # Lower-casing never makes or removes white space, so the words stay in step.
+        self._lowered = text.lower().split()
+        self._bounds: dict[str, tuple[int, int]] | None = None  # found on first use
+        self._date: int | None = None
         self._tokens: list[str] | None = None
         self._build: ExchangeBuild | None = _UNREAD
-        self.by_host = _host(self._clause("by"))
+        self.by_host = _host_named(_clause_name(self._words, self._lowered, "by"))
+
+    def _cut(self) -> dict[str, tuple[int, int]]:
+        # Where each clause lies among the words (and where the date begins).
+        if self._bounds is None:
+            self._bounds, self._date = _clauses(self._words)
+        return self._bounds
 
     def _clause(self, keyword: str) -> list[str] | None:
         # The clause's words, each comment standing as "(".
-        bounds = self._bounds.get(keyword)
+        bounds = self._cut().get(keyword)
         return None if bounds is None else self._words[bounds[0] : bounds[1]]
 
     def _full_clause(self, keyword: str) -> list[str] | None:
         # The clause's tokens, each comment as "(" and its text.
-        bounds = self._bounds.get(keyword)
+        bounds = self._cut().get(keyword)
         if bounds is None:
             return None
         if self._tokens is None:
@@ -235,7 +256,7 @@ class _Scan:
 
     def client_host(self) -> str | None:
         """``from_host``: the client the hop's writer took the message from, by name."""
-        return _host(self._clause("from"))
+        return _host_named(_clause_name(self._words, self._lowered, "from"))
 
     def client_ip(self) -> str | None:
         """``from_ip``: the client's address, as the hop's writer saw it."""
@@ -243,6 +264,7 @@ class _Scan:
 
     def hop(self) -> Hop:
         """Every field, as a Hop."""
+        self._cut()
         return _hop(
             self.client_host(),
             self.client_ip(),
@@ -318,12 +340,33 @@ def _evidence(
     return evidence
 
 
-def _words(value: str) -> tuple[list[str], list[str]]:
-    """The words and ``;`` outside comments, each comment standing as ``(``; the comments."""
+def _outside(value: str) -> tuple[str, list[str]]:
+    """The text outside comments, each comment standing as a word ``(``; the comments.
+
+    No "(" is left outside comments, so " ( " can stand for "a comment was here"; a stray
+    ")" has nothing to close and is white space; ";" is made a word of its own. Splitting
+    the text at white space then gives the words (and unfolds: CR/LF are spaces).
+    """
     outside, comments = _split_comments(value)
-    # No "(" is left outside comments, so " ( " can stand for "a comment was here"; a stray
-    # ")" has nothing to close and is white space. Splitting also unfolds: CR/LF are spaces.
-    return " ( ".join(outside).replace(")", " ").replace(";", " ; ").split(), comments
+    return " ( ".join(outside).replace(")", " ").replace(";", " ; "), comments
+
+
+def _clause_name(words: list[str], lowered: list[str], keyword: str) -> str | None:
+    # The first word of the clause that `keyword` opens that is no comment, or None:
+    # _first_word of the clause as _clauses cuts it, found by C-level list searches instead.
+    # The clause is opened by the keyword's first occurrence (`lowered` are the words in
+    # lower case: only the ASCII spellings of a keyword lower-case to it, a test checks
+    # every code point), counts only before the last ";", and ends at the next mark.
+    try:
+        start = lowered.index(keyword) + 1
+    except ValueError:
+        return None
+    if ";" in words and start > len(words) - words[::-1].index(";"):
+        return None
+    for word in itertools.islice(words, start, None):
+        if word != "(":
+            return None if word in _MARKS else word
+    return None
 
 
 def _split_comments(value: str) -> tuple[list[str], list[str]]:
@@ -405,9 +448,9 @@ def _first_word(clause: list[str] | None) -> str | None:
     return None
 
 
-def _host(clause: list[str] | None) -> str | None:
-    # The host a from/by clause names; None for none or an address literal ("[192.0.2.1]").
-    name = _first_word(clause)
+def _host_named(name: str | None) -> str | None:
+    # The host a from/by clause names by its first word; None for none or an address
+    # literal ("[192.0.2.1]").
     if name is None or name.startswith("[") or _address(name) is not None:
         return None
     return name.rstrip(".").lower() or None
@@ -439,12 +482,15 @@ def _comment_address(clause: list[str]) -> str | None:
 
 # What an IPv4 or IPv6 address (before any %zone) is written with.
 _ADDRESS_CHARS = frozenset("0123456789abcdefABCDEF.:")
+_ADDRESS_STARTS = frozenset("[0123456789")
 
 
 def _address(text: str) -> str | None:
     """The IP address a word names (``1.2.3.4``, ``[::1]``, ``[IPv6:2001:db8::1]``), or None."""
     if len(text) > _MAX_ADDRESS:
         return None
+    if ":" not in text and text[:1] not in _ADDRESS_STARTS:
+        return None  # IPv4 starts with a digit, IPv6 (and "IPv6:") has colons: a host name
     if text.startswith("["):
         end = text.find("]")
         # Exim may append the port: "[192.0.2.1]:54321".

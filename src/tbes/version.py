@@ -9,6 +9,7 @@ total: any text either gives a build or raises :class:`~tbes.errors.InvalidBuild
 from __future__ import annotations
 
 import enum
+import re
 
 import attrs
 
@@ -16,7 +17,8 @@ from tbes.errors import InvalidBuildError
 
 __all__ = ["ExchangeBuild", "Product"]
 
-_ASCII_DIGITS = frozenset("0123456789")
+# Three or four dot-separated numbers of ASCII digits ([0-9], not \d: no other scripts).
+_BUILD_TEXT = re.compile(r"([0-9]+)\.([0-9]+)\.([0-9]+)(?:\.([0-9]+))?")
 # Longer texts are not builds; the bound keeps int() far from its digit limit.
 _MAX_TEXT = 200
 
@@ -86,19 +88,14 @@ class ExchangeBuild:
         if not isinstance(text, str):
             raise InvalidBuildError(f"a build number must be a str, got {type(text).__name__}")
         stripped = text.strip()
-        parts = stripped.split(".")
-        valid = (
-            len(stripped) <= _MAX_TEXT
-            and len(parts) in (3, 4)
-            and all(part and _ASCII_DIGITS.issuperset(part) for part in parts)
-        )
-        if not valid:
+        found = _BUILD_TEXT.fullmatch(stripped) if len(stripped) <= _MAX_TEXT else None
+        if found is None:
             raise InvalidBuildError(
                 f"not an Exchange build number: {text!r} "
                 "(expected three or four dot-separated numbers, like '15.1.2507.23')"
             )
-        numbers = [int(part) for part in parts]
-        return cls(*numbers)
+        major, minor, build, revision = found.groups("0")
+        return cls(int(major), int(minor), int(build), int(revision))
 
     @property
     def long(self) -> str:

@@ -17,6 +17,9 @@ from tbes import serde
 from tbes.received import (
     Hop,
     SenderEvidence,
+    _first_word,
+    _host_named,
+    _Scan,
     _split_comments,
     find_sender,
     parse_received,
@@ -563,3 +566,37 @@ def test_matched_compares_the_sender_hop_with_its_client(
         and ipaddress.ip_address(seen_ip) == ipaddress.ip_address(hop.by_ip)
     )
     assert found.matched == (same_host or same_ip)
+
+
+# ---- the shortcuts find_sender takes agree with the clauses cut in full ----------------------
+
+
+def test_lower_casing_keeps_the_words_and_the_keywords_of_a_received_header() -> None:
+    # _Scan finds keywords among lower-cased words, and received_values "received" with
+    # ASCII character classes: both rely on no other code point lower-casing to those
+    # letters, and on lower-casing never making or removing white space.
+    letters = set("received" + "from" + "by" + "with" + "id" + "via" + "for")
+    others = [chr(point) for point in range(0x80, 0x110000)]
+    assert [c for c in others if set(c.lower()) <= letters] == []
+    assert [c for c in others if any(x.isspace() for x in c.lower()) != c.isspace()] == []
+
+
+_clause_texts = st.lists(
+    st.sampled_from(
+        [
+            *("from", "FROM", "By", "by", "bY", "with", "id", ";", "(c)", "a.example"),
+            *("[192.0.2.1]", "10.0.0.1", "\u0130d", "b\u0131", "x\u00a0by", "by\u00a0x", "("),
+            *(")", "\r\n\t", "For"),
+        ]
+    ),
+    max_size=14,
+).map(" ".join)
+
+
+@example("from a.example ; by b.example")  # after the last ";": no clause
+@example("from (c) a.example by b.example ; x")
+@given(st.one_of(_clause_texts, received_texts, st.text()))
+def test_the_writer_and_client_names_are_those_of_the_clauses_cut_in_full(value: str) -> None:
+    scan = _Scan(value)
+    assert scan.by_host == _host_named(_first_word(scan._clause("by")))
+    assert scan.client_host() == _host_named(_first_word(scan._clause("from")))
