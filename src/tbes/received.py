@@ -69,7 +69,7 @@ import email.utils
 import ipaddress
 import itertools
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import attrs
@@ -554,17 +554,10 @@ def _build(protocol: str | None, id_clause: list[str] | None) -> ExchangeBuild |
         return None
 
 
-def _date(tokens: list[str]) -> _dt.datetime | None:
-    words: list[str] = []
-    size = 0
-    for token in tokens:
-        if token.startswith("("):
-            continue
-        size += len(token) + 1
-        if size > _MAX_DATE:
-            return None
-        words.append(token)
-    if not words:
+def _date(words: list[str]) -> _dt.datetime | None:
+    # The words after the last ";" outside comments, comments (standing as "(") left out.
+    words = [word for word in words if word != "("]
+    if not words or sum(map(len, words)) + len(words) > _MAX_DATE:
         return None
     text = " ".join(words)
     try:
@@ -672,11 +665,10 @@ def _texts(values: Iterable[str], name: str) -> tuple[str, ...]:
     return items
 
 
-def _own_names(own_hosts: Iterable[str]) -> tuple[str, ...]:
+def _own_names(own_hosts: Iterable[str]) -> Iterator[str]:
     # A bare str is one host name, not an iterable of one-letter names.
     names = (own_hosts,) if isinstance(own_hosts, str) else _texts(own_hosts, "own_hosts")
-    cleaned = (_host_key(name) for name in names)
-    return tuple(name for name in cleaned if name)
+    return filter(None, map(_host_key, names))
 
 
 class _LazyHops:
