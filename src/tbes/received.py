@@ -95,6 +95,10 @@ _MARKS = {
     for keyword in _KEYWORDS
     for spelling in itertools.product(*((char, char.upper()) for char in keyword))
 } | {";": ";"}
+_SPELLINGS = {
+    keyword: frozenset(word for word, meant in _MARKS.items() if meant == keyword)
+    for keyword in _KEYWORDS
+}
 _BUILD_PROTOCOLS = frozenset({"microsoft smtp server", "mapi"})
 # Bounds on what is handed to the standard library; see the module docstring.
 _MAX_ID = 64
@@ -209,7 +213,6 @@ class _Scan:
         "_build",
         "_comments",
         "_date",
-        "_lowered",
         "_tokens",
         "_words",
         "by_host",
@@ -218,13 +221,11 @@ class _Scan:
     def __init__(self, value: str) -> None:
         text, self._comments = _outside(value)
         self._words = text.split()
-        # Lower-casing never makes or removes white space, so the words stay in step.
-        self._lowered = text.lower().split()
         self._bounds: dict[str, tuple[int, int]] | None = None  # found on first use
         self._date: int | None = None
         self._tokens: list[str] | None = None
         self._build: ExchangeBuild | None = _UNREAD
-        self.by_host = _host_named(_clause_name(self._words, self._lowered, "by"))
+        self.by_host = _host_named(_clause_name(self._words, "by"))
 
     def _cut(self) -> dict[str, tuple[int, int]]:
         # Where each clause lies among the words (and where the date begins).
@@ -256,7 +257,7 @@ class _Scan:
 
     def client_host(self) -> str | None:
         """``from_host``: the client the hop's writer took the message from, by name."""
-        return _host_named(_clause_name(self._words, self._lowered, "from"))
+        return _host_named(_clause_name(self._words, "from"))
 
     def client_ip(self) -> str | None:
         """``from_ip``: the client's address, as the hop's writer saw it."""
@@ -351,19 +352,16 @@ def _outside(value: str) -> tuple[str, list[str]]:
     return " ( ".join(outside).replace(")", " ").replace(";", " ; "), comments
 
 
-def _clause_name(words: list[str], lowered: list[str], keyword: str) -> str | None:
+def _clause_name(words: list[str], keyword: str) -> str | None:
     # The first word of the clause that `keyword` opens that is no comment, or None:
-    # _first_word of the clause as _clauses cuts it, found by C-level list searches instead.
-    # The clause is opened by the keyword's first occurrence (`lowered` are the words in
-    # lower case: only the ASCII spellings of a keyword lower-case to it, a test checks
-    # every code point), counts only before the last ";", and ends at the next mark.
-    try:
-        start = lowered.index(keyword) + 1
-    except ValueError:
+    # _first_word of the clause as _clauses cuts it, found without cutting the words into
+    # clauses. The clause is opened by the keyword's first occurrence in any spelling,
+    # counts only before the last ";", and ends at the next mark.
+    spellings = _SPELLINGS[keyword]
+    start = next((index for index, word in enumerate(words) if word in spellings), None)
+    if start is None or (";" in words and start > len(words) - 1 - words[::-1].index(";")):
         return None
-    if ";" in words and start > len(words) - words[::-1].index(";"):
-        return None
-    for word in itertools.islice(words, start, None):
+    for word in itertools.islice(words, start + 1, None):
         if word != "(":
             return None if word in _MARKS else word
     return None
