@@ -202,8 +202,8 @@ class _Scan:
 
     :func:`find_sender` needs only the writer (``by``) of most hops above the sender, not
     their dates, TLS or addresses, so it reads that and nothing more: the name after the
-    first ``by`` is found in the text outside comments (:func:`_clause_name`) without
-    cutting it into clauses, which is done only for the fields that need it. Most fields
+    first ``by`` is found among the words outside comments (:func:`_clause_name`) without
+    cutting them into clauses, which is done only for the fields that need it. Most fields
     need only the words outside comments (a comment stands there as ``"("``); the addresses
     and TLS are read from the comments' text, which is put in place only for them.
     """
