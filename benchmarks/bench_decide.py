@@ -2,7 +2,7 @@
 
 The cases are :func:`benchmarks.workload.decide_cases`: server states in every stage, some
 paused, some remediated, decided at instants spread over the hour, so every branch of
-:func:`~tbes.decide.decide` is taken. The baseline reads the fields decide reads and does
+:func:`~tbes.decision.decide` is taken. The baseline reads the fields decide reads and does
 one dict lookup: the floor for any Python function answering from a state. A pyperf
 script: run it directly (``python benchmarks/bench_decide.py -o out.json``) or through
 ``benchmarks/run.py``.
@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import pyperf
 
 from benchmarks.workload import decide_cases
-from tbes.decide import DEFAULT_POLICY, Action, Policy, decide
+from tbes.decision import Action, decide
+from tbes.policy import DEFAULT_POLICY, Policy
 from tbes.state import ServerState
 
 __all__ = ["check", "main", "trivial"]

@@ -32,8 +32,8 @@ from benchmarks.timing import Latency, file_system, latency
 from benchmarks.workload import NOW, OWN_HOSTS, connection, received_for, scale_state
 from tbes import serde
 from tbes.catalog import Catalog
-from tbes.decide import DEFAULT_POLICY
 from tbes.enforcer import Connection, Enforcer, utc_now
+from tbes.policy import DEFAULT_POLICY
 from tbes.store import MemoryStore, SQLiteStore, StateStore
 
 __all__ = ["main", "run"]

@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.timing import file_system, latency, peak_rss_mib
 from benchmarks.workload import NOW, OWN_HOSTS, connection, received_for, scale_states
 from tbes.catalog import Catalog
-from tbes.decide import DEFAULT_POLICY
 from tbes.enforcer import Enforcer
+from tbes.policy import DEFAULT_POLICY
 from tbes.report import report_row
 from tbes.store import SQLiteStore, StateWrite
 

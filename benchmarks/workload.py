@@ -12,9 +12,9 @@ import random
 from collections.abc import Iterator
 
 from tbes.catalog import Compliance
-from tbes.decide import ConnectorKind
 from tbes.enforcer import Connection
 from tbes.ledger import Pause
+from tbes.policy import ConnectorKind
 from tbes.state import ServerState
 from tbes.version import ExchangeBuild
 

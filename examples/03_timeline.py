@@ -14,7 +14,8 @@ from __future__ import annotations
 import datetime as dt
 
 from tbes.catalog import Catalog, assess
-from tbes.decide import DEFAULT_POLICY, Action, Decision, decide
+from tbes.decision import Action, Decision, decide
+from tbes.policy import DEFAULT_POLICY
 from tbes.state import ServerState, observe
 from tbes.version import ExchangeBuild
 

@@ -13,8 +13,9 @@ import tempfile
 from pathlib import Path
 
 from tbes.catalog import Catalog
-from tbes.decide import DEFAULT_POLICY, ConnectorKind, Decision
+from tbes.decision import Decision
 from tbes.enforcer import CallbackNotifier, Connection, Enforcer, Event
+from tbes.policy import DEFAULT_POLICY, ConnectorKind
 from tbes.store import SQLiteStore
 
 START = dt.datetime(2026, 1, 5, 10, 0, tzinfo=dt.UTC)

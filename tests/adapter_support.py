@@ -19,8 +19,9 @@ from collections.abc import Sequence
 import attrs
 
 from tbes.adapters.config import ConnectorRule
-from tbes.decide import Action, ConnectorKind, Decision, SmtpReply
+from tbes.decision import Action, Decision
 from tbes.enforcer import Connection
+from tbes.policy import ConnectorKind, SmtpReply
 from tbes.stages import DEFAULT_STAGE_TABLE
 
 __all__ = [

@@ -20,8 +20,9 @@ from tbes.adapters.config import (
     normalise_ip,
     parse_config,
 )
-from tbes.decide import Action, ConnectorKind
+from tbes.decision import Action
 from tbes.errors import NaiveDatetimeError, TbesError
+from tbes.policy import ConnectorKind
 from tbes.store.memory import MemoryStore
 from tbes.version import ExchangeBuild
 

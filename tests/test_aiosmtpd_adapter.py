@@ -18,8 +18,9 @@ from adapter_support import free_port, offset_minute, on_premises, reply_line, s
 from tbes.adapters.aiosmtpd import EnforcingHandler, peer_subject
 from tbes.adapters.config import AdapterConfig
 from tbes.catalog import Catalog
-from tbes.decide import Decision, Policy
+from tbes.decision import Decision
 from tbes.enforcer import Connection, Enforcer
+from tbes.policy import Policy
 from tbes.state import ServerState
 from tbes.store.memory import MemoryStore
 

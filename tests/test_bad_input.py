@@ -20,7 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tbes.catalog import Assessment, Baseline, Catalog, Compliance, assess
-from tbes.decide import DEFAULT_POLICY, Action, Decision, Policy, decide
+from tbes.decision import Action, Decision, decide
 from tbes.errors import (
     InvalidBuildError,
     InvalidPauseError,
@@ -31,6 +31,7 @@ from tbes.errors import (
     TbesError,
 )
 from tbes.ledger import Pause, PauseLedger
+from tbes.policy import DEFAULT_POLICY, Policy
 from tbes.received import find_sender, parse_received, received_values
 from tbes.report import ReportRow, Segment, forecast, horizon, report_row
 from tbes.serde import loads

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from integration.pg import PostgresServer, acquire, release
 from tbes.catalog import Catalog, Compliance
-from tbes.decide import DEFAULT_POLICY, Action, ConnectorKind, Policy
+from tbes.decision import Action
 from tbes.enforcer import CallbackNotifier, Connection, Enforcer, Event, EventKind
 from tbes.errors import (
     InvalidPauseError,
@@ -32,6 +32,7 @@ from tbes.errors import (
     TbesError,
 )
 from tbes.ledger import PauseLedger
+from tbes.policy import DEFAULT_POLICY, ConnectorKind, Policy
 from tbes.state import ServerState
 from tbes.store import LedgerWrite, MemoryStore, PostgresStore, SQLiteStore, StateStore, StateWrite
 from tbes.store.protocol import load_state

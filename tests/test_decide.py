@@ -15,17 +15,10 @@ import pytest
 
 from support import load_vectors
 from tbes.catalog import Baseline, Compliance
-from tbes.decide import (
-    DEFAULT_POLICY,
-    Action,
-    ConnectorKind,
-    Decision,
-    Policy,
-    SmtpReply,
-    decide,
-)
+from tbes.decision import Action, Decision, decide
 from tbes.errors import NaiveDatetimeError, PolicyError
 from tbes.ledger import Pause
+from tbes.policy import DEFAULT_POLICY, ConnectorKind, Policy, SmtpReply
 from tbes.stages import DEFAULT_STAGE_TABLE, Stage, StageTable
 from tbes.state import ServerState
 

@@ -20,7 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tbes.catalog import Baseline, Catalog, Compliance, assess
-from tbes.decide import DEFAULT_POLICY, Action, ConnectorKind, Decision, Policy, decide
+from tbes.decision import Action, Decision, decide
 from tbes.enforcer import (
     FAIL_CLOSED_REPLY,
     CallbackNotifier,
@@ -40,6 +40,7 @@ from tbes.errors import (
     StoreError,
 )
 from tbes.ledger import Pause, PauseLedger
+from tbes.policy import DEFAULT_POLICY, ConnectorKind, Policy
 from tbes.serde import dumps, loads
 from tbes.state import ServerState
 from tbes.store import MemoryStore, Versioned, Write

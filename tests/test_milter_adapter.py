@@ -23,8 +23,9 @@ from adapter_support import Recorder, decision, enforcement_text, offset_minute,
 from tbes.adapters.config import AdapterConfig
 from tbes.adapters.milter import MAX_RECEIVED, TbesMilter, run_milter, validate_socket
 from tbes.catalog import Catalog
-from tbes.decide import Action, ConnectorKind, Policy, SmtpReply
+from tbes.decision import Action
 from tbes.enforcer import Connection, Enforcer
+from tbes.policy import ConnectorKind, Policy, SmtpReply
 from tbes.store.memory import MemoryStore
 
 EX2007 = (

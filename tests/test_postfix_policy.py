@@ -22,8 +22,9 @@ from tbes.adapters.postfix_policy import (
     serve_policy,
 )
 from tbes.catalog import Catalog
-from tbes.decide import Action, ConnectorKind, Policy, SmtpReply
+from tbes.decision import Action
 from tbes.enforcer import Connection, Enforcer
+from tbes.policy import ConnectorKind, Policy, SmtpReply
 from tbes.store.memory import MemoryStore
 
 # A request as Postfix 3.x sends it at RCPT TO (SMTPD_POLICY_README), abridged.

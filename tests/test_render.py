@@ -12,7 +12,7 @@ import pytest
 
 from report_support import fabrikam_state
 from tbes.catalog import Catalog, Compliance
-from tbes.decide import Policy
+from tbes.policy import Policy
 from tbes.render import (
     FORMATS,
     render_csv,

@@ -12,8 +12,8 @@ import pytest
 
 from report_support import JAN_1, fabrikam_state
 from tbes.catalog import Catalog, Compliance
-from tbes.decide import Policy
 from tbes.errors import NaiveDatetimeError
+from tbes.policy import Policy
 from tbes.report import ReportRow, Segment, forecast, horizon, report_row
 from tbes.serde import dumps, loads
 from tbes.stages import DEFAULT_STAGE_TABLE

@@ -8,9 +8,10 @@ import attrs
 import pytest
 
 from tbes.catalog import Assessment, Compliance
-from tbes.decide import DEFAULT_POLICY, Action, Policy, decide
+from tbes.decision import Action, decide
 from tbes.errors import NaiveDatetimeError
 from tbes.ledger import Pause
+from tbes.policy import DEFAULT_POLICY, Policy
 from tbes.serde import dumps, loads
 from tbes.state import ServerState, observe
 from tbes.version import ExchangeBuild, Product

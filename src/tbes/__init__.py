@@ -7,7 +7,7 @@ that ``import tbes`` needs neither psycopg nor pymilter.
 """
 
 from tbes.catalog import Assessment, Baseline, Catalog, Compliance, Release, assess
-from tbes.decide import DEFAULT_POLICY, Action, ConnectorKind, Decision, Policy, SmtpReply, decide
+from tbes.decision import Action, Decision, decide
 from tbes.enforcer import (
     CallbackNotifier,
     Connection,
@@ -35,6 +35,7 @@ from tbes.errors import (
     TbesError,
 )
 from tbes.ledger import Pause, PauseLedger
+from tbes.policy import DEFAULT_POLICY, ConnectorKind, Policy, SmtpReply
 from tbes.received import Hop, SenderEvidence, find_sender, parse_received, received_values
 from tbes.report import ReportRow, Segment, forecast, report_row
 from tbes.stages import DEFAULT_STAGE_TABLE, Stage, StageTable

@@ -2,7 +2,7 @@
 
 A thin shell over the library (click for the command line, rich for the terminal): every
 fact it prints comes from the core (:func:`~tbes.report.forecast`,
-:func:`~tbes.report.report_row`, :func:`~tbes.decide.decide`, …) or the store. Two
+:func:`~tbes.report.report_row`, :func:`~tbes.decision.decide`, …) or the store. Two
 decisions shaped it. Bad input never shows a traceback: every error the library or the
 operating system raises for it (and every usage error) becomes one line on stderr and exit
 code 2. And times are explicit: an instant needs a time zone (``Z`` or an offset), a date
@@ -31,10 +31,11 @@ from rich.text import Text
 
 from tbes import demo as scenario
 from tbes.catalog import Assessment, Catalog, Release, assess
-from tbes.decide import Decision, Policy, decide
+from tbes.decision import Decision, decide
 from tbes.enforcer import Enforcer, Event, utc_now
 from tbes.errors import TbesError
 from tbes.ledger import Pause, PauseLedger
+from tbes.policy import Policy
 from tbes.received import Hop, SenderEvidence, find_sender, parse_received, received_values
 from tbes.render import FORMATS, render_report
 from tbes.render._common import instant, minutes, stage_cell
@@ -49,7 +50,7 @@ __all__ = ["cli", "main"]
 _T = TypeVar("_T")
 
 POLICIES = ("exchange_online_2026", "exchange_online_2023", "supported_only")
-"""The policy presets ``--policy`` accepts (see :meth:`tbes.decide.Policy.named`)."""
+"""The policy presets ``--policy`` accepts (see :meth:`tbes.policy.Policy.named`)."""
 
 _DEFAULT_POLICY = "exchange_online_2026"
 _DEFAULT_CATALOG_OUT = "tbes-catalog.json"

@@ -31,9 +31,10 @@ from pathlib import Path
 import attrs
 
 from tbes.catalog import Catalog
-from tbes.decide import Action, ConnectorKind, Policy
+from tbes.decision import Action
 from tbes.enforcer import CallbackNotifier, Connection, Enforcer, Event
 from tbes.ledger import PauseLedger
+from tbes.policy import ConnectorKind, Policy
 from tbes.render import render_report
 from tbes.report import ReportRow, report_row
 from tbes.store.sqlite import SQLiteStore

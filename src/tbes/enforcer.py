@@ -28,7 +28,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 import attrs
 
 from tbes.catalog import Assessment, Baseline, Catalog, Compliance, assess
-from tbes.decide import Action, ConnectorKind, Decision, Policy, SmtpReply, decide
+from tbes.decision import Action, Decision, decide
 from tbes.errors import (
     InvalidPauseError,
     InvalidValueError,
@@ -38,6 +38,7 @@ from tbes.errors import (
     TbesError,
 )
 from tbes.ledger import PauseLedger
+from tbes.policy import ConnectorKind, Policy, SmtpReply
 from tbes.received import SenderEvidence, find_sender
 from tbes.stages import Stage
 from tbes.state import ServerState, observe
@@ -224,13 +225,13 @@ class Enforcer:
     Received hops :func:`~tbes.received.find_sender` skips. ``seen_resolution`` (one
     minute by default, ``timedelta(0)`` to write every message) is how far ``last_seen`` may
     lag before it is written: a message that changes nothing else is not stored, because
-    :func:`~tbes.decide.decide` never reads ``last_seen`` and a busy server would otherwise
+    :func:`~tbes.decision.decide` never reads ``last_seen`` and a busy server would otherwise
     cost one synchronous write per message. ``policy`` and ``catalog`` may be replaced
     at any time (a configuration reload); the verdict per build that the enforcer keeps
     (at most 1,024 builds) is never used under another policy or catalog than its own.
     An argument of the wrong kind (a
     store without the :class:`~tbes.store.StateStore` methods, a policy that is no
-    :class:`~tbes.decide.Policy`, a clock that is not callable, …) raises
+    :class:`~tbes.policy.Policy`, a clock that is not callable, …) raises
     :class:`~tbes.errors.InvalidValueError` naming it.
     """
 

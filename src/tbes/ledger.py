@@ -5,7 +5,9 @@ shared by all the tenant's servers, with every paused day charged to the year it
 Pauses are whole UTC days, so a ledger is exact with plain date arithmetic and never reads a
 clock: callers pass ``today``. The ledger is immutable and checks its invariants (no two
 pauses of one server overlap, no year above quota) at construction, so a ledger that exists
-is valid and an operation that fails leaves the caller's ledger as it was.
+is valid and an operation that fails leaves the caller's ledger as it was. The arithmetic of
+a clock that stands still while paused (merged pause spans, paused time between two instants,
+when a frozen clock reaches a value) lives here too, beside the pauses it is about.
 
 Where a calendar date is expected (``start``, ``today``), a :class:`~datetime.datetime` is
 refused with :exc:`InvalidPauseError`: ``datetime`` is a subclass of ``date``, and
@@ -21,9 +23,9 @@ from collections.abc import Iterable
 
 import attrs
 
+from tbes._instants import midnight, require_aware
 from tbes.errors import (
     InvalidPauseError,
-    NaiveDatetimeError,
     PauseConflictError,
     PauseInPastError,
     QuotaExceededError,
@@ -46,15 +48,6 @@ def _require_date(value: object, name: str) -> dt.date:
     return value
 
 
-def _require_aware(at: dt.datetime, name: str) -> dt.datetime:
-    # A date is no instant: which day it names depends on a time zone nobody gave.
-    if not isinstance(at, dt.datetime):
-        raise InvalidPauseError(f"{name} must be a timezone-aware datetime, got {at!r:.80}")
-    if at.tzinfo is None or at.utcoffset() is None:
-        raise NaiveDatetimeError(f"{name} must be timezone-aware, got naive {at!r}")
-    return at
-
-
 def _require_year(year: object) -> int:
     # bool is an int subclass, but True is no year; date() only holds years 1..9999.
     if type(year) is not int or not dt.MINYEAR <= year <= dt.MAXYEAR:
@@ -68,10 +61,6 @@ def _require_server_id(server_id: object) -> str:
     if not isinstance(server_id, str) or not server_id:
         raise InvalidPauseError(f"server_id must be a non-empty str, got {server_id!r:.80}")
     return server_id
-
-
-def _midnight(day: dt.date) -> dt.datetime:
-    return dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
 
 
 def _days(count: int) -> str:
@@ -124,16 +113,16 @@ class Pause:
     @property
     def start_instant(self) -> dt.datetime:
         """The instant the pause starts: midnight UTC at the start of ``start``."""
-        return _midnight(self.start)
+        return midnight(self.start)
 
     @property
     def end_instant(self) -> dt.datetime:
         """The instant the pause ends: midnight UTC at the start of :attr:`end`."""
-        return _midnight(self.end)
+        return midnight(self.end)
 
     def covers(self, at: dt.datetime) -> bool:
         """Whether the instant ``at`` falls inside the pause (a naive ``at`` raises)."""
-        return self.start_instant <= _require_aware(at, "at") < self.end_instant
+        return self.start_instant <= require_aware(at, "at", InvalidPauseError) < self.end_instant
 
     def covers_day(self, day: dt.date) -> bool:
         """Whether the UTC day ``day`` is one of the paused days."""
@@ -141,8 +130,8 @@ class Pause:
 
     def overlap(self, since: dt.datetime, until: dt.datetime) -> dt.timedelta:
         """How much of the interval ``[since, until)`` the pause covers (zero if none)."""
-        lo = max(self.start_instant, _require_aware(since, "since"))
-        hi = min(self.end_instant, _require_aware(until, "until"))
+        lo = max(self.start_instant, require_aware(since, "since", InvalidPauseError))
+        hi = min(self.end_instant, require_aware(until, "until", InvalidPauseError))
         return max(hi - lo, dt.timedelta(0))
 
     def days_in_year(self, year: int) -> int:
@@ -305,5 +294,65 @@ class PauseLedger:
         A naive ``at`` raises :class:`~tbes.errors.NaiveDatetimeError`; a date or any other
         non-datetime raises :exc:`InvalidPauseError`.
         """
-        _require_aware(at, "at")
+        require_aware(at, "at", InvalidPauseError)
         return any(pause.covers(at) for pause in self.pauses_for(server_id))
+
+
+# ---- pause spans: the arithmetic of a clock that stands still while paused --------------
+
+Span = tuple[dt.datetime, dt.datetime]
+"""A paused stretch of time, ``[start, end)`` in UTC."""
+
+_ZERO = dt.timedelta(0)
+
+
+def pause_spans(pauses: Iterable[Pause]) -> tuple[Span, ...]:
+    """The paused instants as sorted, disjoint ``[start, end)`` spans (touching ones merged)."""
+    spans: list[Span] = []
+    for start, end in sorted((p.start_instant, p.end_instant) for p in pauses):
+        if spans and start <= spans[-1][1]:
+            spans[-1] = (spans[-1][0], max(end, spans[-1][1]))
+        else:
+            spans.append((start, end))
+    return tuple(spans)
+
+
+def paused_between(spans: tuple[Span, ...], since: dt.datetime, until: dt.datetime) -> dt.timedelta:
+    """How much of ``[since, until]`` the spans cover."""
+    total = _ZERO
+    for start, end in spans:
+        if start >= until:
+            break
+        if end > since:
+            total += min(end, until) - max(start, since)
+    return total
+
+
+def clock_reaches(
+    spans: tuple[Span, ...], first: dt.datetime, target: dt.timedelta
+) -> dt.datetime | None:
+    """The first instant at which a clock started at ``first`` and frozen in ``spans`` shows
+    ``target``; ``None`` past :attr:`datetime.datetime.max`."""
+    try:
+        at = first + target
+        for start, end in spans:
+            if end <= first:
+                continue
+            stood_from = max(start, first)
+            if stood_from >= at:
+                break
+            # The clock stood still for the whole span, so the target moves by its length.
+            at += end - stood_from
+    except OverflowError:
+        return None
+    return at
+
+
+def covering_end(spans: tuple[Span, ...], now: dt.datetime) -> dt.datetime | None:
+    """The end of the span covering ``now``, if one does."""
+    for start, end in spans:
+        if start > now:
+            return None
+        if now < end:
+            return end
+    return None

@@ -3,7 +3,7 @@
 :func:`forecast` turns a server's state into its timeline, a run of :class:`Segment` values
 (stage and paused flag over a span of time); :func:`report_row` condenses state, timeline
 and assessment into the row an administrator knows from Microsoft's report. Neither works
-out a stage by itself: :func:`~tbes.decide.decide` is the source of truth, so the timeline
+out a stage by itself: :func:`~tbes.decision.decide` is the source of truth, so the timeline
 asks it for the stage, the paused flag and the (frozen) elapsed time at each point where
 something can change, and only uses the stage table to know where the next stage starts.
 """
@@ -17,9 +17,11 @@ from typing import Any
 
 import attrs
 
+from tbes._instants import as_utc, require_aware
 from tbes.catalog import Catalog, Compliance, assess
-from tbes.decide import Policy, _as_utc, decide
-from tbes.errors import InvalidBuildError, InvalidValueError, NaiveDatetimeError
+from tbes.decision import decide
+from tbes.errors import InvalidBuildError, InvalidValueError
+from tbes.policy import Policy
 from tbes.stages import Stage
 from tbes.state import ServerState
 from tbes.version import ExchangeBuild, Product
@@ -67,23 +69,15 @@ def _aware_or_none(
     instance: object, attribute: attrs.Attribute[dt.datetime | None], value: dt.datetime | None
 ) -> None:
     if value is not None:
-        _require_aware(value, attribute.name)
-
-
-def _require_aware(value: dt.datetime, name: str) -> dt.datetime:
-    if not isinstance(value, dt.datetime):
-        raise InvalidValueError(f"{name} must be an aware datetime, got {value!r:.80}")
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise NaiveDatetimeError(f"{name} must be an aware datetime, got naive {value!r}")
-    return value
+        require_aware(value, attribute.name)
 
 
 def _start_utc(value: dt.datetime) -> dt.datetime:
-    return _as_utc(value, "start")
+    return as_utc(value, "start")
 
 
 def _end_utc(value: dt.datetime) -> dt.datetime:
-    return _as_utc(value, "end")
+    return as_utc(value, "end")
 
 
 def _after_start(
@@ -168,7 +162,7 @@ class ReportRow:
 def forecast(state: ServerState, policy: Policy, *, until: dt.datetime) -> tuple[Segment, ...]:
     """The server's timeline from its first detection to ``until``, as contiguous segments.
 
-    Each segment carries what :func:`~tbes.decide.decide` answers anywhere inside it (the
+    Each segment carries what :func:`~tbes.decision.decide` answers anywhere inside it (the
     stage and the paused flag); neighbours always differ in one of them. No episode, or
     ``until`` not after the first detection, gives an empty timeline. For a server that is
     compliant again, the segments before ``compliant_since`` are what ``decide`` answered
@@ -176,7 +170,7 @@ def forecast(state: ServerState, policy: Policy, *, until: dt.datetime) -> tuple
     segment (stage ``None``) follows, as ``decide`` answers for the state itself.
     Arguments of the wrong type raise :class:`~tbes.errors.InvalidValueError`.
     """
-    _require_aware(until, "until")
+    require_aware(until, "until")
     _require_inputs(state, policy)
     start = state.first_detected
     if start is None or until <= start:
@@ -241,7 +235,7 @@ def report_row(state: ServerState, now: dt.datetime, policy: Policy, catalog: Ca
     A naive ``now`` raises :class:`~tbes.errors.NaiveDatetimeError`, arguments of the wrong
     type :class:`~tbes.errors.InvalidValueError`.
     """
-    _require_aware(now, "now")
+    require_aware(now, "now")
     if not isinstance(catalog, Catalog):
         raise InvalidValueError(f"catalog must be a Catalog, got {catalog!r:.80}")
     _require_inputs(state, policy)
@@ -284,7 +278,7 @@ def horizon(state: ServerState, policy: Policy, now: dt.datetime) -> dt.datetime
     detection plus the stage's offset plus the length of every pause. A forecast up to the
     horizon shows everything that will ever change for the state.
     """
-    _require_aware(now, "now")
+    require_aware(now, "now")
     _require_inputs(state, policy)
     last_pause = max((pause.end_instant for pause in state.pauses), default=now)
     latest = max(now, last_pause)

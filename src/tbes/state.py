@@ -8,10 +8,6 @@ forged ``16.0.0.0``, neither starts nor ends an episode, and a relapse soon afte
 remediation resumes the old episode), and time never runs backwards (an observation dated
 before ``last_seen``, from clock skew or reordered delivery, counts as made at
 ``last_seen``).
-
-This module imports :mod:`tbes.decide` at run time for :data:`~tbes.decide.DEFAULT_POLICY`;
-:mod:`tbes.decide` needs :class:`ServerState` only for type checking, so the two never form
-an import cycle.
 """
 
 from __future__ import annotations
@@ -21,11 +17,11 @@ from collections.abc import Iterable
 
 import attrs
 
+from tbes._instants import as_utc, as_utc_or_none
 from tbes.catalog import Assessment, Compliance
-from tbes.decide import DEFAULT_POLICY, Policy, _as_utc, _as_utc_or_none, _minute_offset
-from tbes.decide import _pause_spans as _spans_of
 from tbes.errors import InvalidBuildError, InvalidValueError
 from tbes.ledger import Pause
+from tbes.policy import DEFAULT_POLICY, Policy
 from tbes.version import ExchangeBuild
 
 __all__ = ["ServerState", "observe"]
@@ -36,15 +32,15 @@ _NON_COMPLIANT = frozenset({Compliance.OUTDATED, Compliance.UNSUPPORTED})
 # One converter per instant field, so that an error names the field (the mypy plugin of attrs
 # understands named functions only, not attrs.Converter(..., takes_field=True)).
 def _first_detected(value: dt.datetime | None) -> dt.datetime | None:
-    return _as_utc_or_none(value, "first_detected")
+    return as_utc_or_none(value, "first_detected")
 
 
 def _last_seen(value: dt.datetime | None) -> dt.datetime | None:
-    return _as_utc_or_none(value, "last_seen")
+    return as_utc_or_none(value, "last_seen")
 
 
 def _compliant_since(value: dt.datetime | None) -> dt.datetime | None:
-    return _as_utc_or_none(value, "compliant_since")
+    return as_utc_or_none(value, "compliant_since")
 
 
 def _check_id(instance: ServerState, attribute: attrs.Attribute[str], value: str) -> None:
@@ -131,40 +127,11 @@ class ServerState:
         default=(), converter=_sorted_pauses, validator=_check_pauses
     )
     notified_stage: int | None = attrs.field(default=None, validator=_check_notified)
-    # Derived for decide's hot path, so a decision hashes nothing and merges no pauses;
-    # outside eq, repr and the serialised form (cattrs skips init=False fields).
-    _window_offset: int = attrs.field(init=False, eq=False, repr=False, default=0)
-    _pause_spans: tuple[tuple[dt.datetime, dt.datetime], ...] = attrs.field(
-        init=False, eq=False, repr=False, default=()
-    )
-
-    def __attrs_post_init__(self) -> None:
-        # The class is frozen; these are the only writes, made while constructing.
-        object.__setattr__(self, "_window_offset", _minute_offset(self.server_id))
-        object.__setattr__(self, "_pause_spans", _spans_of(self.pauses))
 
     @property
     def in_episode(self) -> bool:
         """Whether enforcement is running: detected non-compliant and not remediated since."""
         return self.first_detected is not None and self.compliant_since is None
-
-
-# observe() makes a new state for every message. Its changes are valid by construction (UTC
-# instants, a checked build, an assessed status) and never touch the server id or pauses
-# the derived fields come from, so the new state is copied slot by slot instead of built by
-# attrs.evolve, whose checks and SHA-256 window offset cost more than the rest of observe
-# (the property tests hold the result to the class's checks and to a state built afresh).
-_SLOTS = tuple(
-    (field.name, getattr(ServerState, field.name).__get__, getattr(ServerState, field.name).__set__)
-    for field in attrs.fields(ServerState)
-)
-
-
-def _changed(state: ServerState, **changes: object) -> ServerState:
-    new: ServerState = object.__new__(ServerState)
-    for name, get, put in _SLOTS:
-        put(new, changes[name] if name in changes else get(state))
-    return new
 
 
 def _fresh(
@@ -187,7 +154,7 @@ def _non_compliant(
     if first is None or (since is not None and when - since > relapse_window):
         first, notified = when, None  # a new episode
     since = None  # running, or resumed within the relapse window
-    return _changed(
+    return attrs.evolve(
         state,
         build=build,
         status=status,
@@ -202,7 +169,7 @@ def _compliant(state: ServerState, build: ExchangeBuild | None, when: dt.datetim
     since = state.compliant_since
     if state.first_detected is not None and since is None:
         since = when  # the episode ends now; a later compliance keeps the first one
-    return _changed(
+    return attrs.evolve(
         state, build=build, status=Compliance.COMPLIANT, last_seen=when, compliant_since=since
     )
 
@@ -231,7 +198,7 @@ def observe(
 ) -> ServerState:
     """The state after seeing ``server_id`` send ``build``, judged ``assessment``, at ``at``.
 
-    Pure (SPEC section 6). Non-compliant with no episode starts one (``first_detected``);
+    Pure. Non-compliant with no episode starts one (``first_detected``);
     compliant during an episode ends it (``compliant_since``); non-compliant again within
     ``policy.relapse_window`` of ``compliant_since`` resumes the old episode, later starts
     a new one. ``NOT_APPLICABLE`` only moves ``last_seen`` and keeps the last real build and
@@ -240,7 +207,7 @@ def observe(
     ``state`` belongs to another server or tenant or an argument has the wrong type, and
     :class:`~tbes.errors.NaiveDatetimeError` for a naive ``at``.
     """
-    at = _as_utc(at, "at")
+    at = as_utc(at, "at")
     _require_types(state, assessment, build, policy)
     status = assessment.status
     if state is None:
@@ -255,4 +222,4 @@ def observe(
         return _non_compliant(state, status, build, when, policy.relapse_window)
     if status is Compliance.COMPLIANT:
         return _compliant(state, build, when)
-    return _changed(state, last_seen=when)
+    return attrs.evolve(state, last_seen=when)

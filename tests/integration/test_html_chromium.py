@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from tbes.catalog import Catalog, Compliance
-from tbes.decide import Policy
 from tbes.ledger import Pause
+from tbes.policy import Policy
 from tbes.render import render_report
 from tbes.state import ServerState
 from tbes.version import ExchangeBuild

@@ -29,7 +29,7 @@ from integration.postfix import (
     with_port,
 )
 from tbes.catalog import Catalog, Compliance, assess
-from tbes.decide import Policy
+from tbes.policy import Policy
 from tbes.store.sqlite import SQLiteStore
 from tbes.version import ExchangeBuild
 

@@ -32,8 +32,8 @@ from integration.postfix import (
 from tbes.adapters.config import AdapterConfig
 from tbes.adapters.postfix_policy import serve_policy
 from tbes.catalog import Catalog
-from tbes.decide import Policy
 from tbes.enforcer import Enforcer
+from tbes.policy import Policy
 from tbes.store.sqlite import SQLiteStore
 
 pytestmark = [pytest.mark.service("postfix"), pytest.mark.timeout(120)]

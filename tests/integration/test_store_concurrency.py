@@ -20,9 +20,9 @@ import pytest
 
 from integration.pg import PostgresServer
 from tbes.catalog import Catalog
-from tbes.decide import ConnectorKind, Policy
 from tbes.enforcer import CallbackNotifier, Connection, Enforcer, Event, EventKind
 from tbes.errors import PauseConflictError, QuotaExceededError, StoreConflictError
+from tbes.policy import ConnectorKind, Policy
 from tbes.state import ServerState
 from tbes.store import PostgresStore, SQLiteStore, StateStore, Write
 

@@ -19,9 +19,10 @@ from hypothesis import strategies as st
 from strategies import builds, instants, stage_tables
 
 from tbes.catalog import Assessment, Compliance
-from tbes.decide import DEFAULT_POLICY, Action, ConnectorKind, Decision, Policy, SmtpReply, decide
+from tbes.decision import Action, Decision, decide
 from tbes.errors import NaiveDatetimeError
 from tbes.ledger import Pause, PauseLedger
+from tbes.policy import DEFAULT_POLICY, ConnectorKind, Policy, SmtpReply
 from tbes.serde import dumps, loads
 from tbes.stages import DEFAULT_STAGE_TABLE, Stage
 from tbes.state import ServerState, observe
@@ -156,7 +157,7 @@ def test_3_block_in_every_minute_from_90_days(
 
 _CHILD = """
 import sys, json, datetime as dt
-from tbes.decide import decide
+from tbes.decision import decide
 from tbes.serde import dumps, loads
 from tbes.state import ServerState
 out = []

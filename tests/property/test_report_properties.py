@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 from strategies import stage_tables
 
 from tbes.catalog import Catalog, Compliance
-from tbes.decide import Policy, decide
+from tbes.decision import decide
 from tbes.ledger import Pause
+from tbes.policy import Policy
 from tbes.report import ReportRow, Segment, forecast, horizon, report_row
 from tbes.serde import converter
 from tbes.stages import DEFAULT_STAGE_TABLE

@@ -21,7 +21,7 @@ import logging
 from typing import Any
 
 from tbes.adapters.config import FAULT_REPLY, AdapterConfig, Checker
-from tbes.decide import Action
+from tbes.decision import Action
 from tbes.enforcer import Connection
 from tbes.received import received_values
 

@@ -43,9 +43,10 @@ from typing import Any, Protocol
 import attrs
 
 from tbes.catalog import Catalog
-from tbes.decide import ConnectorKind, Decision, Policy, SmtpReply
+from tbes.decision import Decision
 from tbes.enforcer import FAIL_CLOSED_REPLY, Connection, Enforcer, Notifier, utc_now
 from tbes.errors import CatalogError, NaiveDatetimeError, TbesError
+from tbes.policy import ConnectorKind, Policy, SmtpReply
 from tbes.store.protocol import StateStore
 
 __all__ = [
@@ -334,7 +335,7 @@ class AdapterConfig:
             raise AdapterConfigError(f"catalog = {self.catalog!r}: {error}") from None
 
     def make_policy(self, catalog: Catalog | None = None) -> Policy:
-        """The :class:`~tbes.decide.Policy` preset this configuration names.
+        """The :class:`~tbes.policy.Policy` preset this configuration names.
 
         ``catalog`` feeds the ``supported_only`` baseline (default: :meth:`load_catalog`).
         """

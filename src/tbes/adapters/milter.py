@@ -32,7 +32,8 @@ from typing import Any
 import Milter
 
 from tbes.adapters.config import FAULT_REPLY, AdapterConfig, Checker
-from tbes.decide import Action, Decision, SmtpReply
+from tbes.decision import Action, Decision
+from tbes.policy import SmtpReply
 
 # ``command`` (the ``tbes milter`` click command) is built on first access; see __getattr__.
 __all__ = ["MAX_RECEIVED", "TbesMilter", "run_milter", "validate_socket"]

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator
 import attrs
 
 from tbes.adapters.config import FAULT_REPLY, AdapterConfig, Checker
-from tbes.decide import Action, Decision
+from tbes.decision import Action, Decision
 from tbes.errors import TbesError
 
 __all__ = [

@@ -11,8 +11,8 @@ import datetime as dt
 from collections.abc import Iterable
 
 from tbes.catalog import Catalog
-from tbes.decide import Policy
 from tbes.errors import InvalidValueError
+from tbes.policy import Policy
 from tbes.render.csv import render_csv
 from tbes.render.html import render_html
 from tbes.render.json import render_json
