@@ -1,7 +1,7 @@
 """The build catalog, the three baselines and assess(), against SPEC section 3 and Microsoft's list.
 
 Expected values come from SPEC sections 3 and 7 and from reading Microsoft's CSV by hand
-(../shared/reference/ExchangeBuildNumbers.csv), never from the code under test.
+(tests/data/ExchangeBuildNumbers.csv), never from the code under test.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import attrs
 import pytest
 
-from support import shared_path
+from support import BUILD_LIST_CSV
 from tbes.catalog import Assessment, Baseline, Catalog, Compliance, Release, assess
 from tbes.errors import CatalogError, NaiveDatetimeError
 from tbes.serde import dumps, loads
@@ -25,7 +25,7 @@ P = Product
 D = dt.date
 
 CATALOG = Catalog.default()
-CSV_PATH = shared_path("reference", "ExchangeBuildNumbers.csv")
+CSV_PATH = BUILD_LIST_CSV
 PACKAGED = Path(__file__).resolve().parent.parent / "src" / "tbes" / "data" / "catalog.json"
 
 OK, OLD, UNSUP, NA = (

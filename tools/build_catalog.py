@@ -2,7 +2,7 @@
 
 Usage::
 
-    python tools/build_catalog.py ../shared/reference/ExchangeBuildNumbers.csv
+    python tools/build_catalog.py tests/data/ExchangeBuildNumbers.csv
     python tools/build_catalog.py CSV --check     # exit 1 if the packaged file is stale
 
 The CSV (MIT, Microsoft) is read with tbes's own importer and never copied into the
