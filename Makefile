@@ -42,7 +42,7 @@ clean:
 
 # Is the packaged catalog what the importer makes of Microsoft's list?
 catalog-check: $(STAMP)
-	$(BIN)/python tools/build_catalog.py ../shared/reference/ExchangeBuildNumbers.csv --check
+	$(BIN)/python tools/build_catalog.py tests/data/ExchangeBuildNumbers.csv --check
 
 # Long fuzzing runs of the Received parser; FUZZ_SECONDS per harness (default 300).
 fuzz: $(STAMP)

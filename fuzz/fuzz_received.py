@@ -24,7 +24,7 @@ with atheris.instrument_imports():
     from fuzz.contract import check_sender
 
 _ROOT = Path(__file__).resolve().parent.parent
-_VECTORS = _ROOT.parent / "shared" / "vectors" / "received.json"
+_VECTORS = _ROOT / "tests" / "vectors" / "received.json"
 _OWN = (("receiver.example",), (), ("Contoso.Example.",), ("",))
 _CLIENTS = (None, "smtp.example", "192.0.2.1", "[::1]")
 

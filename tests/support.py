@@ -1,4 +1,4 @@
-"""Helpers shared by the test modules: the ../shared lookup and the vector loader."""
+"""Helpers shared by the test modules: paths of the committed test data and the vector loader."""
 
 from __future__ import annotations
 
@@ -6,24 +6,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SHARED = REPO_ROOT.parent / "shared"
-
-
-def shared_path(*parts: str) -> Path:
-    """A path under ../shared; fails the test with a clear message if it is missing."""
-    path = SHARED.joinpath(*parts)
-    if not path.exists():
-        pytest.fail(
-            f"{path} is missing: the test vectors live in ../shared beside the repository "
-            "(clone the project next to its shared/ folder)",
-            pytrace=False,
-        )
-    return path
+TESTS = REPO_ROOT / "tests"
+VECTORS = TESTS / "vectors"
+DATA = TESTS / "data"
+# Microsoft's build list (MIT, see ExchangeBuildNumbers.LICENSE.txt beside it): the source of
+# the packaged catalog and the independent reference the catalog tests read by hand.
+BUILD_LIST_CSV = DATA / "ExchangeBuildNumbers.csv"
 
 
 def load_vectors(name: str) -> Any:
-    """Load a JSON vector file from ../shared/vectors."""
-    return json.loads(shared_path("vectors", name).read_text(encoding="utf-8"))
+    """Load a JSON vector file from tests/vectors."""
+    return json.loads((VECTORS / name).read_text(encoding="utf-8"))

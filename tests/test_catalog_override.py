@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from support import shared_path
+from support import BUILD_LIST_CSV
 from tbes import Catalog, ExchangeBuild, MemoryStore, Policy, Product
 from tbes.adapters.config import AdapterConfigError, make_enforcer, parse_config
 from tbes.cli import cli
@@ -25,7 +25,7 @@ ON = dt.date(2026, 11, 20)
 def newer_catalog(tmp_path: Path) -> Path:
     """A catalog file made by the importer from Microsoft's list plus one newer update."""
     csv_path = tmp_path / "ExchangeBuildNumbers.csv"
-    text = shared_path("reference", "ExchangeBuildNumbers.csv").read_text(encoding="utf-8")
+    text = BUILD_LIST_CSV.read_text(encoding="utf-8")
     csv_path.write_text(text.rstrip("\n") + "\n" + NEWER_ROW, encoding="utf-8")
     out = tmp_path / "catalog.json"
     Catalog.from_microsoft_csv(csv_path).dump(out)

@@ -20,7 +20,7 @@ from click.testing import CliRunner, Result
 
 import tbes.cli
 from report_support import fabrikam_state
-from support import shared_path
+from support import BUILD_LIST_CSV
 from tbes.catalog import Compliance
 from tbes.cli import cli
 from tbes.ledger import Pause, PauseLedger
@@ -588,7 +588,7 @@ def test_catalog_show_an_unknown_product_is_one_line_and_exit_2() -> None:
 
 def test_catalog_import_writes_a_file_that_catalog_option_and_env_read(tmp_path: Path) -> None:
     out = tmp_path / "catalog.json"
-    source = shared_path("reference", "ExchangeBuildNumbers.csv")
+    source = BUILD_LIST_CSV
     result = run("catalog", "import", str(source), "-o", str(out))
     assert result.exit_code == 0, result.output
     assert f"into {out}" in result.output

@@ -7,9 +7,11 @@ for Exchange 2013 and later, the service pack ``major.minor`` for 2007 and 2010,
 change the build number — never by an exact lookup, so an unpublished or newer build gets the
 same answer as its published neighbours. And anything that is not on-premises Exchange fails
 open (``NOT_APPLICABLE``): a forged or cloud build is never enforced. The catalog file uses
-our own JSON schema, generated from Microsoft's CSV; files are read only by the explicit I/O
-entry points :meth:`Catalog.default`, :meth:`Catalog.load` and
-:meth:`Catalog.from_microsoft_csv`, everything else is pure.
+our own JSON schema; files are read only by the explicit I/O entry points :meth:`Catalog.load`
+and :meth:`Catalog.from_microsoft_csv`, everything else is pure. The packaged catalog is no
+file: it is the generated module ``tbes._catalog_data`` (``tools/build_catalog.py`` writes it
+from Microsoft's CSV), turned into a :class:`Catalog` once, on first use of
+:meth:`Catalog.default`.
 """
 
 from __future__ import annotations
@@ -17,12 +19,12 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 import enum
+import functools
 import io
 import json
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +46,6 @@ __all__ = ["Assessment", "Baseline", "Catalog", "Compliance", "Release", "assess
 _SCHEMA = 1
 _FILE_KEYS = frozenset({"schema", "as_of", "releases"})
 _RELEASE_KEYS = frozenset({"product", "name", "build", "date", "kb"})
-_PACKAGED = ("data", "catalog.json")
 
 _CSV_HEADER = ("Product Name", "Build Number", "Date", "KB", "Blog")
 _CSV_DATE = re.compile(r"(\d{1,2})/(\d{1,2})/(\d{4})")
@@ -233,8 +234,8 @@ def _count(releases: tuple[Release, ...]) -> str:
 class Catalog:
     """Every published Exchange build, with lifecycle dates and fast lookups by build.
 
-    Build one from the packaged file (:meth:`default`), an override file (:meth:`load`) or
-    Microsoft's CSV (:meth:`from_microsoft_csv`); those three read files, nothing else here
+    Build one from the packaged data (:meth:`default`), an override file (:meth:`load`) or
+    Microsoft's CSV (:meth:`from_microsoft_csv`); the last two read files, nothing else here
     does. Releases are kept sorted by build; ``as_of`` is the day the catalog was current.
     """
 
@@ -254,18 +255,8 @@ class Catalog:
 
     @classmethod
     def default(cls) -> Catalog:
-        """Read the catalog packaged with tbes (I/O: reads ``tbes/data/catalog.json``)."""
-        source = "tbes/" + "/".join(_PACKAGED)
-        try:
-            text = (
-                resources.files("tbes")
-                .joinpath(_PACKAGED[0])
-                .joinpath(_PACKAGED[1])
-                .read_text(encoding="utf-8")
-            )
-        except (OSError, UnicodeDecodeError) as exc:
-            raise CatalogError(f"cannot read the packaged catalog {source}: {exc}") from exc
-        return cls.loads(text, source=source)
+        """The catalog packaged with tbes: built on the first call, the same object after."""
+        return _packaged_catalog()
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Catalog:
@@ -363,6 +354,23 @@ class Catalog:
 
     def _lines(self, product: Product) -> tuple[tuple[Release, ...], ...]:
         return self._index.lines.get(product, ())
+
+
+@functools.cache
+def _packaged_catalog() -> Catalog:
+    # Imported here, not at the top: only a caller of Catalog.default() pays for 340 rows.
+    import tbes._catalog_data as packaged
+
+    try:
+        releases = [
+            Release(
+                Product(product), name, ExchangeBuild.parse(build), _dt.date.fromisoformat(day), kb
+            )
+            for product, name, build, day, kb in packaged.RELEASES
+        ]
+        return Catalog(releases=releases, as_of=_dt.date.fromisoformat(packaged.AS_OF))
+    except (TbesError, ValueError) as exc:
+        raise CatalogError(f"the packaged catalog (tbes._catalog_data) is corrupt: {exc}") from exc
 
 
 def _read_text(path: str | os.PathLike[str], what: str, encoding: str) -> str:
@@ -631,8 +639,8 @@ class Baseline:
         each line still serviced on ``on`` needs its newest build released on or before
         ``on``. A line is still serviced when it is the product's newest line, or the one
         before it (Microsoft's N-1) as long as it got an update in the same month as the
-        newest line's latest update. ``catalog`` defaults to :meth:`Catalog.default`, which
-        reads the packaged file: pass a catalog to stay I/O-free.
+        newest line's latest update. ``catalog`` defaults to :meth:`Catalog.default`, the
+        packaged catalog.
         """
         day = _utc_day(on)
         known = Catalog.default() if catalog is None else catalog

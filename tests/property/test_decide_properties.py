@@ -1,7 +1,7 @@
 """Properties of decide(): exact minute windows, monotone stages, pauses, next_change, purity.
 
-The numbered properties of issue 5 each have their own test; number 6 (the pause ledger's
-state machine) lives with the ledger's properties.
+Each property of decide() has its own test; the pause ledger's state machine lives with the
+ledger's properties.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def _stage_number(state: ServerState, now: dt.datetime, policy: Policy = DEFAULT
     return stage.number
 
 
-# ---- (1) exact minutes per hour -------------------------------------------------------
+# ---- exact minutes per hour -----------------------------------------------------------
 
 
 def _hour_in_stage(
@@ -97,7 +97,7 @@ def _hour_in_stage(
 
 
 @given(server_ids, st.sampled_from(DEFAULT_STAGE_TABLE.stages), instants, st.data())
-def test_1_every_hour_of_a_stage_has_exactly_its_block_and_throttle_minutes(
+def test_every_hour_of_a_stage_has_exactly_its_block_and_throttle_minutes(
     server_id: str, stage: Stage, hour: dt.datetime, data: st.DataObject
 ) -> None:
     hour = hour.replace(minute=0, second=0, microsecond=0)
@@ -112,7 +112,7 @@ def test_1_every_hour_of_a_stage_has_exactly_its_block_and_throttle_minutes(
 
 
 @given(server_ids, policies, instants, st.data())
-def test_1_any_table_blocks_and_throttles_exactly_its_minutes(
+def test_any_table_blocks_and_throttles_exactly_its_minutes(
     server_id: str, policy: Policy, hour: dt.datetime, data: st.DataObject
 ) -> None:
     table = policy.stage_table
@@ -124,11 +124,11 @@ def test_1_any_table_blocks_and_throttles_exactly_its_minutes(
     assert counts[Action.THROTTLE] == stage.throttle_minutes
 
 
-# ---- (2) stages never go back ---------------------------------------------------------
+# ---- stages never go back -------------------------------------------------------------
 
 
 @given(server_ids, policies, instants, instants, instants)
-def test_2_stage_never_decreases_as_time_passes(
+def test_stage_never_decreases_as_time_passes(
     server_id: str, policy: Policy, first: dt.datetime, a: dt.datetime, b: dt.datetime
 ) -> None:
     early, late = sorted((a, b))
@@ -136,24 +136,24 @@ def test_2_stage_never_decreases_as_time_passes(
     assert _stage_number(state, early, policy) <= _stage_number(state, late, policy)
 
 
-# ---- (3) the default timeline's two ends ----------------------------------------------
+# ---- the default timeline's two ends --------------------------------------------------
 
 
 @given(server_ids, instants, st.timedeltas(-400 * DAY, 30 * DAY - US))
-def test_3_nothing_but_accept_before_30_days(
+def test_nothing_but_accept_before_30_days(
     server_id: str, first: dt.datetime, elapsed: dt.timedelta
 ) -> None:
     assert decide(_state(server_id, first), first + elapsed).action is Action.ACCEPT
 
 
 @given(server_ids, instants, st.timedeltas(90 * DAY, 3000 * DAY))
-def test_3_block_in_every_minute_from_90_days(
+def test_block_in_every_minute_from_90_days(
     server_id: str, first: dt.datetime, elapsed: dt.timedelta
 ) -> None:
     assert decide(_state(server_id, first), first + elapsed).action is Action.BLOCK
 
 
-# ---- (4) the same decision in a fresh interpreter -------------------------------------
+# ---- the same decision in a fresh interpreter -----------------------------------------
 
 _CHILD = """
 import sys, json, datetime as dt
@@ -173,7 +173,7 @@ json.dump(out, sys.stdout)
     st.lists(st.tuples(paused_states(), instants), min_size=50, max_size=50),
     st.integers(1, 2**32 - 1),
 )
-def test_4_decisions_are_the_same_in_a_fresh_interpreter(
+def test_decisions_are_the_same_in_a_fresh_interpreter(
     cases: list[tuple[ServerState, dt.datetime]], hash_seed: int
 ) -> None:
     payload = [{"state": dumps(state), "now": now.isoformat()} for state, now in cases]
@@ -191,7 +191,7 @@ def test_4_decisions_are_the_same_in_a_fresh_interpreter(
     assert json.loads(child.stdout) == here
 
 
-# ---- (5) next_change ------------------------------------------------------------------
+# ---- next_change ----------------------------------------------------------------------
 
 
 def _landmarks(state: ServerState, policy: Policy) -> list[dt.datetime]:
@@ -213,7 +213,7 @@ def _landmarks(state: ServerState, policy: Policy) -> list[dt.datetime]:
 
 
 @given(paused_states(), policies, st.data())
-def test_5_decision_holds_until_next_change_and_changes_there(
+def test_decision_holds_until_next_change_and_changes_there(
     state: ServerState, policy: Policy, data: st.DataObject
 ) -> None:
     assert state.first_detected is not None
@@ -239,11 +239,11 @@ def test_5_decision_holds_until_next_change_and_changes_there(
     assert _key(decide(state, change, policy)) != _key(decision)
 
 
-# ---- (7) a paused instant is never enforced -------------------------------------------
+# ---- a paused instant is never enforced -----------------------------------------------
 
 
 @given(paused_states(min_pauses=1), policies, st.data())
-def test_7_a_paused_instant_is_never_throttled_or_blocked(
+def test_a_paused_instant_is_never_throttled_or_blocked(
     state: ServerState, policy: Policy, data: st.DataObject
 ) -> None:
     pause = data.draw(st.sampled_from(state.pauses))
@@ -255,7 +255,7 @@ def test_7_a_paused_instant_is_never_throttled_or_blocked(
     assert decision.reply is None
 
 
-# ---- (8) a pause of d days moves every later stage start by d days --------------------
+# ---- a pause of d days moves every later stage start by d days ------------------------
 
 
 @given(
@@ -265,7 +265,7 @@ def test_7_a_paused_instant_is_never_throttled_or_blocked(
     st.integers(1, 200),
     st.integers(1, 120),
 )
-def test_8_a_pause_moves_every_later_stage_start_by_its_days(
+def test_a_pause_moves_every_later_stage_start_by_its_days(
     server_id: str, policy: Policy, first: dt.datetime, after: int, days: int
 ) -> None:
     policy = Policy(stage_table=policy.stage_table, pause_freezes_clock=True)
@@ -279,11 +279,11 @@ def test_8_a_pause_moves_every_later_stage_start_by_its_days(
         assert _stage_number(paused, expected, policy) == stage.number
 
 
-# ---- (9) naive instants are refused everywhere ----------------------------------------
+# ---- naive instants are refused everywhere --------------------------------------------
 
 
 @given(naive_instants)
-def test_9_naive_instants_raise_from_every_public_function(naive: dt.datetime) -> None:
+def test_naive_instants_raise_from_every_public_function(naive: dt.datetime) -> None:
     aware = naive.replace(tzinfo=dt.UTC)
     state = _state("EX01", aware, ((aware.date(), 3),))
     calls: list[Callable[[], object]] = [
@@ -310,11 +310,11 @@ def test_9_naive_instants_raise_from_every_public_function(naive: dt.datetime) -
         raise AssertionError(f"no NaiveDatetimeError from {call}")
 
 
-# ---- (10) every value class round-trips through serde ---------------------------------
+# ---- every value class round-trips through serde --------------------------------------
 
 
 @given(paused_states(), st.sampled_from(Compliance), st.none() | builds, st.data())
-def test_10_server_state_round_trips(
+def test_server_state_round_trips_through_serde(
     state: ServerState, status: Compliance, build: ExchangeBuild | None, data: st.DataObject
 ) -> None:
     state = ServerState(
@@ -334,7 +334,7 @@ def test_10_server_state_round_trips(
 
 
 @given(paused_states(), policies, instants)
-def test_10_decision_and_reply_round_trip(
+def test_decision_and_its_reply_round_trip_through_serde(
     state: ServerState, policy: Policy, now: dt.datetime
 ) -> None:
     decision = decide(state, now, policy)
@@ -352,7 +352,7 @@ def test_10_decision_and_reply_round_trip(
     paused_states(),
     instants,
 )
-def test_10_policy_round_trips_and_decides_alike(
+def test_policy_round_trips_through_serde_and_decides_alike(
     drawn: Policy,
     connectors: frozenset[ConnectorKind],
     quota: int,
@@ -381,6 +381,6 @@ def test_10_policy_round_trips_and_decides_alike(
     st.sampled_from([(450, "4.7.230"), (550, "5.7.230"), (451, "4.3.0"), (554, "5.7.1")]),
     st.text(st.characters(min_codepoint=32, max_codepoint=126), min_size=1),
 )
-def test_10_smtp_reply_round_trips(code: tuple[int, str], text: str) -> None:
+def test_smtp_reply_round_trips_through_serde(code: tuple[int, str], text: str) -> None:
     reply = SmtpReply(code[0], code[1], text)
     assert loads(dumps(reply), SmtpReply) == reply
