@@ -26,7 +26,7 @@ from tbes.enforcer import FAIL_CLOSED_REPLY, Connection, Enforcer
 from tbes.errors import InvalidValueError, StoreError
 from tbes.state import ServerState
 from tbes.store import PostgresStore, Versioned
-from tbes.store._deadline import DEFAULT_CHECK_TIMEOUT
+from tbes.store._deadline import DEFAULT_CHECK_TIMEOUT, check_deadline
 
 pytestmark = pytest.mark.service("postgresql")
 
@@ -205,6 +205,26 @@ def test_a_check_of_another_server_does_not_wait_for_a_lock_on_the_first(
     assert writer.done_within(30.0)
     assert writer.error is None
     assert store.get(A) == Versioned(moved, before.version + 1)
+    store.close()
+
+
+def test_the_check_deadline_caps_the_store_timeout(own_server: PostgresServer) -> None:
+    dsn = own_server.fresh_dsn()
+    store = PostgresStore(dsn, timeout=30.0)
+    _check(_enforcer(store, _Clock()), A)
+    stored = store.get(A)
+    assert stored is not None
+
+    def put_in_a_short_check() -> int:
+        with check_deadline(0.5):
+            later = _seen(stored.value, DAY0 + dt.timedelta(days=1))
+            return store.put(later, expected_version=stored.version)
+
+    with _row_locked(dsn, A, "select-for-update"):
+        put = _Call(put_in_a_short_check)
+        assert put.done_within(0.5 + MARGIN), "the store's own 30 s timeout was used"
+        assert isinstance(put.error, StoreError)
+    assert store.get(A) == stored  # the write that gave up left the row as it was
     store.close()
 
 
