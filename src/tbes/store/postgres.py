@@ -285,6 +285,8 @@ class PostgresStore(SQLStore["psycopg.Connection[Any]"]):
             pool, self._pool = self._pool, None
         if pool is not None and self._pid == os.getpid():
             pool.close(timeout=self._timeout)
+        elif pool is not None:
+            _INHERITED.append(pool)  # the parent's: left for it to close
 
     # ---- rows ---------------------------------------------------------------------
 
