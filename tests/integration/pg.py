@@ -15,9 +15,11 @@ import glob
 import itertools
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = ["PostgresServer", "acquire", "find_pg_binary", "release"]
@@ -123,6 +125,36 @@ class PostgresServer:
                 self._run(pg_ctl, "-D", str(self._data), "-m", "immediate", "-w", "stop")
             self._started = False
         shutil.rmtree(self._dir, ignore_errors=True)
+
+    def pids(self) -> list[int]:
+        """The postmaster's pid, then those of its children (backends and helpers)."""
+        postmaster = int((self._data / "postmaster.pid").read_text().split()[0])
+        children = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                # The command may hold spaces and parentheses: the ppid follows the last ")".
+                if int(stat.read_text().rpartition(")")[2].split()[1]) == postmaster:
+                    children.append(int(stat.parent.name))
+        return [postmaster, *children]
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """SIGSTOP the server (postmaster first, so it forks no more) and SIGCONT it after.
+
+        A stopped server answers nothing, yet its kernel still accepts connections and
+        acknowledges data: the hang of an overloaded or swapped-out host.
+        """
+        stopped: list[int] = []
+        try:
+            for pid in self.pids():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+                    stopped.append(pid)
+            yield
+        finally:
+            for pid in reversed(stopped):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
 
     def fresh_dsn(self) -> str:
         """A DSN whose tables land in a new, empty schema of the shared test database.
