@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import threading
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -317,3 +318,20 @@ def test_limits_are_checked(field: str, value: object) -> None:
 def test_limits_must_be_a_policy_limits() -> None:
     with pytest.raises(TypeError, match="PolicyLimits"):
         asyncio.run(serve_policy(_accept(), CONFIG, limits={"max_clients": 1}))  # type: ignore[arg-type]
+
+
+def test_a_cap_above_the_descriptor_limit_is_warned_about(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert soft != resource.RLIM_INFINITY  # the test needs a finite limit to go over
+
+    async def scenario(max_clients: int) -> None:
+        async with _server(_accept(), attrs.evolve(RELAXED, max_clients=max_clients)):
+            pass
+
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        asyncio.run(scenario(soft))
+        asyncio.run(scenario(min(500, soft // 2)))
+    assert len(caplog.records) == 1
+    assert "ulimit -n" in caplog.records[0].getMessage()

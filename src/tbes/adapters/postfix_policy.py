@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import resource
 import weakref
 from collections.abc import Awaitable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -449,6 +450,23 @@ class _PolicyService:
             return fault
 
 
+# Descriptors the process needs besides its clients: stdio, the listener, store, logs.
+_SPARE_FDS = 64
+
+
+def _warn_if_fds_short(max_clients: int) -> None:
+    # Past the descriptor limit, accept() fails and asyncio logs a traceback per attempt:
+    # the cap only protects the process when it is under that limit.
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and max_clients + _SPARE_FDS > soft:
+        _log.warning(
+            "tbes policy: max_clients=%d leaves too few of the %d file descriptors this "
+            "process may open (ulimit -n); lower max_clients or raise the limit",
+            max_clients,
+            soft,
+        )
+
+
 async def serve_policy(
     checker: Checker,
     config: AdapterConfig,
@@ -467,6 +485,7 @@ async def serve_policy(
         limits = PolicyLimits()
     elif not isinstance(limits, PolicyLimits):
         raise TypeError(f"limits must be a PolicyLimits, got {type(limits).__name__}")
+    _warn_if_fds_short(limits.max_clients)
     service = _PolicyService(checker, config, limits)
     try:
         server = await asyncio.start_server(service.client, host, port)
