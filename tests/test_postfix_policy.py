@@ -106,6 +106,47 @@ def test_too_many_attributes_fail() -> None:
         parser.feed(b"a=1\nb=2\nc=3\nd=4\n")
 
 
+def test_a_request_over_its_byte_bound_fails_whatever_its_lines() -> None:
+    parser = PolicyParser(max_request=100)
+    assert len(parser.feed(b"a=" + b"1" * 40 + b"\n\n")) == 1  # 44 bytes: fine
+    parser.feed(b"a=" + b"1" * 40 + b"\n")  # 43 bytes pending
+    parser.feed(b"b=" + b"2" * 40 + b"\n")  # 86 bytes pending
+    with pytest.raises(PolicyProtocolError, match="longer than 100 bytes"):
+        parser.feed(b"c=333333333333333")  # a partial line past the bound: no newline needed
+    with pytest.raises(PolicyProtocolError):
+        parser.feed(b"\n\n")
+
+
+def test_the_byte_bound_counts_each_request_afresh() -> None:
+    parser = PolicyParser(max_request=len(REQUEST))
+    assert len(parser.feed(REQUEST * 5)) == 5
+    assert parser.idle
+
+
+def _raw_at_least(text: str) -> int:
+    # A U+FFFD replaced at least one byte (it is 3 bytes encoded).
+    return len(text.encode()) - 2 * text.count("\ufffd")
+
+
+@given(
+    chunks=st.lists(
+        st.one_of(st.binary(max_size=200), st.sampled_from([b"a=1\n", b"\n", b"n=" + b"x" * 60])),
+        max_size=20,
+    ),
+    bound=st.integers(1, 300),
+)
+def test_no_request_is_over_its_byte_bound(chunks: list[bytes], bound: int) -> None:
+    parser = PolicyParser(max_line=1000, max_attributes=1000, max_request=bound)
+    try:
+        for chunk in chunks:
+            for request in parser.feed(chunk):
+                # The bytes each name=value line and the final empty line took, at least.
+                size = sum(_raw_at_least(n) + _raw_at_least(v) + 2 for n, v in request) + 1
+                assert size <= bound
+    except PolicyProtocolError:
+        pass
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [
@@ -134,6 +175,8 @@ def test_arbitrary_bytes_give_requests_or_a_protocol_error(chunks: list[bytes]) 
 def test_limits_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_line=0"):
         PolicyParser(max_line=0)
+    with pytest.raises(ValueError, match="max_request=0"):
+        PolicyParser(max_request=0)
 
 
 def test_response_is_one_action_line_and_an_empty_line() -> None:

@@ -10,47 +10,67 @@ restrictions still apply.
 
 Decisions that shaped it: the codec (:class:`PolicyParser`, :func:`format_response`) does
 no I/O, so it is tested byte by byte, and it bounds memory: a line longer than
-``max_line`` bytes or a request with more than ``max_attributes`` lines is a
-:class:`PolicyProtocolError`, raised as soon as the limit is passed, never after buffering
-the excess. Postfix never sends such input, so the server treats it as a peer that is not
-Postfix: it logs a warning and disconnects, as the protocol prescribes for trouble. A fault
-while deciding (store down, bug) answers ``DUNNO`` and logs a warning (fail open), or a
-``451 4.3.0`` deferral when the configuration says ``fail_closed``.
+``max_line`` bytes, a request with more than ``max_attributes`` lines or more than
+``max_request`` bytes in all is a :class:`PolicyProtocolError`, raised as soon as the limit
+is passed, never after buffering the excess. Postfix never sends such input, so the server
+treats it as a peer that is not Postfix: it logs a warning and disconnects, as the protocol
+prescribes for trouble. A fault while deciding (store down, bug) answers ``DUNNO`` and logs
+a warning (fail open), or a ``451 4.3.0`` deferral when the configuration says
+``fail_closed``.
+
+The server bounds everything a peer can make it hold (:class:`PolicyLimits`): a number of
+concurrent clients (past it a new connection is closed at once), the bytes of one request,
+the time from a request's first byte to its end (not reset by each byte, so a slow drip
+cannot hold a connection), the idle time between requests, and the number of checks
+running at once: :meth:`Enforcer.check <tbes.enforcer.Enforcer.check>` is synchronous, so
+checks run on the server's own pool of ``max_checks`` threads, and a request that waits
+longer than ``queue_timeout`` for one gets the fault answer. What peers do to it (resets,
+garbage, timeouts, refusals) is logged once per ``log_interval`` per kind, with a count of
+the ones suppressed, so a flood never becomes a flood of log lines or tracebacks.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Iterable, Iterator
+import math
+import resource
+import weakref
+from collections.abc import Awaitable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import attrs
 
+from tbes.adapters._ratelimit import RateLimitedLogger
 from tbes.adapters.config import FAULT_REPLY, AdapterConfig, Checker
 from tbes.decision import Action, Decision
 from tbes.errors import TbesError
 
 __all__ = [
     "DUNNO",
+    "PolicyLimits",
     "PolicyParser",
     "PolicyProtocolError",
     "PolicyRequest",
     "action_for",
     "decide_request",
     "format_response",
-    "handle_policy_connection",
     "run_policy_server",
     "serve_policy",
 ]
 
 _log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 DUNNO = "DUNNO"
 """The policy action that expresses no opinion: Postfix goes on with its other checks."""
 
 _DEFAULT_MAX_LINE = 4096
 _DEFAULT_MAX_ATTRIBUTES = 256
+# A Postfix 3.x request is some 30 short attributes (addresses, names, TLS data): well
+# under 4 KiB. 32 KiB leaves room for long ones and bounds a connection's parser memory.
+_DEFAULT_MAX_REQUEST = 32 * 1024
 _READ_SIZE = 4096
 
 
@@ -90,14 +110,21 @@ class PolicyParser:
     """
 
     def __init__(
-        self, *, max_line: int = _DEFAULT_MAX_LINE, max_attributes: int = _DEFAULT_MAX_ATTRIBUTES
+        self,
+        *,
+        max_line: int = _DEFAULT_MAX_LINE,
+        max_attributes: int = _DEFAULT_MAX_ATTRIBUTES,
+        max_request: int = _DEFAULT_MAX_REQUEST,
     ) -> None:
-        if max_line < 1 or max_attributes < 1:
+        if max_line < 1 or max_attributes < 1 or max_request < 1:
             raise ValueError(
-                f"limits must be >= 1, got max_line={max_line!r}, max_attributes={max_attributes!r}"
+                f"limits must be >= 1, got max_line={max_line!r}, "
+                f"max_attributes={max_attributes!r}, max_request={max_request!r}"
             )
         self._max_line = max_line
         self._max_attributes = max_attributes
+        self._max_request = max_request
+        self._request_bytes = 0  # bytes of the pending request's lines already consumed
         self._buffer = bytearray()
         self._pending: list[tuple[str, str]] = []
         self._error: PolicyProtocolError | None = None
@@ -116,12 +143,17 @@ class PolicyParser:
         try:
             while (end := self._buffer.find(b"\n")) >= 0:
                 self._check_length(end)
+                self._check_request(self._request_bytes + end + 1)
                 line = bytes(self._buffer[:end]).removesuffix(b"\r")
                 del self._buffer[: end + 1]
+                self._request_bytes += end + 1
                 request = self._line(line)
                 if request is not None:
                     requests.append(request)
+                    self._request_bytes = 0
+            # What is left is the start of the next line, of the pending request.
             self._check_length(len(self._buffer))
+            self._check_request(self._request_bytes + len(self._buffer))
         except PolicyProtocolError as error:
             self._error = error
             self._buffer.clear()
@@ -133,6 +165,13 @@ class PolicyParser:
             raise PolicyProtocolError(
                 f"policy request line longer than {self._max_line} bytes "
                 f"(at least {length}); Postfix never sends such lines"
+            )
+
+    def _check_request(self, size: int) -> None:
+        if size > self._max_request:
+            raise PolicyProtocolError(
+                f"policy request longer than {self._max_request} bytes "
+                f"(at least {size}); Postfix never sends such requests"
             )
 
     def _line(self, line: bytes) -> PolicyRequest | None:
@@ -176,19 +215,23 @@ def _fault_action(config: AdapterConfig) -> str:
     return str(FAULT_REPLY) if config.fail_closed else DUNNO
 
 
+def _decide(request: PolicyRequest, checker: Checker, config: AdapterConfig) -> str:
+    conn = config.connection(
+        peer_ip=request.get("client_address"),
+        peer_host=request.get("client_name"),
+        tls_subject=request.get("ccert_subject"),
+    )
+    # No headers at this stage: the state stored for this server decides (SPEC 9).
+    return action_for(checker.check(conn, ()))
+
+
 def decide_request(request: PolicyRequest, checker: Checker, config: AdapterConfig) -> str:
     """The action for one request, failing open (or closed, if configured) on any fault."""
     try:
-        conn = config.connection(
-            peer_ip=request.get("client_address"),
-            peer_host=request.get("client_name"),
-            tls_subject=request.get("ccert_subject"),
-        )
-        # No headers at this stage: the state stored for this server decides (SPEC 9).
-        return action_for(checker.check(conn, ()))
+        return _decide(request, checker, config)
     except Exception:
         _log.warning(
-            "tbes policy: deciding for client %s failed; answering %s",
+            "tbes policy: deciding for client %r failed; answering %s",
             request.get("client_address"),
             _fault_action(config),
             exc_info=True,
@@ -196,34 +239,232 @@ def decide_request(request: PolicyRequest, checker: Checker, config: AdapterConf
         return _fault_action(config)
 
 
-async def handle_policy_connection(
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
-    checker: Checker,
-    config: AdapterConfig,
-    *,
-    idle_timeout: float = 600.0,
-) -> None:
-    """Serve one Postfix policy client connection until it closes, idles out or misbehaves."""
-    parser = PolicyParser()
-    peer = writer.get_extra_info("peername")
-    try:
-        while True:
-            data = await asyncio.wait_for(reader.read(_READ_SIZE), idle_timeout)
-            if not data:
-                return
-            for request in parser.feed(data):
-                action = await asyncio.to_thread(decide_request, request, checker, config)
-                writer.write(format_response(action))
-            await writer.drain()
-    except PolicyProtocolError as error:
-        _log.warning("tbes policy: closing connection from %s: %s", peer, error)
-    except (TimeoutError, ConnectionError) as error:
-        _log.info("tbes policy: connection from %s ended: %r", peer, error)
-    finally:
-        writer.close()
-        with contextlib.suppress(ConnectionError, OSError):
-            await writer.wait_closed()
+def _count(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{attribute.name} must be an integer >= 1, got {value!r}")
+
+
+def _seconds(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ValueError(f"{attribute.name} must be a finite number of seconds > 0, got {value!r}")
+
+
+@attrs.frozen
+class PolicyLimits:
+    """What one policy server lets its peers hold; the defaults suit a Postfix host.
+
+    ``max_clients`` concurrent connections (Postfix keeps one per ``smtpd`` process, 100 by
+    default); a connection past it is closed at once. The process needs file descriptors
+    for all of them, so keep it well under ``ulimit -n``. Per connection: ``max_line``
+    bytes per line, ``max_attributes`` lines and ``max_request_bytes`` bytes per request;
+    ``request_timeout`` seconds from a request's first byte to its empty line (Postfix
+    sends a request in one write); ``idle_timeout`` seconds between requests (longer than
+    Postfix's ``smtpd_policy_service_max_idle``, 300 s, so Postfix is the one that closes).
+    Checks run on ``max_checks`` threads shared by all connections; a request that waits
+    ``queue_timeout`` seconds for one gets the fault answer (``DUNNO``, or ``451 4.3.0``
+    with ``fail_closed``), well within Postfix's policy ``timeout``. Each kind of trouble is
+    logged at most once per ``log_interval`` seconds.
+    """
+
+    max_clients: int = attrs.field(default=500, validator=_count)
+    max_line: int = attrs.field(default=_DEFAULT_MAX_LINE, validator=_count)
+    max_attributes: int = attrs.field(default=_DEFAULT_MAX_ATTRIBUTES, validator=_count)
+    max_request_bytes: int = attrs.field(default=_DEFAULT_MAX_REQUEST, validator=_count)
+    request_timeout: float = attrs.field(default=10.0, validator=_seconds)
+    idle_timeout: float = attrs.field(default=600.0, validator=_seconds)
+    max_checks: int = attrs.field(default=8, validator=_count)
+    queue_timeout: float = attrs.field(default=5.0, validator=_seconds)
+    log_interval: float = attrs.field(default=60.0, validator=_seconds)
+
+
+class _RequestDeadline(Exception):
+    """A request (or the answer to it) took longer than ``request_timeout``."""
+
+
+class _PolicyService:
+    """The state one server shares across its connections: the client count, the check
+    threads and the rate-limited log."""
+
+    def __init__(self, checker: Checker, config: AdapterConfig, limits: PolicyLimits) -> None:
+        self._checker = checker
+        self._config = config
+        self._limits = limits
+        self._clients = 0
+        self._executor = ThreadPoolExecutor(limits.max_checks, thread_name_prefix="tbes-policy")
+        # The semaphore, not the executor's queue, is where requests wait: a wait there can
+        # be abandoned (queue_timeout) without leaving work behind.
+        self._slots = asyncio.Semaphore(limits.max_checks)
+        self._log = RateLimitedLogger(_log, limits.log_interval)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._clients >= self._limits.max_clients:
+            self._log.log(
+                "max_clients",
+                logging.WARNING,
+                "tbes policy: %d clients connected (max_clients); closing new connections "
+                "at once, such as %s",
+                self._clients,
+                writer.get_extra_info("peername"),
+            )
+            writer.transport.abort()
+            return
+        self._clients += 1
+        try:
+            await self._serve(reader, writer)
+        except asyncio.CancelledError:
+            # The loop is shutting down. Nothing awaits this task, and Python 3.11's stream
+            # callback logs a traceback for each cancelled one: end it quietly instead.
+            pass
+        finally:
+            self._clients -= 1
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        limits = self._limits
+        parser = PolicyParser(
+            max_line=limits.max_line,
+            max_attributes=limits.max_attributes,
+            max_request=limits.max_request_bytes,
+        )
+        peer = writer.get_extra_info("peername")
+        loop = asyncio.get_running_loop()
+        started: float | None = None  # when the first byte of the pending request came
+        try:
+            while True:
+                if started is None:
+                    try:
+                        async with asyncio.timeout(limits.idle_timeout):
+                            data = await reader.read(_READ_SIZE)
+                    except TimeoutError:
+                        self._log.log(
+                            "idle",
+                            logging.INFO,
+                            "tbes policy: closing connection from %s: idle for %.0f s",
+                            peer,
+                            limits.idle_timeout,
+                        )
+                        return
+                else:
+                    data = await self._before(started, reader.read(_READ_SIZE))
+                if not data:
+                    return
+                arrived = loop.time()
+                requests = parser.feed(data)
+                for request in requests:
+                    writer.write(format_response(await self._answer(request)))
+                    # A peer that does not read its answers must not hold them, or us, either.
+                    await self._before(loop.time(), writer.drain())
+                if parser.idle:
+                    started = None
+                elif requests or started is None:
+                    started = arrived  # the rest of this read starts the next request
+        except _RequestDeadline:
+            self._log.log(
+                "request_timeout",
+                logging.WARNING,
+                "tbes policy: closing connection from %s: a request took longer than %.1f s "
+                "(request_timeout); Postfix sends a request at once",
+                peer,
+                limits.request_timeout,
+            )
+        except PolicyProtocolError as error:
+            self._log.log(
+                "protocol",
+                logging.WARNING,
+                "tbes policy: closing connection from %s: %s",
+                peer,
+                error,
+            )
+        except ConnectionError as error:
+            self._log.log(
+                "reset", logging.INFO, "tbes policy: connection from %s ended: %r", peer, error
+            )
+        except Exception:  # a bug: one traceback per interval, never one per connection
+            self._log.log(
+                "bug",
+                logging.ERROR,
+                "tbes policy: unexpected error on connection from %s; closing it",
+                peer,
+                exc_info=True,
+            )
+        finally:
+            # Let the last answers go out, but not for longer than a request may take.
+            writer.close()
+            try:
+                async with asyncio.timeout(limits.request_timeout):
+                    await writer.wait_closed()
+            except Exception:  # nothing more to do for this peer
+                pass
+            finally:
+                writer.transport.abort()  # a no-op once closed
+
+    async def _before(self, started: float, awaitable: Awaitable[_T]) -> _T:
+        deadline = started + self._limits.request_timeout
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await awaitable
+        except TimeoutError:
+            raise _RequestDeadline from None
+
+    async def _answer(self, request: PolicyRequest) -> str:
+        fault = _fault_action(self._config)
+        try:
+            async with asyncio.timeout(self._limits.queue_timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            self._log.log(
+                "queue_timeout",
+                logging.WARNING,
+                "tbes policy: all %d check threads busy for %.1f s (max_checks, "
+                "queue_timeout); answering %s",
+                self._limits.max_checks,
+                self._limits.queue_timeout,
+                fault,
+            )
+            return fault
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._executor, self._check, request, fault)
+        finally:
+            self._slots.release()
+
+    def _check(self, request: PolicyRequest, fault: str) -> str:
+        try:
+            return _decide(request, self._checker, self._config)
+        except Exception:
+            self._log.log(
+                "fault",
+                logging.WARNING,
+                "tbes policy: deciding for client %r failed; answering %s",
+                request.get("client_address"),
+                fault,
+                exc_info=True,
+            )
+            return fault
+
+
+# Descriptors the process needs besides its clients: stdio, the listener, store, logs.
+_SPARE_FDS = 64
+
+
+def _warn_if_fds_short(max_clients: int) -> None:
+    # Past the descriptor limit, accept() fails and asyncio logs a traceback per attempt:
+    # the cap only protects the process when it is under that limit.
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and max_clients + _SPARE_FDS > soft:
+        _log.warning(
+            "tbes policy: max_clients=%d leaves too few of the %d file descriptors this "
+            "process may open (ulimit -n); lower max_clients or raise the limit",
+            max_clients,
+            soft,
+        )
 
 
 async def serve_policy(
@@ -232,27 +473,42 @@ async def serve_policy(
     *,
     host: str = "127.0.0.1",
     port: int = 0,
-    idle_timeout: float = 600.0,
+    limits: PolicyLimits | None = None,
 ) -> asyncio.Server:
     """Start a policy server on ``host:port`` (0: any free port) and return it, serving.
 
     Use ``server.sockets[0].getsockname()`` for the port, ``async with server`` and
-    ``await server.serve_forever()`` to run it.
+    ``await server.serve_forever()`` to run it. ``limits`` (default :class:`PolicyLimits`)
+    bounds what peers can make it hold.
     """
-
-    async def _client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await handle_policy_connection(reader, writer, checker, config, idle_timeout=idle_timeout)
-
-    return await asyncio.start_server(_client, host, port)
+    if limits is None:
+        limits = PolicyLimits()
+    elif not isinstance(limits, PolicyLimits):
+        raise TypeError(f"limits must be a PolicyLimits, got {type(limits).__name__}")
+    _warn_if_fds_short(limits.max_clients)
+    service = _PolicyService(checker, config, limits)
+    try:
+        server = await asyncio.start_server(service.client, host, port)
+    except BaseException:
+        service.close()
+        raise
+    # The check threads live as long as the server object.
+    weakref.finalize(server, service.close)
+    return server
 
 
 def run_policy_server(
-    checker: Checker, config: AdapterConfig, *, host: str = "127.0.0.1", port: int
+    checker: Checker,
+    config: AdapterConfig,
+    *,
+    host: str = "127.0.0.1",
+    port: int,
+    limits: PolicyLimits | None = None,
 ) -> None:
     """Run a policy server on ``host:port`` until interrupted (blocking; for the CLI)."""
 
     async def _main() -> None:
-        server = await serve_policy(checker, config, host=host, port=port)
+        server = await serve_policy(checker, config, host=host, port=port, limits=limits)
         async with server:
             await server.serve_forever()
 
