@@ -21,6 +21,7 @@ from tbes.render import (
     render_report,
     render_text,
 )
+from tbes.render._common import printable
 from tbes.report import ReportRow, forecast, report_row
 from tbes.serde import loads
 from tbes.state import ServerState
@@ -307,3 +308,50 @@ def test_render_report_orders_rows_by_tenant_and_server() -> None:
 def test_render_report_refuses_an_unknown_format() -> None:
     with pytest.raises(ValueError, match="'pdf'"):
         render_report(STATES, "pdf", now=NOW, policy=POLICY, catalog=CATALOG)
+
+
+# ---- the calendar's ends --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("first", "now", "label"),
+    [
+        (dt.datetime(1, 1, 1, tzinfo=UTC), dt.datetime(1, 1, 15, tzinfo=UTC), "Jan 0001"),
+        (
+            dt.datetime(9999, 12, 1, tzinfo=UTC),
+            dt.datetime(9999, 12, 31, 23, 59, tzinfo=UTC),
+            "today 9999-12-31",
+        ),
+    ],
+)
+def test_html_page_near_the_calendars_ends_draws_its_axis_there(
+    first: dt.datetime, now: dt.datetime, label: str
+) -> None:
+    text = render_report(
+        [server("ex16.fabrikam.example", "15.1.2507.39", first)],
+        "html",
+        now=now,
+        policy=POLICY,
+        catalog=CATALOG,
+    )
+    assert label in text
+
+
+# ---- the escape of foreign text ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("a\nb\rc\td", "a\\nb\\rc\\td"),
+        ("\x00\x1b[31m\x7f", "\\x00\\x1b[31m\\x7f"),
+        ("\x85\x9b", "\\x85\\x9b"),  # C1 controls: NEL and CSI
+        ("a\u2028b\u202ec\u2066", "a\\u2028b\\u202ec\\u2066"),  # line sep., bidi controls
+        ("\udcff", "\\udcff"),  # a lone surrogate, as surrogateescape leaves them
+        ("münchen.example [x] \\x1b", "münchen.example [x] \\x1b"),  # left as it is
+    ],
+)
+def test_printable_shows_what_could_act_on_a_terminal_as_visible_escapes(
+    text: str, shown: str
+) -> None:
+    assert printable(text) == shown

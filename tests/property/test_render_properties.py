@@ -12,9 +12,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tbes.catalog import Compliance
-from tbes.render import render_csv, render_html, render_text
+from tbes.render import render_csv, render_html, render_json, render_text
 from tbes.render.csv import COLUMNS
 from tbes.report import ReportRow
+from tbes.serde import loads
 from tbes.version import ExchangeBuild
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -92,3 +93,12 @@ def test_text_table_has_one_line_per_server_and_no_raw_control_character(
 def test_html_page_has_no_raw_control_character(report: list[ReportRow]) -> None:
     page = render_html(report, {}, now=FIRST)
     assert RAW_CONTROL.search(page.replace("\n", "")) is None
+
+
+@given(rows)
+def test_json_reads_back_as_the_same_rows_and_writes_no_raw_control_character(
+    report: list[ReportRow],
+) -> None:
+    text = render_json(report)
+    assert loads(text, list[ReportRow]) == report
+    assert RAW_CONTROL.search(text.replace("\n", "")) is None

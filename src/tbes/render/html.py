@@ -183,7 +183,9 @@ class _Axis:
         at = dt.datetime(self.start.year, self.start.month, 1, tzinfo=dt.UTC)
         while at <= self.end:
             if at >= self.start and (at.month - 1) % step == 0:
-                yield at, at.strftime("%b %Y") if at.month == 1 or step > 1 else at.strftime("%b")
+                # The year in four digits: strftime's %Y drops leading zeros on glibc.
+                year = f" {at.year:04d}" if at.month == 1 or step > 1 else ""
+                yield at, at.strftime("%b") + year
             if at.year == dt.MAXYEAR and at.month == 12:
                 return  # no month starts after December 9999
             at = dt.datetime(at.year + at.month // 12, at.month % 12 + 1, 1, tzinfo=dt.UTC)
