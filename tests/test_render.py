@@ -21,6 +21,7 @@ from tbes.render import (
     render_report,
     render_text,
 )
+from tbes.render._common import printable
 from tbes.report import ReportRow, forecast, report_row
 from tbes.serde import loads
 from tbes.state import ServerState
@@ -84,6 +85,20 @@ def test_text_table_shows_stage_status_and_pause() -> None:
     assert "2026-01-20 00:00" in line  # paused until
 
 
+def test_text_table_shows_a_newline_in_a_server_id_as_an_escape_not_a_new_row() -> None:
+    forged = server("ex16.fabrikam.example\nforged.example  EX 1", "15.1.2507.39", NOW)
+    lines = render_text([report_row(forged, NOW, POLICY, CATALOG)]).splitlines()
+    assert len(lines) == 3
+    assert lines[2].startswith("ex16.fabrikam.example\\nforged.example  EX 1  15.1.2507.39")
+
+
+def test_text_table_shows_escape_sequences_as_visible_escapes() -> None:
+    hostile = server("ex\x1b[2J\x9b1m\x7f.example", "15.1.2507.39", NOW)
+    text = render_text([report_row(hostile, NOW, POLICY, CATALOG)])
+    assert "ex\\x1b[2J\\x9b1m\\x7f.example" in text
+    assert not any(char in text for char in "\x1b\x9b\x7f")
+
+
 # ---- csv ------------------------------------------------------------------------------------
 
 
@@ -114,6 +129,26 @@ def test_csv_quotes_values_with_commas_and_quotes() -> None:
     assert '"odd,""name"""' in text
     (record,) = csv.DictReader(io.StringIO(text, newline=""))
     assert record["server"] == 'odd,"name"'
+
+
+@pytest.mark.parametrize("start", ["=", "+", "-", "@", "\t", "\r"])
+def test_csv_cells_that_a_spreadsheet_would_read_as_a_formula_get_a_leading_quote(
+    start: str,
+) -> None:
+    state = server(f"{start}HYPERLINK(1)", "15.1.2507.39", NOW)
+    text = render_csv([report_row(state, NOW, POLICY, CATALOG)])
+    (record,) = csv.DictReader(io.StringIO(text, newline=""))
+    shown = {"\t": "\\t", "\r": "\\r"}.get(start, start)
+    assert record["server"] == f"'{shown}HYPERLINK(1)"
+
+
+def test_csv_shows_a_newline_in_a_server_id_as_an_escape_in_one_line() -> None:
+    state = server("ex16.example\nforged,row", "15.1.2507.39", NOW)
+    text = render_csv([report_row(state, NOW, POLICY, CATALOG)])
+    assert len(text.split("\r\n")) == 3  # header, the row, and the empty rest
+    (record,) = csv.DictReader(io.StringIO(text, newline=""))
+    assert record["server"] == "ex16.example\\nforged,row"
+    assert record["tenant"] == "fabrikam"
 
 
 # ---- json -----------------------------------------------------------------------------------
@@ -239,6 +274,13 @@ def test_html_page_escapes_everything_that_comes_from_data() -> None:
     assert not any(tag == "script" for tag, _ in tags.tags)
 
 
+def test_html_page_shows_control_characters_as_visible_escapes() -> None:
+    text = page([server("ex\x1b[2J\x9b.example", "15.1.2507.39", NOW)])
+    assert "ex\\x1b[2J\\x9b.example" in text
+    assert "\x1b" not in text
+    assert "\x9b" not in text
+
+
 def test_html_title_and_subtitle_are_escaped_too() -> None:
     text = render_html([], {}, now=NOW, title="<b>t</b>", subtitle="<i>s</i>")
     assert "<b>t</b>" not in text
@@ -266,3 +308,50 @@ def test_render_report_orders_rows_by_tenant_and_server() -> None:
 def test_render_report_refuses_an_unknown_format() -> None:
     with pytest.raises(ValueError, match="'pdf'"):
         render_report(STATES, "pdf", now=NOW, policy=POLICY, catalog=CATALOG)
+
+
+# ---- the calendar's ends --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("first", "now", "label"),
+    [
+        (dt.datetime(1, 1, 1, tzinfo=UTC), dt.datetime(1, 1, 15, tzinfo=UTC), "Jan 0001"),
+        (
+            dt.datetime(9999, 12, 1, tzinfo=UTC),
+            dt.datetime(9999, 12, 31, 23, 59, tzinfo=UTC),
+            "today 9999-12-31",
+        ),
+    ],
+)
+def test_html_page_near_the_calendars_ends_draws_its_axis_there(
+    first: dt.datetime, now: dt.datetime, label: str
+) -> None:
+    text = render_report(
+        [server("ex16.fabrikam.example", "15.1.2507.39", first)],
+        "html",
+        now=now,
+        policy=POLICY,
+        catalog=CATALOG,
+    )
+    assert label in text
+
+
+# ---- the escape of foreign text ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("a\nb\rc\td", "a\\nb\\rc\\td"),
+        ("\x00\x1b[31m\x7f", "\\x00\\x1b[31m\\x7f"),
+        ("\x85\x9b", "\\x85\\x9b"),  # C1 controls: NEL and CSI
+        ("a\u2028b\u202ec\u2066", "a\\u2028b\\u202ec\\u2066"),  # line sep., bidi controls
+        ("\udcff", "\\udcff"),  # a lone surrogate, as surrogateescape leaves them
+        ("münchen.example [x] \\x1b", "münchen.example [x] \\x1b"),  # left as it is
+    ],
+)
+def test_printable_shows_what_could_act_on_a_terminal_as_visible_escapes(
+    text: str, shown: str
+) -> None:
+    assert printable(text) == shown

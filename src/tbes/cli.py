@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import importlib
-import json
 import re
 import sqlite3
 import sys
@@ -38,8 +37,9 @@ from tbes.ledger import Pause, PauseLedger
 from tbes.policy import Policy
 from tbes.received import Hop, SenderEvidence, find_sender, parse_received, received_values
 from tbes.render import FORMATS, render_report
-from tbes.render._common import instant, minutes, stage_cell
-from tbes.report import ReportRow, Segment, forecast, horizon, report_row
+from tbes.render._common import instant, minutes, printable, stage_cell
+from tbes.render.json import dumps
+from tbes.report import END, ReportRow, Segment, forecast, horizon, report_row
 from tbes.serde import converter
 from tbes.state import ServerState, observe
 from tbes.store.sqlite import SQLiteStore
@@ -71,7 +71,8 @@ class _Fail(click.ClickException):
     exit_code = 2
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"tbes: error: {self.format_message()}", err=True)
+        # Messages echo input (file names, server ids, option values): escaped, and one line.
+        click.echo(f"tbes: error: {printable(self.format_message())}", err=True)
 
 
 def _one_line(text: str) -> str:
@@ -189,7 +190,15 @@ class _Instant(_ParamType):
                 param,
                 ctx,
             )
-        return parsed.astimezone(dt.UTC)
+        try:
+            return parsed.astimezone(dt.UTC)
+        except OverflowError:
+            self.fail(
+                f"{text!r} lies outside the calendar in UTC "
+                "(0001-01-01T00:00Z to 9999-12-31T23:59:59Z)",
+                param,
+                ctx,
+            )
 
 
 class _Date(_ParamType):
@@ -306,8 +315,14 @@ def _open_store(path: Path) -> SQLiteStore:
 
 
 def _t(value: object) -> Text:
-    """Data as rich Text, so that brackets in server ids are never read as markup."""
-    return Text("-" if value is None else str(value))
+    """Data as rich Text, so that brackets in server ids are never read as markup, with
+    control characters shown as escapes (:func:`~tbes.render._common.printable`)."""
+    return Text("-" if value is None else printable(str(value)))
+
+
+def _line(text: str, style: str = "") -> Text:
+    """A line to print that holds foreign text: escaped, and never read as markup."""
+    return Text(printable(text), style=style)
 
 
 def _table(*columns: str, title: str | None = None) -> Table:
@@ -439,7 +454,7 @@ def _inspect_json(
         data["decision"] = converter.unstructure(decision, Decision)
         data["decision"]["reply"] = None if decision.reply is None else str(decision.reply)
         data["report"] = converter.unstructure(row, ReportRow)
-    return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False)
+    return dumps(data)
 
 
 def _hops_table(hops: list[Hop]) -> Table:
@@ -492,7 +507,7 @@ def _print_sender(
     if decision.reply is not None:
         lines.append(f"Reply: {decision.reply}")
     for line in lines:
-        console.print(Text(line))
+        console.print(_line(line))
     if row.throttle_enabled is not None:
         console.print(_milestones(row))
 
@@ -543,9 +558,9 @@ def timeline(
     console = _console()
     release = "" if assessment.release is None else f" ({assessment.release.title})"
     console.print(
-        Text(f"Build {build}{release}: {assessment.status.value} under {policy_name}."),
+        _line(f"Build {build}{release}: {assessment.status.value} under {policy_name}."),
     )
-    console.print(Text(assessment.reason))
+    console.print(_line(assessment.reason))
     if state.first_detected is None:
         console.print("Nothing is enforced: the server is never throttled or blocked.")
         return
@@ -553,7 +568,9 @@ def timeline(
     console.print(_milestones(row))
     # The horizon is a day into the terminal stage: enough to show where it begins.
     until = horizon(state, policy, first_detected)
-    console.print(_stages_table(forecast(state, policy, until=until), until))
+    segments = forecast(state, policy, until=until)
+    if segments:  # none when detected at the calendar's very end
+        console.print(_stages_table(segments, until))
 
 
 def _what_if(
@@ -595,7 +612,8 @@ def _stages_table(segments: Sequence[Segment], until: dt.datetime) -> Table:
     )
     for segment in segments:
         stage = segment.stage
-        open_ended = segment.end == until and stage is not None and stage.terminal
+        # The terminal stage, or any stage the calendar's end cuts short, has no end.
+        open_ended = segment.end == until and stage is not None and (stage.terminal or until == END)
         days = segment.duration / dt.timedelta(days=1)
         table.add_row(
             _t(None if stage is None else stage.number),
@@ -659,7 +677,7 @@ def report(
         click.echo(text, nl=False)
         return
     _guard(lambda: output.write_text(text, encoding="utf-8", newline=""))
-    click.echo(f"Wrote the {fmt} report of {len(states)} servers to {output}.")
+    click.echo(printable(f"Wrote the {fmt} report of {len(states)} servers to {output}."))
 
 
 # ---- tbes quota ---------------------------------------------------------------------------
@@ -697,7 +715,7 @@ def _ledger(db: Path, tenant: str, policy: Policy) -> PauseLedger:
 
 def _print_quota(console: Console, ledger: PauseLedger, year: int) -> None:
     console.print(
-        Text(
+        _line(
             f"Tenant {ledger.tenant}, {year}: {ledger.used(year)} of {ledger.quota_days} pause "
             f"days used, {ledger.remaining(year)} remaining."
         )
@@ -816,8 +834,11 @@ def catalog_import(csv_file: Path, output: Path) -> None:
     imported = _guard(lambda: Catalog.from_microsoft_csv(csv_file))
     _guard(lambda: imported.dump(output))
     click.echo(
-        f"Imported {len(imported.releases)} releases (as of {imported.as_of}) from {csv_file} "
-        f"into {output}. Use it with `tbes --catalog {output} ...` or TBES_CATALOG={output}."
+        printable(
+            f"Imported {len(imported.releases)} releases (as of {imported.as_of}) from "
+            f"{csv_file} into {output}. Use it with `tbes --catalog {output} ...` or "
+            f"TBES_CATALOG={output}."
+        )
     )
 
 
@@ -851,7 +872,7 @@ def pause(
     last = first + dt.timedelta(days=days - 1)
     console = _console()
     console.print(
-        Text(
+        _line(
             f"Paused {server} (tenant {tenant}) for {days} days: {first} to {last} (UTC days); "
             f"enforcement resumes {last + dt.timedelta(days=1)} 00:00 UTC."
         )
@@ -883,15 +904,15 @@ def unpause(
     today = at.date()
     returned = {
         year: before.used(year) - after.used(year)
-        for year in range(today.year, today.year + 2)
+        for year in range(today.year, min(today.year + 2, dt.MAXYEAR + 1))
         if before.used(year) != after.used(year)
     }
     console = _console()
     if not returned:
-        console.print(Text(f"{server} (tenant {tenant}) had no current or future pause."))
+        console.print(_line(f"{server} (tenant {tenant}) had no current or future pause."))
         return
     console.print(
-        Text(
+        _line(
             f"Ended the pauses of {server} (tenant {tenant}); enforcement resumes "
             f"{_resumes(before, server, at)}."
         )
@@ -910,7 +931,7 @@ def _resumes(ledger: PauseLedger, server: str, at: dt.datetime) -> str:
 
 def _quota_line(ledger: PauseLedger, year: int, *, returned: int = 0) -> Text:
     back = f" ({returned} days returned)" if returned else ""
-    return Text(
+    return _line(
         f"Quota of {ledger.tenant} in {year}: {ledger.used(year)} of {ledger.quota_days} days "
         f"used, {ledger.remaining(year)} remaining{back}."
     )
@@ -961,7 +982,7 @@ def demo(ctx: click.Context, db: Path, report_path: Path) -> None:
     _guard(lambda: _fresh_database(db))
     console = _console()
     console.print(
-        Text(
+        _line(
             f"tbes demo: tenant {scenario.TENANT}, {len(scenario.SENDERS)} sending servers, "
             f"{scenario.START:%Y-%m-%d} to {scenario.END:%Y-%m-%d} (simulated), "
             f"policy {scenario.POLICY_NAME}, database {db}",
@@ -994,7 +1015,7 @@ def demo(ctx: click.Context, db: Path, report_path: Path) -> None:
         for year in sorted({y for p in result.ledger.pauses for y in p.years()}):
             console.print(_quota_line(result.ledger, year))
     console.print(
-        Text(
+        _line(
             f"{result.checks} connections checked. Wrote {result.report} "
             f"({len(result.rows)} servers): open it in a browser. The database stays: try "
             f"tbes report --db {db} --at {scenario.END:%Y-%m-%dT%H:%MZ}"
@@ -1029,9 +1050,9 @@ def _is_tbes_database(path: Path) -> bool:
 def _event_line(event: Event) -> Text:
     line = Text(f"{instant(event.at)}  ", style="dim")
     line.append(f"{event.kind.value:<16}", style=_EVENT_STYLES.get(event.kind.value, ""))
-    line.append(f" {event.server_id}")
+    line.append(printable(f" {event.server_id}"))
     if event.detail:
-        line.append(f": {event.detail}")
+        line.append(printable(f": {event.detail}"))
     return line
 
 
@@ -1049,7 +1070,7 @@ _EVENT_STYLES = {
 def _note_line(at: dt.datetime, text: str) -> Text:
     line = Text(f"{instant(at)}  ", style="dim")
     line.append(f"{'NOTE':<16}", style="magenta")
-    line.append(f" {text}")
+    line.append(printable(f" {text}"))
     return line
 
 

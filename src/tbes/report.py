@@ -6,6 +6,12 @@ and assessment into the row an administrator knows from Microsoft's report. Neit
 out a stage by itself: :func:`~tbes.decision.decide` is the source of truth, so the timeline
 asks it for the stage, the paused flag and the (frozen) elapsed time at each point where
 something can change, and only uses the stage table to know where the next stage starts.
+
+Both stop at the calendar's end: an instant past :data:`END` (9999-12-31 23:59:59.999999
+UTC, the last one a :class:`~datetime.datetime` holds) is taken as :data:`END`, and a
+timeline or milestone that would lie beyond it is cut off there (a milestone past it is
+``None``). So a state or an instant near the year 9999 gives an answer, never an
+:class:`OverflowError`.
 """
 
 from __future__ import annotations
@@ -26,8 +32,11 @@ from tbes.stages import Stage
 from tbes.state import ServerState
 from tbes.version import ExchangeBuild, Product
 
-__all__ = ["ReportRow", "Segment", "forecast", "horizon", "report_row"]
+__all__ = ["END", "ReportRow", "Segment", "forecast", "horizon", "report_row"]
 
+END = dt.datetime.max.replace(tzinfo=dt.UTC)
+"""The calendar's end, where forecasts and horizons stop."""
+_START = dt.datetime.min.replace(tzinfo=dt.UTC)
 _DAY = dt.timedelta(days=1)
 _MINUTES = 60
 
@@ -70,6 +79,22 @@ def _aware_or_none(
 ) -> None:
     if value is not None:
         require_aware(value, attribute.name)
+
+
+def _clamped_utc(value: dt.datetime, name: str) -> dt.datetime:
+    """An aware ``value`` in UTC; one whose UTC time lies outside the calendar (datetime.max
+    at -05:00, say) is taken as the calendar's end (or start)."""
+    require_aware(value, name)
+    try:
+        return value.astimezone(dt.UTC)
+    except OverflowError:
+        offset = value.utcoffset()
+        return END if offset is not None and offset < dt.timedelta(0) else _START
+
+
+def _later(at: dt.datetime, delta: dt.timedelta) -> dt.datetime:
+    """``at + delta`` (``delta`` >= 0), or the calendar's end if that lies beyond it."""
+    return END if delta > END - at else at + delta
 
 
 def _start_utc(value: dt.datetime) -> dt.datetime:
@@ -170,7 +195,7 @@ def forecast(state: ServerState, policy: Policy, *, until: dt.datetime) -> tuple
     segment (stage ``None``) follows, as ``decide`` answers for the state itself.
     Arguments of the wrong type raise :class:`~tbes.errors.InvalidValueError`.
     """
-    require_aware(until, "until")
+    until = _clamped_utc(until, "until")
     _require_inputs(state, policy)
     start = state.first_detected
     if start is None or until <= start:
@@ -212,7 +237,7 @@ def _pieces(
             # elapsed reaches the stage table's next start.
             following = policy.stage_table.next_start(decision.elapsed)
             if following is not None:
-                end = min(hi, at + (following - decision.elapsed))
+                end = min(hi, _later(at, following - decision.elapsed))
         yield Segment(at, end, decision.stage, decision.paused)
         at = end
 
@@ -233,9 +258,10 @@ def report_row(state: ServerState, now: dt.datetime, policy: Policy, catalog: Ca
     """The report line for ``state`` as of ``now``: status, timeline instants, next stage.
 
     A naive ``now`` raises :class:`~tbes.errors.NaiveDatetimeError`, arguments of the wrong
-    type :class:`~tbes.errors.InvalidValueError`.
+    type :class:`~tbes.errors.InvalidValueError`. Near the calendar's end the timeline stops
+    at :data:`END`: a milestone or next stage beyond it is ``None``.
     """
-    require_aware(now, "now")
+    now = _clamped_utc(now, "now")
     if not isinstance(catalog, Catalog):
         raise InvalidValueError(f"catalog must be a Catalog, got {catalog!r:.80}")
     _require_inputs(state, policy)
@@ -276,9 +302,10 @@ def horizon(state: ServerState, policy: Policy, now: dt.datetime) -> dt.datetime
     During an episode that is also after the terminal stage starts: paused time delays a
     stage by at most its own length, so the terminal stage starts no later than the first
     detection plus the stage's offset plus the length of every pause. A forecast up to the
-    horizon shows everything that will ever change for the state.
+    horizon shows everything that will ever change for the state. The horizon never lies
+    past :data:`END`: near the calendar's end it is :data:`END` (and may equal ``now``).
     """
-    require_aware(now, "now")
+    now = _clamped_utc(now, "now")
     _require_inputs(state, policy)
     last_pause = max((pause.end_instant for pause in state.pauses), default=now)
     latest = max(now, last_pause)
@@ -286,8 +313,8 @@ def horizon(state: ServerState, policy: Policy, now: dt.datetime) -> dt.datetime
     if first is not None and state.compliant_since is None:
         terminal = policy.stage_table.start_of(len(policy.stage_table))
         paused = sum((p.end_instant - p.start_instant for p in state.pauses), dt.timedelta())
-        latest = max(latest, first + terminal + paused)
-    return latest + _DAY
+        latest = max(latest, _later(first, terminal + paused))
+    return _later(latest, _DAY)
 
 
 def _enforced_from(

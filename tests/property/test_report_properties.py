@@ -205,3 +205,76 @@ def test_a_frozen_clock_delays_each_milestone_by_the_paused_time_before_it(
             (p.overlap(state.first_detected, instant) for p in state.pauses), dt.timedelta()
         )
         assert instant == state.first_detected + offset + paused
+
+
+# ---- the calendar's end -----------------------------------------------------------------
+
+END = dt.datetime.max.replace(tzinfo=dt.UTC)
+zones = st.sampled_from(
+    [dt.UTC, dt.timezone(dt.timedelta(hours=14)), dt.timezone(dt.timedelta(hours=-12))]
+)
+# Any instant up to datetime.max in some zone; most of them close to the calendar's end.
+instants = st.one_of(
+    st.datetimes(max_value=END.replace(tzinfo=None), timezones=zones),
+    st.timedeltas(dt.timedelta(0), dt.timedelta(days=400)).map(lambda back: END - back),
+)
+
+
+@st.composite
+def late_states(draw: st.DrawFn) -> ServerState:
+    """A server detected in the calendar's last year or so, paused up to its last days."""
+    first = END - draw(st.timedeltas(dt.timedelta(0), dt.timedelta(days=400)))
+    pauses: list[Pause] = []
+    cursor = first.date()
+    for _ in range(draw(st.integers(0, 3))):
+        # A pause ends at a midnight inside the calendar: it starts by 30 December 9999.
+        gap = draw(st.integers(0, 60))
+        room = (dt.date.max - cursor).days - gap
+        if room < 1:
+            break
+        start = cursor + dt.timedelta(days=gap)
+        days = draw(st.integers(1, min(45, room)))
+        pauses.append(Pause(SERVER, start, days))
+        cursor = start + dt.timedelta(days=days)
+    healed = draw(st.none() | st.timedeltas(dt.timedelta(0), END - first))
+    return ServerState(
+        server_id=SERVER,
+        tenant="contoso",
+        build=ExchangeBuild(15, 1, 2507, 39),
+        status=Compliance.COMPLIANT if healed is not None else Compliance.OUTDATED,
+        first_detected=first,
+        last_seen=first,
+        compliant_since=None if healed is None else first + healed,
+        pauses=tuple(pauses),
+    )
+
+
+@given(st.one_of(late_states(), server_states()), policies, instants)
+def test_report_and_forecast_answer_up_to_the_calendars_end(
+    state: ServerState, policy: Policy, now: dt.datetime
+) -> None:
+    row = report_row(state, now, policy, CATALOG)
+    until = horizon(state, policy, now)
+    assert until <= END
+    segments = forecast(state, policy, until=now)
+    for before, after in itertools.pairwise(segments):
+        assert before.end == after.start
+    if segments:
+        assert segments[-1].end == min(now, END)
+    # Milestones come from the timeline, which stops at the calendar's end.
+    for milestone in (row.throttle_enabled, row.blocking_enabled, row.full_block):
+        assert milestone is None or milestone <= END
+
+
+def test_an_instant_past_the_calendars_end_in_utc_is_taken_as_its_end() -> None:
+    # 23:00 at -05:00 on 31 December 9999 is 04:00 UTC on 1 January 10000.
+    late = dt.datetime(9999, 12, 31, 23, tzinfo=dt.timezone(dt.timedelta(hours=-5)))
+    first = dt.datetime(9999, 12, 1, tzinfo=dt.UTC)
+    state = ServerState(
+        SERVER, "contoso", ExchangeBuild(15, 1, 2507, 39), Compliance.OUTDATED, first, first, None
+    )
+    (stage_1, stage_2) = forecast(state, Policy(), until=late)
+    assert stage_1.end == stage_2.start == dt.datetime(9999, 12, 31, tzinfo=dt.UTC)
+    assert stage_2.end == END
+    assert horizon(state, Policy(), late) == END
+    assert report_row(state, late, Policy(), CATALOG).blocking_enabled is None

@@ -17,7 +17,7 @@ from tbes.render.csv import render_csv
 from tbes.render.html import render_html
 from tbes.render.json import render_json
 from tbes.render.text import render_text
-from tbes.report import forecast, horizon, report_row
+from tbes.report import END, forecast, horizon, report_row
 from tbes.state import ServerState
 
 __all__ = ["FORMATS", "render_csv", "render_html", "render_json", "render_report", "render_text"]
@@ -56,7 +56,9 @@ def render_report(
         return render_json(rows)
     if fmt == "csv":
         return render_csv(rows)
-    until = max((horizon(state, policy, now) for state in ordered), default=now) + _TAIL
+    last = max((horizon(state, policy, now) for state in ordered), default=now)
+    # The tail stops at the calendar's end, as the forecasts do.
+    until = END if last > END - _TAIL else last + _TAIL
     timelines = {state.server_id: forecast(state, policy, until=until) for state in ordered}
     return render_html(
         rows, timelines, now=now, title=title, subtitle=subtitle, stage_table=policy.stage_table

@@ -1,4 +1,5 @@
-"""Formatting shared by the renderers: instants, stages and the report's columns.
+"""Formatting shared by the renderers and the ``tbes`` command: instants, stages, the
+report's columns, and :func:`printable`, the one escape of foreign text.
 
 Every renderer shows the same columns in the same words, so an administrator who reads the
 text table recognises the CSV and the HTML page. Instants are shown in UTC, the time zone
@@ -8,6 +9,7 @@ the enforcement timeline is defined in.
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 from tbes.report import ReportRow
 from tbes.stages import Stage
@@ -15,17 +17,47 @@ from tbes.stages import Stage
 NONE = "-"
 """What an empty cell shows."""
 
+# Control characters (C0, DEL, C1), line and paragraph separators (str.splitlines() breaks
+# on them), bidi controls (they reorder what follows on screen) and lone surrogates (no
+# terminal can encode them): what must never reach a terminal, a table line or a cell raw.
+_UNPRINTABLE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]"
+)
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    return _NAMED.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def printable(text: str) -> str:
+    r"""``text`` with every character that could act on a terminal or break a line shown
+    as a visible escape: ``\n``, ``\r``, ``\t``, ``\x1b`` (other C0, DEL and C1 controls
+    alike), ``\u202e`` (line separators, bidi controls, lone surrogates).
+
+    Used on everything printed that comes from outside (mail headers, stored ids, files,
+    the command line). Other text, and the backslash itself, is left as it is.
+    """
+    return _UNPRINTABLE.sub(_escape, text)
+
 
 def instant(value: dt.datetime | None) -> str:
     """An instant as ``YYYY-MM-DD HH:MM`` in UTC, or :data:`NONE`."""
     if value is None:
         return NONE
-    return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M")
+    # isoformat pads the year to four digits (strftime's %Y does not, on glibc, before 1000).
+    return _naive_utc(value).isoformat(" ", "minutes")
 
 
 def day(value: dt.datetime) -> str:
     """An instant's UTC calendar day as ``YYYY-MM-DD``."""
-    return value.astimezone(dt.UTC).strftime("%Y-%m-%d")
+    return _naive_utc(value).date().isoformat()
+
+
+def _naive_utc(value: dt.datetime) -> dt.datetime:
+    return value.astimezone(dt.UTC).replace(tzinfo=None)
 
 
 def minutes(stage: Stage) -> str:

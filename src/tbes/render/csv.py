@@ -3,6 +3,11 @@
 Machine-friendly values rather than the labels of the text table: builds in their short
 form, instants in ISO 8601 with offset, the stage as its number with its minutes in their
 own columns, recommended builds separated by spaces. Empty cells mean "none".
+
+Cells are safe to open in a spreadsheet and to print: control characters show as escapes
+(:func:`~tbes.render._common.printable`: a newline as ``\\n``, so every row is one line),
+and a cell starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return gets a
+leading ``'`` (OWASP's rule against formula injection), which changes that cell's text.
 """
 
 from __future__ import annotations
@@ -12,9 +17,13 @@ import datetime as dt
 import io
 from collections.abc import Sequence
 
+from tbes.render._common import printable
 from tbes.report import ReportRow
 
-__all__ = ["COLUMNS", "render_csv"]
+__all__ = ["COLUMNS", "FORMULA_STARTS", "render_csv"]
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+"""What a cell may not start with: a spreadsheet would read it as a formula."""
 
 COLUMNS: tuple[str, ...] = (
     "server",
@@ -44,7 +53,7 @@ def render_csv(rows: Sequence[ReportRow]) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(COLUMNS)
-    writer.writerows(_values(row) for row in rows)
+    writer.writerows(tuple(map(_cell, _values(row))) for row in rows)
     return out.getvalue()
 
 
@@ -70,6 +79,12 @@ def _values(row: ReportRow) -> tuple[str, ...]:
         _instant(row.next_stage_start),
         _instant(row.paused_until),
     )
+
+
+def _cell(value: str) -> str:
+    # The rule looks at the cell as given: a tab or CR shows escaped, but still gets its quote.
+    text = printable(value)
+    return "'" + text if value.startswith(FORMULA_STARTS) else text
 
 
 def _text(value: object) -> str:

@@ -19,11 +19,12 @@ from tbes.render._common import (
     instant,
     minutes,
     next_stage_cell,
+    printable,
     product_cell,
     recommended_cell,
     stage_cell,
 )
-from tbes.report import ReportRow, Segment
+from tbes.report import END, ReportRow, Segment
 from tbes.stages import DEFAULT_STAGE_TABLE, Stage, StageTable
 
 __all__ = ["render_html"]
@@ -37,6 +38,7 @@ _BAND_HEIGHT = 34
 _AXIS_Y = _BAND_TOP + _BAND_HEIGHT + 6
 _HEIGHT = _AXIS_Y + 24
 _PAD = 0.015  # share of the time span left blank at each end
+_FIRST = dt.datetime.min.replace(tzinfo=dt.UTC)  # the calendar's start
 
 # Colours: report only is calm, throttling warms up, blocking turns red.
 _REPORT = "#bcd7f2"
@@ -86,7 +88,8 @@ def render_html(
 
 
 def _esc(value: object) -> str:
-    return html.escape(str(value), quote=True)
+    # Control characters are no HTML text, and the page may be printed to a terminal.
+    return html.escape(printable(str(value)), quote=True)
 
 
 _TABLE_HEADINGS = (
@@ -162,7 +165,10 @@ class _Axis:
         lo, hi = min(edges), max(edges)
         span = max(hi - lo, dt.timedelta(days=30))
         pad = span * _PAD
-        return cls(lo - pad, lo + span + pad)
+        # Near the calendar's ends the room runs out: the axis stops there.
+        first = _FIRST if lo - _FIRST < pad else lo - pad
+        last = END if END - lo < span + pad else lo + span + pad
+        return cls(first, last)
 
     def x(self, at: dt.datetime) -> float:
         """The x coordinate of ``at``, clamped to the drawing area."""
@@ -177,7 +183,11 @@ class _Axis:
         at = dt.datetime(self.start.year, self.start.month, 1, tzinfo=dt.UTC)
         while at <= self.end:
             if at >= self.start and (at.month - 1) % step == 0:
-                yield at, at.strftime("%b %Y") if at.month == 1 or step > 1 else at.strftime("%b")
+                # The year in four digits: strftime's %Y drops leading zeros on glibc.
+                year = f" {at.year:04d}" if at.month == 1 or step > 1 else ""
+                yield at, at.strftime("%b") + year
+            if at.year == dt.MAXYEAR and at.month == 12:
+                return  # no month starts after December 9999
             at = dt.datetime(at.year + at.month // 12, at.month % 12 + 1, 1, tzinfo=dt.UTC)
 
 

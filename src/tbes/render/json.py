@@ -2,21 +2,40 @@
 
 The JSON report is the same data :func:`tbes.serde.loads` reads back (``list[ReportRow]``),
 so a report written by one tool can be loaded, compared or re-rendered by another.
-Indented and with sorted keys, so two reports diff line by line.
+Indented and with sorted keys, so two reports diff line by line. Non-ASCII text stays as
+it is, except what could act on a terminal (see :func:`dumps`).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
+from typing import Any
 
 from tbes.report import ReportRow
 from tbes.serde import converter
 
-__all__ = ["render_json"]
+__all__ = ["dumps", "render_json"]
+
+# JSON escapes C0 controls itself; DEL, C1 controls (\x9b acts as ESC [ on some terminals),
+# line separators and lone surrogates it writes raw unless everything non-ASCII is escaped.
+_RAW = re.compile("[\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def dumps(data: Any) -> str:
+    """``data`` as indented JSON with sorted keys, safe to print on a terminal.
+
+    Non-ASCII text is kept readable; characters that JSON leaves raw but that could act on a
+    terminal are written as ``\\uXXXX`` escapes, which every JSON reader reads back as the
+    same characters.
+    """
+    text = json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False)
+    # Such characters only occur inside strings, where an escape means the same.
+    return _RAW.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
 
 
 def render_json(rows: Sequence[ReportRow]) -> str:
     """The rows as an indented JSON array, ending in a newline."""
     data = converter.unstructure(list(rows), list[ReportRow])
-    return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    return dumps(data) + "\n"

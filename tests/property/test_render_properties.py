@@ -1,0 +1,104 @@
+"""Properties of the text table and the CSV over arbitrary text in server ids and tenants:
+one line (one CSV record) per server, no raw control character, no formula-like cell."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import re
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tbes.catalog import Compliance
+from tbes.render import render_csv, render_html, render_json, render_text
+from tbes.render.csv import COLUMNS
+from tbes.report import ReportRow
+from tbes.serde import loads
+from tbes.version import ExchangeBuild
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+RAW_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+FIRST = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+# Any text, with the characters that break lines, act on terminals or start formulas common.
+texts = st.text(
+    st.one_of(
+        st.characters(codec="utf-8"),
+        st.sampled_from("=+-@\t\r\n\x1b\x9b\x7f\u2028\u202e,\"'[]"),
+    ),
+    min_size=1,
+    max_size=20,
+)
+
+
+def row(server: str, tenant: str) -> ReportRow:
+    return ReportRow(
+        server=server,
+        tenant=tenant,
+        build=ExchangeBuild(15, 1, 2507, 39),
+        product=ExchangeBuild(15, 1, 2507, 39).product,
+        status=Compliance.OUTDATED,
+        first_detected=FIRST,
+        last_seen=FIRST,
+        recommended=(ExchangeBuild(15, 1, 2507, 61),),
+        throttle_enabled=None,
+        blocking_enabled=None,
+        full_block=None,
+        stage=None,
+        next_stage_throttle=None,
+        next_stage_block=None,
+        next_stage_start=None,
+        paused_until=None,
+    )
+
+
+rows = st.lists(st.builds(row, texts, texts), max_size=5)
+
+
+@given(rows)
+def test_csv_has_one_record_and_one_line_per_server_and_no_formula_cell(
+    report: list[ReportRow],
+) -> None:
+    text = render_csv(report)
+    records = list(csv.reader(io.StringIO(text, newline="")))
+    assert len(records) == 1 + len(report)
+    assert all(len(record) == len(COLUMNS) for record in records)
+    # Each record is one physical line: no quoted line break inside a cell.
+    assert len(text.split("\r\n")) == 2 + len(report)
+    assert RAW_CONTROL.search(text.replace("\r\n", "")) is None
+    for record in records[1:]:
+        for cell in record:
+            assert not cell.startswith(FORMULA_STARTS), cell
+            assert RAW_CONTROL.search(cell) is None, cell
+    for record, source in zip(records[1:], report, strict=True):
+        # A cell is the server id itself unless that needed an escape or a leading quote.
+        if RAW_CONTROL.search(source.server) is None and not source.server.startswith(
+            FORMULA_STARTS
+        ):
+            assert record[0] == source.server
+
+
+@given(rows)
+def test_text_table_has_one_line_per_server_and_no_raw_control_character(
+    report: list[ReportRow],
+) -> None:
+    text = render_text(report)
+    assert len(text.splitlines()) == 2 + len(report)
+    assert RAW_CONTROL.search(text.replace("\n", "")) is None
+
+
+@given(rows)
+def test_html_page_has_no_raw_control_character(report: list[ReportRow]) -> None:
+    page = render_html(report, {}, now=FIRST)
+    assert RAW_CONTROL.search(page.replace("\n", "")) is None
+
+
+@given(rows)
+def test_json_reads_back_as_the_same_rows_and_writes_no_raw_control_character(
+    report: list[ReportRow],
+) -> None:
+    text = render_json(report)
+    assert loads(text, list[ReportRow]) == report
+    assert RAW_CONTROL.search(text.replace("\n", "")) is None
