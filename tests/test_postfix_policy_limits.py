@@ -22,7 +22,7 @@ import pytest
 from adapter_support import Recorder, decision, on_premises
 from tbes.adapters.config import AdapterConfig, Checker
 from tbes.adapters.postfix_policy import PolicyLimits, serve_policy
-from tbes.decide import Action, Decision
+from tbes.decision import Action, Decision
 from tbes.enforcer import Connection
 
 pytestmark = pytest.mark.timeout(60)

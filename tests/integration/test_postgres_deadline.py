@@ -22,9 +22,10 @@ import pytest
 
 from integration.pg import PostgresServer
 from tbes.catalog import Catalog
-from tbes.decide import Action, ConnectorKind, Decision, Policy
+from tbes.decision import Action, Decision
 from tbes.enforcer import FAIL_CLOSED_REPLY, Connection, Enforcer
 from tbes.errors import InvalidValueError, StoreError
+from tbes.policy import ConnectorKind, Policy
 from tbes.state import ServerState
 from tbes.store import PostgresStore, Versioned
 from tbes.store._deadline import DEFAULT_CHECK_TIMEOUT, check_deadline
