@@ -33,6 +33,7 @@ from tbes.errors import (
     StoreConflictError,
     StoreError,
     TbesError,
+    UnseenServerError,
 )
 from tbes.ledger import Pause, PauseLedger
 from tbes.received import Hop, SenderEvidence, find_sender, parse_received, received_values
@@ -94,6 +95,7 @@ __all__ = [
     "StoreConflictError",
     "StoreError",
     "TbesError",
+    "UnseenServerError",
     "Versioned",
     "__version__",
     "assess",
