@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tbes.catalog import Catalog
 from tbes.decide import DEFAULT_POLICY, Action, ConnectorKind
@@ -170,6 +172,34 @@ def test_a_blocked_server_of_a_renamed_tenant_remediates_and_is_accepted(
     assert old_ledger is not None
     assert old_ledger.value.used(2026) == 2
     assert store.get_ledger("fabrikam-corp") is None
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    tenants=st.lists(st.sampled_from(["fabrikam", "Fabrikam", "contoso"]), min_size=1, max_size=8),
+    builds=st.lists(st.sampled_from([OUTDATED, COMPLIANT]), min_size=8, max_size=8),
+)
+def test_the_tenant_changes_who_owns_the_server_never_how_it_is_enforced(
+    tenants: list[str], builds: list[str]
+) -> None:
+    """Whatever tenants its connections name, a server is decided as if they named one."""
+    moving, steady = MemoryStore(), MemoryStore()
+    clock = Clock()
+    by_moving = enforcer_with(moving, [], clock)
+    by_steady = enforcer_with(steady, [], clock)
+    for day, (tenant, build) in enumerate(zip(tenants, builds, strict=False)):
+        clock.now = when(day * 13)
+        assert by_moving.check(conn(tenant), [hop(build)]) == by_steady.check(
+            conn("fabrikam"), [hop(build)]
+        )
+    moved, kept = moving.get(SERVER), steady.get(SERVER)
+    assert moved is not None
+    assert kept is not None
+    assert moved.value.tenant == tenants[-1]
+    assert (moved.value.first_detected, moved.value.compliant_since) == (
+        kept.value.first_detected,
+        kept.value.compliant_since,
+    )
 
 
 def test_a_stripped_message_from_another_tenant_records_nothing() -> None:
