@@ -62,9 +62,9 @@ def reply_line(verb: str, minutes: int) -> str:
 
 
 def on_premises(tenant: str, server_id: str, network: str) -> ConnectorRule:
-    """An on-premises connector rule mapping one ``network`` to ``server_id``."""
+    """An on-premises connector rule named ``server_id`` (its server's id) for one ``network``."""
     return ConnectorRule(
-        kind=ConnectorKind.ON_PREMISES, tenant=tenant, server_id=server_id, networks=(network,)
+        kind=ConnectorKind.ON_PREMISES, tenant=tenant, name=server_id, networks=(network,)
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -23,6 +24,7 @@ from tbes.adapters.config import (
 from tbes.decision import Action
 from tbes.errors import NaiveDatetimeError, TbesError
 from tbes.policy import ConnectorKind
+from tbes.store._deadline import remaining
 from tbes.store.memory import MemoryStore
 from tbes.version import ExchangeBuild
 
@@ -41,10 +43,12 @@ networks = ["203.0.113.0/28"]
 hosts = [".fabrikam.example"]
 
 [[connector]]
+name = "partner relays"
 kind = "PARTNER"
 networks = ["198.51.100.0/24", "2001:db8::/32"]
 
 [[connector]]
+name = "adatum"
 kind = "on_premises"
 tenant = "adatum"
 tls_subjects = ["Mail.Adatum.Example"]
@@ -64,7 +68,12 @@ def test_example_file_reads_every_setting(config: AdapterConfig) -> None:
     assert config.own_hosts == ("mx.contoso.example",)
     assert config.fail_closed is True
     assert config.policy == "exchange_online_2023"
-    assert config.unmatched_kind is ConnectorKind.INTERNET
+    assert config.check_timeout == 2.0
+    assert [rule.name for rule in config.connectors] == [
+        "fabrikam edge",
+        "partner relays",
+        "adatum",
+    ]
     assert [rule.kind for rule in config.connectors] == [
         ConnectorKind.ON_PREMISES,
         ConnectorKind.PARTNER,
@@ -94,9 +103,14 @@ def test_rule_needs_every_listed_criterion(config: AdapterConfig) -> None:
 
 def test_leading_dot_matches_subdomains_only() -> None:
     rule = ConnectorRule(
-        kind=ConnectorKind.PARTNER, tenant="t", hosts=(".fabrikam.example", "fabrikam.example")
+        kind=ConnectorKind.PARTNER,
+        tenant="t",
+        hosts=(".fabrikam.example", "fabrikam.example"),
+        name="r",
     )
-    exact_only = ConnectorRule(kind=ConnectorKind.PARTNER, tenant="t", hosts=("fabrikam.example",))
+    exact_only = ConnectorRule(
+        kind=ConnectorKind.PARTNER, tenant="t", hosts=("fabrikam.example",), name="e"
+    )
     assert rule.matches(None, "a.b.fabrikam.example", None)
     assert rule.matches(None, "fabrikam.example", None)
     assert not rule.matches(None, "evilfabrikam.example", None)
@@ -106,9 +120,14 @@ def test_leading_dot_matches_subdomains_only() -> None:
 def test_first_matching_rule_wins() -> None:
     config = AdapterConfig(
         connectors=(
-            ConnectorRule(kind=ConnectorKind.PARTNER, tenant="first", networks=("10.0.0.0/8",)),
             ConnectorRule(
-                kind=ConnectorKind.ON_PREMISES, tenant="second", networks=("10.1.0.0/16",)
+                kind=ConnectorKind.PARTNER, tenant="first", networks=("10.0.0.0/8",), name="a"
+            ),
+            ConnectorRule(
+                kind=ConnectorKind.ON_PREMISES,
+                tenant="second",
+                networks=("10.1.0.0/16",),
+                name="b",
             ),
         )
     )
@@ -126,14 +145,22 @@ def test_tls_subject_matches_case_insensitively(config: AdapterConfig) -> None:
     assert other.kind is ConnectorKind.INTERNET
 
 
-def test_server_id_defaults_to_verified_name_then_address(config: AdapterConfig) -> None:
-    named = config.connection(
-        peer_ip="198.51.100.7", peer_host="Relay.Partner.Example.", tls_subject=None
-    )
-    assert named.server_id == "relay.partner.example"
-    assert named.kind is ConnectorKind.PARTNER
-    unnamed = config.connection(peer_ip="198.51.100.7", peer_host="unknown", tls_subject=None)
-    assert unnamed.server_id == "198.51.100.7"
+def test_server_id_defaults_to_the_rules_name_whatever_the_peers_name_or_address(
+    config: AdapterConfig,
+) -> None:
+    seen = {
+        config.connection(peer_ip=ip, peer_host=host, tls_subject=None).server_id
+        for ip, host in [
+            ("198.51.100.7", "Relay.Partner.Example."),
+            ("198.51.100.7", "relay2.partner.example"),  # its PTR changed
+            ("198.51.100.7", "unknown"),  # ... or was lost
+            ("198.51.100.9", None),  # ... and it moved
+        ]
+    }
+    assert seen == {"partner relays"}
+    # A peer no rule matches keeps its name or address, for logs: it is never enforced.
+    unnamed = config.connection(peer_ip="192.0.2.7", peer_host="unknown", tls_subject=None)
+    assert (unnamed.server_id, unnamed.kind) == ("192.0.2.7", ConnectorKind.INTERNET)
     assert unnamed.peer_host is None
     nothing = config.connection(peer_ip=None, peer_host=None, tls_subject=None)
     assert nothing.server_id == "unknown"
@@ -187,10 +214,19 @@ def test_naive_fixed_time_is_refused() -> None:
     [
         ('tenat = "x"\n', "'tenat'"),
         ('[[connector]]\nkind = "on_premises"\nnetwork = ["10.0.0.0/8"]\n', "'network'"),
-        ('[[connector]]\nkind = "on_premises"\nnetworks = ["10.0.0.300/8"]\n', "10.0.0.300/8"),
-        ('[[connector]]\nkind = "cloud"\nnetworks = ["10.0.0.0/8"]\n', "'cloud'"),
+        (
+            '[[connector]]\nname = "a"\nkind = "on_premises"\nnetworks = ["10.0.0.300/8"]\n',
+            "10.0.0.300/8",
+        ),
+        ('[[connector]]\nname = "a"\nkind = "cloud"\nnetworks = ["10.0.0.0/8"]\n', "'cloud'"),
         ('[[connector]]\nnetworks = ["10.0.0.0/8"]\n', "needs kind"),
-        ('[[connector]]\nkind = "partner"\n', "would match every connection"),
+        ('[[connector]]\nname = "a"\nkind = "partner"\n', "would match every connection"),
+        ("check_timeout = 0\n", "check_timeout"),
+        ("check_timeout = -1.5\n", "check_timeout"),
+        ("check_timeout = nan\n", "check_timeout"),
+        ("check_timeout = inf\n", "check_timeout"),
+        ('check_timeout = "2"\n', "check_timeout"),
+        ("check_timeout = true\n", "check_timeout"),
         ('fail_closed = "yes"\n', "fail_closed"),
         ('own_hosts = "mx.example"\n', "own_hosts"),
         ('policy = "strict"\n', "strict"),
@@ -223,7 +259,12 @@ def test_make_enforcer_uses_the_configured_clock_policy_and_kinds() -> None:
     fixed = dt.datetime(2025, 3, 3, 9, 0, tzinfo=dt.UTC)
     config = AdapterConfig(
         connectors=(
-            ConnectorRule(kind=ConnectorKind.ON_PREMISES, tenant="t", networks=("192.0.2.0/24",)),
+            ConnectorRule(
+                kind=ConnectorKind.ON_PREMISES,
+                tenant="t",
+                networks=("192.0.2.0/24",),
+                name="t-edge",
+            ),
         ),
         fixed_time=fixed,
     )
@@ -255,7 +296,9 @@ def test_network_rule_matches_exactly_the_addresses_inside(
     network: ipaddress.IPv4Network, address: ipaddress.IPv4Address
 ) -> None:
     config = AdapterConfig(
-        connectors=(ConnectorRule(kind=ConnectorKind.PARTNER, tenant="t", networks=(network,)),)
+        connectors=(
+            ConnectorRule(kind=ConnectorKind.PARTNER, tenant="t", networks=(network,), name="n"),
+        )
     )
     conn = config.connection(peer_ip=str(address), peer_host=None, tls_subject=None)
     inside = int(address) >> (32 - network.prefixlen) == int(network.network_address) >> (
@@ -272,3 +315,126 @@ def test_any_peer_text_gives_a_connection(peer_ip: str, peer_host: str, subject:
     conn = _PARSED.connection(peer_ip=peer_ip, peer_host=peer_host, tls_subject=subject)
     assert conn.server_id
     assert conn.kind in set(ConnectorKind)
+
+
+# ---- issue 13, item 12: a connector's identity is its name --------------------------------
+
+V1_RULE = """
+[[connector]]
+kind = "on_premises"
+tenant = "fabrikam"
+server_id = "fabrikam-edge"
+networks = ["203.0.113.0/28"]
+"""
+
+
+def test_a_v1_rule_takes_its_server_id_as_name_so_stored_states_keep_their_keys() -> None:
+    (rule,) = parse_config(V1_RULE).connectors
+    assert rule.name == "fabrikam-edge"
+    conn = parse_config(V1_RULE).connection(
+        peer_ip="203.0.113.2", peer_host="mail.fabrikam.example", tls_subject=None
+    )
+    assert conn.server_id == "fabrikam-edge"
+
+
+def test_an_explicit_server_id_still_names_the_server() -> None:
+    config = parse_config(V1_RULE.replace("[[connector]]", '[[connector]]\nname = "fabrikam"'))
+    assert config.connectors[0].name == "fabrikam"
+    conn = config.connection(peer_ip="203.0.113.2", peer_host=None, tls_subject=None)
+    assert conn.server_id == "fabrikam-edge"
+
+
+def test_a_rule_with_neither_name_nor_server_id_is_refused_with_what_to_add() -> None:
+    text = '[[connector]]\nkind = "on_premises"\nnetworks = ["203.0.113.0/28"]\n'
+    with pytest.raises(AdapterConfigError) as error:
+        parse_config(text, source="adapters.toml")
+    message = str(error.value)
+    assert "adapters.toml" in message
+    assert "[[connector]] number 1" in message
+    assert 'add name = "' in message
+    with pytest.raises(AdapterConfigError, match='add name = "'):
+        ConnectorRule(kind=ConnectorKind.ON_PREMISES, tenant="t", networks=("10.0.0.0/8",))
+    with pytest.raises(AdapterConfigError, match='add name = "'):
+        ConnectorRule(
+            kind=ConnectorKind.ON_PREMISES, tenant="t", networks=("10.0.0.0/8",), name="  "
+        )
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ('name = "edge"', 'name = "edge"'),
+        ('name = "Edge"', 'name = "edge"'),  # one connector, misspelt
+        ('server_id = "edge"', 'name = "edge"'),  # a v1 rule's server_id is its name
+    ],
+)
+def test_duplicate_names_are_refused_naming_both_rules(first: str, second: str) -> None:
+    text = (
+        f'[[connector]]\n{first}\nkind = "on_premises"\nnetworks = ["10.0.0.0/8"]\n'
+        '[[connector]]\nname = "other"\nkind = "partner"\nnetworks = ["10.2.0.0/16"]\n'
+        f'[[connector]]\n{second}\nkind = "on_premises"\nnetworks = ["10.1.0.0/16"]\n'
+    )
+    with pytest.raises(AdapterConfigError) as error:
+        parse_config(text, source="adapters.toml")
+    message = str(error.value)
+    assert "[[connector]] number 1" in message
+    assert "number 3" in message
+    assert "own name" in message
+
+
+def test_unmatched_kind_is_refused_saying_it_was_removed_and_why() -> None:
+    text = 'unmatched_kind = "on_premises"\n'
+    with pytest.raises(AdapterConfigError) as error:
+        parse_config(text, source="adapters.toml")
+    message = str(error.value)
+    assert "unmatched_kind was removed" in message
+    assert "never enforced" in message
+    assert "reverse DNS" in message
+
+
+def test_a_peer_no_rule_names_is_never_enforced() -> None:
+    config = parse_config(
+        V1_RULE + "[testing]\nfixed_time = 2026-06-01T10:00:00Z\n", source="adapters.toml"
+    )
+    store = MemoryStore()
+    enforcer = make_enforcer(config, store)
+    exchange_2007 = (
+        "from EXHUB01.stranger.local (10.1.2.3) by mail.stranger.example (192.0.2.10) with "
+        "Microsoft SMTP Server id 8.3.83.6; Mon, 1 Jun 2026 10:00:00 +0000"
+    )
+    conn = config.connection(
+        peer_ip="192.0.2.10", peer_host="mail.stranger.example", tls_subject=None
+    )
+    decision = enforcer.check(conn, [exchange_2007])
+    assert (decision.action, decision.reply) == (Action.ACCEPT, None)
+    assert list(store.states()) == []
+
+
+def test_check_timeout_is_read_and_handed_to_the_enforcer() -> None:
+    assert parse_config(V1_RULE).check_timeout == 2.0  # unset: the default
+    config = parse_config("check_timeout = 0.5\n" + V1_RULE)
+    assert config.check_timeout == 0.5
+    budgets: list[float] = []
+
+    class Recording(MemoryStore):
+        def get(self, server_id: str) -> Any:
+            budgets.append(remaining(1000.0))
+            return super().get(server_id)
+
+    enforcer = make_enforcer(config, Recording())
+    conn = config.connection(peer_ip="203.0.113.2", peer_host=None, tls_subject=None)
+    enforcer.check(conn, [])
+    assert len(budgets) == 1
+    assert 0.0 < budgets[0] <= 0.5
+
+
+@given(host=st.none() | st.text(max_size=40), address=st.ip_addresses(v=4), subject=st.text())
+def test_a_matched_peers_server_id_is_its_rules_identity_whatever_it_reports(
+    host: str | None, address: ipaddress.IPv4Address, subject: str
+) -> None:
+    named = ConnectorRule(
+        kind=ConnectorKind.ON_PREMISES, tenant="t", networks=("0.0.0.0/0",), name="all of v4"
+    )
+    config = AdapterConfig(connectors=(named,))
+    conn = config.connection(peer_ip=str(address), peer_host=host, tls_subject=subject)
+    assert conn.server_id == "all of v4"

@@ -450,20 +450,6 @@ def test_endless_races_give_up_after_the_retries_and_still_decide(
     assert events == []
 
 
-def test_a_server_of_another_tenant_is_decided_on_its_record_and_left_alone(
-    enforcer: Enforcer, store: MemoryStore, clock: Clock, caplog: pytest.LogCaptureFixture
-) -> None:
-    enforcer.check(conn(), [hop(OUTDATED)])
-    before = store.get(SERVER)
-    clock.now = when(95, 10)
-    stranger = Connection(SERVER, "contoso", ConnectorKind.ON_PREMISES)
-    with caplog.at_level(logging.WARNING, logger="tbes.enforcer"):
-        decision = enforcer.check(stranger, [hop(COMPLIANT)])
-    assert decision.action is Action.BLOCK
-    assert store.get(SERVER) == before
-    assert "belongs to tenant fabrikam, not contoso" in caplog.text
-
-
 # ---- pauses ------------------------------------------------------------------------------
 
 
@@ -519,14 +505,14 @@ def test_a_pause_uses_the_policys_quota_for_a_new_ledger(
 ) -> None:
     enforcer = Enforcer(store, Policy(pause_quota_days=10), catalog, clock=Clock())
     with pytest.raises(QuotaExceededError):
-        enforcer.pause(TENANT, SERVER, 11)
-    assert enforcer.pause(TENANT, SERVER, 10).remaining(2026) == 0
+        enforcer.pause(TENANT, SERVER, 11, force=True)
+    assert enforcer.pause(TENANT, SERVER, 10, force=True).remaining(2026) == 0
 
 
-def test_a_server_can_be_paused_before_it_is_first_seen(
+def test_a_server_can_be_paused_before_it_is_first_seen_when_forced(
     enforcer: Enforcer, store: MemoryStore, clock: Clock
 ) -> None:
-    enforcer.pause(TENANT, SERVER, 2)
+    enforcer.pause(TENANT, SERVER, 2, force=True)
     stored = store.get(SERVER)
     assert stored is not None
     assert (stored.value.build, stored.value.first_detected) == (None, None)
@@ -567,11 +553,13 @@ def test_a_pause_retries_a_lost_race_and_keeps_both_writes(catalog: Catalog) -> 
     inner = MemoryStore()
 
     def rival(store: MemoryStore) -> None:
-        Enforcer(store, DEFAULT_POLICY, catalog, clock=Clock()).pause(TENANT, "ex02", 4)
+        Enforcer(store, DEFAULT_POLICY, catalog, clock=Clock()).pause(TENANT, "ex02", 4, force=True)
 
     racing = RacingStore(inner, races=1, rival=rival)
     store: Any = racing
-    ledger = Enforcer(store, DEFAULT_POLICY, catalog, clock=Clock()).pause(TENANT, SERVER, 3)
+    ledger = Enforcer(store, DEFAULT_POLICY, catalog, clock=Clock()).pause(
+        TENANT, SERVER, 3, force=True
+    )
     assert ledger.used(2026) == 7
     assert inner.get_ledger(TENANT) == Versioned(ledger, 2)
 
@@ -584,7 +572,9 @@ def test_a_pause_that_keeps_losing_raises_store_conflict(catalog: Catalog) -> No
 
     store: Any = RacingStore(MemoryStore(), races=100, rival=rival)
     with pytest.raises(StoreConflictError, match="lost 2 compare-and-swap races"):
-        Enforcer(store, DEFAULT_POLICY, catalog, clock=Clock(), retries=1).pause(TENANT, SERVER, 3)
+        Enforcer(store, DEFAULT_POLICY, catalog, clock=Clock(), retries=1).pause(
+            TENANT, SERVER, 3, force=True
+        )
 
 
 # ---- notifications ---------------------------------------------------------------------

@@ -33,6 +33,7 @@ from tbes.errors import (
     StoreConflictError,
     StoreError,
     TbesError,
+    UnseenServerError,
 )
 from tbes.ledger import Pause, PauseLedger
 from tbes.policy import DEFAULT_POLICY, ConnectorKind, Policy, SmtpReply
@@ -95,6 +96,7 @@ __all__ = [
     "StoreConflictError",
     "StoreError",
     "TbesError",
+    "UnseenServerError",
     "Versioned",
     "__version__",
     "assess",

@@ -851,6 +851,11 @@ def catalog_import(csv_file: Path, output: Path) -> None:
 @click.argument("server")
 @click.argument("days", type=click.IntRange(min=1))
 @click.option("--start", type=_DATE, default=None, help="First paused UTC day (default: today).")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Pause a server tbes has not seen yet (without it, an unknown SERVER is refused).",
+)
 @_at_option("Act as if now were this instant (default: now); today is its UTC date.")
 @_policy_option
 @click.pass_context
@@ -861,6 +866,7 @@ def pause(
     server: str,
     days: int,
     start: dt.date | None,
+    force: bool,
     at: dt.datetime | None,
     policy_name: str,
 ) -> None:
@@ -868,7 +874,7 @@ def pause(
     at = at or utc_now()
     first = start or at.date()
     with _enforcer(ctx, db, policy_name, at) as (enforcer, _):
-        ledger = _guard(lambda: enforcer.pause(tenant, server, days, first))
+        ledger = _guard(lambda: enforcer.pause(tenant, server, days, first, force=force))
     last = first + dt.timedelta(days=days - 1)
     console = _console()
     console.print(

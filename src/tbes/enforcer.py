@@ -22,6 +22,7 @@ import enum
 import functools
 import inspect
 import logging
+import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -36,12 +37,14 @@ from tbes.errors import (
     StoreConflictError,
     StoreError,
     TbesError,
+    UnseenServerError,
 )
 from tbes.ledger import PauseLedger
 from tbes.policy import ConnectorKind, Policy, SmtpReply
 from tbes.received import SenderEvidence, find_sender
 from tbes.stages import Stage
 from tbes.state import ServerState, observe
+from tbes.store._deadline import DEFAULT_CHECK_TIMEOUT, check_deadline, expired
 from tbes.store.protocol import LedgerWrite, StateStore, StateWrite, Versioned, Write
 from tbes.version import ExchangeBuild
 
@@ -226,12 +229,15 @@ class Enforcer:
     minute by default, ``timedelta(0)`` to write every message) is how far ``last_seen`` may
     lag before it is written: a message that changes nothing else is not stored, because
     :func:`~tbes.decision.decide` never reads ``last_seen`` and a busy server would otherwise
-    cost one synchronous write per message. ``policy`` and ``catalog`` may be replaced
-    at any time (a configuration reload); the verdict per build that the enforcer keeps
-    (at most 1,024 builds) is never used under another policy or catalog than its own.
-    An argument of the wrong kind (a
+    cost one synchronous write per message. ``check_timeout`` (seconds, default 2) bounds
+    each :meth:`check`, retries included: past it the check stops retrying and fails like
+    any store fault, so a stalled or contended store never holds the MTA past its own
+    timeout. ``policy`` and ``catalog`` may be replaced at any time (a configuration
+    reload); the verdict per build that the enforcer keeps (at most 1,024 builds) is never
+    used under another policy or catalog than its own. An argument of the wrong kind (a
     store without the :class:`~tbes.store.StateStore` methods, a policy that is no
-    :class:`~tbes.policy.Policy`, a clock that is not callable, …) raises
+    :class:`~tbes.policy.Policy`, a clock that is not callable, a ``check_timeout`` that is
+    no finite number above zero, …) raises
     :class:`~tbes.errors.InvalidValueError` naming it.
     """
 
@@ -247,8 +253,15 @@ class Enforcer:
         fail_closed: bool = False,
         own_hosts: Iterable[str] = (),
         seen_resolution: dt.timedelta = _SEEN_RESOLUTION,
+        check_timeout: float = DEFAULT_CHECK_TIMEOUT,
     ) -> None:
         _require(type(retries) is int and retries >= 0, "retries", "an int >= 0", retries)
+        _require(
+            _is_timeout(check_timeout),
+            "check_timeout",
+            "a finite number of seconds > 0",
+            check_timeout,
+        )
         _require(
             isinstance(seen_resolution, dt.timedelta) and seen_resolution >= _ZERO,
             "seen_resolution",
@@ -272,6 +285,7 @@ class Enforcer:
         self._retries = retries
         self._own_hosts = _host_names(own_hosts)
         self._seen_resolution = seen_resolution
+        self._check_timeout = float(check_timeout)
         # Verdicts per build, each with the baseline and catalog it was judged against: a
         # handful of builds makes nearly all the traffic, and assess is pure.
         self._verdicts: dict[ExchangeBuild, tuple[Baseline, Catalog, Assessment]] = {}
@@ -285,9 +299,11 @@ class Enforcer:
         store. Otherwise the sender's build is found, assessed and recorded, and the stored
         state decides; without Exchange evidence nothing about the server is recorded, but a
         stored state of ``conn.server_id`` still decides, and a stage it has reached since the
-        last announcement is announced (only ``notified_stage`` is written). A store failure
-        accepts (logged at WARNING), or answers :data:`FAIL_CLOSED_REPLY` when the enforcer
-        fails closed. A ``conn`` that is no :class:`Connection`, or ``received`` that is no
+        last announcement is announced (only ``notified_stage`` is written). A stored state of
+        another tenant moves to ``conn.tenant`` when observed (logged at WARNING; its episode
+        and pauses stay). A store failure, or a check still retrying when ``check_timeout``
+        runs out, accepts (logged at WARNING), or answers :data:`FAIL_CLOSED_REPLY` when the
+        enforcer fails closed. A ``conn`` that is no :class:`Connection`, or ``received`` that is no
         sequence of ``str``, is the caller's mistake, not a fault: it raises
         :class:`~tbes.errors.InvalidValueError` naming the argument.
         """
@@ -296,15 +312,16 @@ class Enforcer:
         _check_received(received)
         if conn.kind not in self.policy.connectors:
             return _accept(f"{conn.kind.value} connections are not enforced by the policy.")
-        now = self._now()
-        evidence = find_sender(
-            received, own_hosts=self._own_hosts, client=conn.peer_ip or conn.peer_host
-        )
-        observation = None if evidence is None else self._observation(conn, evidence, now)
-        try:
-            return self._settle(conn, now, observation)
-        except StoreError as exc:
-            return self._store_fault(conn, exc)
+        with check_deadline(self._check_timeout):
+            now = self._now()
+            evidence = find_sender(
+                received, own_hosts=self._own_hosts, client=conn.peer_ip or conn.peer_host
+            )
+            observation = None if evidence is None else self._observation(conn, evidence, now)
+            try:
+                return self._settle(conn, now, observation)
+            except StoreError as exc:
+                return self._store_fault(conn, exc)
 
     def _observation(
         self, conn: Connection, evidence: SenderEvidence, now: dt.datetime
@@ -333,21 +350,41 @@ class Enforcer:
         change, so stage changes are still announced (once) when headers are stripped.
         """
         decision: Decision | None = None
-        for _ in range(self._retries + 1):
+        for attempt in range(self._retries + 1):
+            if attempt and expired():
+                raise StoreError(
+                    f"{conn.server_id}: the check's deadline of {self._check_timeout:g} s passed "
+                    f"after {attempt} compare-and-swap attempt{'s' if attempt != 1 else ''}"
+                )
             current = self._state(conn.server_id)
             old = None if current is None else current.value
             if old is None and observation is None:
                 return _accept(f"{conn.server_id}: no Exchange build in the headers and no record.")
+            observed: ServerState | None
             if old is not None and old.tenant != conn.tenant:
+                if observation is None:
+                    # Nothing observed, so nothing to record: the stored state still decides.
+                    _log.warning(
+                        "tbes: %s belongs to tenant %s, not %s: no Exchange evidence, decided "
+                        "on the stored state",
+                        conn.server_id,
+                        old.tenant,
+                        conn.tenant,
+                    )
+                    return decide(old, now, self.policy)
                 _log.warning(
-                    "tbes: %s belongs to tenant %s, not %s: decided on the stored state, "
-                    "nothing recorded",
+                    "tbes: %s moves from tenant %s to %s, the connection's; its episode "
+                    "continues and its granted pauses stay charged to %s",
                     conn.server_id,
                     old.tenant,
                     conn.tenant,
+                    old.tenant,
                 )
-                return decide(old, now, self.policy)
-            observed = observation(old) if observation is not None else old
+                # SPEC section 10, "tenant follows the connection": a mistyped pause or a
+                # renamed tenant must never freeze the server's state.
+                observed = observation(attrs.evolve(old, tenant=conn.tenant))
+            else:
+                observed = observation(old) if observation is not None else old
             assert observed is not None  # no observation means a stored state (checked above)
             decision = decide(observed, now, self.policy)
             new, events = _announce(old, observed, self.policy, now)
@@ -395,12 +432,21 @@ class Enforcer:
     # ---- pauses -----------------------------------------------------------------------
 
     def pause(
-        self, tenant: str, server_id: str, days: int, start: dt.date | None = None
+        self,
+        tenant: str,
+        server_id: str,
+        days: int,
+        start: dt.date | None = None,
+        *,
+        force: bool = False,
     ) -> PauseLedger:
         """Pause enforcement of ``server_id`` for ``days`` days from ``start`` (default today).
 
         Charges the tenant's ledger and records the pause in the server's state in one
-        atomic write (a server not yet seen gets a state without a build). Errors of the
+        atomic write. A server with no stored state is refused with
+        :class:`~tbes.errors.UnseenServerError` (a mistyped id or tenant would otherwise
+        charge a quota for nothing), unless ``force`` is true: then it gets a state without a
+        build, and the tenant of its first connection takes it over. Errors of the
         ledger propagate (:class:`~tbes.errors.QuotaExceededError`,
         :class:`~tbes.errors.PauseConflictError`, :class:`~tbes.errors.PauseInPastError`),
         and so do store errors. Returns the tenant's new ledger. Arguments of the wrong kind
@@ -412,11 +458,16 @@ class Enforcer:
             raise InvalidPauseError(f"days must be an int >= 1, got {days!r:.80}")
         if start is not None and (type(start) is dt.datetime or not isinstance(start, dt.date)):
             raise InvalidPauseError(f"start must be a date or None, got {start!r:.80}")
+        if type(force) is not bool:
+            raise InvalidPauseError(f"force must be a bool, got {force!r:.80}")
         now = self._now()
         today = now.date()
         first = today if start is None else start
         ledger, state, _ = self._change_pauses(
-            tenant, server_id, lambda ledger: ledger.grant(server_id, first, days, today=today)
+            tenant,
+            server_id,
+            lambda ledger: ledger.grant(server_id, first, days, today=today),
+            unseen=force,
         )
         last = first + dt.timedelta(days=days - 1)
         detail = (
@@ -447,12 +498,19 @@ class Enforcer:
         return ledger
 
     def _change_pauses(
-        self, tenant: str, server_id: str, change: Callable[[PauseLedger], PauseLedger]
+        self,
+        tenant: str,
+        server_id: str,
+        change: Callable[[PauseLedger], PauseLedger],
+        *,
+        unseen: bool = True,
     ) -> tuple[PauseLedger, ServerState, bool]:
         """Apply ``change`` to the ledger and copy the server's pauses into its state.
 
-        Both rows are written in one :meth:`~tbes.store.StateStore.put_many`, retried on a
-        lost race. Returns the ledger, the state and whether anything changed.
+        A server with no stored state gets one without a build when ``unseen`` allows it,
+        else :class:`~tbes.errors.UnseenServerError`. Both rows are written in one
+        :meth:`~tbes.store.StateStore.put_many`, retried on a lost race. Returns the ledger,
+        the state and whether anything changed.
         """
         for _ in range(self._retries + 1):
             stored_ledger = self._ledger(tenant)
@@ -462,6 +520,11 @@ class Enforcer:
                 if stored_ledger is not None
                 else PauseLedger(tenant, self.policy.pause_quota_days)
             )
+            if stored_state is None and not unseen:
+                raise UnseenServerError(
+                    f"no server {server_id} has been seen (tenant {tenant}): check the server id "
+                    "and the tenant's spelling, or force the pause of a server not seen yet"
+                )
             state = stored_state.value if stored_state is not None else _unseen(server_id, tenant)
             if state.tenant != tenant:
                 raise InvalidValueError(
@@ -529,6 +592,16 @@ _MISSING = object()
 def _require(ok: bool, name: str, what: str, value: object) -> None:
     if not ok:
         raise InvalidValueError(f"{name} must be {what}, got {value!r:.80}")
+
+
+def _is_timeout(value: object) -> bool:
+    """Whether ``value`` is a usable number of seconds: finite and above zero."""
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
 
 
 def _is_store(store: object) -> bool:

@@ -22,6 +22,7 @@ __all__ = [
     "StoreConflictError",
     "StoreError",
     "TbesError",
+    "UnseenServerError",
 ]
 
 
@@ -47,6 +48,10 @@ class PolicyError(InvalidValueError):
 
 class InvalidPauseError(InvalidValueError):
     """A pause or pause ledger was given a value it cannot hold (days < 1, an empty id, …)."""
+
+
+class UnseenServerError(InvalidPauseError):
+    """A pause names a server tbes has never seen, and was not forced (a typo charges no quota)."""
 
 
 class NaiveDatetimeError(TbesError, ValueError):

@@ -82,31 +82,31 @@ fail_closed = {fail_closed}
 [[connector]]
 kind = "on_premises"
 tenant = "fabrikam"
-server_id = "fabrikam-ex2007"
+name = "fabrikam-ex2007"
 networks = ["127.0.0.2/32"]
 
 [[connector]]
 kind = "on_premises"
 tenant = "northwind"
-server_id = "northwind-ex2019"
+name = "northwind-ex2019"
 networks = ["127.0.0.3/32"]
 
 [[connector]]
 kind = "on_premises"
 tenant = "fabrikam"
-server_id = "fabrikam-behind-relay"
+name = "fabrikam-behind-relay"
 networks = ["127.0.0.4/32"]
 
 [[connector]]
 kind = "on_premises"
 tenant = "litware"
-server_id = "litware-broken-row"
+name = "litware-broken-row"
 networks = ["127.0.0.5/32"]
 
 [[connector]]
 kind = "on_premises"
 tenant = "fabrikam"
-server_id = "fabrikam-no-own-hosts"
+name = "fabrikam-no-own-hosts"
 networks = ["127.0.0.6/32"]
 
 [testing]

@@ -4,9 +4,13 @@ An MTA adapter knows only the connection: the peer's IP address, its verified ho
 and the subject of its TLS client certificate. The operator's configuration maps these to a
 connector kind, a server id and a tenant (SPEC section 9: identity comes from the
 connection, never from headers). Rules are tried in order; the first whose every given
-criterion matches wins. A connection no rule matches gets ``unmatched_kind`` (``INTERNET``
-by default, which the default policy does not enforce), so an operator who forgets a rule
-fails open.
+criterion matches wins. Each rule has a unique ``name``, the connector's identity, chosen by
+the operator so that it never changes under the server's feet: it is the server id a
+connection through the rule gets unless the rule sets ``server_id`` (a v1 rule with only a
+``server_id`` takes it as its name, so stored states keep their keys). A connection no rule
+matches is never enforced: it gets the connector kind ``INTERNET``, which no policy preset
+enforces. (v1's ``unmatched_kind`` is gone: it enforced peers named after their reverse DNS
+or address, so a server that changed either started again at stage 1.)
 
 The file format is TOML read by :mod:`tomllib`; unknown keys are errors, because a typo in a
 security setting must not pass silently. ``[testing] fixed_time`` freezes the clock, so that
@@ -18,13 +22,14 @@ Example::
     tenant = "contoso"
     own_hosts = ["mx.contoso.example"]
     fail_closed = false
+    check_timeout = 2.0                  # seconds per check, retries included
     policy = "exchange_online_2026"
     catalog = "/etc/tbes/catalog.json"   # optional: written by `tbes catalog import`
 
     [[connector]]
+    name = "fabrikam-edge"
     kind = "on_premises"
     tenant = "fabrikam"
-    server_id = "fabrikam-edge"
     networks = ["203.0.113.0/28"]
     hosts = ["mail.fabrikam.example"]
     tls_subjects = ["mail.fabrikam.example"]
@@ -35,6 +40,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import logging
+import math
 import os
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
@@ -47,6 +53,7 @@ from tbes.decision import Decision
 from tbes.enforcer import FAIL_CLOSED_REPLY, Connection, Enforcer, Notifier, utc_now
 from tbes.errors import CatalogError, NaiveDatetimeError, TbesError
 from tbes.policy import ConnectorKind, Policy, SmtpReply
+from tbes.store._deadline import DEFAULT_CHECK_TIMEOUT
 from tbes.store.protocol import StateStore
 
 __all__ = [
@@ -188,8 +195,24 @@ def _optional_text(instance: object, attribute: attrs.Attribute[Any], value: obj
 def _has_criterion(rule: ConnectorRule) -> None:
     if not (rule.networks or rule.hosts or rule.tls_subjects):
         raise AdapterConfigError(
-            f"connector rule {rule.name or rule.server_id or rule.tenant!r} names no "
+            f"connector rule {rule.name!r} names no "
             "networks, hosts or tls_subjects: it would match every connection"
+        )
+
+
+def _v1_name(rule: ConnectorRule) -> str:
+    # A v1 rule named its server only: that id becomes the name, so its states keep their key.
+    return rule.server_id or ""
+
+
+def _check_name(instance: object, attribute: attrs.Attribute[str], value: object) -> None:
+    if not isinstance(value, str):
+        raise AdapterConfigError(f"name must be a string, got {value!r}")
+    if not value.strip():
+        raise AdapterConfigError(
+            'connector rule has no name: add name = "..." (a stable name of your choosing, '
+            "unique among the rules: it identifies the connector and names its server in "
+            "the store)"
         )
 
 
@@ -201,8 +224,10 @@ class ConnectorRule:
     names, exact, or every subdomain when written with a leading dot (``.fabrikam.example``);
     ``tls_subjects`` are TLS client certificate subjects, compared case-insensitively. A
     rule matches when each kind of criterion it lists matches (any one entry of a list is
-    enough). ``server_id`` names the server in the store; ``None`` takes the peer's host
-    name, or its address when it has none.
+    enough). ``name`` is the connector's identity, unique among the rules (default: a v1
+    ``server_id``; a rule with neither raises :class:`AdapterConfigError`). The server a
+    connection through the rule comes from is ``server_id`` when set, else ``name``: never
+    the peer's reverse DNS name or address, which change.
     """
 
     kind: ConnectorKind = attrs.field(validator=attrs.validators.instance_of(ConnectorKind))
@@ -211,10 +236,15 @@ class ConnectorRule:
     networks: tuple[_Network, ...] = attrs.field(default=(), converter=_to_networks)
     hosts: tuple[str, ...] = attrs.field(default=(), converter=_to_hosts)
     tls_subjects: tuple[str, ...] = attrs.field(default=(), converter=_to_subjects)
-    name: str = attrs.field(default="", validator=attrs.validators.instance_of(str))
+    name: str = attrs.field(default=attrs.Factory(_v1_name, takes_self=True), validator=_check_name)
 
     def __attrs_post_init__(self) -> None:
         _has_criterion(self)
+
+    @property
+    def identity(self) -> str:
+        """The server id of a connection through this rule: ``server_id``, else ``name``."""
+        return self.server_id or self.name
 
     def matches(self, address: _Address | None, host: str | None, subject: str | None) -> bool:
         """Whether a peer with this normalised address, host name and TLS subject matches."""
@@ -251,10 +281,30 @@ def _aware(instance: object, attribute: attrs.Attribute[Any], value: object) -> 
 
 def _rules(values: Iterable[ConnectorRule]) -> tuple[ConnectorRule, ...]:
     rules = tuple(values)
-    for rule in rules:
+    seen: dict[str, int] = {}
+    for number, rule in enumerate(rules, start=1):
         if not isinstance(rule, ConnectorRule):
             raise AdapterConfigError(f"connectors must be ConnectorRule values, got {rule!r}")
+        # Names differing only in case are one connector misspelt, not two.
+        first = seen.setdefault(rule.name.casefold(), number)
+        if first != number:
+            raise AdapterConfigError(
+                f"[[connector]] number {first} ({rules[first - 1].name!r}) and number {number} "
+                f"({rule.name!r}) have the same name: give each rule its own name"
+            )
     return rules
+
+
+def _timeout(instance: object, attribute: attrs.Attribute[float], value: object) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise AdapterConfigError(
+            f"{attribute.name} must be a number of seconds above zero, got {value!r}"
+        )
 
 
 def _policy_name(instance: AdapterConfig, attribute: attrs.Attribute[str], value: str) -> None:
@@ -272,7 +322,8 @@ class AdapterConfig:
     ``tenant`` is the tenant of connections no rule matches and the default of rules that
     name none; ``own_hosts`` are this site's own host names, whose Received hops are skipped
     when looking for the sending server; ``fail_closed`` makes a fault answer "try again
-    later" instead of accepting; ``policy``/``policy_on`` name a :meth:`Policy.named`
+    later" instead of accepting; ``check_timeout`` is each check's budget in seconds,
+    retries included; ``policy``/``policy_on`` name a :meth:`Policy.named`
     preset; ``catalog`` is the path of a catalog written by ``tbes catalog import`` (the
     packaged one when unset), used for assessment and the ``supported_only`` baseline;
     ``fixed_time`` (testing only) freezes the clock.
@@ -280,11 +331,9 @@ class AdapterConfig:
 
     connectors: tuple[ConnectorRule, ...] = attrs.field(default=(), converter=_rules)
     tenant: str = attrs.field(default="default", validator=_non_empty_text)
-    unmatched_kind: ConnectorKind = attrs.field(
-        default=ConnectorKind.INTERNET, validator=attrs.validators.instance_of(ConnectorKind)
-    )
     own_hosts: tuple[str, ...] = attrs.field(default=(), converter=_to_hosts)
     fail_closed: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    check_timeout: float = attrs.field(default=DEFAULT_CHECK_TIMEOUT, validator=_timeout)
     policy_on: dt.date | None = attrs.field(
         default=None, validator=attrs.validators.optional(attrs.validators.instance_of(dt.date))
     )
@@ -297,7 +346,11 @@ class AdapterConfig:
     def connection(
         self, *, peer_ip: str | None, peer_host: str | None, tls_subject: str | None
     ) -> Connection:
-        """The :class:`~tbes.enforcer.Connection` for a peer, by the first rule that matches."""
+        """The :class:`~tbes.enforcer.Connection` for a peer, by the first rule that matches.
+
+        A peer no rule matches gets kind ``INTERNET`` (never enforced by a preset) and
+        ``tenant``; its id, the peer's name or address, is for logs only.
+        """
         address = _parse_address(peer_ip)
         host = normalise_host(peer_host)
         subject = normalise_subject(tls_subject)
@@ -305,7 +358,7 @@ class AdapterConfig:
         for rule in self.connectors:
             if rule.matches(address, host, subject):
                 return Connection(
-                    server_id=rule.server_id or host or ip or "unknown",
+                    server_id=rule.identity,
                     tenant=rule.tenant,
                     kind=rule.kind,
                     peer_ip=ip,
@@ -315,7 +368,7 @@ class AdapterConfig:
         return Connection(
             server_id=host or ip or "unknown",
             tenant=self.tenant,
-            kind=self.unmatched_kind,
+            kind=ConnectorKind.INTERNET,
             peer_ip=ip,
             peer_host=host,
             tls_subject=subject,
@@ -366,13 +419,20 @@ def make_enforcer(
         notifier=notifier,
         fail_closed=config.fail_closed,
         own_hosts=config.own_hosts,
+        check_timeout=config.check_timeout,
     )
 
 
 # ---- TOML ----------------------------------------------------------------------------------
 
 _TOP_KEYS = frozenset(
-    {"tenant", "unmatched_kind", "own_hosts", "fail_closed", "policy", "policy_on", "catalog"}
+    {"tenant", "own_hosts", "fail_closed", "check_timeout", "policy", "policy_on", "catalog"}
+)
+_REMOVED_UNMATCHED = (
+    "unmatched_kind was removed: a connection no [[connector]] rule matches is never "
+    "enforced, because its only names, the peer's reverse DNS name and address, change and "
+    "would restart enforcement at stage 1; delete the key, and add a [[connector]] rule with "
+    "a name for each server to enforce"
 )
 _TABLE_KEYS = frozenset({"connector", "testing"})
 _RULE_KEYS = frozenset({"kind", "tenant", "server_id", "networks", "hosts", "tls_subjects", "name"})
@@ -408,6 +468,8 @@ def parse_config(text: str, *, source: str = "<string>") -> AdapterConfig:
 
 
 def _from_mapping(data: Mapping[str, Any]) -> AdapterConfig:
+    if "unmatched_kind" in data:
+        raise AdapterConfigError(_REMOVED_UNMATCHED)
     _no_unknown_keys("the top level", data, _TOP_KEYS | _TABLE_KEYS)
     tenant = _get(data, "tenant", str, "default")
     rules = _get(data, "connector", list, [])
@@ -416,9 +478,9 @@ def _from_mapping(data: Mapping[str, Any]) -> AdapterConfig:
     return AdapterConfig(
         connectors=tuple(_rule(item, index, tenant) for index, item in enumerate(rules)),
         tenant=tenant,
-        unmatched_kind=_kind(_get(data, "unmatched_kind", str, "internet"), "unmatched_kind"),
         own_hosts=_string_list(data, "own_hosts"),
         fail_closed=_get(data, "fail_closed", bool, False),
+        check_timeout=_get(data, "check_timeout", object, DEFAULT_CHECK_TIMEOUT),
         policy_on=_get(data, "policy_on", dt.date, None),
         policy=_get(data, "policy", str, "exchange_online_2026"),
         fixed_time=_instant(testing.get("fixed_time")),
@@ -441,7 +503,7 @@ def _rule(item: object, index: int, tenant: str) -> ConnectorRule:
             networks=_string_list(item, "networks"),
             hosts=_string_list(item, "hosts"),
             tls_subjects=_string_list(item, "tls_subjects"),
-            name=_get(item, "name", str, ""),
+            name=_get(item, "name", str, _get(item, "server_id", str, "")),
         )
     except AdapterConfigError as error:
         raise AdapterConfigError(f"{where}: {error}") from None
