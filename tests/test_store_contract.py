@@ -14,15 +14,18 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import pytest
 
 from integration.pg import PostgresServer, acquire, release
-from tbes.catalog import Compliance
+from tbes.catalog import Catalog, Compliance
+from tbes.decision import Action
+from tbes.enforcer import Connection, Enforcer
 from tbes.errors import StoreConflictError, StoreError
 from tbes.ledger import Pause, PauseLedger
+from tbes.policy import DEFAULT_POLICY, ConnectorKind
 from tbes.serde import dumps, loads
 from tbes.state import ServerState
 from tbes.store import (
@@ -32,6 +35,7 @@ from tbes.store import (
     SQLiteStore,
     StateStore,
     StateWrite,
+    UnreadableRow,
     Versioned,
 )
 from tbes.version import ExchangeBuild
@@ -39,7 +43,7 @@ from tbes.version import ExchangeBuild
 UTC = dt.UTC
 T0 = dt.datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
 
-RawRow = tuple[int, int, str]
+RawRow = tuple[object, int, str]
 
 
 def state(
@@ -71,6 +75,8 @@ class Backend:
     """One kind of store, plus raw access to its rows behind its back."""
 
     name = ""
+    # Versions no tbes writes, but which the backend's column can hold (planted behind its back).
+    bad_versions: tuple[object, ...] = (0, -5, "abc", 2.5, True)
 
     def open(self) -> StateStore:
         """A store object over this backend's storage (a new one each call, if it persists)."""
@@ -80,7 +86,7 @@ class Backend:
         """The stored ``(version, row_schema, data)`` of a row, read behind the store's back."""
         raise NotImplementedError
 
-    def plant(self, table: str, key: str, version: int, schema: int, data: str) -> None:
+    def plant(self, table: str, key: str, version: object, schema: int, data: str) -> None:
         """Write a row behind the store's back (``tenant`` of a server row: ``contoso``)."""
         raise NotImplementedError
 
@@ -101,7 +107,7 @@ class MemoryBackend(Backend):
         row = self.store._rows[table].get(key)
         return None if row is None else (row[0], int(str(row[1])), str(row[2]))
 
-    def plant(self, table: str, key: str, version: int, schema: int, data: str) -> None:
+    def plant(self, table: str, key: str, version: object, schema: int, data: str) -> None:
         self.store._rows[table][key] = (version, schema, data)
         if table == "server":
             self.store._tenants[key] = "contoso"
@@ -112,6 +118,7 @@ _SQL_TABLES = {"server": ("tbes_servers", "server_id"), "ledger": ("tbes_ledgers
 
 class SQLiteBackend(Backend):
     name = "sqlite"
+    bad_versions = (0, -5, "abc", 2.5)  # SQLite stores True as 1
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -131,7 +138,7 @@ class SQLiteBackend(Backend):
         conn.close()
         return None if row is None else (row[0], row[1], row[2])
 
-    def plant(self, table: str, key: str, version: int, schema: int, data: str) -> None:
+    def plant(self, table: str, key: str, version: object, schema: int, data: str) -> None:
         self.open()  # make sure the schema exists
         name, column = _SQL_TABLES[table]
         extra = ("tenant, ", "'contoso', ") if table == "server" else ("", "")
@@ -150,6 +157,7 @@ class SQLiteBackend(Backend):
 
 class PostgresBackend(Backend):
     name = "postgres"
+    bad_versions = (0, -5)  # a bigint column holds no text or real
 
     def __init__(self, server: PostgresServer) -> None:
         self.dsn = server.fresh_dsn()
@@ -174,7 +182,7 @@ class PostgresBackend(Backend):
         )
         return None if row is None else (row[0], row[1], row[2])
 
-    def plant(self, table: str, key: str, version: int, schema: int, data: str) -> None:
+    def plant(self, table: str, key: str, version: object, schema: int, data: str) -> None:
         self.open()
         name, column = _SQL_TABLES[table]
         extra = ("tenant, ", "'contoso', ") if table == "server" else ("", "")
@@ -527,6 +535,77 @@ def test_unreadable_ledger_row_raises_and_is_never_overwritten(
         store.put_many([StateWrite(state(), None), LedgerWrite(ledger(), 2)])
     assert backend.raw("ledger", "contoso") == (2, schema, data)
     assert store.get("mx1.contoso.com") is None
+
+
+def _versions_of(backend: Backend) -> Iterator[object]:
+    for version in backend.bad_versions:
+        backend.plant("server", "mx1.contoso.com", version, 1, dumps(state()))
+        backend.plant("ledger", "contoso", version, 1, dumps(ledger()))
+        yield version
+
+
+def test_a_row_with_a_bad_version_is_unreadable_to_every_method(backend: Backend) -> None:
+    # A version written behind tbes's back (0, negative, text) is the row's fault: every
+    # method raises StoreError naming the row, never InvalidValueError or a conflict.
+    store = backend.open()
+    server, tenant = r"server 'mx1\.contoso\.com'", "ledger of tenant 'contoso'"
+    for version in _versions_of(backend):
+        with pytest.raises(StoreError, match=server) as raised:
+            store.get("mx1.contoso.com")
+        assert "version" in str(raised.value)
+        with pytest.raises(StoreError, match=tenant):
+            store.get_ledger("contoso")
+        with pytest.raises(StoreError, match=server):
+            list(store.states())
+        with pytest.raises(StoreError, match=server):
+            list(store.states("contoso"))
+        for expected in (None, 1, 3):
+            with pytest.raises(StoreError, match=server) as raised:
+                store.put(state(), expected_version=expected)
+            assert not isinstance(raised.value, StoreConflictError)
+            with pytest.raises(StoreError, match=server) as raised:
+                store.put_many([StateWrite(state("mx0"), None), StateWrite(state(), expected)])
+            assert not isinstance(raised.value, StoreConflictError)
+            with pytest.raises(StoreError, match=tenant) as raised:
+                store.put_ledger(ledger(), expected_version=expected)
+            assert not isinstance(raised.value, StoreConflictError)
+        # Never overwritten, and nothing else of a refused batch written.
+        assert backend.raw("server", "mx1.contoso.com") == (version, 1, dumps(state()))
+        assert backend.raw("ledger", "contoso") == (version, 1, dumps(ledger()))
+        assert store.get("mx0") is None
+
+
+def test_a_row_with_a_bad_version_fails_a_check_open(backend: Backend) -> None:
+    store = backend.open()
+    enforcer = Enforcer(store, DEFAULT_POLICY, Catalog.default(), clock=lambda: T0)
+    conn = Connection("mx1.contoso.com", "contoso", ConnectorKind.ON_PREMISES)
+    for version in _versions_of(backend):
+        decision = enforcer.check(conn, [])
+        assert (decision.action, decision.reply) == (Action.ACCEPT, None)
+        assert backend.raw("server", "mx1.contoso.com") == (version, 1, dumps(state()))
+
+
+def test_entries_lists_every_row_and_marks_the_unreadable_ones(backend: Backend) -> None:
+    # states() ends at an unreadable row; entries() shows it in its place and goes on.
+    # entries() is the three stores' own, not the protocol's (custom stores need not have it).
+    store = cast(MemoryStore | SQLiteStore | PostgresStore, backend.open())
+    store.put_many([StateWrite(state("a"), None), StateWrite(state("c"), None)])
+    backend.plant("server", "b", 1, 1, "not json")
+    backend.plant("server", "d", 0, 1, dumps(state("d")))
+    entries = list(store.entries())
+    assert [getattr(e, "server_id", None) for e in entries] == ["a", "b", "c", "d"]
+    assert (entries[0], entries[2]) == (state("a"), state("c"))
+    bad = [e for e in entries if isinstance(e, UnreadableRow)]
+    assert [e.server_id for e in bad] == ["b", "d"]
+    assert "server 'b'" in bad[0].error
+    assert "does not decode" in bad[0].error
+    assert "server 'd'" in bad[1].error
+    assert "version 0" in bad[1].error
+    listed = [getattr(e, "server_id", None) for e in store.entries("contoso")]
+    assert listed == ["a", "b", "c", "d"]
+    assert list(store.entries("nobody")) == []
+    with pytest.raises(StoreError, match="server 'b'"):
+        list(store.states())
 
 
 def test_a_readable_row_next_to_an_unreadable_one_still_reads(backend: Backend) -> None:

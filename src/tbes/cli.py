@@ -42,6 +42,7 @@ from tbes.render.json import dumps
 from tbes.report import END, ReportRow, Segment, forecast, horizon, report_row
 from tbes.serde import converter
 from tbes.state import ServerState, observe
+from tbes.store import UnreadableRow
 from tbes.store.sqlite import SQLiteStore
 from tbes.version import ExchangeBuild, Product
 
@@ -310,8 +311,15 @@ def _db_option(function: Callable[..., Any]) -> Callable[..., Any]:
     )(function)
 
 
-def _open_store(path: Path) -> SQLiteStore:
-    return _guard(lambda: SQLiteStore(path))
+def _open_store(path: Path, *, read_only: bool = False) -> SQLiteStore:
+    # Reading commands open read-only: they never add tables to, or change the journal mode
+    # of, whatever file --db names, and they work on a read-only file.
+    return _guard(lambda: SQLiteStore(path, read_only=read_only))
+
+
+def _unreadable_line(row: UnreadableRow) -> str:
+    """The stderr line marking a row the report could not show; control characters escaped."""
+    return "tbes: unreadable row, not in the report: " + printable(_one_line(row.error))
 
 
 def _t(value: object) -> Text:
@@ -659,25 +667,33 @@ def report(
     output: Path | None,
     at: dt.datetime | None,
     policy_name: str,
-) -> None:
-    """Report every server in the database, one row per server."""
+) -> int | None:
+    """Report every server in the database, one row per server.
+
+    A row that cannot be read is left out and named on stderr, and the exit status is 1.
+    """
     at = at or utc_now()
     policy = _policy(ctx, policy_name, at)
     catalog = _catalog(ctx)
-    store = _open_store(db)
+    store = _open_store(db, read_only=True)
     try:
-        states = _guard(lambda: list(store.states(tenant)))
+        entries = _guard(lambda: list(store.entries(tenant)))
     finally:
         store.close()
+    states = [entry for entry in entries if isinstance(entry, ServerState)]
+    unreadable = [entry for entry in entries if isinstance(entry, UnreadableRow)]
     subtitle = f"as of {_utc(at)} · policy {policy_name}" + (
         f" · tenant {tenant}" if tenant else ""
     )
     text = render_report(states, fmt, now=at, policy=policy, catalog=catalog, subtitle=subtitle)
     if output is None:
         click.echo(text, nl=False)
-        return
-    _guard(lambda: output.write_text(text, encoding="utf-8", newline=""))
-    click.echo(printable(f"Wrote the {fmt} report of {len(states)} servers to {output}."))
+    else:
+        _guard(lambda: output.write_text(text, encoding="utf-8", newline=""))
+        click.echo(printable(f"Wrote the {fmt} report of {len(states)} servers to {output}."))
+    for row in unreadable:
+        click.echo(_unreadable_line(row), err=True)
+    return 1 if unreadable else None
 
 
 # ---- tbes quota ---------------------------------------------------------------------------
@@ -706,7 +722,7 @@ def quota(
 
 
 def _ledger(db: Path, tenant: str, policy: Policy) -> PauseLedger:
-    store = _open_store(db)
+    store = _open_store(db, read_only=True)
     try:
         return _stored_ledger(store, tenant, policy.pause_quota_days)
     finally:

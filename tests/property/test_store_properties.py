@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -28,10 +28,19 @@ from hypothesis.stateful import (
 
 from integration.pg import PostgresServer, acquire, release
 from tbes.catalog import Compliance
-from tbes.errors import StoreConflictError
+from tbes.errors import StoreConflictError, StoreError
 from tbes.ledger import Pause, PauseLedger
+from tbes.serde import dumps
 from tbes.state import ServerState
-from tbes.store import LedgerWrite, MemoryStore, PostgresStore, SQLiteStore, StateStore, StateWrite
+from tbes.store import (
+    LedgerWrite,
+    MemoryStore,
+    PostgresStore,
+    SQLiteStore,
+    StateStore,
+    StateWrite,
+    UnreadableRow,
+)
 from tbes.store.protocol import Write
 from tbes.version import ExchangeBuild
 
@@ -245,3 +254,76 @@ def test_sqlite_store_behaves_like_a_dict(tmp_dir: Path) -> None:
 @pytest.mark.service("postgresql")
 def test_postgres_store_behaves_like_a_dict(pg_server: PostgresServer) -> None:
     _run(lambda: PostgresStore(pg_server.fresh_dsn()), most=30)
+
+
+# ---- unreadable rows: refused by every method, listed in place by entries() ----------------
+
+# A stored version no tbes writes: not an int, or an int below 1.
+bad_versions = st.one_of(
+    st.integers(max_value=0),
+    st.booleans(),
+    st.floats(allow_nan=False),
+    st.text(max_size=5),
+    st.none(),
+)
+
+
+@given(server=server_states, version=bad_versions, expected=st.none() | st.integers(1, 5))
+def test_a_bad_version_makes_a_row_unreadable_to_every_method(
+    server: ServerState, version: object, expected: int | None
+) -> None:
+    store = MemoryStore()
+    row = (version, 1, dumps(server))
+    store._rows["server"][server.server_id] = row
+    store._tenants[server.server_id] = server.tenant
+    calls: list[Callable[[], object]] = [
+        lambda: store.get(server.server_id),
+        lambda: list(store.states()),
+        lambda: list(store.states(server.tenant)),
+        lambda: store.put(server, expected_version=expected),
+        lambda: store.put_many([StateWrite(server, expected)]),
+    ]
+    for call in calls:
+        with pytest.raises(StoreError, match=repr(server.server_id)) as raised:
+            call()
+        assert not isinstance(raised.value, StoreConflictError)
+    assert store._rows["server"][server.server_id] == row
+
+
+@given(
+    rows=st.dictionaries(
+        st.sampled_from([f"mx{i}" for i in range(8)]),
+        st.sampled_from(["readable", "bad version", "bad json", "other schema"]),
+        max_size=8,
+    )
+)
+def test_entries_lists_every_row_in_order_and_marks_exactly_the_unreadable(
+    rows: dict[str, str],
+) -> None:
+    store = MemoryStore()
+    readable = {}
+    for server_id, kind in rows.items():
+        value = ServerState(server_id, "contoso", None, Compliance.NOT_APPLICABLE, None, _T1, None)
+        raw = {
+            "readable": (1, 1, dumps(value)),
+            "bad version": (0, 1, dumps(value)),
+            "bad json": (1, 1, "{"),
+            "other schema": (1, 2, dumps(value)),
+        }[kind]
+        store._rows["server"][server_id] = raw
+        store._tenants[server_id] = "contoso"
+        if kind == "readable":
+            readable[server_id] = value
+    entries = list(store.entries())
+    assert [entry.server_id for entry in entries] == sorted(rows)
+    for entry in entries:
+        if entry.server_id in readable:
+            assert entry == readable[entry.server_id]
+        else:
+            assert isinstance(entry, UnreadableRow)
+            assert repr(entry.server_id) in entry.error
+    if len(readable) == len(rows):
+        assert list(store.states()) == entries
+    else:
+        with pytest.raises(StoreError):
+            list(store.states())

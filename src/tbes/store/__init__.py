@@ -8,7 +8,14 @@ same versioned JSON rows and pass the same contract tests. psycopg is imported o
 
 from tbes.store.memory import MemoryStore
 from tbes.store.postgres import PostgresStore
-from tbes.store.protocol import LedgerWrite, StateStore, StateWrite, Versioned, Write
+from tbes.store.protocol import (
+    LedgerWrite,
+    StateStore,
+    StateWrite,
+    UnreadableRow,
+    Versioned,
+    Write,
+)
 from tbes.store.sqlite import SQLiteStore
 
 __all__ = [
@@ -18,6 +25,7 @@ __all__ = [
     "SQLiteStore",
     "StateStore",
     "StateWrite",
+    "UnreadableRow",
     "Versioned",
     "Write",
 ]

@@ -11,18 +11,22 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
+from tbes.errors import StoreError
 from tbes.ledger import PauseLedger
 from tbes.state import ServerState
 from tbes.store.protocol import (
     LedgerWrite,
     RawRow,
     StateWrite,
+    UnreadableRow,
     Versioned,
     Write,
     check_key,
     check_writes,
     load_ledger,
+    load_row,
     load_state,
+    stored_version,
 )
 
 __all__ = ["RowStore"]
@@ -33,7 +37,7 @@ _MAX_DECODED = 4096
 class RowStore:
     """The parts of a :class:`~tbes.store.StateStore` that are the same for every back end.
 
-    A subclass implements :meth:`_read_row`, :meth:`_apply` and :meth:`_states`.
+    A subclass implements :meth:`_read_row`, :meth:`_apply` and :meth:`_server_rows`.
     """
 
     _decoded_rows: dict[str, tuple[object, object, ServerState]]
@@ -46,8 +50,8 @@ class RowStore:
         """Apply checked compare-and-swap writes all-or-nothing; return their new versions."""
         raise NotImplementedError
 
-    def _states(self, tenant: str | None) -> Iterator[ServerState]:
-        """Every stored state, or those of ``tenant`` (checked), in order of server id."""
+    def _server_rows(self, tenant: str | None) -> Iterator[tuple[str, RawRow]]:
+        """Every stored server row, or those of ``tenant`` (checked), in order of server id."""
         raise NotImplementedError
 
     def put_many(self, writes: Sequence[Write]) -> tuple[int, ...]:
@@ -55,17 +59,43 @@ class RowStore:
         return self._apply(check_writes(writes))
 
     def states(self, tenant: str | None = None) -> Iterator[ServerState]:
-        """Every stored state, or those of ``tenant``, in order of server id."""
+        """Every stored state, or those of ``tenant``, in order of server id.
+
+        An unreadable row raises :class:`~tbes.errors.StoreError` naming it and ends the
+        iteration; :meth:`entries` goes on past it.
+        """
         # Checked here, not in the generator, so a bad tenant raises at the call.
-        return self._states(None if tenant is None else check_key("tenant", tenant))
+        return self._states(self.entries(tenant))
+
+    @staticmethod
+    def _states(entries: Iterator[ServerState | UnreadableRow]) -> Iterator[ServerState]:
+        for entry in entries:
+            if isinstance(entry, UnreadableRow):
+                raise StoreError(entry.error)
+            yield entry
+
+    def entries(self, tenant: str | None = None) -> Iterator[ServerState | UnreadableRow]:
+        """Like :meth:`states`, but an unreadable row is listed as an :class:`UnreadableRow`.
+
+        For a report that must show every readable row and mark the others; a failing back
+        end still raises :class:`~tbes.errors.StoreError`.
+        """
+        return self._entries(None if tenant is None else check_key("tenant", tenant))
+
+    def _entries(self, tenant: str | None) -> Iterator[ServerState | UnreadableRow]:
+        for server_id, row in self._server_rows(tenant):
+            try:
+                yield load_row(server_id, row).value
+            except StoreError as exc:
+                yield UnreadableRow(server_id, str(exc))
 
     def get(self, server_id: str) -> Versioned[ServerState] | None:
         """The stored state of ``server_id`` and its version, or ``None``."""
         row = self._read_row("server", check_key("server_id", server_id))
         if row is None:
             return None
-        version, schema, data = row
-        return Versioned(self._decoded(server_id, schema, data), version)
+        version = stored_version("server", server_id, row[0])
+        return Versioned(self._decoded(server_id, row[1], row[2]), version)
 
     def _decoded(self, server_id: str, schema: object, data: object) -> ServerState:
         # A busy server's row is read for every message but seldom changes, and decoding it
@@ -87,7 +117,10 @@ class RowStore:
     def get_ledger(self, tenant: str) -> Versioned[PauseLedger] | None:
         """The stored pause ledger of ``tenant`` and its version, or ``None``."""
         row = self._read_row("ledger", check_key("tenant", tenant))
-        return None if row is None else Versioned(load_ledger(tenant, row[1], row[2]), row[0])
+        if row is None:
+            return None
+        version = stored_version("ledger", tenant, row[0])
+        return Versioned(load_ledger(tenant, row[1], row[2]), version)
 
     def put(self, state: ServerState, *, expected_version: int | None) -> int:
         """Store ``state`` by compare-and-swap; return its new version."""

@@ -16,9 +16,8 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar
 
 from tbes.errors import StoreError
-from tbes.state import ServerState
 from tbes.store._rows import RowStore
-from tbes.store.protocol import ROW_SCHEMA, RawRow, RowWrite, Write, load_state, plan_writes
+from tbes.store.protocol import ROW_SCHEMA, RawRow, RowWrite, Write, plan_writes
 
 __all__ = [
     "Connection",
@@ -74,7 +73,8 @@ def select_sql(table: str, param: str) -> str:
 
 def raw_row(row: Sequence[Any] | None) -> RawRow | None:
     """A fetched ``(version, row_schema, data)`` row as a :data:`RawRow`, or ``None``."""
-    return None if row is None else (int(row[0]), row[1], row[2])
+    # The version is not converted here: a bad one is the row's fault, refused when decoded.
+    return None if row is None else (row[0], row[1], row[2])
 
 
 def states_sql(tenant: str | None, param: str, after: str) -> tuple[str, tuple[str, ...]]:
@@ -82,7 +82,9 @@ def states_sql(tenant: str | None, param: str, after: str) -> tuple[str, tuple[s
 
     Keyset pagination on the primary key: each page is one index range scan, however far in.
     """
-    query = f"SELECT server_id, row_schema, data FROM tbes_servers WHERE server_id > {param}"
+    query = (
+        f"SELECT server_id, version, row_schema, data FROM tbes_servers WHERE server_id > {param}"
+    )
     args: tuple[str, ...] = (after,)
     if tenant is not None:
         query, args = query + f" AND tenant = {param}", (after, tenant)
@@ -156,15 +158,15 @@ class SQLStore(RowStore, Generic[_C]):
         """Every row ``sql`` selects."""
         raise NotImplementedError
 
-    def _states(self, tenant: str | None) -> Iterator[ServerState]:
+    def _server_rows(self, tenant: str | None) -> Iterator[tuple[str, RawRow]]:
         # A page at a time, so memory stays flat however many servers there are and the
         # lock is not held while the caller works; each page is consistent, the whole
         # iteration is not one snapshot.
         after = ""  # ids are non-empty, so every id sorts after ""
         while True:
             rows = self._fetch_all(*states_sql(tenant, self._PARAM, after))
-            for server_id, schema, data in rows:
-                yield load_state(server_id, schema, data)
+            for server_id, version, schema, data in rows:
+                yield server_id, (version, schema, data)
             if len(rows) < STATES_PAGE:
                 return
             after = rows[-1][0]

@@ -12,9 +12,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
-from tbes.state import ServerState
 from tbes.store._rows import RowStore
-from tbes.store.protocol import ROW_SCHEMA, RawRow, Write, load_state, plan_writes
+from tbes.store.protocol import ROW_SCHEMA, RawRow, Write, plan_writes
 
 __all__ = ["MemoryStore"]
 
@@ -41,15 +40,14 @@ class MemoryStore(RowStore):
                     self._tenants[row.key] = row.tenant
         return tuple(row.version for row in planned)
 
-    def _states(self, tenant: str | None) -> Iterator[ServerState]:
+    def _server_rows(self, tenant: str | None) -> Iterator[tuple[str, RawRow]]:
         with self._lock:
             rows = sorted(
                 (key, row)
                 for key, row in self._rows["server"].items()
                 if tenant is None or self._tenants.get(key) == tenant
             )
-        for key, (_, schema, data) in rows:
-            yield load_state(key, schema, data)
+        yield from rows
 
     def close(self) -> None:
         """Nothing to release; present for the protocol."""

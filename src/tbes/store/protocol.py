@@ -33,6 +33,7 @@ __all__ = [
     "RowWrite",
     "StateStore",
     "StateWrite",
+    "UnreadableRow",
     "Versioned",
     "Write",
     "check_key",
@@ -42,9 +43,11 @@ __all__ = [
     "describe",
     "dump_row",
     "load_ledger",
+    "load_row",
     "load_state",
     "plan_writes",
     "row_key",
+    "stored_version",
 ]
 
 ROW_SCHEMA = 1
@@ -102,6 +105,17 @@ class LedgerWrite:
 
 Write = StateWrite | LedgerWrite
 """A row to write in a batch: a server state or a tenant's ledger."""
+
+
+@attrs.frozen
+class UnreadableRow:
+    """A stored server row that cannot be read, as a listing that goes on past it shows it.
+
+    ``error`` says why (the :class:`~tbes.errors.StoreError` that reading it raises).
+    """
+
+    server_id: str
+    error: str
 
 
 @runtime_checkable
@@ -162,8 +176,8 @@ class StateStore(Protocol):
 
 # ---- rows: the helpers every store shares, so that all of them read and refuse alike ----
 
-RawRow = tuple[int, object, object]
-"""A stored row as a back end holds it: ``(version, schema, data)``."""
+RawRow = tuple[object, object, object]
+"""A stored row as a back end holds it: ``(version, schema, data)``, none of them trusted."""
 
 
 @attrs.frozen
@@ -241,6 +255,20 @@ def _load(table: str, key: str, schema: object, data: object, cls: type[_T]) -> 
         raise StoreError(f"stored row of the {where} does not decode: {exc}") from exc
 
 
+def stored_version(table: str, key: str, version: object) -> int:
+    """A stored row's CAS version if it is an int >= 1, else StoreError naming the row.
+
+    A version written behind tbes's back (0, negative, text, a real) makes the row unreadable:
+    the store cannot say which version a compare-and-swap must expect.
+    """
+    if type(version) is not int or version < 1:
+        raise StoreError(
+            f"stored row of the {describe(table, key)} has version {version!r:.40}; "
+            "a version is an int >= 1"
+        )
+    return version
+
+
 def load_state(server_id: str, schema: object, data: object) -> ServerState:
     """Decode the stored row of ``server_id``; :class:`~tbes.errors.StoreError` if unreadable.
 
@@ -263,12 +291,20 @@ def load_ledger(tenant: str, schema: object, data: object) -> PauseLedger:
     return ledger
 
 
-def check_row(table: str, key: str, schema: object, data: object) -> None:
-    """Raise :class:`~tbes.errors.StoreError` if a stored row cannot be read."""
+def load_row(server_id: str, row: RawRow) -> Versioned[ServerState]:
+    """Decode a whole stored server row, version included; StoreError if unreadable."""
+    version = stored_version("server", server_id, row[0])
+    return Versioned(load_state(server_id, row[1], row[2]), version)
+
+
+def check_row(table: str, key: str, row: RawRow) -> int:
+    """The version of a stored row; :class:`~tbes.errors.StoreError` if it cannot be read."""
+    version = stored_version(table, key, row[0])
     if table == "server":
-        load_state(key, schema, data)
+        load_state(key, row[1], row[2])
     else:
-        load_ledger(key, schema, data)
+        load_ledger(key, row[1], row[2])
+    return version
 
 
 def plan_writes(
@@ -293,10 +329,7 @@ def plan_writes(
     for index in sorted(range(len(writes)), key=keys.__getitem__):
         write, (table, key) = writes[index], keys[index]
         raw = read(table, key)
-        found = None
-        if raw is not None:
-            check_row(table, key, raw[1], raw[2])
-            found = raw[0]
+        found = None if raw is None else check_row(table, key, raw)
         if found != write.expected_version:
             raise conflict(table, key, write.expected_version, found)
         if isinstance(write, StateWrite):
