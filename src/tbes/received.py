@@ -33,7 +33,13 @@ Decisions that shaped this module:
   Sendmail and Exchange write it) wins over an address literal used as the name (which the
   client merely claimed in its greeting).
 * **Clauses.** Each clause (``from``, ``by``, ``with``, ``id``, ``via``, ``for``; keywords
-  are case-insensitive) counts the first time it appears. ``protocol`` and ``via`` are the
+  are case-insensitive) counts the first time it appears. Clauses are positional (SPEC
+  section 10): the word right after ``from`` is the from-domain (the name the *client* chose
+  in EHLO) and the word right after ``by`` the by-domain, whatever they spell (``with``,
+  ``BY``, ``id``, ...); only keywords after those positions open clauses, so a client cannot
+  hide the writer or the build of the hop that records it. A comment right after the
+  keyword (no name) leaves the first word after it to be the name unless it is a keyword.
+  ``protocol`` and ``via`` are the
   words after their keyword up to the next comment, keyword or ``;`` — so Microsoft's
   ``with Microsoft SMTP Server (TLS)`` gives ``"Microsoft SMTP Server"``, ``with Microsoft
   SMTPSVC(6.0.3790.4675)`` gives ``"Microsoft SMTPSVC"`` and Exim's ``with esmtps (TLS1.3)
@@ -43,9 +49,11 @@ Decisions that shaped this module:
   ``(using TLSv1.3 …)`` before ``by`` is not read.
 * **Builds.** Only Exchange's own forms carry a build: protocol ``Microsoft SMTP Server`` or
   ``mapi`` (case-insensitive) with an ``id`` that :meth:`ExchangeBuild.parse` accepts.
-* **The sender rule** follows SPEC section 2 literally: a hop without ``by_host`` goes with
-  the hop below it, so when such a hop sits directly above a kept hop it is itself the first
-  hop left, and, naming no build, makes the result ``None``.
+* **The sender rule** follows SPEC section 2 as amended in section 10: a hop without
+  ``by_host`` (no ``by`` part, or one that is only an address) goes with the hop below it
+  and is never the sender hop, which is the first hop left that has a ``by_host``; a hop
+  without a writer cannot stand in for the sender's with a forged build, nor hide it.
+  ``matched`` compares with the nearest hop above that has a writer.
 * **Dates.** The words after the last ``;`` outside comments, read by
   :func:`email.utils.parsedate_to_datetime`, or, when they are in RFC 5322's own layout
   (nearly always), read directly the way it reads them (a property test holds the two to
@@ -99,6 +107,10 @@ _SPELLINGS = {
     keyword: frozenset(word for word, meant in _MARKS.items() if meant == keyword)
     for keyword in _KEYWORDS
 }
+# The keywords whose next word is a name (RFC 5321's From-domain and By-domain), and the
+# words that are never a name: ";" and a comment.
+_OPENERS = _SPELLINGS["from"] | _SPELLINGS["by"]
+_NOT_NAMES = frozenset({";", "("})
 _BUILD_PROTOCOLS = frozenset({"microsoft smtp server", "mapi"})
 # Bounds on what is handed to the standard library; see the module docstring.
 _MAX_ID = 64
@@ -202,7 +214,8 @@ class _Scan:
 
     :func:`find_sender` needs only the writer (``by``) of most hops above the sender, not
     their dates, TLS or addresses, so it reads that and nothing more: the name after the
-    first ``by`` is found among the words outside comments (:func:`_clause_name`) without
+    first ``by`` that opens a clause is found among the words outside comments
+    (:func:`_clause_name`) without
     cutting them into clauses, which is done only for the fields that need it. Most fields
     need only the words outside comments (a comment stands there as ``"("``); the addresses
     and TLS are read from the comments' text, which is put in place only for them.
@@ -353,14 +366,25 @@ def _outside(value: str) -> tuple[str, list[str]]:
 
 
 def _clause_name(words: list[str], keyword: str) -> str | None:
-    # The first word of the clause that `keyword` opens that is no comment, or None:
-    # _first_word of the clause as _clauses cuts it, found without cutting the words into
-    # clauses. The clause is opened by the keyword's first occurrence in any spelling,
-    # counts only before the last ";", and ends at the next mark.
+    # The first word of the clause that `keyword` ("from" or "by") opens that is no
+    # comment, or None: _first_word of the clause as _clauses cuts it, found without cutting
+    # the words into clauses. Only the from/by spellings matter (the word right after an
+    # opening from/by is its name, whatever it spells), so they are found at C speed and
+    # walked in Python; the clause counts only before the last ";" and ends at the next mark.
     spellings = _SPELLINGS[keyword]
-    start = next((index for index, word in enumerate(words) if word in spellings), None)
+    start, opener = None, -2
+    for index in itertools.compress(range(len(words)), map(_OPENERS.__contains__, words)):
+        if index == opener + 1:
+            continue  # the name of the from/by just before it
+        if words[index] in spellings:
+            start = index
+            break
+        opener = index
     if start is None or (";" in words and start > len(words) - 1 - words[::-1].index(";")):
         return None
+    name = words[start + 1] if start + 1 < len(words) else None
+    if name is not None and name not in _NOT_NAMES:
+        return name  # the very next word: a name whatever it spells
     for word in itertools.islice(words, start + 1, None):
         if word != "(":
             return None if word in _MARKS else word
@@ -425,8 +449,19 @@ def _walk(piece: str, depth: int) -> tuple[int, int, bool]:
 
 def _clauses(words: list[str]) -> tuple[dict[str, tuple[int, int]], int | None]:
     # Where each clause before the last ";" lies, by keyword (a repeated keyword opens a
-    # clause that is dropped), and where the words after that ";" (the date) begin.
-    marks = list(itertools.compress(range(len(words)), map(_MARKS.__contains__, words)))
+    # clause that is dropped), and where the words after that ";" (the date) begin. The word
+    # right after a "from" or "by" that opens a clause is its name (the client's EHLO name,
+    # the writer's own), never a mark, whatever it spells; only ";" and a comment are not
+    # names.
+    marks: list[int] = []
+    opener = -2
+    for index in itertools.compress(range(len(words)), map(_MARKS.__contains__, words)):
+        word = words[index]
+        if index == opener + 1 and word != ";":
+            continue
+        marks.append(index)
+        if word in _OPENERS:
+            opener = index
     last = len(words) - words[::-1].index(";") - 1 if ";" in words else None
     bounds: dict[str, tuple[int, int]] = {}
     for start, end in zip(marks, [*marks[1:], len(words)], strict=False):
@@ -622,8 +657,9 @@ def find_sender(
     """Find the build of the server that handed the message over, from Received values.
 
     ``received`` is top (newest) first. Leading hops written by the receiver (``own_hosts``
-    and their subdomains, and Exchange Online when ``skip_exchange_online``) are dropped; the
-    first hop left is the sender hop. Its build is returned, or None if it has none.
+    and their subdomains, and Exchange Online when ``skip_exchange_online``) are dropped, and
+    hops without a ``by_host`` are never the sender hop; the first hop left that has one is
+    the sender hop. Its build is returned, or None if it has none.
     Arguments of the wrong type (``received`` not a sequence of ``str``, a host that is no
     ``str``) raise :class:`~tbes.errors.InvalidValueError` naming the argument.
     """
@@ -642,8 +678,8 @@ def find_sender(
     hop = hops[first].hop()
     if client is not None:
         matched = _same_host(client, hop.by_host) or _same_ip(client, hop.by_ip)
-    elif first > 0:
-        above = hops[first - 1]  # its address is read only if its name does not match
+    elif (above := _writer_above(hops, first)) is not None:
+        # The address is read only if the name does not match.
         matched = _same_host(above.client_host(), hop.by_host) or _same_ip(
             above.client_ip(), hop.by_ip
         )
@@ -689,23 +725,22 @@ class _LazyHops:
 
 
 def _first_foreign(hops: _LazyHops, owners: _Domains, skip_online: bool) -> int | None:
-    # A hop without by_host belongs to the writer of the hop below it, so a run of such hops
-    # shares the verdict of the first hop under it that has a writer (none at the bottom:
-    # foreign). Walking down run by run parses only as far as the first foreign hop.
-    start, count = 0, len(hops)
-    while start < count:
-        below, mine = start, False
-        while below < count:
-            hop = hops[below]
-            if _written_by_receiver(hop, owners, skip_online):
-                mine = True
-                break
-            if hop.by_host is not None:
-                break
-            below += 1
-        if not mine:
-            return start
-        start = below + 1
+    # SPEC section 10 (section 2 amended): a hop without by_host belongs to the writer of the
+    # hop below it and is never the sender hop, so the sender hop is the first hop that has a
+    # by_host not written by the receiver. Walking down parses only as far as that hop.
+    for index in range(len(hops)):
+        hop = hops[index]
+        if hop.by_host is not None and not _written_by_receiver(hop, owners, skip_online):
+            return index
+    return None
+
+
+def _writer_above(hops: _LazyHops, index: int) -> _Scan | None:
+    # The nearest hop above `index` that has a writer: the receiver's record of who
+    # connected (the hops without by_host between belong to the sender hop's writer).
+    for above in range(index - 1, -1, -1):
+        if hops[above].by_host is not None:
+            return hops[above]
     return None
 
 
