@@ -66,6 +66,9 @@ Decisions that shaped this module:
   456 us) and about 1000 times on one with a 1 MB body (50 us vs 48 ms), whose body the
   standard parser still splits into lines (see ``docs/received.md``). Bytes are decoded as
   UTF-8 with invalid bytes replaced by U+FFFD, so returned values never hold lone surrogates.
+  It returns at most :data:`MAX_RECEIVED` values (the cap every adapter shares); bytes are
+  scanned as bytes, each value decoded alone, and the scan stops at the cap, so a flood of
+  Received lines is neither decoded nor looked at past it.
 """
 
 from __future__ import annotations
@@ -85,7 +88,21 @@ import attrs
 from tbes.errors import InvalidBuildError, InvalidValueError, NaiveDatetimeError
 from tbes.version import ExchangeBuild, Product
 
-__all__ = ["Hop", "SenderEvidence", "find_sender", "parse_received", "received_values"]
+__all__ = [
+    "MAX_RECEIVED",
+    "Hop",
+    "SenderEvidence",
+    "find_sender",
+    "parse_received",
+    "received_values",
+]
+
+MAX_RECEIVED = 200
+"""At most this many Received values, the top ones, of one message are collected and judged.
+
+The one cap of every adapter (milter, aiosmtpd) and of :func:`received_values`: the sender
+hop is near the top, and a message with a million Received lines must not hold the MTA up.
+"""
 
 # Hosts under these names belong to Exchange Online (SPEC section 2, step 1).
 _EXCHANGE_ONLINE_SUFFIXES = (
@@ -795,26 +812,32 @@ def _same_ip(left: str | None, right: str | None) -> bool:
 # received_values
 
 
-def received_values(message: email.message.Message | bytes | str) -> list[str]:
+def received_values(
+    message: email.message.Message | bytes | str, *, limit: int | None = MAX_RECEIVED
+) -> list[str]:
     """The Received header values of a message, top first, unfolded; the body is not read.
 
-    Anything but a message, ``bytes`` or ``str`` raises :class:`~tbes.errors.InvalidValueError`.
+    At most ``limit`` values, the top ones, are returned (:data:`MAX_RECEIVED` by default;
+    ``None`` for all of them). From ``bytes`` the scan stops at the ``limit``-th value: the
+    rest of the header section is neither decoded nor examined. Anything but a message,
+    ``bytes`` or ``str``, or a ``limit`` that is no ``int >= 0`` or ``None``, raises
+    :class:`~tbes.errors.InvalidValueError`.
     """
+    if limit is not None and (type(limit) is not int or limit < 0):
+        raise InvalidValueError(f"limit must be an int >= 0 or None, got {limit!r:.80}")
     if isinstance(message, email.message.Message):
-        values = message.get_all("Received") or []
+        values = (message.get_all("Received") or [])[:limit]
         return [_unfold(_clean(_header_text(value))) for value in values]
     if isinstance(message, bytes | bytearray | memoryview):
-        data = bytes(message)
-        head = data[: _header_end(data, b"\n", b"\r")].decode("utf-8", "replace")
-    elif not isinstance(message, str):
+        # Cut and decoded value by value: a huge header section is never decoded whole.
+        return _received_fields(bytes(message), _BYTES_SYNTAX, limit)
+    if not isinstance(message, str):
         raise InvalidValueError(
             f"message must be an email.message.Message, bytes or str, got {message!r:.80}"
         )
-    elif message.isascii():  # nothing to clean: the section's own end is found below
-        head = message
-    else:
-        head = _clean(message[: _header_end(message, "\n", "\r")])
-    return _received_fields(head)
+    # ASCII needs no cleaning, so it is not cut first: the scan finds the section's end.
+    head = message if message.isascii() else _clean(message[: _header_end(message, "\n", "\r")])
+    return _received_fields(head, _STR_SYNTAX, limit)
 
 
 def _header_text(value: object) -> str:
@@ -858,31 +881,64 @@ _RECEIVED_NAME = r"[Rr][Ee][Cc][Ee][Ii][Vv][Ee][Dd][^\S\n]*:"
 # section, one that neither continues a field (white space first) nor plainly starts one (a
 # printable ASCII name, then ":"). Suspects are few (the empty line that ends the section
 # always is one) and each is then judged exactly.
-_NOTABLE_LINE = re.compile(rf"\n(?:({_RECEIVED_NAME})|(?![ \t]|[!-9;-~]+:))")
-_FIRST_RECEIVED = re.compile(_RECEIVED_NAME)
+_NOTABLE_LINE = rf"\n(?:({_RECEIVED_NAME})|(?![ \t]|[!-9;-~]+:))"
 # A field's value: its first line's rest, then its continuation lines and the CR-only lines
 # between them, which say nothing.
-_VALUE = re.compile(r".*(?:\n(?:\r\r+\n)*[ \t].*)*")
+_VALUE = r".*(?:\n(?:\r\r+\n)*[ \t].*)*"
+# The characters [^\S\n] matches in a str (white space but LF; a test checks every code
+# point): in bytes, their UTF-8 forms, so that bytes are cut exactly as their decoded text.
+_SPACE_BUT_NEWLINE = (
+    "\t\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005"
+    "\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+_BYTES_SPACE = b"(?:" + b"|".join(re.escape(c.encode()) for c in _SPACE_BUT_NEWLINE) + b")"
+_BYTES_RECEIVED_NAME = rb"[Rr][Ee][Cc][Ee][Ii][Vv][Ee][Dd]" + _BYTES_SPACE + b"*:"
 
 
-def _received_fields(head: str) -> list[str]:
+def _syntax(name: _Text, notable: _Text, value: _Text, newline: _Text) -> _Syntax[_Text]:
+    return re.compile(name), re.compile(notable), re.compile(value), newline
+
+
+_Syntax = tuple[re.Pattern[_Text], re.Pattern[_Text], re.Pattern[_Text], _Text]
+_STR_SYNTAX = _syntax(_RECEIVED_NAME, _NOTABLE_LINE, _VALUE, "\n")
+_BYTES_SYNTAX = _syntax(
+    _BYTES_RECEIVED_NAME,
+    _NOTABLE_LINE.replace(_RECEIVED_NAME, "{}").encode().replace(b"{}", _BYTES_RECEIVED_NAME),
+    _VALUE.encode(),
+    b"\n",
+)
+
+
+def _decoded(text: str | bytes) -> str:
+    return text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+
+
+def _received_fields(head: _Text, syntax: _Syntax[_Text], limit: int | None) -> list[str]:
     # The unfolded Received values of the header section that `head` begins with, which
     # ends, as email.feedparser ends it, before its first line that is empty, "\r", or
     # neither a field, a continuation, a CR-only line nor (first) an mbox "From " line. One
-    # pass of a linear pattern visits the lines that matter.
-    first_end = head.find("\n")
-    if not _in_section(head if first_end < 0 else head[:first_end], first=True):
+    # pass of a linear pattern visits the lines that matter, and stops at the `limit`-th
+    # value: nothing after it is examined. Only values and suspect lines are decoded.
+    first_received, notable, value, newline = syntax
+    if limit == 0:
+        return []
+    first_end = head.find(newline)
+    if not _in_section(_decoded(head if first_end < 0 else head[:first_end]), first=True):
         return []
     values: list[str] = []
-    if (name := _FIRST_RECEIVED.match(head)) is not None:
-        values.append(_unfold(_VALUE.match(head, name.end()).group()))  # type: ignore[union-attr]
-    for line in _NOTABLE_LINE.finditer(head):
+    if (name := first_received.match(head)) is not None:
+        values.append(_unfold(_decoded(value.match(head, name.end()).group())))  # type: ignore[union-attr]
+    if len(values) == limit:
+        return values
+    for line in notable.finditer(head):
         if line.group(1) is not None:
-            values.append(_unfold(_VALUE.match(head, line.end()).group()))  # type: ignore[union-attr]
+            values.append(_unfold(_decoded(value.match(head, line.end()).group())))  # type: ignore[union-attr]
+            if len(values) == limit:
+                break  # before the next line is searched for
             continue
         start = line.end()
-        end = head.find("\n", start)
-        if not _in_section(head[start:] if end < 0 else head[start:end], first=False):
+        end = head.find(newline, start)
+        if not _in_section(_decoded(head[start:] if end < 0 else head[start:end]), first=False):
             break
     return values
 

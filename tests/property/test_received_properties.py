@@ -321,6 +321,7 @@ def test_sender_evidence_is_the_hop_at_its_index_and_all_above_are_dropped(
     assert found.hop == hops[found.index]
     assert found.build == found.hop.build
     assert (found.host, found.ip) == (found.hop.by_host, found.hop.by_ip)
+    assert found.host is not None  # a hop without a writer is never the sender hop
     owners = tuple(name.rstrip(".").lower() for name in own if name.rstrip("."))
     for hop in hops[: found.index]:
         if hop.by_host is None:
@@ -568,6 +569,9 @@ _header_lines = st.lists(
                 "Re\u0130ceived: dotted",
                 ":empty name",
                 "Rec\x1ceived: odd",
+                "Received\xa0: nbsp",
+                "Received\u3000\x85: ideographic space, next line",
+                "Received\u2028: line separator",
             ]
         ),
         st.booleans(),
