@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import smtplib
@@ -18,9 +19,10 @@ from adapter_support import free_port, offset_minute, on_premises, reply_line, s
 from tbes.adapters.aiosmtpd import EnforcingHandler, peer_subject
 from tbes.adapters.config import AdapterConfig
 from tbes.catalog import Catalog
-from tbes.decision import Decision
+from tbes.decision import Action, Decision
 from tbes.enforcer import Connection, Enforcer
 from tbes.policy import Policy
+from tbes.received import MAX_RECEIVED
 from tbes.state import ServerState
 from tbes.store.memory import MemoryStore
 
@@ -225,3 +227,46 @@ def test_tls_subject_is_the_verified_certificate_common_name() -> None:
     assert peer_subject(_Peer({})) is None
     assert peer_subject(_Peer(None)) is None
     assert peer_subject(object()) is None
+
+
+class _Recorder:
+    """A checker that keeps the Received values it is asked about and accepts."""
+
+    def __init__(self) -> None:
+        self.received: list[Sequence[str]] = []
+
+    def check(self, conn: Connection, received: Sequence[str]) -> Decision:
+        self.received.append(received)
+        return Decision(Action.ACCEPT, None, None, False, False, dt.timedelta(0), None, "ok")
+
+
+class _Session:
+    peer = ("127.0.0.2", 25025)
+
+
+class _Envelope:
+    def __init__(self, content: bytes) -> None:
+        self.original_content = content
+        self.content = content
+
+
+def test_a_flood_of_received_headers_is_judged_only_up_to_the_shared_cap() -> None:
+    # 800,000 Received lines: only the top MAX_RECEIVED reach the checker (the scan stops
+    # there; tests/test_received_cap.py shows nothing past them is examined).
+    lines = [
+        b"Received: from h%d.example by mx%d.example with ESMTP id 1" % (i, i)
+        for i in range(800_000)
+    ]
+    content = b"\r\n".join([*lines, b"Subject: s", b"", b"body"]) + b"\r\n"
+    recorder = _Recorder()
+    inbox = _Inbox()
+    handler = EnforcingHandler(recorder, CONFIG, inner=inbox)
+    reply = asyncio.run(handler.handle_DATA(_Peer(None), _Session(), _Envelope(content)))
+    assert reply == "250 2.0.0 delivered"
+    [received] = recorder.received
+    assert len(received) == MAX_RECEIVED
+    assert received[0] == "from h0.example by mx0.example with ESMTP id 1"
+    assert (
+        received[-1]
+        == f"from h{MAX_RECEIVED - 1}.example by mx{MAX_RECEIVED - 1}.example with ESMTP id 1"
+    )

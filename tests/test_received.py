@@ -578,25 +578,42 @@ def test_an_address_only_by_belongs_to_the_hop_below() -> None:
     assert sender(received, own_hosts=["google.com"]) == ("15.1.2507.23", 2, True)
 
 
-def test_a_hop_without_by_above_the_sender_is_left_and_carries_no_build() -> None:
-    # Step 1 drops it only with the hop below; that hop is kept, so the first hop left is
-    # the list-manager line, and it names no build (SPEC step 2: return None).
+def test_a_hop_without_by_above_the_sender_is_never_the_sender_hop() -> None:
+    # SPEC section 10: the list-manager line belongs to the hop below it, so the sender hop
+    # is the first hop that has a by_host (the list-manager line used to end in None).
     received = ["with ECARTIS (v1.0.0; list dev); Mon, 4 Mar 2024 10:00:02 +0000", EX16]
-    assert sender(received) is None
+    assert sender(received) == ("15.1.2507.23", 1, False)
+
+
+def test_a_hop_without_by_with_a_build_is_never_the_sender_hop() -> None:
+    # A forged hop with a compliant build but no writer does not hide the one below it.
+    forged = "with Microsoft SMTP Server id 15.2.2562.20; Mon, 4 Mar 2024 10:00:02 +0000"
+    received = [by("mx.receiver.example"), forged, EX16]
+    assert sender(received, own_hosts=["receiver.example"]) == ("15.1.2507.23", 2, True)
+
+
+def test_the_hop_above_that_has_a_writer_decides_matched() -> None:
+    # The qmail line between belongs to the sender's writer; the receiver's hop above it is
+    # the record of who connected.
+    received = [by("mx.receiver.example"), "(qmail 4242 invoked by uid 89)", EX16]
+    assert sender(received, own_hosts=["receiver.example"]) == ("15.1.2507.23", 2, True)
 
 
 def test_a_lone_hop_without_by_is_no_evidence() -> None:
     assert sender(["(qmail 4242 invoked by uid 89); 4 Mar 2024 10:00:03 -0000"]) is None
 
 
-def test_an_exchange_hop_written_under_an_address_only_name_still_counts() -> None:
+def test_an_exchange_hop_written_under_an_address_only_name_is_never_the_sender_hop() -> None:
+    # SPEC section 10: a `by` part that is only an address names no writer; the hop belongs
+    # to the hop below it, and there is none.
     bare = (
         "from EX16.fabrikam.local (10.0.0.16) by 203.0.113.16 with Microsoft SMTP Server id"
         " 15.1.2507.23; Mon, 4 Mar 2024 11:00:00 +0100"
     )
-    found = find_sender([by("mx.receiver.example"), bare], own_hosts=["receiver.example"])
+    assert find_sender([by("mx.receiver.example"), bare], own_hosts=["receiver.example"]) is None
+    found = find_sender([by("mx.receiver.example"), bare, EX16], own_hosts=["receiver.example"])
     assert found is not None
-    assert (found.host, found.ip, found.index, found.matched) == (None, "203.0.113.16", 1, True)
+    assert (str(found.build), found.index) == ("15.1.2507.23", 2)
 
 
 @pytest.mark.parametrize(

@@ -33,7 +33,13 @@ Decisions that shaped this module:
   Sendmail and Exchange write it) wins over an address literal used as the name (which the
   client merely claimed in its greeting).
 * **Clauses.** Each clause (``from``, ``by``, ``with``, ``id``, ``via``, ``for``; keywords
-  are case-insensitive) counts the first time it appears. ``protocol`` and ``via`` are the
+  are case-insensitive) counts the first time it appears. Clauses are positional (SPEC
+  section 10): the word right after ``from`` is the from-domain (the name the *client* chose
+  in EHLO) and the word right after ``by`` the by-domain, whatever they spell (``with``,
+  ``BY``, ``id``, ...); only keywords after those positions open clauses, so a client cannot
+  hide the writer or the build of the hop that records it. A comment right after the
+  keyword (no name) leaves the first word after it to be the name unless it is a keyword.
+  ``protocol`` and ``via`` are the
   words after their keyword up to the next comment, keyword or ``;`` — so Microsoft's
   ``with Microsoft SMTP Server (TLS)`` gives ``"Microsoft SMTP Server"``, ``with Microsoft
   SMTPSVC(6.0.3790.4675)`` gives ``"Microsoft SMTPSVC"`` and Exim's ``with esmtps (TLS1.3)
@@ -43,9 +49,11 @@ Decisions that shaped this module:
   ``(using TLSv1.3 …)`` before ``by`` is not read.
 * **Builds.** Only Exchange's own forms carry a build: protocol ``Microsoft SMTP Server`` or
   ``mapi`` (case-insensitive) with an ``id`` that :meth:`ExchangeBuild.parse` accepts.
-* **The sender rule** follows SPEC section 2 literally: a hop without ``by_host`` goes with
-  the hop below it, so when such a hop sits directly above a kept hop it is itself the first
-  hop left, and, naming no build, makes the result ``None``.
+* **The sender rule** follows SPEC section 2 as amended in section 10: a hop without
+  ``by_host`` (no ``by`` part, or one that is only an address) goes with the hop below it
+  and is never the sender hop, which is the first hop left that has a ``by_host``; a hop
+  without a writer cannot stand in for the sender's with a forged build, nor hide it.
+  ``matched`` compares with the nearest hop above that has a writer.
 * **Dates.** The words after the last ``;`` outside comments, read by
   :func:`email.utils.parsedate_to_datetime`, or, when they are in RFC 5322's own layout
   (nearly always), read directly the way it reads them (a property test holds the two to
@@ -58,6 +66,9 @@ Decisions that shaped this module:
   456 us) and about 1000 times on one with a 1 MB body (50 us vs 48 ms), whose body the
   standard parser still splits into lines (see ``docs/received.md``). Bytes are decoded as
   UTF-8 with invalid bytes replaced by U+FFFD, so returned values never hold lone surrogates.
+  It returns at most :data:`MAX_RECEIVED` values (the cap every adapter shares); bytes are
+  scanned as bytes, each value decoded alone, and the scan stops at the cap, so a flood of
+  Received lines is neither decoded nor looked at past it.
 """
 
 from __future__ import annotations
@@ -77,7 +88,21 @@ import attrs
 from tbes.errors import InvalidBuildError, InvalidValueError, NaiveDatetimeError
 from tbes.version import ExchangeBuild, Product
 
-__all__ = ["Hop", "SenderEvidence", "find_sender", "parse_received", "received_values"]
+__all__ = [
+    "MAX_RECEIVED",
+    "Hop",
+    "SenderEvidence",
+    "find_sender",
+    "parse_received",
+    "received_values",
+]
+
+MAX_RECEIVED = 200
+"""At most this many Received values, the top ones, of one message are collected and judged.
+
+The one cap of every adapter (milter, aiosmtpd) and of :func:`received_values`: the sender
+hop is near the top, and a message with a million Received lines must not hold the MTA up.
+"""
 
 # Hosts under these names belong to Exchange Online (SPEC section 2, step 1).
 _EXCHANGE_ONLINE_SUFFIXES = (
@@ -99,6 +124,10 @@ _SPELLINGS = {
     keyword: frozenset(word for word, meant in _MARKS.items() if meant == keyword)
     for keyword in _KEYWORDS
 }
+# The keywords whose next word is a name (RFC 5321's From-domain and By-domain), and the
+# words that are never a name: ";" and a comment.
+_OPENERS = _SPELLINGS["from"] | _SPELLINGS["by"]
+_NOT_NAMES = frozenset({";", "("})
 _BUILD_PROTOCOLS = frozenset({"microsoft smtp server", "mapi"})
 # Bounds on what is handed to the standard library; see the module docstring.
 _MAX_ID = 64
@@ -202,7 +231,8 @@ class _Scan:
 
     :func:`find_sender` needs only the writer (``by``) of most hops above the sender, not
     their dates, TLS or addresses, so it reads that and nothing more: the name after the
-    first ``by`` is found among the words outside comments (:func:`_clause_name`) without
+    first ``by`` that opens a clause is found among the words outside comments
+    (:func:`_clause_name`) without
     cutting them into clauses, which is done only for the fields that need it. Most fields
     need only the words outside comments (a comment stands there as ``"("``); the addresses
     and TLS are read from the comments' text, which is put in place only for them.
@@ -353,14 +383,25 @@ def _outside(value: str) -> tuple[str, list[str]]:
 
 
 def _clause_name(words: list[str], keyword: str) -> str | None:
-    # The first word of the clause that `keyword` opens that is no comment, or None:
-    # _first_word of the clause as _clauses cuts it, found without cutting the words into
-    # clauses. The clause is opened by the keyword's first occurrence in any spelling,
-    # counts only before the last ";", and ends at the next mark.
+    # The first word of the clause that `keyword` ("from" or "by") opens that is no
+    # comment, or None: _first_word of the clause as _clauses cuts it, found without cutting
+    # the words into clauses. Only the from/by spellings matter (the word right after an
+    # opening from/by is its name, whatever it spells), so they are found at C speed and
+    # walked in Python; the clause counts only before the last ";" and ends at the next mark.
     spellings = _SPELLINGS[keyword]
-    start = next((index for index, word in enumerate(words) if word in spellings), None)
+    start, opener = None, -2
+    for index in itertools.compress(range(len(words)), map(_OPENERS.__contains__, words)):
+        if index == opener + 1:
+            continue  # the name of the from/by just before it
+        if words[index] in spellings:
+            start = index
+            break
+        opener = index
     if start is None or (";" in words and start > len(words) - 1 - words[::-1].index(";")):
         return None
+    name = words[start + 1] if start + 1 < len(words) else None
+    if name is not None and name not in _NOT_NAMES:
+        return name  # the very next word: a name whatever it spells
     for word in itertools.islice(words, start + 1, None):
         if word != "(":
             return None if word in _MARKS else word
@@ -425,8 +466,19 @@ def _walk(piece: str, depth: int) -> tuple[int, int, bool]:
 
 def _clauses(words: list[str]) -> tuple[dict[str, tuple[int, int]], int | None]:
     # Where each clause before the last ";" lies, by keyword (a repeated keyword opens a
-    # clause that is dropped), and where the words after that ";" (the date) begin.
-    marks = list(itertools.compress(range(len(words)), map(_MARKS.__contains__, words)))
+    # clause that is dropped), and where the words after that ";" (the date) begin. The word
+    # right after a "from" or "by" that opens a clause is its name (the client's EHLO name,
+    # the writer's own), never a mark, whatever it spells; only ";" and a comment are not
+    # names.
+    marks: list[int] = []
+    opener = -2
+    for index in itertools.compress(range(len(words)), map(_MARKS.__contains__, words)):
+        word = words[index]
+        if index == opener + 1 and word != ";":
+            continue
+        marks.append(index)
+        if word in _OPENERS:
+            opener = index
     last = len(words) - words[::-1].index(";") - 1 if ";" in words else None
     bounds: dict[str, tuple[int, int]] = {}
     for start, end in zip(marks, [*marks[1:], len(words)], strict=False):
@@ -622,8 +674,9 @@ def find_sender(
     """Find the build of the server that handed the message over, from Received values.
 
     ``received`` is top (newest) first. Leading hops written by the receiver (``own_hosts``
-    and their subdomains, and Exchange Online when ``skip_exchange_online``) are dropped; the
-    first hop left is the sender hop. Its build is returned, or None if it has none.
+    and their subdomains, and Exchange Online when ``skip_exchange_online``) are dropped, and
+    hops without a ``by_host`` are never the sender hop; the first hop left that has one is
+    the sender hop. Its build is returned, or None if it has none.
     Arguments of the wrong type (``received`` not a sequence of ``str``, a host that is no
     ``str``) raise :class:`~tbes.errors.InvalidValueError` naming the argument.
     """
@@ -642,8 +695,8 @@ def find_sender(
     hop = hops[first].hop()
     if client is not None:
         matched = _same_host(client, hop.by_host) or _same_ip(client, hop.by_ip)
-    elif first > 0:
-        above = hops[first - 1]  # its address is read only if its name does not match
+    elif (above := _writer_above(hops, first)) is not None:
+        # The address is read only if the name does not match.
         matched = _same_host(above.client_host(), hop.by_host) or _same_ip(
             above.client_ip(), hop.by_ip
         )
@@ -689,23 +742,22 @@ class _LazyHops:
 
 
 def _first_foreign(hops: _LazyHops, owners: _Domains, skip_online: bool) -> int | None:
-    # A hop without by_host belongs to the writer of the hop below it, so a run of such hops
-    # shares the verdict of the first hop under it that has a writer (none at the bottom:
-    # foreign). Walking down run by run parses only as far as the first foreign hop.
-    start, count = 0, len(hops)
-    while start < count:
-        below, mine = start, False
-        while below < count:
-            hop = hops[below]
-            if _written_by_receiver(hop, owners, skip_online):
-                mine = True
-                break
-            if hop.by_host is not None:
-                break
-            below += 1
-        if not mine:
-            return start
-        start = below + 1
+    # SPEC section 10 (section 2 amended): a hop without by_host belongs to the writer of the
+    # hop below it and is never the sender hop, so the sender hop is the first hop that has a
+    # by_host not written by the receiver. Walking down parses only as far as that hop.
+    for index in range(len(hops)):
+        hop = hops[index]
+        if hop.by_host is not None and not _written_by_receiver(hop, owners, skip_online):
+            return index
+    return None
+
+
+def _writer_above(hops: _LazyHops, index: int) -> _Scan | None:
+    # The nearest hop above `index` that has a writer: the receiver's record of who
+    # connected (the hops without by_host between belong to the sender hop's writer).
+    for above in range(index - 1, -1, -1):
+        if hops[above].by_host is not None:
+            return hops[above]
     return None
 
 
@@ -760,26 +812,32 @@ def _same_ip(left: str | None, right: str | None) -> bool:
 # received_values
 
 
-def received_values(message: email.message.Message | bytes | str) -> list[str]:
+def received_values(
+    message: email.message.Message | bytes | str, *, limit: int | None = MAX_RECEIVED
+) -> list[str]:
     """The Received header values of a message, top first, unfolded; the body is not read.
 
-    Anything but a message, ``bytes`` or ``str`` raises :class:`~tbes.errors.InvalidValueError`.
+    At most ``limit`` values, the top ones, are returned (:data:`MAX_RECEIVED` by default;
+    ``None`` for all of them). From ``bytes`` the scan stops at the ``limit``-th value: the
+    rest of the header section is neither decoded nor examined. Anything but a message,
+    ``bytes`` or ``str``, or a ``limit`` that is no ``int >= 0`` or ``None``, raises
+    :class:`~tbes.errors.InvalidValueError`.
     """
+    if limit is not None and (type(limit) is not int or limit < 0):
+        raise InvalidValueError(f"limit must be an int >= 0 or None, got {limit!r:.80}")
     if isinstance(message, email.message.Message):
-        values = message.get_all("Received") or []
+        values = (message.get_all("Received") or [])[:limit]
         return [_unfold(_clean(_header_text(value))) for value in values]
     if isinstance(message, bytes | bytearray | memoryview):
-        data = bytes(message)
-        head = data[: _header_end(data, b"\n", b"\r")].decode("utf-8", "replace")
-    elif not isinstance(message, str):
+        # Cut and decoded value by value: a huge header section is never decoded whole.
+        return _received_fields(bytes(message), _BYTES_SYNTAX, limit)
+    if not isinstance(message, str):
         raise InvalidValueError(
             f"message must be an email.message.Message, bytes or str, got {message!r:.80}"
         )
-    elif message.isascii():  # nothing to clean: the section's own end is found below
-        head = message
-    else:
-        head = _clean(message[: _header_end(message, "\n", "\r")])
-    return _received_fields(head)
+    # ASCII needs no cleaning, so it is not cut first: the scan finds the section's end.
+    head = message if message.isascii() else _clean(message[: _header_end(message, "\n", "\r")])
+    return _received_fields(head, _STR_SYNTAX, limit)
 
 
 def _header_text(value: object) -> str:
@@ -823,31 +881,64 @@ _RECEIVED_NAME = r"[Rr][Ee][Cc][Ee][Ii][Vv][Ee][Dd][^\S\n]*:"
 # section, one that neither continues a field (white space first) nor plainly starts one (a
 # printable ASCII name, then ":"). Suspects are few (the empty line that ends the section
 # always is one) and each is then judged exactly.
-_NOTABLE_LINE = re.compile(rf"\n(?:({_RECEIVED_NAME})|(?![ \t]|[!-9;-~]+:))")
-_FIRST_RECEIVED = re.compile(_RECEIVED_NAME)
+_NOTABLE_LINE = rf"\n(?:({_RECEIVED_NAME})|(?![ \t]|[!-9;-~]+:))"
 # A field's value: its first line's rest, then its continuation lines and the CR-only lines
 # between them, which say nothing.
-_VALUE = re.compile(r".*(?:\n(?:\r\r+\n)*[ \t].*)*")
+_VALUE = r".*(?:\n(?:\r\r+\n)*[ \t].*)*"
+# The characters [^\S\n] matches in a str (white space but LF; a test checks every code
+# point): in bytes, their UTF-8 forms, so that bytes are cut exactly as their decoded text.
+_SPACE_BUT_NEWLINE = (
+    "\t\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005"
+    "\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+_BYTES_SPACE = b"(?:" + b"|".join(re.escape(c.encode()) for c in _SPACE_BUT_NEWLINE) + b")"
+_BYTES_RECEIVED_NAME = rb"[Rr][Ee][Cc][Ee][Ii][Vv][Ee][Dd]" + _BYTES_SPACE + b"*:"
 
 
-def _received_fields(head: str) -> list[str]:
+def _syntax(name: _Text, notable: _Text, value: _Text, newline: _Text) -> _Syntax[_Text]:
+    return re.compile(name), re.compile(notable), re.compile(value), newline
+
+
+_Syntax = tuple[re.Pattern[_Text], re.Pattern[_Text], re.Pattern[_Text], _Text]
+_STR_SYNTAX = _syntax(_RECEIVED_NAME, _NOTABLE_LINE, _VALUE, "\n")
+_BYTES_SYNTAX = _syntax(
+    _BYTES_RECEIVED_NAME,
+    _NOTABLE_LINE.replace(_RECEIVED_NAME, "{}").encode().replace(b"{}", _BYTES_RECEIVED_NAME),
+    _VALUE.encode(),
+    b"\n",
+)
+
+
+def _decoded(text: str | bytes) -> str:
+    return text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+
+
+def _received_fields(head: _Text, syntax: _Syntax[_Text], limit: int | None) -> list[str]:
     # The unfolded Received values of the header section that `head` begins with, which
     # ends, as email.feedparser ends it, before its first line that is empty, "\r", or
     # neither a field, a continuation, a CR-only line nor (first) an mbox "From " line. One
-    # pass of a linear pattern visits the lines that matter.
-    first_end = head.find("\n")
-    if not _in_section(head if first_end < 0 else head[:first_end], first=True):
+    # pass of a linear pattern visits the lines that matter, and stops at the `limit`-th
+    # value: nothing after it is examined. Only values and suspect lines are decoded.
+    first_received, notable, value, newline = syntax
+    if limit == 0:
+        return []
+    first_end = head.find(newline)
+    if not _in_section(_decoded(head if first_end < 0 else head[:first_end]), first=True):
         return []
     values: list[str] = []
-    if (name := _FIRST_RECEIVED.match(head)) is not None:
-        values.append(_unfold(_VALUE.match(head, name.end()).group()))  # type: ignore[union-attr]
-    for line in _NOTABLE_LINE.finditer(head):
+    if (name := first_received.match(head)) is not None:
+        values.append(_unfold(_decoded(value.match(head, name.end()).group())))  # type: ignore[union-attr]
+    if len(values) == limit:
+        return values
+    for line in notable.finditer(head):
         if line.group(1) is not None:
-            values.append(_unfold(_VALUE.match(head, line.end()).group()))  # type: ignore[union-attr]
+            values.append(_unfold(_decoded(value.match(head, line.end()).group())))  # type: ignore[union-attr]
+            if len(values) == limit:
+                break  # before the next line is searched for
             continue
         start = line.end()
-        end = head.find("\n", start)
-        if not _in_section(head[start:] if end < 0 else head[start:end], first=False):
+        end = head.find(newline, start)
+        if not _in_section(_decoded(head[start:] if end < 0 else head[start:end]), first=False):
             break
     return values
 

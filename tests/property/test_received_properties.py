@@ -7,6 +7,7 @@ import email
 import email.policy
 import email.utils
 import ipaddress
+import re
 
 import attrs
 from hypothesis import example, given
@@ -175,6 +176,50 @@ def test_exchange_header_reads_back_every_field(header: tuple[str, Hop]) -> None
     assert parse_received(value) == expected
 
 
+# The client's EHLO name stands after "from" whatever it spells (SPEC section 10).
+_KEYWORD_CASES = st.sampled_from(["from", "by", "with", "id", "via", "for"]).flatmap(
+    lambda word: st.tuples(*(st.sampled_from([c.lower(), c.upper()]) for c in word)).map("".join)
+)
+_ehlo_words = _KEYWORD_CASES | st.text(
+    alphabet=st.characters(
+        blacklist_categories=["Zs", "Zl", "Zp", "Cc", "Cs"], blacklist_characters="();"
+    ),
+    min_size=1,
+    max_size=12,
+).filter(lambda word: word.split() == [word])
+
+
+@given(header=_exchange_headers(), ehlo=_ehlo_words, receiver=st.booleans())
+def test_no_ehlo_word_changes_the_build_writer_or_sender_of_an_exchange_hop(
+    header: tuple[str, Hop], ehlo: str, receiver: bool
+) -> None:
+    value, expected = header
+    # The from-name is the second word of the value, whatever the fold before it.
+    forged = re.sub(r"\Afrom(\s+)\S+", lambda m: f"from{m.group(1)}{ehlo}", value, count=1)
+    assert forged != value or ehlo == value.split()[1]
+    hop = parse_received(forged)
+    assert (hop.build, hop.by_host, hop.by_ip) == (expected.build, expected.by_host, expected.by_ip)
+    assert (hop.protocol, hop.tls, hop.via, hop.date) == (
+        expected.protocol,
+        expected.tls,
+        expected.via,
+        expected.date,
+    )
+    assert expected.by_host is not None
+    if expected.build is None or expected.build.product is Product.EXCHANGE_ONLINE:
+        return
+    above = ["from c.example (c.example [192.0.2.9]) by mx.receiver.example with ESMTPS id 9"]
+    forged_below = f"from x by {expected.by_host} with Microsoft SMTP Server id 16.0.0.0"
+    stack = [*above[: int(receiver)], forged, "(qmail 1 invoked by uid 0)", forged_below]
+    found = find_sender(stack, own_hosts=["receiver.example"])
+    assert found is not None
+    assert (found.build, found.host, found.index) == (
+        expected.build,
+        expected.by_host,
+        int(receiver),
+    )
+
+
 # --- serialisation round trips -----------------------------------------------------------------
 
 _offsets = st.integers(-14 * 60, 14 * 60).map(lambda m: dt.timezone(dt.timedelta(minutes=m)))
@@ -276,6 +321,7 @@ def test_sender_evidence_is_the_hop_at_its_index_and_all_above_are_dropped(
     assert found.hop == hops[found.index]
     assert found.build == found.hop.build
     assert (found.host, found.ip) == (found.hop.by_host, found.hop.by_ip)
+    assert found.host is not None  # a hop without a writer is never the sender hop
     owners = tuple(name.rstrip(".").lower() for name in own if name.rstrip("."))
     for hop in hops[: found.index]:
         if hop.by_host is None:
@@ -330,7 +376,8 @@ _HOP_POOL = (
 
 
 def _reference_first_foreign(values: list[str]) -> int | None:
-    # SPEC section 2 step 1, bottom-up: a hop without by_host belongs to the hop below it.
+    # SPEC section 2 step 1, bottom-up: a hop without by_host belongs to the hop below it;
+    # section 10: it is never the sender hop, which is the first one left with a by_host.
     hops = [parse_received(value) for value in values]
     receiver = [False] * len(hops)
     for index in range(len(hops) - 1, -1, -1):
@@ -343,7 +390,14 @@ def _reference_first_foreign(values: list[str]) -> int | None:
         )
         below = index + 1 < len(hops) and receiver[index + 1]
         receiver[index] = own or online or (hop.by_host is None and below)
-    return next((index for index, mine in enumerate(receiver) if not mine), None)
+    return next(
+        (
+            index
+            for index, mine in enumerate(receiver)
+            if not mine and hops[index].by_host is not None
+        ),
+        None,
+    )
 
 
 @given(st.lists(st.sampled_from(_HOP_POOL), max_size=12), st.booleans())
@@ -515,6 +569,9 @@ _header_lines = st.lists(
                 "Re\u0130ceived: dotted",
                 ":empty name",
                 "Rec\x1ceived: odd",
+                "Received\xa0: nbsp",
+                "Received\u3000\x85: ideographic space, next line",
+                "Received\u2028: line separator",
             ]
         ),
         st.booleans(),
@@ -554,8 +611,9 @@ def test_matched_compares_the_sender_hop_with_its_client(
     seen_ip: str | None
     if client is not None:
         seen_host, seen_ip = client, client
-    elif found.index > 0:
-        seen_host, seen_ip = hops[found.index - 1].from_host, hops[found.index - 1].from_ip
+    elif writers := [hop for hop in hops[: found.index] if hop.by_host is not None]:
+        # The nearest hop above with a writer: those without one go with the sender hop.
+        seen_host, seen_ip = writers[-1].from_host, writers[-1].from_ip
     else:
         seen_host = seen_ip = None
     same_host = seen_host is not None and seen_host.lower() == hop.by_host

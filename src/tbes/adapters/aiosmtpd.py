@@ -1,8 +1,10 @@
 """An aiosmtpd handler that enforces at end of DATA (extra ``smtp``).
 
-aiosmtpd calls ``handle_DATA`` once the whole message is in: the handler reads the
-``Received`` values from its header block (:func:`~tbes.received.received_values`, which
-stops at the first empty line), takes the identity from the connection — the peer address
+aiosmtpd calls ``handle_DATA`` once the whole message is in: the handler reads the top
+:data:`~tbes.received.MAX_RECEIVED` ``Received`` values from its header block
+(:func:`~tbes.received.received_values` stops at the first empty line or at the cap, and
+never decodes the header block whole, so a million Received lines cost no more than 200),
+takes the identity from the connection — the peer address
 of ``session.peer`` and the subject of a verified TLS client certificate, never the HELO
 name or a header — and asks the shared :class:`~tbes.enforcer.Enforcer`. The check does
 blocking store I/O, so it runs in a worker thread and the event loop keeps serving other
@@ -23,7 +25,7 @@ from typing import Any
 from tbes.adapters.config import FAULT_REPLY, AdapterConfig, Checker
 from tbes.decision import Action
 from tbes.enforcer import Connection
-from tbes.received import received_values
+from tbes.received import MAX_RECEIVED, received_values
 
 __all__ = ["EnforcingHandler", "peer_subject"]
 
@@ -79,7 +81,8 @@ class EnforcingHandler:
         """Throttle or block with the decision's reply; otherwise hand over to ``inner``."""
         try:
             conn = self.connection(server, session)
-            received = received_values(envelope.original_content or envelope.content or b"")
+            content = envelope.original_content or envelope.content or b""
+            received = received_values(content, limit=MAX_RECEIVED)
             decision = await asyncio.to_thread(self._checker.check, conn, received)
         except Exception:
             _log.warning(

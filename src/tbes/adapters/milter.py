@@ -34,14 +34,12 @@ import Milter
 from tbes.adapters.config import FAULT_REPLY, AdapterConfig, Checker
 from tbes.decision import Action, Decision
 from tbes.policy import SmtpReply
+from tbes.received import MAX_RECEIVED  # the cap every adapter shares
 
 # ``command`` (the ``tbes milter`` click command) is built on first access; see __getattr__.
 __all__ = ["MAX_RECEIVED", "TbesMilter", "run_milter", "validate_socket"]
 
 _log = logging.getLogger(__name__)
-
-MAX_RECEIVED = 200
-"""At most this many Received values (the top ones) of one message are kept and judged."""
 
 # What libmilter's smfi_setconn accepts (Postfix writes inet:host:port on its side).
 _SOCKET = re.compile(r"^(?:(?:inet6?):\d{1,5}(?:@\S+)?|(?:unix|local):/\S+)$")
