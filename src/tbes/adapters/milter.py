@@ -570,7 +570,10 @@ def _click_command() -> Any:
         _address_option(listen)
         config, enforcer = _open(config_path, db)
         _log_to_stderr()
-        run_milter(listen, config, enforcer)
+        try:
+            run_milter(listen, config, enforcer)
+        except OSError as error:
+            raise click.ClickException(f"cannot listen on {listen}: {error}") from error
 
     return milter
 
@@ -596,7 +599,10 @@ def _click_serve_command() -> Any:
         _address_option(policy_at)
         config, enforcer = _open(config_path, db)
         _log_to_stderr()
-        asyncio.run(serve_until_stopped(enforcer, config, milter=milter_at, policy=policy_at))
+        try:
+            asyncio.run(serve_until_stopped(enforcer, config, milter=milter_at, policy=policy_at))
+        except OSError as error:
+            raise click.ClickException(f"cannot listen: {error}") from error
 
     return serve
 
