@@ -90,7 +90,9 @@ def _session(port: int, source: str, messages: list[bytes]) -> list[str]:
                 try:
                     code, text = client.data(message)
                 except smtplib.SMTPDataError as error:
-                    code, text = error.smtp_code, error.smtp_error
+                    code = error.smtp_code
+                    raw = error.smtp_error
+                    text = raw if isinstance(raw, bytes) else raw.encode()
             if code >= 400:
                 client.rset()
             lines.append(f"{code} {text.decode()}")
