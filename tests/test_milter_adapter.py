@@ -390,6 +390,15 @@ def test_quit_closes_and_quit_new_connection_starts_afresh(
     assert (second.peer_ip, second.peer_host) == ("192.0.2.7", None)
 
 
+def test_replies_before_a_quit_in_the_same_read_are_sent_once(milter: MilterThread) -> None:
+    with milter.client() as client:
+        client.negotiate(2, 0x3F, POSTFIX_V2)
+        # HELO and QUIT arrive together: one "continue", then the filter closes.
+        client.sock.sendall(packet(b"H", b"mail.fabrikam.example\x00") + packet(b"Q"))
+        assert client.read() == CONTINUED
+        assert client.closed_by_filter()
+
+
 # ---- misbehaving peers -----------------------------------------------------------------------
 
 

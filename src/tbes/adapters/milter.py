@@ -320,6 +320,7 @@ class _MilterConnection(asyncio.Protocol):
                 elif outcome is CLOSE:
                     if transport is not None:
                         transport.write(b"".join(out))
+                        out.clear()
                         transport.close()
                     return
                 else:
