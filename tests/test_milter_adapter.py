@@ -11,7 +11,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import signal
+import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +24,14 @@ from typing import Any
 
 import pytest
 
-from adapter_support import Recorder, decision, enforcement_text, offset_minute, on_premises
+from adapter_support import (
+    Recorder,
+    decision,
+    enforcement_text,
+    free_port,
+    offset_minute,
+    on_premises,
+)
 from milter_client import (
     ALL_ACTIONS,
     NOBODY,
@@ -621,3 +632,44 @@ def test_tbes_serve_needs_something_to_serve(tmp_path: Path) -> None:
     bad = click_testing.CliRunner().invoke(serve_command, [*args, "--policy", "nowhere"])
     assert bad.exit_code == 1
     assert "not a listen address: 'nowhere'" in bad.output
+
+
+def test_tbes_serve_runs_milter_and_policy_in_one_process_until_sigterm(tmp_path: Path) -> None:
+    pytest.importorskip("click", reason="the cli extra is not installed")
+    config = tmp_path / "adapters.toml"
+    config.write_text('tenant = "contoso"\n', encoding="utf-8")
+    milter_port, policy_port = free_port(), free_port()
+    main = "import sys; from tbes.adapters.milter import serve_command; serve_command.main()"
+    args = ["--milter", f"inet:{milter_port}@127.0.0.1", "--policy", f"127.0.0.1:{policy_port}"]
+    args += ["--db", str(tmp_path / "t.db"), "--config", str(config)]
+    process = subprocess.Popen(
+        [sys.executable, "-c", main, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        _wait_for(milter_port, process)
+        _wait_for(policy_port, process)
+        with MtaClient(milter_port) as client:
+            assert _v6_message(client, [("Received", EX2007)]) == ACCEPTED
+        with socket.create_connection(("127.0.0.1", policy_port), timeout=10) as policy:
+            policy.sendall(b"request=smtpd_access_policy\nclient_address=192.0.2.1\n\n")
+            assert policy.recv(100) == b"action=DUNNO\n\n"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        output = process.communicate(timeout=10)[0].decode(errors="replace")
+    assert "tbes milter listening on" in output
+    assert "Traceback" not in output
+
+
+def _wait_for(port: int, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 15
+    while True:
+        assert process.poll() is None, "tbes serve exited before listening"
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            assert time.monotonic() < deadline, f"nothing listens on {port}"
+            time.sleep(0.05)

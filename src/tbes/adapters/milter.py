@@ -454,8 +454,15 @@ async def serve_until_stopped(
     """Serve the milter and/or the policy service on one event loop until SIGTERM/SIGINT."""
     from tbes.adapters.postfix_policy import handle_policy_connection
 
+    # Open policy connections, closed on shutdown so that their handlers end normally.
+    policy_writers: set[asyncio.StreamWriter] = set()
+
     async def policy_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await handle_policy_connection(reader, writer, checker, config)
+        policy_writers.add(writer)
+        try:
+            await handle_policy_connection(reader, writer, checker, config)
+        finally:
+            policy_writers.discard(writer)
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -475,6 +482,12 @@ async def serve_until_stopped(
         for server in servers:
             server.close()
         service.close()
+        for writer in list(policy_writers):
+            writer.close()
+        # A handler may be waiting for a check: give it the check's time to finish.
+        deadline = loop.time() + service.limits.check_timeout
+        while policy_writers and loop.time() < deadline:
+            await asyncio.sleep(0.01)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
         _log.info("tbes stopped")
