@@ -428,7 +428,8 @@ async def serve_milter(
     """Start a milter on ``address`` (port 0: any free port) and return it, serving.
 
     Use ``server.sockets[0].getsockname()`` for the port, ``async with server`` and
-    ``await server.serve_forever()`` to run it.
+    ``await server.serve_forever()`` to run it. Its worker threads end with the process;
+    to shut them down earlier, use :class:`MilterService` and its ``close()``.
     """
     return await MilterService(checker, config, limits=limits).start(address)
 
