@@ -53,7 +53,8 @@ from milter_client import (
     MtaClient,
     packet,
 )
-from tbes.adapters.config import AdapterConfig, Checker
+from tbes.adapters.config import AdapterConfig, AdapterConfigError, Checker
+from tbes.adapters.listen import ListenAddress, ListenAddressError, parse_listen_address
 from tbes.adapters.milter import (
     MAX_RECEIVED,
     MilterLimits,
@@ -520,9 +521,9 @@ def test_an_idle_connection_is_closed() -> None:
 def test_limits_are_checked() -> None:
     bad: dict[str, Any] = {"max_packet": 10, "max_connections": 0, "check_timeout": -1.0}
     for name, value in bad.items():
-        with pytest.raises(ValueError, match=name):
+        with pytest.raises(AdapterConfigError, match=name):
             MilterLimits(**{name: value})
-    with pytest.raises(ValueError, match="workers must be an int"):
+    with pytest.raises(AdapterConfigError, match="workers must be an int"):
         MilterLimits(workers=1.5)  # type: ignore[arg-type]
 
 
@@ -673,3 +674,13 @@ def _wait_for(port: int, process: subprocess.Popen[bytes]) -> None:
         except OSError:
             assert time.monotonic() < deadline, f"nothing listens on {port}"
             time.sleep(0.05)
+
+
+def test_listen_addresses_are_checked_when_built() -> None:
+    assert parse_listen_address("inet6:8891@[::1]") == ListenAddress(host="::1", port=8891)
+    assert parse_listen_address("unix:/run/tbes.sock") == ListenAddress(path="/run/tbes.sock")
+    assert str(parse_listen_address("[::1]:25")) == "[::1]:25"
+    bad: list[dict[str, Any]] = [{"port": 70000}, {"port": True}, {}, {"port": 1, "path": "/x"}]
+    for fields in bad:
+        with pytest.raises(ListenAddressError):
+            ListenAddress(**fields)

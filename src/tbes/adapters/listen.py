@@ -43,8 +43,10 @@ class ListenAddressError(TbesError, ValueError):
 
 
 def _port(value: int | None) -> int | None:
-    if value is not None and not 0 <= value <= 65535:
-        raise ValueError(f"port must be 0..65535, got {value!r}")
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535
+    ):
+        raise ListenAddressError(f"port must be an int in 0..65535, got {value!r}")
     return value
 
 
@@ -58,7 +60,7 @@ class ListenAddress:
 
     def __attrs_post_init__(self) -> None:
         if (self.path is None) == (self.port is None):
-            raise ValueError("a listen address is either a TCP port or a unix socket path")
+            raise ListenAddressError("a listen address is a TCP port or a unix socket path")
 
     def __str__(self) -> str:
         if self.path is not None:

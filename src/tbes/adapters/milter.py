@@ -53,7 +53,7 @@ from tbes.adapters._milter_protocol import (
     MilterSession,
     encode_reply,
 )
-from tbes.adapters.config import FAULT_REPLY, AdapterConfig, Checker
+from tbes.adapters.config import FAULT_REPLY, AdapterConfig, AdapterConfigError, Checker
 from tbes.adapters.listen import (
     FORMS,
     ListenAddress,
@@ -88,14 +88,15 @@ _READ_SIZE = 65536
 def _positive(name: str) -> Any:
     def check(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
         if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-            raise ValueError(f"{name} must be a positive number, got {value!r}")
+            raise AdapterConfigError(f"{name} must be a positive number, got {value!r}")
 
     return check
 
 
 @attrs.frozen
 class MilterLimits:
-    """The bounds of one milter service (see the module docstring).
+    """The bounds of one milter service (see the module docstring); a bad value is an
+    :class:`~tbes.adapters.config.AdapterConfigError` naming it.
 
     ``check_timeout`` is above the stores' own per-check deadline (2 s), so a slow store
     normally fails open by itself, and below Postfix's ``milter_command_timeout``.
@@ -111,9 +112,11 @@ class MilterLimits:
     def __attrs_post_init__(self) -> None:
         for name in ("max_packet", "max_connections", "workers"):
             if not isinstance(getattr(self, name), int):
-                raise ValueError(f"{name} must be an int, got {getattr(self, name)!r}")
+                raise AdapterConfigError(f"{name} must be an int, got {getattr(self, name)!r}")
         if self.max_packet < 1024:
-            raise ValueError(f"max_packet must be at least 1024 bytes, got {self.max_packet}")
+            raise AdapterConfigError(
+                f"max_packet must be at least 1024 bytes, got {self.max_packet}"
+            )
 
 
 class _RateLimitedLog:
