@@ -16,6 +16,7 @@ from tbes.adapters._milter_protocol import (
     MilterSession,
     encode_reply,
 )
+from tbes.adapters.listen import ListenAddress, ListenAddressError, parse_listen_address
 
 
 @given(st.data(), streams)
@@ -85,3 +86,29 @@ def test_received_values_are_the_topmost_and_bounded(values: list[bytes], limit:
     check = session.receive(ord("N"), b"")
     assert isinstance(check, Check)
     assert list(check.received) == [v.decode("utf-8", "replace") for v in kept[:limit]]
+
+
+_hosts = st.one_of(
+    st.none(),
+    st.ip_addresses().map(str),
+    st.from_regex(r"[a-z][a-z0-9-]{0,20}(\.[a-z][a-z0-9-]{0,20}){0,3}", fullmatch=True),
+)
+
+
+@given(_hosts, st.integers(0, 65535))
+def test_a_listen_address_reads_back_from_its_text(host: str | None, port: int) -> None:
+    address = ListenAddress(host=host, port=port)
+    assert parse_listen_address(str(address)) == address
+
+
+@given(st.text(max_size=40))
+def test_any_text_is_a_listen_address_or_a_listen_address_error(text: str) -> None:
+    try:
+        address = parse_listen_address(text)
+    except ListenAddressError as error:
+        message = str(error)
+    else:
+        assert (address.path is None) != (address.port is None)
+        return
+    # The refusal quotes the text, escaped.
+    assert repr(text) in message

@@ -63,10 +63,12 @@ class ListenAddress:
             raise ListenAddressError("a listen address is a TCP port or a unix socket path")
 
     def __str__(self) -> str:
+        """The address in a form :func:`parse_listen_address` reads back to it."""
         if self.path is not None:
             return f"unix:{self.path}"
-        host = self.host or "*"
-        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+        if self.host is None:
+            return f"inet:{self.port}"
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
 def parse_listen_address(text: str) -> ListenAddress:
