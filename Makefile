@@ -1,5 +1,6 @@
 # The README's two commands: `make demo` and `make test`. Both bootstrap .venv from a
-# bare python3 and reinstall only when pyproject.toml changed.
+# bare python3 (no compiler, no system services) and reinstall only when what decides the
+# installation changed: pyproject.toml, or this Makefile's install line.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -12,11 +13,8 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[cli,dev,postgres,smtp]'
-	@# pymilter compiles against libmilter-dev; without it the milter tests skip (or fail in CI).
-	$(BIN)/python -m pip install --quiet -e '.[milter]' \
-		|| echo "note: pymilter did not build (install libmilter-dev); milter tests cannot run"
+$(STAMP): pyproject.toml Makefile | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[cli,dev,milter,postgres,smtp]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -44,9 +42,11 @@ clean:
 catalog-check: $(STAMP)
 	$(BIN)/python tools/build_catalog.py tests/data/ExchangeBuildNumbers.csv --check
 
-# Long fuzzing runs of the Received parser; FUZZ_SECONDS per harness (default 300).
+# Long fuzzing runs of the Received parser and the milter codec; FUZZ_SECONDS per harness
+# (default 300).
 fuzz: $(STAMP)
 	$(BIN)/python fuzz/hypothesis_received.py --seconds $${FUZZ_SECONDS:-300}
+	$(BIN)/python fuzz/hypothesis_milter.py --seconds $${FUZZ_SECONDS:-300}
 	if $(BIN)/python -c "import atheris" 2>/dev/null; then \
 		$(BIN)/python fuzz/fuzz_received.py --seconds $${FUZZ_SECONDS:-300}; fi
 

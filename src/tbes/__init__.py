@@ -3,7 +3,7 @@
 The public API, re-exported from the modules that hold each concept. The pure core
 (version … report) never imports the shell (store, enforcer, adapters, cli); this facade
 re-exports both. ``PostgresStore`` and the adapters live in their own modules only, so
-that ``import tbes`` needs neither psycopg nor pymilter.
+that ``import tbes`` needs neither psycopg nor aiosmtpd.
 """
 
 from tbes.catalog import Assessment, Baseline, Catalog, Compliance, Release, assess

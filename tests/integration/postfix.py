@@ -10,7 +10,8 @@ what the tests run, only with free ports instead of the documented ones.
 
 :class:`MilterProcess` runs the milter as ``tbes milter`` does (the click command of
 :mod:`tbes.adapters.milter`) in a child process, so a test can restart it with a new
-``fixed_time`` to put a server in another stage. :func:`smtp_send` (from
+``fixed_time`` to put a server in another stage; :class:`ServeProcess` runs ``tbes serve``
+(milter and policy service in one process) the same way. :func:`smtp_send` (from
 ``adapter_support``, shared with the aiosmtpd tests) speaks SMTP from a chosen loopback
 address, so one Postfix sees several "servers".
 """
@@ -40,6 +41,7 @@ __all__ = [
     "Listener",
     "MilterProcess",
     "PostfixServer",
+    "ServeProcess",
     "SmtpOutcome",
     "doc_snippet",
     "free_port",
@@ -275,59 +277,77 @@ def _wait_exit(pid: int, *, timeout: float) -> bool:
     return False
 
 
-# What `tbes milter --listen ... --db ... --config ...` runs (the CLI registers this command).
+# What `tbes milter --listen ... --db ... --config ...` and `tbes serve ...` run (the CLI
+# registers these commands).
 _MILTER_MAIN = "import sys; from tbes.adapters.milter import command; command.main(sys.argv[1:])"
+_SERVE_MAIN = (
+    "import sys; from tbes.adapters.milter import serve_command; serve_command.main(sys.argv[1:])"
+)
 
 
-class MilterProcess:
-    """The tbes milter in a child process, as ``tbes milter`` runs it; a context manager."""
+class TbesProcess:
+    """A tbes daemon in a child process (``python -c MAIN ARGS``); a context manager.
 
-    def __init__(self, config_file: Path, db: Path, port: int, log: Path) -> None:
-        self.port = port
+    It is ready when every one of ``ports`` on 127.0.0.1 accepts connections.
+    """
+
+    def __init__(self, main: str, args: Sequence[str], ports: Sequence[int], log: Path) -> None:
+        self.ports = tuple(ports)
         self.log = log
-        self._argv = [
-            sys.executable,
-            "-c",
-            _MILTER_MAIN,
-            "--listen",
-            f"inet:{port}@127.0.0.1",
-            "--db",
-            str(db),
-            "--config",
-            str(config_file),
-        ]
+        self._argv = [sys.executable, "-c", main, *args]
         self._process: subprocess.Popen[bytes] | None = None
+        self.returncode: int | None = None
 
-    def __enter__(self) -> MilterProcess:
+    def __enter__(self) -> TbesProcess:
         with self.log.open("ab") as log:
             self._process = subprocess.Popen(self._argv, stdout=log, stderr=subprocess.STDOUT)
         try:
-            _wait_for_child_port(self._process, self.port)
+            for port in self.ports:
+                _wait_for_child_port(self._process, port)
         except BaseException:
             self.stop()
             raise
         return self
 
     def stop(self) -> None:
-        """Terminate the milter and wait for it (SIGKILL if it lingers)."""
+        """Terminate the daemon with SIGTERM and wait for it (SIGKILL if it lingers)."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
+        if process is None:
             return
-        process.send_signal(signal.SIGTERM)
-        # libmilter notices the stop request only when its accept loop wakes (every few
-        # seconds): knock until it has, so a restart takes a fraction of a second.
-        deadline = time.monotonic() + 5.0
-        while process.poll() is None and time.monotonic() < deadline:
-            with contextlib.suppress(OSError):
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=0.1)
         if process.poll() is None:
-            process.kill()
-            process.wait(timeout=5)
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)
+        self.returncode = process.returncode
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class MilterProcess(TbesProcess):
+    """The tbes milter in a child process, as ``tbes milter`` runs it; a context manager."""
+
+    def __init__(self, config_file: Path, db: Path, port: int, log: Path) -> None:
+        args = ["--listen", f"inet:{port}@127.0.0.1", "--db", str(db), "--config", str(config_file)]
+        super().__init__(_MILTER_MAIN, args, [port], log)
+        self.port = port
+
+
+class ServeProcess(TbesProcess):
+    """``tbes serve --milter ... --policy ...`` in a child process; a context manager."""
+
+    def __init__(
+        self, config_file: Path, db: Path, milter_port: int, policy_port: int, log: Path
+    ) -> None:
+        args = [
+            *("--milter", f"inet:{milter_port}@127.0.0.1"),
+            *("--policy", f"127.0.0.1:{policy_port}"),
+            *("--db", str(db), "--config", str(config_file)),
+        ]
+        super().__init__(_SERVE_MAIN, args, [milter_port, policy_port], log)
 
 
 def _wait_for_child_port(process: subprocess.Popen[bytes], port: int) -> None:

@@ -5,9 +5,11 @@ Each adapter turns what its MTA knows about a connection into a
 (identity comes from the connection, never from headers), asks the enforcer, and answers
 in its MTA's terms; a fault fails open unless the configuration says ``fail_closed``.
 
-* :mod:`tbes.adapters.milter` — Postfix and Sendmail milter (extra ``milter``: pymilter).
+* :mod:`tbes.adapters.milter` — Postfix and Sendmail milter (pure-Python asyncio), and
+  ``tbes serve``: the milter and the policy service on one event loop.
 * :mod:`tbes.adapters.aiosmtpd` — an aiosmtpd handler (extra ``smtp``).
 * :mod:`tbes.adapters.postfix_policy` — Postfix policy delegation, from stored state.
+* :mod:`tbes.adapters.listen` — the listen addresses every daemon accepts.
 
 This package imports none of them, so that each extra stays optional.
 """

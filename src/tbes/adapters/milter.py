@@ -1,166 +1,501 @@
 """The milter: enforcement inside Postfix or Sendmail, at the end of the message headers.
 
-libmilter (through pymilter, extra ``milter``) creates one :class:`TbesMilter` per SMTP
-connection and calls it from that connection's thread; the object keeps only that
-connection's peer identity and the message's ``Received`` values, while the
-:class:`~tbes.enforcer.Enforcer` behind it is shared by all threads. The identity comes
-from the MTA, never from the headers: ``{client_addr}``, ``{client_name}`` (the verified
-name, ``unknown`` when there is none; a name Sendmail's ``{client_resolve}`` does not call
-``OK`` is dropped) and ``{cert_subject}`` (the TLS client certificate subject), which the
-milter asks for itself (``setsymlist``) so the MTA needs no macro configuration; the
-connect arguments are the fallback for MTAs that cannot negotiate it.
+A pure-Python asyncio server (no libmilter, no C extension) speaking the milter protocol,
+versions 2 to 6, through the sans-I/O codec in :mod:`tbes.adapters._milter_protocol`. One
+event loop serves every MTA connection; the :class:`~tbes.enforcer.Enforcer` behind it is
+shared. The milter negotiates only the steps it needs (connect, HELO, headers, end of
+headers: the MTA leaves out MAIL, RCPT, DATA and the body, and does not wait for an answer
+to anything before the end of headers) and, from protocol 6 on, asks for the macros it
+needs itself, so the MTA needs no macro configuration.
 
-The decision is taken at end of headers (``eoh``): every ``Received`` value has been seen,
-top first, as :func:`~tbes.received.find_sender` wants them, and the body need not be
-sent at all. A throttle or block is answered with the decision's own code, enhanced code
-and text (``setreply`` and ``TEMPFAIL``/``REJECT``); the MTA replies to the client's
-end-of-data with it. libmilter refuses a reply text with a lone ``%``, so ``%`` is sent as
-``%%``; Postfix shows it single again.
+The identity comes from the MTA, never from the headers: ``{client_addr}``,
+``{client_name}`` (the verified name, ``unknown`` when there is none; a name Sendmail's
+``{client_resolve}`` does not call ``OK`` is dropped) and ``{cert_subject}`` (the TLS
+client certificate subject); the connect arguments are the fallback for MTAs that cannot
+negotiate macros. The decision is taken at end of headers: every ``Received`` value has
+been seen, top first (the topmost :data:`MAX_RECEIVED` are kept), and the body is never
+sent. A throttle or block is answered with the decision's own code, enhanced code and text
+(``SMFIR_REPLYCODE``); the MTA gives it to the client's end of ``DATA``.
 
-Any fault (configuration, store, bug) is logged at WARNING and the message accepted (fail
-open), or deferred with ``451 4.3.0`` when the configuration says ``fail_closed``: the MTA
-must never see a milter exception, which it would turn into its own default action.
+Bounds, so that no MTA connection can hurt another: a packet longer than
+``max_packet`` or malformed closes that connection (the MTA applies its
+``milter_default_action``); beyond ``max_connections`` a new connection is closed at once;
+a connection idle for ``idle_timeout`` is closed. The store is synchronous, so each check
+runs in a bounded thread pool and the event loop never waits for it: a check that takes
+longer than ``check_timeout`` is answered as a fault. Any fault (configuration, store,
+bug, timeout) is logged at WARNING and the message accepted (fail open), or deferred with
+``451 4.3.0`` when the configuration says ``fail_closed``. Warnings about misbehaving
+peers are rate-limited, so a flood cannot flood the log.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import concurrent.futures
 import logging
-import re
+import signal
+import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import Milter
+import attrs
 
-from tbes.adapters.config import FAULT_REPLY, AdapterConfig, Checker
+from tbes.adapters._milter_protocol import (
+    ACCEPT,
+    CLOSE,
+    DEFAULT_MAX_PACKET,
+    TEMPFAIL,
+    Check,
+    MilterParser,
+    MilterProtocolError,
+    MilterSession,
+    encode_reply,
+)
+from tbes.adapters.config import FAULT_REPLY, AdapterConfig, AdapterConfigError, Checker
+from tbes.adapters.listen import (
+    FORMS,
+    ListenAddress,
+    ListenAddressError,
+    create_server,
+    parse_listen_address,
+    start_server,
+)
 from tbes.decision import Action, Decision
 from tbes.policy import SmtpReply
 from tbes.received import MAX_RECEIVED  # the cap every adapter shares
 
-# ``command`` (the ``tbes milter`` click command) is built on first access; see __getattr__.
-__all__ = ["MAX_RECEIVED", "TbesMilter", "run_milter", "validate_socket"]
+# ``command`` and ``serve_command`` (click commands) are built on first access; see __getattr__.
+__all__ = [
+    "MAX_RECEIVED",
+    "MilterLimits",
+    "MilterService",
+    "decide_check",
+    "fault_reply",
+    "run_milter",
+    "serve_milter",
+    "serve_until_stopped",
+    "validate_socket",
+]
 
 _log = logging.getLogger(__name__)
 
-# What libmilter's smfi_setconn accepts (Postfix writes inet:host:port on its side).
-_SOCKET = re.compile(r"^(?:(?:inet6?):\d{1,5}(?:@\S+)?|(?:unix|local):/\S+)$")
+_READ_SIZE = 65536
 
 
-class TbesMilter(Milter.Base):  # type: ignore[misc]
-    """One SMTP connection's milter: gathers its identity and Received headers, then decides."""
+def _positive(name: str) -> Any:
+    def check(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise AdapterConfigError(f"{name} must be a positive number, got {value!r}")
 
-    def __init__(self, checker: Checker, config: AdapterConfig) -> None:
-        self._checker = checker
-        self._config = config
-        self._peer_ip: str | None = None
-        self._peer_host: str | None = None
-        self._tls_subject: str | None = None
-        self._received: list[str] = []
+    return check
 
-    @Milter.symlist("{client_addr}", "{client_name}", "{client_resolve}")  # type: ignore[untyped-decorator]
-    def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
-        """Record the peer: the MTA's macros, else the connect arguments."""
-        try:
-            address = hostaddr[0] if isinstance(hostaddr, tuple) and hostaddr else hostaddr
-            self._peer_ip = self._macro("{client_addr}") or (
-                address if isinstance(address, str) else None
+
+@attrs.frozen
+class MilterLimits:
+    """The bounds of one milter service (see the module docstring); a bad value is an
+    :class:`~tbes.adapters.config.AdapterConfigError` naming it.
+
+    ``check_timeout`` is above the stores' own per-check deadline (2 s), so a slow store
+    normally fails open by itself, and below Postfix's ``milter_command_timeout``.
+    """
+
+    max_packet: int = attrs.field(default=DEFAULT_MAX_PACKET, validator=_positive("max_packet"))
+    max_connections: int = attrs.field(default=256, validator=_positive("max_connections"))
+    idle_timeout: float = attrs.field(default=600.0, validator=_positive("idle_timeout"))
+    check_timeout: float = attrs.field(default=5.0, validator=_positive("check_timeout"))
+    workers: int = attrs.field(default=8, validator=_positive("workers"))
+    log_interval: float = attrs.field(default=60.0, validator=_positive("log_interval"))
+
+    def __attrs_post_init__(self) -> None:
+        for name in ("max_packet", "max_connections", "workers"):
+            if not isinstance(getattr(self, name), int):
+                raise AdapterConfigError(f"{name} must be an int, got {getattr(self, name)!r}")
+        if self.max_packet < 1024:
+            raise AdapterConfigError(
+                f"max_packet must be at least 1024 bytes, got {self.max_packet}"
             )
-            self._peer_host = self._macro("{client_name}") or hostname
-            # Sendmail's reverse name may be forged; it says so in {client_resolve}.
-            if self._macro("{client_resolve}") not in (None, "OK"):
-                self._peer_host = None
-        except Exception:
-            _log.warning("tbes milter: reading the connection failed", exc_info=True)
-        return int(Milter.CONTINUE)
 
-    @Milter.symlist("{cert_subject}")  # type: ignore[untyped-decorator]
-    def hello(self, hostname: str) -> int:
-        """Record the TLS client certificate subject (known after STARTTLS, at EHLO)."""
-        try:
-            self._tls_subject = self._macro("{cert_subject}") or self._tls_subject
-        except Exception:
-            _log.warning("tbes milter: reading the TLS subject failed", exc_info=True)
-        return int(Milter.CONTINUE)
 
-    @Milter.noreply  # type: ignore[untyped-decorator]
-    def envfrom(self, sender: str, *params: str) -> int:
-        """Start a new message on this connection."""
-        self._received = []
-        return int(Milter.CONTINUE)
+class _RateLimitedLog:
+    """At most one warning per kind per ``interval`` seconds; says how many it held back."""
 
-    @Milter.noreply  # type: ignore[untyped-decorator]
-    def header(self, name: str, value: str) -> int:
-        """Keep the value of each Received header, in the order the MTA sends them."""
-        if name.lower() == "received" and len(self._received) < MAX_RECEIVED:
-            self._received.append(_plain(value))
-        return int(Milter.CONTINUE)
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._next: dict[str, float] = {}
+        self._held: collections.Counter[str] = collections.Counter()
 
-    def eoh(self) -> int:
-        """Decide for this message and answer: reply + TEMPFAIL/REJECT, or ACCEPT."""
-        received, self._received = self._received, []
-        try:
-            conn = self._config.connection(
-                peer_ip=self._peer_ip, peer_host=self._peer_host, tls_subject=self._tls_subject
+    def warning(self, kind: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now < self._next.get(kind, 0.0):
+            self._held[kind] += 1
+            return
+        self._next[kind] = now + self._interval
+        held = self._held.pop(kind, 0)
+        if held:
+            message += " (%d more like it not logged)"
+            args = (*args, held)
+        _log.warning(message, *args)
+
+
+# ---- deciding ------------------------------------------------------------------------------
+
+
+def _reply(reply: SmtpReply) -> bytes:
+    return encode_reply(reply.code, reply.enhanced, reply.text)
+
+
+def fault_reply(config: AdapterConfig) -> bytes:
+    """What a fault answers: accept (fail open) or ``451 4.3.0`` (``fail_closed``)."""
+    if not config.fail_closed:
+        return ACCEPT
+    try:
+        return _reply(FAULT_REPLY)
+    except Exception:  # pragma: no cover - FAULT_REPLY is a constant that encodes
+        return TEMPFAIL
+
+
+def _answer(decision: Decision) -> bytes:
+    if decision.action is Action.ACCEPT or decision.reply is None:
+        return ACCEPT
+    return _reply(decision.reply)
+
+
+def decide_check(check: Check, checker: Checker, config: AdapterConfig) -> bytes:
+    """The packet that answers one message's end of headers; never raises.
+
+    Runs in a worker thread: the configuration names the connection, the checker decides.
+    """
+    try:
+        conn = config.connection(
+            peer_ip=check.peer_ip, peer_host=check.peer_host, tls_subject=check.tls_subject
+        )
+        return _answer(checker.check(conn, check.received))
+    except Exception:
+        _log.warning(
+            "tbes milter: deciding for %r failed; %s the message",
+            check.peer_ip,
+            "deferring" if config.fail_closed else "accepting",
+            exc_info=True,
+        )
+        return fault_reply(config)
+
+
+# ---- serving -------------------------------------------------------------------------------
+
+
+class MilterService:
+    """The milter for every MTA connection of one or more listeners, on one event loop.
+
+    ``checker`` (normally ``make_enforcer(config, store)``) is shared by all connections;
+    checks run in ``executor``, or in a pool of ``limits.workers`` threads that
+    :meth:`close` shuts down.
+    """
+
+    def __init__(
+        self,
+        checker: Checker,
+        config: AdapterConfig,
+        *,
+        limits: MilterLimits | None = None,
+        executor: concurrent.futures.Executor | None = None,
+    ) -> None:
+        self.checker = checker
+        self.config = config
+        self.limits = MilterLimits() if limits is None else limits
+        self._own_executor = executor is None
+        self.executor = executor or concurrent.futures.ThreadPoolExecutor(
+            self.limits.workers, thread_name_prefix="tbes-milter"
+        )
+        self.connections: set[_MilterConnection] = set()
+        self.log = _RateLimitedLog(self.limits.log_interval)
+
+    async def start(self, address: str | ListenAddress) -> asyncio.Server:
+        """Listen on ``address`` (see :mod:`tbes.adapters.listen`) and return the server."""
+        if isinstance(address, str):
+            address = parse_listen_address(address)
+        return await create_server(address, lambda: _MilterConnection(self))
+
+    def close_connections(self) -> None:
+        """Close every open MTA connection (on shutdown)."""
+        for connection in list(self.connections):
+            connection.close()
+
+    def close(self) -> None:
+        """Close the connections and shut down the thread pool this service created."""
+        self.close_connections()
+        if self._own_executor:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+class _MilterConnection(asyncio.Protocol):
+    """One MTA connection: bytes in, packets to the session, checks to the thread pool."""
+
+    def __init__(self, service: MilterService) -> None:
+        self._service = service
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._parser = MilterParser(max_packet=service.limits.max_packet)
+        self._session = MilterSession(max_received=MAX_RECEIVED)
+        self._pending: collections.deque[tuple[int, bytes]] = collections.deque()
+        self._checking = 0  # the number of the check in flight, 0 if none
+        self._checks = 0
+        self._check_timer: asyncio.TimerHandle | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._last = 0.0
+        self._peer: object = None
+
+    # asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._peer = transport.get_extra_info("peername")
+        service = self._service
+        if len(service.connections) >= service.limits.max_connections:
+            service.log.warning(
+                "too-many",
+                "tbes milter: refusing a connection: %d MTA connections are open already",
+                len(service.connections),
             )
-            return self._answer(self._checker.check(conn, received))
-        except Exception:
-            fallback = "deferring" if self._config.fail_closed else "accepting"
-            _log.warning(
-                "tbes milter: deciding for %s failed; %s the message",
-                self._peer_ip,
-                fallback,
-                exc_info=True,
-            )
-            return self._fault()
+            self._transport = None
+            transport.close()
+            return
+        service.connections.add(self)
+        self._last = self._loop.time()
+        self._idle_timer = self._loop.call_later(service.limits.idle_timeout, self._idle)
 
-    def abort(self) -> int:
-        """Forget the message the client gave up on."""
-        self._received = []
-        return int(Milter.CONTINUE)
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._service.connections.discard(self)
+        self._transport = None
+        self._checking = 0
+        for timer in (self._idle_timer, self._check_timer):
+            if timer is not None:
+                timer.cancel()
 
-    def _macro(self, name: str) -> str | None:
-        value = self.getsymval(name)
-        return value if isinstance(value, str) and value else None
-
-    def _answer(self, decision: Decision) -> int:
-        if decision.action is Action.ACCEPT or decision.reply is None:
-            return int(Milter.ACCEPT)
-        return self._reply(decision.reply)
-
-    def _reply(self, reply: SmtpReply) -> int:
-        # libmilter drops a reply text with a lone '%'; MTAs print '%%' as '%'.
-        self.setreply(str(reply.code), reply.enhanced, reply.text.replace("%", "%%"))
-        return int(Milter.TEMPFAIL if reply.code < 500 else Milter.REJECT)
-
-    def _fault(self) -> int:
-        if not self._config.fail_closed:
-            return int(Milter.ACCEPT)
+    def data_received(self, data: bytes) -> None:
+        if self._transport is None:
+            return
+        self._last = self._loop.time()
         try:
-            return self._reply(FAULT_REPLY)
-        except Exception:
-            # Without our text the MTA still defers, with its own 4xx wording.
-            _log.warning("tbes milter: setting the fault reply failed", exc_info=True)
-            return int(Milter.TEMPFAIL)
+            packets = self._parser.feed(data)
+        except MilterProtocolError as error:
+            self._protocol_error(error)
+            return
+        if self._checking:
+            self._pending.extend(packets)
+        else:
+            self._run(packets)
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
+
+    def pause_writing(self) -> None:
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._transport is not None and not self._checking:
+            self._transport.resume_reading()
+
+    def close(self) -> None:
+        """Close the connection (the MTA applies its default action)."""
+        if self._transport is not None:
+            self._transport.close()
+
+    # work
+
+    def _run(self, packets: Iterable[tuple[int, bytes]]) -> None:
+        """Handle packets in order until one needs a check; keep the rest for later."""
+        transport = self._transport
+        session = self._session
+        out: list[bytes] = []
+        remaining = iter(packets)
+        try:
+            for command, payload in remaining:
+                outcome = session.receive(command, payload)
+                if outcome is None:
+                    continue
+                if isinstance(outcome, bytes):
+                    out.append(outcome)
+                elif outcome is CLOSE:
+                    if transport is not None:
+                        transport.write(b"".join(out))
+                        out.clear()
+                        transport.close()
+                    return
+                else:
+                    assert isinstance(outcome, Check)
+                    self._pending.extend(remaining)
+                    self._start_check(outcome)
+                    break
+        except MilterProtocolError as error:
+            self._protocol_error(error)
+            return
+        finally:
+            if out and self._transport is not None:
+                self._transport.write(b"".join(out))
+
+    def _start_check(self, check: Check) -> None:
+        assert self._transport is not None
+        service = self._service
+        self._checks += 1
+        number = self._checking = self._checks
+        self._transport.pause_reading()
+        future = self._loop.run_in_executor(
+            service.executor, decide_check, check, service.checker, service.config
+        )
+        future.add_done_callback(lambda done: self._checked(number, done))
+        self._check_timer = self._loop.call_later(
+            service.limits.check_timeout, self._check_timed_out, number, check
+        )
+
+    def _checked(self, number: int, future: asyncio.Future[bytes]) -> None:
+        if number != self._checking:
+            return  # answered already (timeout) or the connection is gone
+        if future.cancelled() or future.exception() is not None:
+            # decide_check never raises; a cancelled future means the pool shut down.
+            reply = fault_reply(self._service.config)
+        else:
+            reply = future.result()
+        self._finish(reply)
+
+    def _check_timed_out(self, number: int, check: Check) -> None:
+        if number != self._checking:
+            return
+        config = self._service.config
+        self._service.log.warning(
+            "check-timeout",
+            "tbes milter: deciding for %r took over %.1f s; %s the message",
+            check.peer_ip,
+            self._service.limits.check_timeout,
+            "deferring" if config.fail_closed else "accepting",
+        )
+        self._finish(fault_reply(config))
+
+    def _finish(self, reply: bytes) -> None:
+        self._checking = 0
+        if self._check_timer is not None:
+            self._check_timer.cancel()
+            self._check_timer = None
+        transport = self._transport
+        if transport is None:
+            return
+        transport.write(self._session.answer(reply))
+        self._last = self._loop.time()
+        transport.resume_reading()
+        if self._pending:
+            packets = list(self._pending)
+            self._pending.clear()
+            self._run(packets)
+
+    def _idle(self) -> None:
+        # One timer per connection, moved on only when it fires: no timer work per packet.
+        transport = self._transport
+        if transport is None:
+            return
+        timeout = self._service.limits.idle_timeout
+        due = self._last + timeout
+        now = self._loop.time()
+        if self._checking or now < due:
+            self._idle_timer = self._loop.call_later(max(due - now, 0.0) or timeout, self._idle)
+            return
+        self._service.log.warning(
+            "idle",
+            "tbes milter: closing the connection from %r: idle for %.0f s",
+            self._peer,
+            timeout,
+        )
+        transport.close()
+
+    def _protocol_error(self, error: MilterProtocolError) -> None:
+        self._service.log.warning(
+            "protocol", "tbes milter: closing the connection from %r: %s", self._peer, error
+        )
+        self._pending.clear()
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+        self._checking = 0
 
 
-def _plain(value: str) -> str:
-    """A header value as plain text: bytes pymilter could not decode become U+FFFD."""
-    if value.isascii():
-        return value
-    # pymilter keeps undecodable bytes as lone surrogates; "surrogatepass" never fails.
-    return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+async def serve_milter(
+    checker: Checker,
+    config: AdapterConfig,
+    address: str | ListenAddress = "inet:0@127.0.0.1",
+    *,
+    limits: MilterLimits | None = None,
+) -> asyncio.Server:
+    """Start a milter on ``address`` (port 0: any free port) and return it, serving.
+
+    Use ``server.sockets[0].getsockname()`` for the port, ``async with server`` and
+    ``await server.serve_forever()`` to run it. Its worker threads end with the process;
+    to shut them down earlier, use :class:`MilterService` and its ``close()``.
+    """
+    return await MilterService(checker, config, limits=limits).start(address)
 
 
 def validate_socket(socket: str) -> str:
-    """Return ``socket`` if libmilter can listen on it, else raise ValueError naming it.
+    """Return ``socket`` if a daemon can listen on it, else raise ValueError naming it.
 
-    libmilter's forms: ``inet:PORT@HOST``, ``inet6:PORT@HOST``, ``unix:/path``.
+    The forms of :mod:`tbes.adapters.listen`: ``inet:PORT@HOST``, ``HOST:PORT``,
+    ``[IPv6]:PORT``, ``unix:/path``.
     """
-    if not _SOCKET.match(socket):
-        raise ValueError(
-            f"not a milter socket: {socket!r} (write inet:PORT@HOST, inet6:PORT@HOST "
-            "or unix:/path/to/socket)"
-        )
+    parse_listen_address(socket)
     return socket
+
+
+async def serve_until_stopped(
+    checker: Checker,
+    config: AdapterConfig,
+    *,
+    milter: str | None = None,
+    policy: str | None = None,
+    limits: MilterLimits | None = None,
+) -> None:
+    """Serve the milter and/or the policy service on one event loop until SIGTERM/SIGINT."""
+    from tbes.adapters.postfix_policy import PolicyLimits, PolicyService
+
+    policy_service = PolicyService(checker, config, PolicyLimits())
+    # Open policy connections, closed on shutdown so that their handlers end normally.
+    policy_writers: set[asyncio.StreamWriter] = set()
+
+    async def policy_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        policy_writers.add(writer)
+        try:
+            await policy_service.client(reader, writer)
+        finally:
+            policy_writers.discard(writer)
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    service = MilterService(checker, config, limits=limits)
+    servers: list[asyncio.Server] = []
+    try:
+        if milter is not None:
+            servers.append(await service.start(milter))
+            _log.info("tbes milter listening on %s", milter)
+        if policy is not None:
+            servers.append(await start_server(parse_listen_address(policy), policy_client))
+            _log.info("tbes policy service listening on %s", policy)
+        await stop.wait()
+    finally:
+        for server in servers:
+            server.close()
+        service.close()
+        for writer in list(policy_writers):
+            writer.close()
+        # A handler may be waiting for a check: give it the check's time to finish.
+        deadline = loop.time() + service.limits.check_timeout
+        while policy_writers and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        policy_service.close()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        _log.info("tbes stopped")
 
 
 def run_milter(
@@ -171,21 +506,22 @@ def run_milter(
     name: str = "tbes",
     timeout: int = 600,
 ) -> None:
-    """Serve the milter on ``socket`` until SIGTERM/SIGINT (blocks; one per process).
+    """Serve the milter on ``socket`` until SIGTERM/SIGINT (blocks).
 
-    ``checker`` is normally ``make_enforcer(config, store)``; it is shared by every
-    connection's thread. ``timeout`` is libmilter's I/O timeout towards the MTA, seconds.
+    ``checker`` is normally ``make_enforcer(config, store)``. ``timeout`` closes an MTA
+    connection idle for that many seconds. ``name`` only labels the log lines.
     """
     validate_socket(socket)
-    # libmilter keeps one filter per process; pymilter's factory is its module global.
-    Milter.factory = lambda: TbesMilter(checker, config)
-    _log.info("tbes milter %r listening on %s", name, socket)
-    Milter.runmilter(name, socket, timeout)
-    _log.info("tbes milter %r stopped", name)
+    limits = MilterLimits(idle_timeout=float(timeout))
+    _log.info("tbes milter %r starting", name)
+    asyncio.run(serve_until_stopped(checker, config, milter=socket, limits=limits))
 
 
-def _click_command() -> Any:
-    """Build ``tbes milter`` (click is the ``cli`` extra, so it is imported only here)."""
+# ---- commands ------------------------------------------------------------------------------
+
+
+def _open(config_path: Path, db: Path) -> tuple[AdapterConfig, Checker]:
+    """The configuration and the enforcer over the SQLite store, or a ClickException."""
     import click
 
     from tbes.adapters.config import load_config, make_enforcer
@@ -193,47 +529,107 @@ def _click_command() -> Any:
     from tbes.errors import TbesError
     from tbes.store.sqlite import SQLiteStore
 
-    @click.command("milter")
-    @click.option(
-        "--listen",
-        required=True,
-        metavar="SOCKET",
-        help="Where the MTA connects: inet:PORT@HOST, inet6:PORT@HOST or unix:/path.",
-    )
-    @click.option(
-        "--db",
-        required=True,
-        type=click.Path(dir_okay=False, path_type=Path),
-        help="The SQLite state file (created if missing).",
-    )
-    @click.option(
+    # `tbes --catalog FILE milter ...` (or $TBES_CATALOG) wins over the config's catalog.
+    override = click.get_current_context().find_root().params.get("catalog_path")
+    try:
+        config = load_config(config_path)
+        catalog = config.load_catalog() if override is None else Catalog.load(override)
+        store = SQLiteStore(db)
+        return config, make_enforcer(config, store, catalog=catalog)
+    except (TbesError, ValueError) as error:
+        raise click.ClickException(str(error)) from error
+
+
+def _log_to_stderr() -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _common_options(function: Any) -> Any:
+    import click
+
+    function = click.option(
         "--config",
         "config_path",
         required=True,
         type=click.Path(exists=True, dir_okay=False, path_type=Path),
         help="The adapter configuration (TOML): connectors, own_hosts, fail_closed.",
+    )(function)
+    return click.option(
+        "--db",
+        required=True,
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="The SQLite state file (created if missing).",
+    )(function)
+
+
+def _address_option(value: str | None) -> str | None:
+    import click
+
+    if value is None:
+        return None
+    try:
+        parse_listen_address(value)
+    except ListenAddressError as error:
+        raise click.ClickException(str(error)) from error
+    return value
+
+
+def _click_command() -> Any:
+    """Build ``tbes milter`` (click is the ``cli`` extra, so it is imported only here)."""
+    import click
+
+    @click.command("milter")
+    @click.option(
+        "--listen", required=True, metavar="SOCKET", help=f"Where the MTA connects: {FORMS}."
     )
+    @_common_options
     def milter(listen: str, db: Path, config_path: Path) -> None:
         """Run the milter for Postfix or Sendmail until SIGTERM."""
-        # `tbes --catalog FILE milter ...` (or $TBES_CATALOG) wins over the config's catalog.
-        override = click.get_current_context().find_root().params.get("catalog_path")
+        _address_option(listen)
+        config, enforcer = _open(config_path, db)
+        _log_to_stderr()
         try:
-            validate_socket(listen)
-            config = load_config(config_path)
-            catalog = config.load_catalog() if override is None else Catalog.load(override)
-            store = SQLiteStore(db)
-            enforcer = make_enforcer(config, store, catalog=catalog)
-        except (TbesError, ValueError) as error:
-            raise click.ClickException(str(error)) from error
-        if not logging.getLogger().handlers:
-            logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-        run_milter(listen, config, enforcer)
+            run_milter(listen, config, enforcer)
+        except OSError as error:
+            raise click.ClickException(f"cannot listen on {listen}: {error}") from error
 
     return milter
 
 
+def _click_serve_command() -> Any:
+    """Build ``tbes serve``: the milter and the policy service in one process."""
+    import click
+
+    @click.command("serve")
+    @click.option("--milter", "milter_at", metavar="SOCKET", help=f"Serve the milter on: {FORMS}.")
+    @click.option(
+        "--policy",
+        "policy_at",
+        metavar="SOCKET",
+        help=f"Serve the Postfix policy service on: {FORMS}.",
+    )
+    @_common_options
+    def serve(milter_at: str | None, policy_at: str | None, db: Path, config_path: Path) -> None:
+        """Run the milter and/or the Postfix policy service, one enforcer, until SIGTERM."""
+        if milter_at is None and policy_at is None:
+            raise click.UsageError("give --milter SOCKET, --policy SOCKET or both")
+        _address_option(milter_at)
+        _address_option(policy_at)
+        config, enforcer = _open(config_path, db)
+        _log_to_stderr()
+        try:
+            asyncio.run(serve_until_stopped(enforcer, config, milter=milter_at, policy=policy_at))
+        except OSError as error:
+            raise click.ClickException(f"cannot listen: {error}") from error
+
+    return serve
+
+
 def __getattr__(name: str) -> Any:
-    # ``command`` is built on first use so that importing this module needs no click.
+    # The commands are built on first use so that importing this module needs no click.
     if name == "command":
         return _click_command()
+    if name == "serve_command":
+        return _click_serve_command()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -53,6 +53,7 @@ __all__ = [
     "PolicyParser",
     "PolicyProtocolError",
     "PolicyRequest",
+    "PolicyService",
     "action_for",
     "decide_request",
     "format_response",
@@ -286,9 +287,9 @@ class _RequestDeadline(Exception):
     """A request (or the answer to it) took longer than ``request_timeout``."""
 
 
-class _PolicyService:
-    """The state one server shares across its connections: the client count, the check
-    threads and the rate-limited log."""
+class PolicyService:
+    """The state one policy server shares across its connections: the client count, the check
+    threads and the rate-limited log. :meth:`client` is the connection handler to serve."""
 
     def __init__(self, checker: Checker, config: AdapterConfig, limits: PolicyLimits) -> None:
         self._checker = checker
@@ -486,7 +487,7 @@ async def serve_policy(
     elif not isinstance(limits, PolicyLimits):
         raise TypeError(f"limits must be a PolicyLimits, got {type(limits).__name__}")
     _warn_if_fds_short(limits.max_clients)
-    service = _PolicyService(checker, config, limits)
+    service = PolicyService(checker, config, limits)
     try:
         server = await asyncio.start_server(service.client, host, port)
     except BaseException:
