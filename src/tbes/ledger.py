@@ -23,6 +23,7 @@ from collections.abc import Iterable
 
 import attrs
 
+from tbes._checks import id_field, require_id
 from tbes._instants import midnight, require_aware
 from tbes.errors import (
     InvalidPauseError,
@@ -57,19 +58,8 @@ def _require_year(year: object) -> int:
     return year
 
 
-def _require_server_id(server_id: object) -> str:
-    if not isinstance(server_id, str) or not server_id:
-        raise InvalidPauseError(f"server_id must be a non-empty str, got {server_id!r:.80}")
-    return server_id
-
-
 def _days(count: int) -> str:
     return f"{count} day" if count == 1 else f"{count} days"
-
-
-def _check_server_id(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
-    if not isinstance(value, str) or not value:
-        raise InvalidPauseError(f"server_id must be a non-empty str, got {value!r}")
 
 
 def _check_start(instance: object, attribute: attrs.Attribute[dt.date], value: dt.date) -> None:
@@ -96,7 +86,7 @@ class Pause:
     ``server_id`` non-empty and ``days`` >= 1 (else :exc:`InvalidPauseError`).
     """
 
-    server_id: str = attrs.field(validator=_check_server_id)
+    server_id: str = attrs.field(validator=id_field(InvalidPauseError))
     start: dt.date = attrs.field(validator=_check_start)
     days: int = attrs.field(validator=_check_days)
 
@@ -173,11 +163,6 @@ def _conflict(pauses: Iterable[Pause], new: Pause) -> Pause | None:
     return None
 
 
-def _check_tenant(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
-    if not isinstance(value, str) or not value:
-        raise InvalidPauseError(f"tenant must be a non-empty str, got {value!r}")
-
-
 def _check_quota(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
     if type(value) is not int or value < 0:
         raise InvalidPauseError(f"quota_days must be an int >= 0, got {value!r}")
@@ -207,7 +192,7 @@ class PauseLedger:
     year uses more than ``quota_days``. ``pauses`` is kept sorted by start, server and days.
     """
 
-    tenant: str = attrs.field(validator=_check_tenant)
+    tenant: str = attrs.field(validator=id_field(InvalidPauseError))
     quota_days: int = attrs.field(default=DEFAULT_QUOTA_DAYS, validator=_check_quota)
     pauses: tuple[Pause, ...] = attrs.field(
         default=(), converter=_sorted_pauses, validator=_check_pauses
@@ -258,7 +243,7 @@ class PauseLedger:
         Past pauses stay on record. With no current or future pause this is a no-op and
         returns the ledger unchanged.
         """
-        _require_server_id(server_id)
+        require_id(server_id, "server_id", InvalidPauseError)
         _require_date(today, "today")
         kept: list[Pause] = []
         changed = False
@@ -285,7 +270,7 @@ class PauseLedger:
 
     def pauses_for(self, server_id: str) -> tuple[Pause, ...]:
         """The pauses of ``server_id``, past, current and future, in order of start."""
-        _require_server_id(server_id)
+        require_id(server_id, "server_id", InvalidPauseError)
         return tuple(pause for pause in self.pauses if pause.server_id == server_id)
 
     def paused_at(self, server_id: str, at: dt.datetime) -> bool:

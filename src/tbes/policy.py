@@ -12,11 +12,12 @@ from __future__ import annotations
 import bisect
 import datetime as dt
 import enum
-from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple
+from collections.abc import Iterable
+from typing import NamedTuple
 
 import attrs
 
+from tbes._checks import of_type
 from tbes.catalog import Baseline, Catalog
 from tbes.errors import InvalidValueError, PolicyError
 from tbes.stages import DEFAULT_STAGE_TABLE, Stage, StageTable
@@ -165,18 +166,6 @@ def _check_window(
         raise PolicyError(f"relapse_window must be a timedelta >= 0, got {value!r}")
 
 
-def _setting_of(kind: type) -> Callable[[Policy, attrs.Attribute[Any], object], None]:
-    """A validator raising PolicyError (not attrs' TypeError) for a value not of ``kind``."""
-
-    def check(instance: Policy, attribute: attrs.Attribute[Any], value: object) -> None:
-        # bool is exact: 1 and 0 are no flags.
-        wrong = type(value) is not bool if kind is bool else not isinstance(value, kind)
-        if wrong:
-            raise PolicyError(f"{attribute.name} must be a {kind.__name__}, got {value!r:.80}")
-
-    return check
-
-
 def _default_baseline() -> Baseline:
     return Baseline.exchange_online_2026()
 
@@ -193,9 +182,11 @@ class Policy:
     """
 
     stage_table: StageTable = attrs.field(
-        default=DEFAULT_STAGE_TABLE, validator=_setting_of(StageTable)
+        default=DEFAULT_STAGE_TABLE, validator=of_type(StageTable, error=PolicyError)
     )
-    baseline: Baseline = attrs.field(factory=_default_baseline, validator=_setting_of(Baseline))
+    baseline: Baseline = attrs.field(
+        factory=_default_baseline, validator=of_type(Baseline, error=PolicyError)
+    )
     connectors: frozenset[ConnectorKind] = attrs.field(
         default=frozenset({ConnectorKind.ON_PREMISES}),
         converter=_to_connectors,
@@ -206,7 +197,9 @@ class Policy:
         default="https://aka.ms/BlockUnsafeExchange", validator=_check_text_setting
     )
     pause_quota_days: int = attrs.field(default=90, validator=_check_quota)
-    pause_freezes_clock: bool = attrs.field(default=True, validator=_setting_of(bool))
+    pause_freezes_clock: bool = attrs.field(
+        default=True, validator=of_type(bool, error=PolicyError)
+    )
     relapse_window: dt.timedelta = attrs.field(
         default=dt.timedelta(days=30), validator=_check_window
     )

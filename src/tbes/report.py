@@ -19,10 +19,10 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 from collections.abc import Callable, Iterable
-from typing import Any
 
 import attrs
 
+from tbes._checks import of_type
 from tbes._instants import as_utc, require_aware
 from tbes.catalog import Catalog, Compliance, assess
 from tbes.decision import decide
@@ -39,32 +39,6 @@ END = dt.datetime.max.replace(tzinfo=dt.UTC)
 _START = dt.datetime.min.replace(tzinfo=dt.UTC)
 _DAY = dt.timedelta(days=1)
 _MINUTES = 60
-
-_Validator = Callable[[object, "attrs.Attribute[Any]", object], None]
-
-
-def _of(kind: type) -> _Validator:
-    """A validator raising InvalidValueError (not attrs' TypeError) for a value not of ``kind``."""
-
-    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-        # bool is exact: 1 and 0 are no flags.
-        wrong = type(value) is not bool if kind is bool else not isinstance(value, kind)
-        if wrong:
-            error = InvalidBuildError if kind is ExchangeBuild else InvalidValueError
-            raise error(f"{attribute.name} must be a {kind.__name__}, got {value!r:.80}")
-
-    return check
-
-
-def _optional(kind: type) -> _Validator:
-    """Like :func:`_of`, but None is valid too."""
-    check = _of(kind)
-
-    def optional(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-        if value is not None:
-            check(instance, attribute, value)
-
-    return optional
 
 
 def _require_inputs(state: object, policy: object) -> None:
@@ -123,8 +97,8 @@ class Segment:
 
     start: dt.datetime = attrs.field(converter=_start_utc)
     end: dt.datetime = attrs.field(converter=_end_utc, validator=_after_start)
-    stage: Stage | None = attrs.field(validator=_optional(Stage))
-    paused: bool = attrs.field(validator=_of(bool))
+    stage: Stage | None = attrs.field(validator=of_type(Stage, optional=True))
+    paused: bool = attrs.field(validator=of_type(bool))
 
     @property
     def duration(self) -> dt.timedelta:
@@ -166,18 +140,18 @@ class ReportRow:
     the report's instant ends.
     """
 
-    server: str = attrs.field(validator=_of(str))
-    tenant: str = attrs.field(validator=_of(str))
-    build: ExchangeBuild | None = attrs.field(validator=_optional(ExchangeBuild))
-    product: Product | None = attrs.field(validator=_optional(Product))
-    status: Compliance = attrs.field(validator=_of(Compliance))
+    server: str = attrs.field(validator=of_type(str))
+    tenant: str = attrs.field(validator=of_type(str))
+    build: ExchangeBuild | None = attrs.field(validator=of_type(ExchangeBuild, optional=True))
+    product: Product | None = attrs.field(validator=of_type(Product, optional=True))
+    status: Compliance = attrs.field(validator=of_type(Compliance))
     first_detected: dt.datetime | None = attrs.field(validator=_aware_or_none)
     last_seen: dt.datetime | None = attrs.field(validator=_aware_or_none)
     recommended: tuple[ExchangeBuild, ...] = attrs.field(converter=_builds)
     throttle_enabled: dt.datetime | None = attrs.field(validator=_aware_or_none)
     blocking_enabled: dt.datetime | None = attrs.field(validator=_aware_or_none)
     full_block: dt.datetime | None = attrs.field(validator=_aware_or_none)
-    stage: Stage | None = attrs.field(validator=_optional(Stage))
+    stage: Stage | None = attrs.field(validator=of_type(Stage, optional=True))
     next_stage_throttle: int | None = attrs.field(validator=_minutes_or_none)
     next_stage_block: int | None = attrs.field(validator=_minutes_or_none)
     next_stage_start: dt.datetime | None = attrs.field(validator=_aware_or_none)

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 
 import attrs
 
+from tbes._checks import id_field, of_type
 from tbes._instants import as_utc, as_utc_or_none
 from tbes.catalog import Assessment, Compliance
 from tbes.errors import InvalidBuildError, InvalidValueError
@@ -41,31 +42,6 @@ def _last_seen(value: dt.datetime | None) -> dt.datetime | None:
 
 def _compliant_since(value: dt.datetime | None) -> dt.datetime | None:
     return as_utc_or_none(value, "compliant_since")
-
-
-def _check_id(instance: ServerState, attribute: attrs.Attribute[str], value: str) -> None:
-    if not isinstance(value, str) or not value:
-        raise InvalidValueError(f"{attribute.name} must be a non-empty str, got {value!r}")
-    try:
-        value.encode()  # the minute offset hashes the UTF-8 bytes; stores need them too
-    except UnicodeEncodeError:
-        raise InvalidValueError(
-            f"{attribute.name} must be valid Unicode text, got {value!r}"
-        ) from None
-
-
-def _check_build(
-    instance: ServerState, attribute: attrs.Attribute[ExchangeBuild | None], value: object
-) -> None:
-    if value is not None and not isinstance(value, ExchangeBuild):
-        raise InvalidBuildError(f"build must be an ExchangeBuild or None, got {value!r:.80}")
-
-
-def _check_status(
-    instance: ServerState, attribute: attrs.Attribute[Compliance], value: object
-) -> None:
-    if not isinstance(value, Compliance):
-        raise InvalidValueError(f"status must be a Compliance, got {value!r:.80}")
 
 
 def _sorted_pauses(pauses: Iterable[Pause]) -> tuple[Pause, ...]:
@@ -116,10 +92,10 @@ class ServerState:
     :class:`~tbes.errors.InvalidBuildError`) naming the field.
     """
 
-    server_id: str = attrs.field(validator=_check_id)
-    tenant: str = attrs.field(validator=_check_id)
-    build: ExchangeBuild | None = attrs.field(validator=_check_build)
-    status: Compliance = attrs.field(validator=_check_status)
+    server_id: str = attrs.field(validator=id_field())
+    tenant: str = attrs.field(validator=id_field())
+    build: ExchangeBuild | None = attrs.field(validator=of_type(ExchangeBuild, optional=True))
+    status: Compliance = attrs.field(validator=of_type(Compliance))
     first_detected: dt.datetime | None = attrs.field(converter=_first_detected)
     last_seen: dt.datetime | None = attrs.field(converter=_last_seen)
     compliant_since: dt.datetime | None = attrs.field(converter=_compliant_since)
