@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tbes.catalog import Catalog
-from tbes.decision import Action, Decision
+from tbes.decision import Action, Decision, decide
 from tbes.enforcer import CallbackNotifier, Connection, Enforcer, Event, EventKind
 from tbes.errors import (
     InvalidPauseError,
     PauseConflictError,
     PauseInPastError,
     QuotaExceededError,
+    UnseenServerError,
 )
 from tbes.ledger import Pause, PauseLedger, TenantPause
-from tbes.policy import DEFAULT_POLICY, ConnectorKind
+from tbes.policy import DEFAULT_POLICY, ConnectorKind, Policy
 from tbes.state import ServerState
 from tbes.store import MemoryStore, SQLiteStore, StateStore, Write
 
@@ -317,3 +321,69 @@ def test_a_tenant_pause_granted_while_a_new_server_is_stored_reaches_it() -> Non
     assert stored_pauses(inner, EX01) == (Pause(EX01, TODAY, 5),)
     clock = Clock(T0 + dt.timedelta(hours=1))
     assert check(Enforcer(inner, DEFAULT_POLICY, CATALOG, clock=clock), EX01).paused is True
+
+
+def test_a_server_moving_into_a_paused_tenant_gets_its_tenant_pause(
+    enforcer: Enforcer, store: StateStore
+) -> None:
+    check(enforcer, EX01, tenant="contoso")
+    enforcer.pause_tenant(TENANT, 10)
+    assert stored_pauses(store, EX01) == ()  # still contoso's when the pause was granted
+    decision = check(enforcer, EX01)  # the connection now says fabrikam
+    assert decision.paused is True
+    assert stored_pauses(store, EX01) == (Pause(EX01, TODAY, 10),)
+
+
+# ---- a property: states always hold what the ledger covers ---------------------------------
+
+SERVERS = (EX01, EX02, EX03)
+
+
+@settings(max_examples=60)
+@given(
+    steps=st.lists(
+        st.one_of(
+            st.tuples(st.just("check"), st.sampled_from(SERVERS)),
+            st.tuples(
+                st.just("pause"), st.sampled_from(SERVERS), st.integers(0, 20), st.integers(1, 15)
+            ),
+            st.tuples(st.just("pause_tenant"), st.integers(0, 20), st.integers(1, 15)),
+            st.tuples(st.just("end_pause"), st.sampled_from(SERVERS)),
+            st.tuples(st.just("unpause_tenant")),
+            st.tuples(st.just("advance"), st.integers(1, 10)),
+        ),
+        max_size=25,
+    )
+)
+def test_every_stored_state_holds_exactly_the_pauses_its_ledger_covers(
+    steps: list[tuple[Any, ...]],
+) -> None:
+    store = MemoryStore()
+    clock = Clock()
+    enforcer = Enforcer(store, Policy(pause_quota_days=40), CATALOG, clock=clock)
+    for step in steps:
+        name, *args = step
+        with contextlib.suppress(QuotaExceededError, PauseConflictError, UnseenServerError):
+            if name == "check":
+                check(enforcer, args[0])
+            elif name == "pause":
+                start = clock.now.date() + dt.timedelta(days=args[1])
+                enforcer.pause(TENANT, args[0], args[2], start=start)
+            elif name == "pause_tenant":
+                enforcer.pause_tenant(
+                    TENANT, args[1], start=clock.now.date() + dt.timedelta(days=args[0])
+                )
+            elif name == "end_pause":
+                enforcer.end_pause(TENANT, args[0])
+            elif name == "unpause_tenant":
+                enforcer.unpause_tenant(TENANT)
+            else:
+                clock.now += dt.timedelta(days=args[0])
+        got = store.get_ledger(TENANT)
+        ledger = PauseLedger(TENANT, 40) if got is None else got.value
+        for state in store.states(TENANT):
+            assert sorted(state.pauses, key=lambda p: (p.start, p.days)) == sorted(
+                ledger.covering(state.server_id), key=lambda p: (p.start, p.days)
+            )
+            noon = dt.datetime.combine(clock.now.date(), dt.time(12), tzinfo=UTC)
+            assert decide(state, noon).paused is ledger.paused_at(state.server_id, noon)
