@@ -706,10 +706,12 @@ def quota(
 
 
 def _ledger(db: Path, tenant: str, policy: Policy) -> tuple[PauseLedger, int]:
-    """The tenant's ledger and how many servers of it are stored."""
+    """The tenant's ledger and, if it has tenant pauses, how many servers of it are stored."""
     store = _open_store(db)
     try:
         ledger = _stored_ledger(store, tenant, policy.pause_quota_days)
+        if not ledger.tenant_pauses:
+            return ledger, 0  # the count is only for what tenant pauses save: not read
         return ledger, _guard(lambda: sum(1 for _ in store.states(tenant)))
     finally:
         store.close()
