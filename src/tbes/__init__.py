@@ -35,7 +35,7 @@ from tbes.errors import (
     TbesError,
     UnseenServerError,
 )
-from tbes.ledger import Pause, PauseLedger
+from tbes.ledger import Pause, PauseLedger, TenantPause
 from tbes.policy import DEFAULT_POLICY, ConnectorKind, Policy, SmtpReply
 from tbes.received import Hop, SenderEvidence, find_sender, parse_received, received_values
 from tbes.report import ReportRow, Segment, forecast, report_row
@@ -96,6 +96,7 @@ __all__ = [
     "StoreConflictError",
     "StoreError",
     "TbesError",
+    "TenantPause",
     "UnseenServerError",
     "Versioned",
     "__version__",

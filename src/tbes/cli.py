@@ -718,19 +718,23 @@ def quota(
     """Show a tenant's pause quota for a calendar year: days used, remaining, and the pauses."""
     at = at or utc_now()
     year = year or at.year
-    ledger = _ledger(db, tenant, _policy(ctx, policy_name, at))
-    _print_quota(_console(), ledger, year)
+    ledger, servers = _ledger(db, tenant, _policy(ctx, policy_name, at))
+    _print_quota(_console(), ledger, year, servers)
 
 
-def _ledger(db: Path, tenant: str, policy: Policy) -> PauseLedger:
+def _ledger(db: Path, tenant: str, policy: Policy) -> tuple[PauseLedger, int]:
+    """The tenant's ledger and, if it has tenant pauses, how many servers of it are stored."""
     store = _open_store(db, read_only=True)
     try:
-        return _stored_ledger(store, tenant, policy.pause_quota_days)
+        ledger = _stored_ledger(store, tenant, policy.pause_quota_days)
+        if not ledger.tenant_pauses:
+            return ledger, 0  # the count is only for what tenant pauses save: not read
+        return ledger, _guard(lambda: sum(1 for _ in store.states(tenant)))
     finally:
         store.close()
 
 
-def _print_quota(console: Console, ledger: PauseLedger, year: int) -> None:
+def _print_quota(console: Console, ledger: PauseLedger, year: int, servers: int) -> None:
     console.print(
         _line(
             f"Tenant {ledger.tenant}, {year}: {ledger.used(year)} of {ledger.quota_days} pause "
@@ -738,19 +742,29 @@ def _print_quota(console: Console, ledger: PauseLedger, year: int) -> None:
         )
     )
     charged = [pause for pause in ledger.pauses if pause.days_in_year(year)]
-    if not charged:
+    tenant_days = sum(pause.days_in_year(year) for pause in ledger.tenant_pauses)
+    if not charged and not tenant_days:
         console.print(f"No pauses in {year}.")
         return
     table = _table("server", "first day", "last day", "days", f"days in {year}")
-    for pause in charged:
-        table.add_row(
-            _t(pause.server_id),
-            _t(pause.start),
-            _t(pause.last_day),
-            _t(pause.days),
-            _t(pause.days_in_year(year)),
-        )
+    # Both kinds in order of start; a tenant pause's row names no server but all of them.
+    rows = [(p.server_id, p.start, p.last_day, p.days, p.days_in_year(year)) for p in charged]
+    rows += [
+        ("(every server)", p.start, p.last_day, p.days, p.days_in_year(year))
+        for p in ledger.tenant_pauses
+        if p.days_in_year(year)
+    ]
+    for row in sorted(rows, key=lambda row: (row[1], row[0] == "(every server)", row[0])):
+        table.add_row(*(_t(cell) for cell in row))
     console.print(table)
+    if tenant_days and servers > 1:
+        # The refund made visible: what the same days would cost paused server by server.
+        console.print(
+            _line(
+                f"Tenant pauses in {year}: {tenant_days} days charged for {servers} stored "
+                f"servers, {tenant_days * (servers - 1)} fewer than pausing each server."
+            )
+        )
 
 
 # ---- tbes catalog -------------------------------------------------------------------------
@@ -865,8 +879,17 @@ def catalog_import(csv_file: Path, output: Path) -> None:
 @cli.command()
 @_db_option
 @click.option("--tenant", required=True, help="The tenant the server belongs to.")
-@click.argument("server")
-@click.argument("days", type=click.IntRange(min=1))
+@click.argument("server", required=False)
+@click.argument("days", type=click.IntRange(min=1), required=False)
+@click.option(
+    "--all",
+    "all_days",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="DAYS",
+    help="Pause every server of the tenant, also servers first seen during the pause, for "
+    "DAYS days: one tenant pause, charged one day per day (give no SERVER).",
+)
 @click.option("--start", type=_DATE, default=None, help="First paused UTC day (default: today).")
 @click.option(
     "--force",
@@ -880,16 +903,29 @@ def pause(
     ctx: click.Context,
     db: Path,
     tenant: str,
-    server: str,
-    days: int,
+    server: str | None,
+    days: int | None,
+    all_days: int | None,
     start: dt.date | None,
     force: bool,
     at: dt.datetime | None,
     policy_name: str,
 ) -> None:
-    """Pause enforcement of SERVER for DAYS days, paid from the tenant's yearly quota."""
+    """Pause enforcement of SERVER for DAYS days, paid from the tenant's yearly quota.
+
+    With --all DAYS (and no SERVER), pause every server of the tenant instead.
+    """
     at = at or utc_now()
     first = start or at.date()
+    if all_days is not None:
+        if server is not None or days is not None or force:
+            raise click.UsageError(
+                "--all DAYS pauses every server: give no SERVER, DAYS or --force"
+            )
+        _pause_tenant(ctx, db, policy_name, at, tenant, all_days, first)
+        return
+    if server is None or days is None:
+        raise click.UsageError(f"Missing argument '{'SERVER' if server is None else 'DAYS'}'.")
     with _enforcer(ctx, db, policy_name, at) as (enforcer, _):
         ledger = _guard(lambda: enforcer.pause(tenant, server, days, first, force=force))
     last = first + dt.timedelta(days=days - 1)
@@ -904,10 +940,48 @@ def pause(
         console.print(_quota_line(ledger, year))
 
 
+def _pause_tenant(
+    ctx: click.Context,
+    db: Path,
+    policy_name: str,
+    at: dt.datetime,
+    tenant: str,
+    days: int,
+    first: dt.date,
+) -> None:
+    with _enforcer(ctx, db, policy_name, at) as (enforcer, store):
+        before = _stored_ledger(store, tenant, enforcer.policy.pause_quota_days)
+        after = _guard(lambda: enforcer.pause_tenant(tenant, days, first))
+    last = first + dt.timedelta(days=days - 1)
+    # An overlapping or adjoining tenant pause was extended: the whole pause says when it ends.
+    ends = next(p.end for p in after.tenant_pauses if p.start <= first < p.end)
+    console = _console()
+    console.print(
+        _line(
+            f"Paused every server of tenant {tenant} for {days} days: {first} to {last} (UTC "
+            f"days); enforcement resumes {ends} 00:00 UTC."
+        )
+    )
+    for year in range(first.year, last.year + 1):
+        # Server-pause days the tenant pause took over are charged once now: returned.
+        refund = _server_days(before, year) - _server_days(after, year)
+        console.print(_quota_line(after, year, returned=refund))
+
+
+def _server_days(ledger: PauseLedger, year: int) -> int:
+    return sum(pause.days_in_year(year) for pause in ledger.pauses)
+
+
 @cli.command()
 @_db_option
 @click.option("--tenant", required=True, help="The tenant the server belongs to.")
-@click.argument("server")
+@click.argument("server", required=False)
+@click.option(
+    "--all",
+    "every_server",
+    is_flag=True,
+    help="End the tenant pause (of every server) instead of one server's pauses.",
+)
 @_at_option("Act as if now were this instant (default: now); today is its UTC date.")
 @_policy_option
 @click.pass_context
@@ -915,15 +989,25 @@ def unpause(
     ctx: click.Context,
     db: Path,
     tenant: str,
-    server: str,
+    server: str | None,
+    every_server: bool,
     at: dt.datetime | None,
     policy_name: str,
 ) -> None:
-    """End SERVER's current and future pauses; unused days return to the quota."""
+    """End SERVER's current and future pauses; unused days return to the quota.
+
+    With --all (and no SERVER), end the tenant's current and future tenant pauses.
+    """
+    if every_server == (server is not None):
+        raise click.UsageError("give either SERVER or --all")
     at = at or utc_now()
     with _enforcer(ctx, db, policy_name, at) as (enforcer, store):
         before = _stored_ledger(store, tenant, enforcer.policy.pause_quota_days)
-        after = _guard(lambda: enforcer.end_pause(tenant, server))
+        if server is None:
+            after = _guard(lambda: enforcer.unpause_tenant(tenant))
+        else:
+            named = server
+            after = _guard(lambda: enforcer.end_pause(tenant, named))
     today = at.date()
     returned = {
         year: before.used(year) - after.used(year)
@@ -931,15 +1015,19 @@ def unpause(
         if before.used(year) != after.used(year)
     }
     console = _console()
+    who = f"{server} (tenant {tenant})" if server is not None else f"Tenant {tenant}"
     if not returned:
-        console.print(_line(f"{server} (tenant {tenant}) had no current or future pause."))
+        what = "pause" if server is not None else "tenant pause"
+        console.print(_line(f"{who} had no current or future {what}."))
         return
-    console.print(
-        _line(
-            f"Ended the pauses of {server} (tenant {tenant}); enforcement resumes "
-            f"{_resumes(before, server, at)}."
+    if server is None:
+        started = any(p.start <= today < p.end for p in before.tenant_pauses)
+        resumes = f"{today + dt.timedelta(days=1)} 00:00 UTC" if started else "now"
+        console.print(_line(f"Ended the tenant pause of {tenant}; enforcement resumes {resumes}."))
+    else:
+        console.print(
+            _line(f"Ended the pauses of {who}; enforcement resumes {_resumes(before, server, at)}.")
         )
-    )
     for year in returned:
         console.print(_quota_line(after, year, returned=returned[year]))
 

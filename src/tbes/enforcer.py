@@ -386,6 +386,12 @@ class Enforcer:
             else:
                 observed = observation(old) if observation is not None else old
             assert observed is not None  # no observation means a stored state (checked above)
+            # Tenant pauses reach a server through its state: a state new to the tenant reads
+            # them here (only then: the per-message path reads no ledger); see _sync_tenant.
+            joined = old is None or old.tenant != observed.tenant
+            ledger_read = self._tenant_pauses_into(observed) if joined else None
+            if ledger_read is not None:
+                observed = ledger_read[0]
             decision = decide(observed, now, self.policy)
             new, events = _announce(old, observed, self.policy, now)
             if new == old or (not events and _only_seen(old, new, self._seen_resolution)):
@@ -395,6 +401,8 @@ class Enforcer:
             except StoreConflictError:
                 continue  # another writer won: recompute from its state, which may announce
             self._emit(events)
+            if ledger_read is not None:
+                self._resync_if_ledger_moved(new.tenant, ledger_read[1])
             return decision
         _log.warning(
             "tbes: %s: lost %d compare-and-swap races in a row; decided without recording",
@@ -497,6 +505,128 @@ class Enforcer:
             self._emit([self._event(EventKind.RESUMED, state, now, detail)])
         return ledger
 
+    def pause_tenant(self, tenant: str, days: int, start: dt.date | None = None) -> PauseLedger:
+        """Pause enforcement of every server of ``tenant`` for ``days`` days from ``start``.
+
+        ``start`` defaults to today. One tenant pause covers every stored server of the
+        tenant and every server first seen while it runs; a day of it costs one quota day
+        whatever the number of servers. A pause overlapping or adjoining a tenant pause
+        already granted extends it (only new days are charged), and the days of server
+        pauses under it stop being charged. The ledger and every state of the tenant are
+        written in one atomic :meth:`~tbes.store.StateStore.put_many`, retried on a lost race.
+        Errors as :meth:`pause` (no server need have been seen). Returns the new ledger.
+        """
+        _check_tenant(tenant)
+        if type(days) is not int or days < 1:
+            raise InvalidPauseError(f"days must be an int >= 1, got {days!r:.80}")
+        if start is not None and (type(start) is dt.datetime or not isinstance(start, dt.date)):
+            raise InvalidPauseError(f"start must be a date or None, got {start!r:.80}")
+        now = self._now()
+        today = now.date()
+        first = today if start is None else start
+        ledger, states = self._sync_tenant(
+            tenant, lambda ledger: ledger.grant_tenant(first, days, today=today)
+        )
+        last = first + dt.timedelta(days=days - 1)
+        detail = (
+            f"enforcement of every server of tenant {tenant} paused for {days} "
+            f"day{'s' if days != 1 else ''}, {first} to {last}; {ledger.used(first.year)} of "
+            f"{ledger.quota_days} pause days used in {first.year}"
+        )
+        self._emit([self._event(EventKind.PAUSED, state, now, detail) for state in states])
+        return ledger
+
+    def unpause_tenant(self, tenant: str) -> PauseLedger:
+        """End ``tenant``'s current and future tenant pauses as of today; return the ledger.
+
+        As :meth:`end_pause` for one server: a tenant pause that has started keeps today, and
+        the days given up return to the quota. Server pauses are not touched. With nothing
+        to end, nothing is written and no event is sent.
+        """
+        _check_tenant(tenant)
+        now = self._now()
+        today = now.date()
+        ledger, states = self._sync_tenant(tenant, lambda ledger: ledger.end_tenant(today=today))
+        events = []
+        for state in states:
+            paused = ledger.paused_at(state.server_id, now)
+            resumes = today + dt.timedelta(days=1) if paused else today
+            detail = f"tenant pause of {tenant} ended early; enforcement resumes on {resumes}"
+            events.append(self._event(EventKind.RESUMED, state, now, detail))
+        self._emit(events)
+        return ledger
+
+    def _sync_tenant(
+        self, tenant: str, change: Callable[[PauseLedger], PauseLedger] = lambda ledger: ledger
+    ) -> tuple[PauseLedger, list[ServerState]]:
+        """Apply ``change`` to ``tenant``'s ledger and copy its pauses into every state of it.
+
+        Each stored state of the tenant gets :meth:`~tbes.ledger.PauseLedger.covering` of
+        the new ledger as its pauses. The ledger (even unchanged: its version guards the
+        states read) and the states that change are written in one ``put_many``, retried
+        on a lost race. Nothing is written when nothing changes. Returns the ledger and the
+        states written. A second pass after the write catches a server first stored between
+        the listing and the write (the check path, in turn, re-reads the ledger after
+        storing a new server: one of the two sees the other).
+        """
+        ledger, written = self._sync_tenant_once(tenant, change)
+        if written:
+            _, repaired = self._sync_tenant_once(tenant)
+            written = [*written, *repaired]
+        return ledger, written
+
+    def _sync_tenant_once(
+        self, tenant: str, change: Callable[[PauseLedger], PauseLedger] = lambda ledger: ledger
+    ) -> tuple[PauseLedger, list[ServerState]]:
+        for _ in range(self._retries + 1):
+            stored_ledger = self._ledger(tenant)
+            ledger = (
+                stored_ledger.value
+                if stored_ledger is not None
+                else PauseLedger(tenant, self.policy.pause_quota_days)
+            )
+            changed = change(ledger)
+            state_writes: list[Write] = []
+            for listed in self._guard(lambda: list(self.store.states(tenant))):
+                stored = self._state(listed.server_id)
+                if stored is None or stored.value.tenant != tenant:
+                    continue
+                new_state = attrs.evolve(
+                    stored.value, pauses=changed.covering(stored.value.server_id)
+                )
+                if new_state != stored.value:
+                    state_writes.append(StateWrite(new_state, stored.version))
+            if changed == ledger and not state_writes:
+                return ledger, []
+            writes = [LedgerWrite(changed, _version(stored_ledger)), *state_writes]
+            try:
+                self._guard(functools.partial(self.store.put_many, writes))
+            except StoreConflictError:
+                continue
+            return changed, [w.state for w in state_writes if isinstance(w, StateWrite)]
+        raise StoreConflictError(
+            f"changing the tenant pauses of {tenant} lost {self._retries + 1} "
+            "compare-and-swap races in a row; try again"
+        )
+
+    def _tenant_pauses_into(self, state: ServerState) -> tuple[ServerState, int | None]:
+        """``state`` with its tenant's pauses added, and the version of the ledger read."""
+        stored = self._ledger(state.tenant)
+        if stored is None:
+            return state, None
+        covering = stored.value.covering(state.server_id)
+        pauses = (*state.pauses, *(p for p in covering if p not in state.pauses))
+        return attrs.evolve(state, pauses=pauses), stored.version
+
+    def _resync_if_ledger_moved(self, tenant: str, version_read: int | None) -> None:
+        """After storing a server new to ``tenant``: catch a tenant pause granted meanwhile."""
+        try:
+            if _version(self._ledger(tenant)) != version_read:
+                self._sync_tenant_once(tenant)
+        except (StoreError, StoreConflictError):
+            # The state is stored and decided; the next grant or sync copies the pause.
+            _log.warning("tbes: could not copy the tenant pauses of %s", tenant, exc_info=True)
+
     def _change_pauses(
         self,
         tenant: str,
@@ -533,7 +663,7 @@ class Enforcer:
             changed = change(ledger)
             if changed == ledger:
                 return ledger, state, False
-            new_state = attrs.evolve(state, pauses=changed.pauses_for(server_id))
+            new_state = attrs.evolve(state, pauses=changed.covering(server_id))
             writes: list[Write] = [
                 LedgerWrite(changed, _version(stored_ledger)),
                 StateWrite(new_state, _version(stored_state)),
@@ -658,6 +788,11 @@ def _only_seen(old: ServerState | None, new: ServerState, resolution: dt.timedel
 
 def _version(stored: Versioned[object] | None) -> int | None:
     return None if stored is None else stored.version
+
+
+def _check_tenant(tenant: object) -> None:
+    if not isinstance(tenant, str) or not tenant:
+        raise InvalidPauseError(f"tenant must be a non-empty str, got {tenant!r:.80}")
 
 
 def _unseen(server_id: str, tenant: str) -> ServerState:

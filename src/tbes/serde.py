@@ -21,9 +21,11 @@ from typing import Any, TypeVar
 
 import cattrs
 from cattrs.cols import is_any_set
+from cattrs.gen import make_dict_unstructure_fn, override
 from cattrs.preconf.json import make_converter
 
 from tbes.errors import InvalidValueError, NaiveDatetimeError, TbesError
+from tbes.ledger import PauseLedger
 from tbes.version import ExchangeBuild
 
 __all__ = ["converter", "dumps", "loads"]
@@ -81,6 +83,15 @@ def _make() -> cattrs.Converter:
 
     conv.register_unstructure_hook_factory(is_any_set, sorted_set)
     # --- end of issue 4 hooks ---------------------------------------------------------------
+
+    # --- issue 15 (tenant pauses): a ledger without them keeps today's row --------------
+    # Rows written before tenant pauses existed have no "tenant_pauses" key (structuring
+    # takes the default). Leaving the key out while it is empty keeps those ledgers' rows
+    # byte for byte what they were, so nodes still running the previous release read them.
+    conv.register_unstructure_hook(
+        PauseLedger,
+        make_dict_unstructure_fn(PauseLedger, conv, tenant_pauses=override(omit_if_default=True)),
+    )
     return conv
 
 

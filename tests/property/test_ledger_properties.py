@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
+import itertools
 from collections import Counter
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -196,3 +199,174 @@ class LedgerMachine(RuleBasedStateMachine):
 # 30 steps reach well past a year-end from any start; more only slows CI's 400 examples.
 LedgerMachine.TestCase.settings = settings(LedgerMachine.TestCase.settings, stateful_step_count=30)
 TestLedgerStateMachine = LedgerMachine.TestCase
+
+
+# --- tenant pauses (SPEC section 10) -------------------------------------------------------
+
+TENANT = "*tenant*"  # the model's mark for a day of a tenant pause; no server is called that
+
+
+def _charge(kinds: set[str]) -> int:
+    """A day's cost: 1 inside a tenant pause, else 1 per server pause on it."""
+    return 1 if TENANT in kinds else len(kinds)
+
+
+class TenantLedgerMachine(RuleBasedStateMachine):
+    """Drives grant/grant_tenant/end/end_tenant against a model charging day by day.
+
+    The model maps each day to the kinds of pause covering it: server ids, and ``TENANT``
+    for a tenant pause. A tenant pause takes over the server pauses of its days.
+    """
+
+    ledger: PauseLedger
+    today: dt.date
+    model: dict[dt.date, set[str]]
+
+    @initialize(
+        quota=st.integers(0, 100),
+        today=st.dates(min_value=dt.date(2023, 10, 1), max_value=dt.date(2024, 12, 31)),
+    )
+    def start(self, quota: int, today: dt.date) -> None:
+        self.ledger = PauseLedger("contoso", quota_days=quota)
+        self.today = today
+        self.model = {}
+
+    def _used(self, model: dict[dt.date, set[str]]) -> Counter[int]:
+        used: Counter[int] = Counter()
+        for day, kinds in model.items():
+            used[day.year] += _charge(kinds)
+        return used
+
+    def _with(self, start: dt.date, days: int, kind: str) -> dict[dt.date, set[str]]:
+        model = {day: set(kinds) for day, kinds in self.model.items()}
+        for n in range(days):
+            day = start + n * ONE_DAY
+            model[day] = {TENANT} if kind == TENANT else model.get(day, set()) | {kind}
+        return model
+
+    def _over_quota(self, model: dict[dt.date, set[str]]) -> bool:
+        return any(count > self.ledger.quota_days for count in self._used(model).values())
+
+    def _check_refusal(
+        self, expected: type[Exception], call: Callable[[], PauseLedger], what: str
+    ) -> None:
+        before = self.ledger
+        with pytest.raises(GRANT_ERRORS) as caught:
+            call()
+        assert type(caught.value) is expected, caught.value
+        if expected is PauseConflictError and what == "tenant":
+            assert "tenant pause of contoso" in str(caught.value)
+        if expected is QuotaExceededError:
+            assert str(self.ledger.quota_days) in str(caught.value)
+        assert self.ledger == before
+
+    @rule(days=st.integers(0, 45))
+    def advance(self, days: int) -> None:
+        self.today += days * ONE_DAY
+
+    @rule(server=st.sampled_from(SERVERS), offset=st.integers(-5, 120), days=st.integers(-1, 40))
+    def grant(self, server: str, offset: int, days: int) -> None:
+        start = self.today + offset * ONE_DAY
+        wanted = [start + n * ONE_DAY for n in range(max(days, 0))]
+        expected: type[Exception] | None = None
+        what = ""
+        if days < 1:
+            expected = InvalidPauseError
+        elif start < self.today:
+            expected = PauseInPastError
+        elif any(server in self.model.get(day, ()) for day in wanted):
+            expected = PauseConflictError
+        elif any(TENANT in self.model.get(day, ()) for day in wanted):
+            expected, what = PauseConflictError, "tenant"
+        elif self._over_quota(self._with(start, days, server)):
+            expected = QuotaExceededError
+        call = functools.partial(self.ledger.grant, server, start, days, today=self.today)
+        if expected is None:
+            self.ledger = call()
+            self.model = self._with(start, days, server)
+        else:
+            self._check_refusal(expected, call, what)
+
+    @rule(offset=st.integers(-5, 120), days=st.integers(-1, 40))
+    def grant_tenant(self, offset: int, days: int) -> None:
+        start = self.today + offset * ONE_DAY
+        expected: type[Exception] | None = None
+        if days < 1:
+            expected = InvalidPauseError
+        elif start < self.today:
+            expected = PauseInPastError
+        elif self._over_quota(self._with(start, days, TENANT)):
+            expected = QuotaExceededError
+        call = functools.partial(self.ledger.grant_tenant, start, days, today=self.today)
+        if expected is None:
+            self.ledger = call()
+            self.model = self._with(start, days, TENANT)
+        else:
+            self._check_refusal(expected, call, "")
+
+    @precondition(lambda self: bool(self.ledger.pauses or self.ledger.tenant_pauses))
+    @rule(data=st.data(), days=st.integers(1, 20), tenant=st.booleans())
+    def grant_next_to_a_pause(self, data: st.DataObject, days: int, tenant: bool) -> None:
+        # Overlapping and adjoining grants are where "create or extend" and conflicts live.
+        pause = data.draw(st.sampled_from((*self.ledger.pauses, *self.ledger.tenant_pauses)))
+        choices = (pause.end, pause.last_day, pause.start - days * ONE_DAY, pause.start)
+        offset = (data.draw(st.sampled_from(choices)) - self.today).days
+        if tenant:
+            self.grant_tenant(offset, days)
+        else:
+            self.grant(data.draw(st.sampled_from(SERVERS)), offset, days)
+
+    @precondition(lambda self: bool(self.ledger.pauses or self.ledger.tenant_pauses))
+    @rule(data=st.data())
+    def advance_to_an_edge(self, data: st.DataObject) -> None:
+        pause = data.draw(st.sampled_from((*self.ledger.pauses, *self.ledger.tenant_pauses)))
+        edges = [d for d in (pause.start, pause.last_day, pause.end) if d >= self.today]
+        if edges:
+            self.today = data.draw(st.sampled_from(edges))
+
+    def _end(self, kind: str) -> None:
+        # Days after today are given up; today stays paused only if the pause has started.
+        for day, kinds in self.model.items():
+            if day > self.today:
+                kinds.discard(kind)
+
+    @rule(server=st.sampled_from(SERVERS))
+    def end(self, server: str) -> None:
+        self.ledger = self.ledger.end(server, today=self.today)
+        self._end(server)
+
+    @rule()
+    def end_tenant(self) -> None:
+        self.ledger = self.ledger.end_tenant(today=self.today)
+        self._end(TENANT)
+
+    @invariant()
+    def usage_matches_the_model(self) -> None:
+        used = self._used(self.model)
+        years = set(used) | {self.today.year, self.today.year + 1}
+        for year in years:
+            assert self.ledger.used(year) == used[year] <= self.ledger.quota_days
+            assert self.ledger.remaining(year) == self.ledger.quota_days - used[year]
+
+    @invariant()
+    def paused_days_match_the_model(self) -> None:
+        for server in (*SERVERS, "first-seen-later"):
+            covered = {day for pause in self.ledger.covering(server) for day in _days_of(pause)}
+            assert covered == {
+                day for day, kinds in self.model.items() if server in kinds or TENANT in kinds
+            }
+            noon = dt.datetime.combine(self.today, dt.time(12), tzinfo=dt.UTC)
+            kinds = self.model.get(self.today, set())
+            assert self.ledger.paused_at(server, noon) == bool({server, TENANT} & kinds)
+
+    @invariant()
+    def tenant_pauses_are_merged_and_the_ledger_round_trips(self) -> None:
+        for before, after in itertools.pairwise(self.ledger.tenant_pauses):
+            assert before.end < after.start
+        assert converter.structure(converter.unstructure(self.ledger), PauseLedger) == self.ledger
+
+
+TenantLedgerMachine.TestCase.settings = settings(
+    TenantLedgerMachine.TestCase.settings, stateful_step_count=30
+)
+TestTenantLedgerStateMachine = TenantLedgerMachine.TestCase
