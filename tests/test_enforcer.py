@@ -21,17 +21,7 @@ from hypothesis import strategies as st
 
 from tbes.catalog import Baseline, Catalog, Compliance, assess
 from tbes.decision import Action, Decision, decide
-from tbes.enforcer import (
-    FAIL_CLOSED_REPLY,
-    CallbackNotifier,
-    Connection,
-    Enforcer,
-    Event,
-    EventKind,
-    LoggingNotifier,
-    Notifier,
-    utc_now,
-)
+from tbes.enforcer import FAIL_CLOSED_REPLY, Connection, Enforcer, utc_now
 from tbes.errors import (
     NaiveDatetimeError,
     PauseInPastError,
@@ -39,7 +29,9 @@ from tbes.errors import (
     StoreConflictError,
     StoreError,
 )
+from tbes.events import Event, EventKind
 from tbes.ledger import Pause, PauseLedger
+from tbes.notifiers import CallbackNotifier, LoggingNotifier, Notifier
 from tbes.policy import DEFAULT_POLICY, ConnectorKind, Policy
 from tbes.serde import dumps, loads
 from tbes.state import ServerState

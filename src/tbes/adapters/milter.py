@@ -31,8 +31,9 @@ from typing import Any
 
 import Milter
 
-from tbes.adapters.config import FAULT_REPLY, AdapterConfig, Checker
+from tbes.adapters.config import AdapterConfig, Checker
 from tbes.decision import Action, Decision
+from tbes.enforcer import FAIL_CLOSED_REPLY
 from tbes.policy import SmtpReply
 
 # ``command`` (the ``tbes milter`` click command) is built on first access; see __getattr__.
@@ -137,7 +138,7 @@ class TbesMilter(Milter.Base):  # type: ignore[misc]
         if not self._config.fail_closed:
             return int(Milter.ACCEPT)
         try:
-            return self._reply(FAULT_REPLY)
+            return self._reply(FAIL_CLOSED_REPLY)
         except Exception:
             # Without our text the MTA still defers, with its own 4xx wording.
             _log.warning("tbes milter: setting the fault reply failed", exc_info=True)
