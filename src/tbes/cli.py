@@ -1065,6 +1065,7 @@ def _event_line(event: Event) -> Text:
 
 _EVENT_STYLES = {
     "DETECTED": "yellow",
+    "RELAPSED": "yellow",
     "STAGE_CHANGED": "dark_orange",
     "BLOCKING_STARTED": "red",
     "FULLY_BLOCKED": "bold red",

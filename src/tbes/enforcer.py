@@ -81,7 +81,9 @@ class Connection:
 
     ``server_id`` is the stable name the operator gives the sending server (e.g. the
     connector or the TLS subject); ``tenant`` owns its pause quota; ``kind`` says which
-    kind of connector it came through; the peer fields are for logs and evidence matching.
+    kind of connector it came through; the peer fields are for logs and evidence matching;
+    ``connector`` is the name of the connector it came through (``None`` if unnamed), which
+    the events of its checks carry.
     """
 
     server_id: str = attrs.field(validator=id_field())
@@ -90,6 +92,7 @@ class Connection:
     peer_ip: str | None = attrs.field(default=None, validator=of_type(str, optional=True))
     peer_host: str | None = attrs.field(default=None, validator=of_type(str, optional=True))
     tls_subject: str | None = attrs.field(default=None, validator=of_type(str, optional=True))
+    connector: str | None = attrs.field(default=None, validator=of_type(str, optional=True))
 
 
 def _accept(reason: str) -> Decision:
@@ -266,7 +269,7 @@ class Enforcer:
                 observed = observation(old) if observation is not None else old
             assert observed is not None  # no observation means a stored state (checked above)
             decision = decide(observed, now, self.policy)
-            told = announcement(old, observed, self.policy, now)
+            told = announcement(old, observed, self.policy, now, connector=conn.connector)
             new, events = told.state, told.events
             if new == old or (not events and _only_seen(old, new, self._seen_resolution)):
                 return decision  # nothing to store or announce
@@ -354,7 +357,11 @@ class Enforcer:
             f"enforcement paused for {days} day{'s' if days != 1 else ''}, {first} to {last}; "
             f"{ledger.used(first.year)} of {ledger.quota_days} pause days used in {first.year}"
         )
-        self._emit([state_event(EventKind.PAUSED, state, self.policy, now, detail)])
+        # The pause granted tells this PAUSED from another of the same episode and stage.
+        occasion = f"{first.isoformat()}/{days}"
+        self._emit(
+            [state_event(EventKind.PAUSED, state, self.policy, now, detail, occasion=occasion)]
+        )
         return ledger
 
     def end_pause(self, tenant: str, server_id: str) -> PauseLedger:
@@ -374,7 +381,10 @@ class Enforcer:
         if changed:
             resumes = today + dt.timedelta(days=1) if ledger.paused_at(server_id, now) else today
             detail = f"pause ended early; enforcement resumes on {resumes}"
-            self._emit([state_event(EventKind.RESUMED, state, self.policy, now, detail)])
+            occasion = now.isoformat()  # a pause is ended once: the instant names the ending
+            self._emit(
+                [state_event(EventKind.RESUMED, state, self.policy, now, detail, occasion=occasion)]
+            )
         return ledger
 
     def _change_pauses(

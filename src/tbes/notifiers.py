@@ -2,7 +2,9 @@
 
 Any object with ``notify(event)`` is a :class:`Notifier`; two are shipped. The enforcer calls
 the notifier only after its compare-and-swap stored the change, and logs and swallows what it
-raises, so a broken notifier never stops mail.
+raises, so a broken notifier never stops mail. Events carry text from outside (server ids,
+tenants and connector names come from configuration and connections, builds from headers),
+so a notifier that writes them anywhere a person reads escapes them first.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 from tbes.events import Event
+from tbes.render._common import printable
 
 __all__ = ["CallbackNotifier", "LoggingNotifier", "Notifier"]
 
@@ -25,25 +28,38 @@ class Notifier(Protocol):
         ...
 
 
+def _shown(value: object) -> str:
+    return "-" if value is None else printable(str(value))
+
+
 class LoggingNotifier:
-    """A notifier that writes each event as one log line (logger ``tbes.events``)."""
+    """A notifier that writes each event as one log line (logger ``tbes.events``).
+
+    The line reads ``KIND id=… server=… tenant=… connector=… stage=… build=… at=… next=…:
+    detail``, a missing value shown as ``-``; every field is escaped
+    (:func:`~tbes.render._common.printable`), so no text from a message or a connection can
+    break the line or act on a terminal.
+    """
 
     def __init__(self, logger: logging.Logger | None = None, level: int = logging.INFO) -> None:
         self._logger = logger or logging.getLogger("tbes.events")
         self._level = level
 
     def notify(self, event: Event) -> None:
-        """Log the event: kind, server, tenant, stage, build and detail."""
+        """Log the event: kind, id, server, tenant, connector, stage, build, instants, detail."""
         self._logger.log(
             self._level,
-            "%s server=%s tenant=%s stage=%s build=%s at=%s: %s",
+            "%s id=%s server=%s tenant=%s connector=%s stage=%s build=%s at=%s next=%s: %s",
             event.kind.value,
-            event.server_id,
-            event.tenant,
-            event.stage,
-            event.build,
+            event.id,
+            _shown(event.server_id),
+            _shown(event.tenant),
+            _shown(event.connector),
+            _shown(event.stage),
+            _shown(event.build),
             event.at.isoformat(),
-            event.detail,
+            _shown(None if event.next_change is None else event.next_change.isoformat()),
+            _shown(event.detail),
         )
 
 

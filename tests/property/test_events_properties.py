@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from collections import Counter, defaultdict
 
+import attrs
 from hypothesis import given
 from hypothesis import strategies as st
 from strategies import builds, instants, stage_tables
@@ -128,3 +129,39 @@ def test_each_event_describes_the_state_written(
             # REMEDIATED alone comes outside an episode, and has no stage.
             assert (event.kind is EventKind.REMEDIATED) is (not state.in_episode)
             assert (event.stage is None) is (event.kind is EventKind.REMEDIATED)
+
+
+@given(history=histories, policy=policies)
+def test_a_resumed_episode_is_one_relapsed_and_a_new_one_one_detected(
+    history: tuple[dt.datetime, list[Step]], policy: Policy
+) -> None:
+    for old, state, _, events in run(*history, policy):
+        told = [event.kind for event in events]
+        resumes = (
+            old is not None
+            and old.compliant_since is not None
+            and state.in_episode
+            and old.first_detected == state.first_detected
+        )
+        starts = state.in_episode and (old is None or old.first_detected != state.first_detected)
+        assert told.count(EventKind.RELAPSED) == (1 if resumes else 0)
+        assert told.count(EventKind.DETECTED) == (1 if starts else 0)
+
+
+@given(history=histories, policy=policies)
+def test_ids_tell_events_apart_and_are_computed_alike_twice(
+    history: tuple[dt.datetime, list[Step]], policy: Policy
+) -> None:
+    told: dict[str, list[Event]] = defaultdict(list)
+    for old, state, at, events in run(*history, policy):
+        for event in events:
+            told[event.id].append(event)
+        # Another writer computing the same change at the same instant tells the same events.
+        observed = attrs.evolve(state, notified_stage=None if old is None else old.notified_stage)
+        assert announce(old, observed, policy, at) == events
+    for same in told.values():
+        assert len({(e.kind, e.episode_start, e.stage) for e in same}) == 1
+        # Detection and stages are told once per episode; a remediation, or a relapse, may
+        # recur in one episode, but only at the same instant of the state (a clock behind
+        # last_seen): then it is one event, told twice.
+        assert len(same) == 1 or same[0].kind in (EventKind.REMEDIATED, EventKind.RELAPSED)

@@ -355,6 +355,7 @@ class AdapterConfig:
                     peer_ip=ip,
                     peer_host=host,
                     tls_subject=subject,
+                    connector=rule.name,
                 )
         return Connection(
             server_id=host or ip or "unknown",
