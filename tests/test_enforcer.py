@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import attrs
@@ -23,6 +23,7 @@ from tbes.catalog import Baseline, Catalog, Compliance, assess
 from tbes.decision import Action, Decision, decide
 from tbes.enforcer import FAIL_CLOSED_REPLY, Connection, Enforcer, utc_now
 from tbes.errors import (
+    InvalidValueError,
     NaiveDatetimeError,
     PauseInPastError,
     QuotaExceededError,
@@ -567,6 +568,36 @@ def test_a_pause_that_keeps_losing_raises_store_conflict(catalog: Catalog) -> No
         Enforcer(store, DEFAULT_POLICY, catalog, clock=Clock(), retries=1).pause(
             TENANT, SERVER, 3, force=True
         )
+
+
+class CountedReads(Sequence[str]):
+    """Received values that count how often they are read through."""
+
+    def __init__(self, values: list[str]) -> None:
+        self.values = values
+        self.reads = 0
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitem__(self, index: Any) -> Any:
+        return self.values[index]
+
+    def __iter__(self) -> Iterator[str]:
+        self.reads += 1
+        return iter(self.values)
+
+
+@pytest.mark.parametrize("kind", [ConnectorKind.ON_PREMISES, ConnectorKind.PARTNER])
+def test_each_message_s_received_values_are_checked_once(
+    enforcer: Enforcer, kind: ConnectorKind
+) -> None:
+    # Checked at the boundary once, not by the enforcer and again by the sender finder.
+    received = CountedReads([hop(OUTDATED)])
+    enforcer.check(conn(kind), received)
+    assert received.reads == 1
+    with pytest.raises(InvalidValueError, match="received must hold only str values"):
+        enforcer.check(conn(kind), CountedReads([hop(OUTDATED), None]))  # type: ignore[list-item]
 
 
 # ---- notifications ---------------------------------------------------------------------
