@@ -1,7 +1,8 @@
 """tbes: transport-based enforcement against outdated Microsoft Exchange servers.
 
 The public API, re-exported from the modules that hold each concept. The pure core
-(version … report) never imports the shell (store, enforcer, adapters, cli); this facade
+(version … report, events) never imports the shell (store, enforcer, notifiers, adapters,
+cli); this facade
 re-exports both. ``PostgresStore`` and the adapters live in their own modules only, so
 that ``import tbes`` needs neither psycopg nor pymilter.
 """
