@@ -2,9 +2,8 @@
 
 The public API, re-exported from the modules that hold each concept. The pure core
 (version … report, events) never imports the shell (store, enforcer, notifiers, adapters,
-cli); this facade
-re-exports both. ``PostgresStore`` and the adapters live in their own modules only, so
-that ``import tbes`` needs neither psycopg nor pymilter.
+cli); this facade re-exports both. ``PostgresStore`` and the adapters live in their own
+modules only, so that ``import tbes`` needs neither psycopg nor pymilter.
 """
 
 import importlib.metadata as _metadata
