@@ -14,7 +14,9 @@ from pathlib import Path
 
 from tbes.catalog import Catalog
 from tbes.decision import Decision
-from tbes.enforcer import CallbackNotifier, Connection, Enforcer, Event
+from tbes.enforcer import Connection, Enforcer
+from tbes.events import Event
+from tbes.notifiers import CallbackNotifier
 from tbes.policy import DEFAULT_POLICY, ConnectorKind
 from tbes.store import SQLiteStore
 

@@ -23,15 +23,18 @@ from hypothesis import strategies as st
 from integration.pg import PostgresServer, acquire, release
 from tbes.catalog import Catalog, Compliance
 from tbes.decision import Action
-from tbes.enforcer import CallbackNotifier, Connection, Enforcer, Event, EventKind
+from tbes.enforcer import Connection, Enforcer
 from tbes.errors import (
+    InvalidBuildError,
     InvalidPauseError,
     InvalidValueError,
     NaiveDatetimeError,
     StoreError,
     TbesError,
 )
+from tbes.events import Event, EventKind
 from tbes.ledger import PauseLedger
+from tbes.notifiers import CallbackNotifier
 from tbes.policy import DEFAULT_POLICY, ConnectorKind, Policy
 from tbes.state import ServerState
 from tbes.store import LedgerWrite, MemoryStore, PostgresStore, SQLiteStore, StateStore, StateWrite
@@ -133,7 +136,8 @@ CASES: list[tuple[str, Call, type[TbesError], str]] = [
     ("Event(stage='x')", lambda: event(stage="x"), InvalidValueError, "stage"),
     ("Event(stage=0)", lambda: event(stage=0), InvalidValueError, "stage"),
     ("Event(stage=True)", lambda: event(stage=True), InvalidValueError, "stage"),
-    ("Event(build='y')", lambda: event(build="y"), InvalidValueError, "build"),
+    # As in ServerState: a wrong value where a build belongs is a build error.
+    ("Event(build='y')", lambda: event(build="y"), InvalidBuildError, "build"),
     ("Event(kind='DETECTED')", lambda: event(kind="DETECTED"), InvalidValueError, "kind"),
     ("Event(server_id='')", lambda: event(server_id=""), InvalidValueError, "server_id"),
     ("Event(tenant=None)", lambda: event(tenant=None), InvalidValueError, "tenant"),

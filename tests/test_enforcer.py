@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import attrs
@@ -21,25 +21,18 @@ from hypothesis import strategies as st
 
 from tbes.catalog import Baseline, Catalog, Compliance, assess
 from tbes.decision import Action, Decision, decide
-from tbes.enforcer import (
-    FAIL_CLOSED_REPLY,
-    CallbackNotifier,
-    Connection,
-    Enforcer,
-    Event,
-    EventKind,
-    LoggingNotifier,
-    Notifier,
-    utc_now,
-)
+from tbes.enforcer import FAIL_CLOSED_REPLY, Connection, Enforcer, utc_now
 from tbes.errors import (
+    InvalidValueError,
     NaiveDatetimeError,
     PauseInPastError,
     QuotaExceededError,
     StoreConflictError,
     StoreError,
 )
+from tbes.events import Event, EventKind
 from tbes.ledger import Pause, PauseLedger
+from tbes.notifiers import CallbackNotifier, LoggingNotifier, Notifier
 from tbes.policy import DEFAULT_POLICY, ConnectorKind, Policy
 from tbes.serde import dumps, loads
 from tbes.state import ServerState
@@ -577,6 +570,36 @@ def test_a_pause_that_keeps_losing_raises_store_conflict(catalog: Catalog) -> No
         )
 
 
+class CountedReads(Sequence[str]):
+    """Received values that count how often they are read through."""
+
+    def __init__(self, values: list[str]) -> None:
+        self.values = values
+        self.reads = 0
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitem__(self, index: Any) -> Any:
+        return self.values[index]
+
+    def __iter__(self) -> Iterator[str]:
+        self.reads += 1
+        return iter(self.values)
+
+
+@pytest.mark.parametrize("kind", [ConnectorKind.ON_PREMISES, ConnectorKind.PARTNER])
+def test_each_message_s_received_values_are_checked_once(
+    enforcer: Enforcer, kind: ConnectorKind
+) -> None:
+    # Checked at the boundary once, not by the enforcer and again by the sender finder.
+    received = CountedReads([hop(OUTDATED)])
+    enforcer.check(conn(kind), received)
+    assert received.reads == 1
+    with pytest.raises(InvalidValueError, match="received must hold only str values"):
+        enforcer.check(conn(kind), CountedReads([hop(OUTDATED), None]))  # type: ignore[list-item]
+
+
 # ---- notifications ---------------------------------------------------------------------
 
 
@@ -617,23 +640,29 @@ def test_a_silent_server_jumping_stages_gets_every_threshold_event(
     ]
 
 
-def test_a_relapse_into_a_later_stage_is_announced_as_a_resumption_not_a_detection(
+def test_a_relapse_within_the_window_is_announced_once_as_relapsed_not_detected(
     enforcer: Enforcer, clock: Clock, events: list[Event]
 ) -> None:
     enforcer.check(conn(), [hop(OUTDATED)])
     check_on(enforcer, clock, 35)
     check_on(enforcer, clock, 36, COMPLIANT)
     check_on(enforcer, clock, 45)  # within the 30-day relapse window: the old episode resumes
-    check_on(enforcer, clock, 46, COMPLIANT)  # people heard of stage 3, so this is news again
+    check_on(enforcer, clock, 45)  # the same build again: nothing new
+    check_on(enforcer, clock, 46, COMPLIANT)  # people heard of the relapse: this is news again
     assert kinds(events) == [
         (EventKind.DETECTED, 1),
         (EventKind.STAGE_CHANGED, 2),
         (EventKind.REMEDIATED, None),
-        (EventKind.STAGE_CHANGED, 3),
+        (EventKind.RELAPSED, 3),  # names the stage the episode resumes in: no STAGE_CHANGED
         (EventKind.REMEDIATED, None),
     ]
-    assert "resumed after remediation" in events[3].detail
+    relapsed = events[3]
+    assert "relapse window" in relapsed.detail
+    assert relapsed.build == ExchangeBuild.parse(OUTDATED)
+    assert relapsed.episode_start == events[0].episode_start == T0  # the same episode
+    assert relapsed.next_change == T0 + dt.timedelta(days=50)  # stage 4 starts on day 50
     assert events[2].build == events[4].build == ExchangeBuild.parse(COMPLIANT)
+    assert events[2].id != events[4].id  # two remediations of one episode: two events
 
 
 def test_a_new_episode_after_the_relapse_window_starts_announcing_afresh(
@@ -652,7 +681,8 @@ def test_a_new_episode_after_the_relapse_window_starts_announcing_afresh(
         (EventKind.STAGE_CHANGED, 2),
     ]
     assert "episode started" in events[3].detail
-    assert events[3].at == when(80)
+    assert events[3].at == events[3].episode_start == when(80)
+    assert events[0].id != events[3].id  # two episodes, two detections
 
 
 def test_stripped_headers_after_detection_still_announce_each_threshold_once(
@@ -732,37 +762,48 @@ def test_a_stripped_message_is_not_announced_for_a_server_of_another_tenant(
     assert kinds(events) == [(EventKind.DETECTED, 1)]
 
 
-def test_alternating_compliant_and_outdated_within_the_window_is_detected_and_remediated_once(
+def test_alternating_compliant_and_outdated_within_the_window_is_one_episode_detected_once(
     enforcer: Enforcer, store: MemoryStore, clock: Clock, events: list[Event]
 ) -> None:
     enforcer.check(conn(), [hop(OUTDATED)])
     for day in range(1, 25):  # every relapse comes a day after the remediation: one episode
         check_on(enforcer, clock, day, COMPLIANT if day % 2 else OUTDATED)
-    assert kinds(events) == [(EventKind.DETECTED, 1), (EventKind.REMEDIATED, None)]
+    # Each remediation and each relapse is news to the administrators; the detection is not.
+    assert (
+        kinds(events)
+        == [(EventKind.DETECTED, 1)]
+        + [
+            (EventKind.REMEDIATED, None),
+            (EventKind.RELAPSED, 1),
+        ]
+        * 12
+    )
+    assert len({event.id for event in events}) == len(events)
+    assert {event.episode_start for event in events} == {T0}
     stored = store.get(SERVER)
     assert stored is not None
     assert (stored.value.first_detected, stored.value.compliant_since) == (T0, None)
 
 
-def test_a_relapse_at_a_stage_already_announced_is_silent_and_a_later_stage_is_announced(
+def test_a_relapse_at_a_stage_already_announced_is_relapsed_and_the_next_stage_is_announced(
     enforcer: Enforcer, store: MemoryStore, clock: Clock, events: list[Event]
 ) -> None:
     enforcer.check(conn(), [hop(OUTDATED)])
     check_on(enforcer, clock, 31)  # stage 2 announced
-    for day in range(32, 40):  # flapping within stage 2 (days 30 to 40)
-        decision = check_on(enforcer, clock, day, COMPLIANT if day % 2 == 0 else OUTDATED)
-    assert stage_of(decision) == 2  # day 39: enforcement resumed, in the same episode
+    check_on(enforcer, clock, 32, COMPLIANT)
+    decision = check_on(enforcer, clock, 33)
+    assert stage_of(decision) == 2  # enforcement resumed, in the same episode
     assert kinds(events) == [
         (EventKind.DETECTED, 1),
         (EventKind.STAGE_CHANGED, 2),
         (EventKind.REMEDIATED, None),
+        (EventKind.RELAPSED, 2),
     ]
     events.clear()
     clock.now = when(41)
     enforcer.check(conn(), [])  # stage 3 reached: news, even without headers
     check_on(enforcer, clock, 42, COMPLIANT)  # and the remediation after it is news again
     assert kinds(events) == [(EventKind.STAGE_CHANGED, 3), (EventKind.REMEDIATED, None)]
-    assert "resumed after remediation" in events[0].detail
     stored = store.get(SERVER)
     assert stored is not None
     assert stored.value.first_detected == T0
@@ -837,9 +878,32 @@ def test_logging_notifier_writes_one_line_per_event(caplog: pytest.LogCaptureFix
     with caplog.at_level(logging.INFO, logger="tbes.events"):
         LoggingNotifier().notify(event)
     assert caplog.messages == [
-        f"FULLY_BLOCKED server={SERVER} tenant={TENANT} stage=8 build={OUTDATED} "
-        "at=2026-01-05T10:00:00+00:00: x"
+        f"FULLY_BLOCKED id={event.id} server={SERVER} tenant={TENANT} connector=- stage=8 "
+        f"build={OUTDATED} at=2026-01-05T10:00:00+00:00 next=-: x"
     ]
+
+
+def test_logging_notifier_escapes_text_from_outside(caplog: pytest.LogCaptureFixture) -> None:
+    # Ids and connector names come from connections and configuration: a forged line break
+    # or terminal escape must not reach the log as such.
+    event = Event(
+        EventKind.DETECTED,
+        "ex01\nFAKE server=evil\x1b[2J",
+        "fabrikam\r\n",
+        T0,
+        1,
+        None,
+        "build 15.1.2507.39 is outdated\u202e",
+        connector="edge\n",
+        next_change=T0 + dt.timedelta(days=30),
+    )
+    with caplog.at_level(logging.INFO, logger="tbes.events"):
+        LoggingNotifier().notify(event)
+    (line,) = caplog.messages
+    assert not {"\n", "\r", "\x1b", "\u202e"} & set(line)
+    assert "server=ex01\\nFAKE server=evil\\x1b[2J " in line
+    assert "connector=edge\\n " in line
+    assert "next=2026-02-04T10:00:00+00:00:" in line
 
 
 def test_shipped_notifiers_satisfy_the_protocol() -> None:
@@ -956,9 +1020,8 @@ def test_announcements_tell_each_episode_once_and_never_repeat_a_stage(
     steps: list[tuple[int, int, str]], skew: bool
 ) -> None:
     # ``running`` is what people were last told: enforcement runs (DETECTED or a stage) or it
-    # stopped (REMEDIATED); ``last`` is the stage they last heard of in this episode. With
-    # clocks in step REMEDIATED comes only after news of enforcement; a node whose clock is
-    # behind an announcement may repeat it (docs/storage.md), but never a stage or DETECTED.
+    # stopped (REMEDIATED); ``last`` is the stage they last heard of in this episode.
+    # REMEDIATED and RELAPSED alternate; no stage and no DETECTED is ever told twice.
     running, last, blocking, full = False, 0, False, False
     for before, after, events in _replay(steps, MemoryStore(), CATALOG, skew=skew):
         old = None if before is None else before.value
@@ -975,8 +1038,12 @@ def test_announcements_tell_each_episode_once_and_never_repeat_a_stage(
                 assert not running
                 running, last, blocking, full = True, stage or 0, False, False
             elif kind is EventKind.REMEDIATED:
-                assert running or skew  # at most once until people hear of enforcement again
+                assert running  # at most once until people hear of enforcement again
                 running = False
+            elif kind is EventKind.RELAPSED:
+                assert stage is not None
+                assert not running  # only after a REMEDIATED
+                running, last = True, max(last, stage)
             elif kind is EventKind.STAGE_CHANGED:
                 assert stage is not None
                 assert stage > last
@@ -997,13 +1064,8 @@ def test_announcements_tell_each_episode_once_and_never_repeat_a_stage(
             assert full == (_block_minutes(last) >= 60)
         if new is not None and new.first_detected is not None and not skew:
             # The marker is what people were last told (docs/storage.md, "Events").
-            if running:
-                assert new.in_episode
-                assert new.notified_stage == last
-            elif new.in_episode:
-                assert new.notified_stage is None  # resumed silently after REMEDIATED
-            else:
-                assert new.notified_stage == (last or None)
+            assert new.in_episode == running
+            assert new.notified_stage == (last or None)
 
 
 @given(steps=_steps, later=st.integers(0, 200 * 24 * 60))

@@ -23,16 +23,11 @@ from hypothesis import strategies as st
 
 from tbes.catalog import Catalog
 from tbes.decision import Action
-from tbes.enforcer import (
-    FAIL_CLOSED_REPLY,
-    CallbackNotifier,
-    Connection,
-    Enforcer,
-    Event,
-    EventKind,
-)
+from tbes.enforcer import FAIL_CLOSED_REPLY, Connection, Enforcer
 from tbes.errors import InvalidPauseError, InvalidValueError, StoreConflictError, UnseenServerError
+from tbes.events import Event, EventKind
 from tbes.ledger import Pause
+from tbes.notifiers import CallbackNotifier
 from tbes.policy import DEFAULT_POLICY, ConnectorKind
 from tbes.state import ServerState
 from tbes.store import MemoryStore, Write

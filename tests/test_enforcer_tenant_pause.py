@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from tbes.catalog import Catalog
 from tbes.decision import Action, Decision, decide
-from tbes.enforcer import CallbackNotifier, Connection, Enforcer, Event, EventKind
+from tbes.enforcer import Connection, Enforcer
 from tbes.errors import (
     InvalidPauseError,
     PauseConflictError,
@@ -22,7 +22,9 @@ from tbes.errors import (
     QuotaExceededError,
     UnseenServerError,
 )
+from tbes.events import Event, EventKind
 from tbes.ledger import Pause, PauseLedger, TenantPause
+from tbes.notifiers import CallbackNotifier
 from tbes.policy import DEFAULT_POLICY, ConnectorKind, Policy
 from tbes.state import ServerState
 from tbes.store import MemoryStore, SQLiteStore, StateStore, Write

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import importlib.metadata
 import inspect
 
 import pytest
 
 import tbes
 from tbes import errors
+from tbes.enforcer import FAIL_CLOSED_REPLY
 
 
 def _error_classes() -> list[type[Exception]]:
@@ -33,7 +35,8 @@ def test_every_error_derives_from_tbes_error_and_is_exported() -> None:
     "cls",
     [
         errors.InvalidBuildError,
-        errors.HeaderParseError,
+        errors.AdapterConfigError,
+        errors.PolicyProtocolError,
         errors.NaiveDatetimeError,
         errors.StageTableError,
         errors.InvalidValueError,
@@ -67,3 +70,28 @@ def test_a_pause_of_zero_days_is_an_invalid_pause_naming_the_value() -> None:
 def test_an_empty_server_id_is_an_invalid_value() -> None:
     with pytest.raises(errors.InvalidValueError, match="server_id"):
         tbes.ServerState("", "t", None, tbes.Compliance.NOT_APPLICABLE, None, None, None)
+
+
+def test_the_adapters_errors_are_the_family_s_own_classes() -> None:
+    from tbes.adapters import config, postfix_policy
+
+    assert config.AdapterConfigError is errors.AdapterConfigError
+    assert postfix_policy.PolicyProtocolError is errors.PolicyProtocolError
+    assert issubclass(errors.AdapterConfigError, ValueError)
+
+
+def test_header_parse_error_is_gone() -> None:
+    # SPEC section 10: nothing raised it (parse_received is total).
+    assert not hasattr(errors, "HeaderParseError")
+    assert not hasattr(tbes, "HeaderParseError")
+
+
+def test_the_version_is_the_installed_package_s() -> None:
+    assert tbes.__version__ == importlib.metadata.version("tbes")
+
+
+def test_one_fault_reply_for_the_enforcer_and_every_adapter() -> None:
+    from tbes.adapters import config
+
+    assert not hasattr(config, "FAULT_REPLY")
+    assert (FAIL_CLOSED_REPLY.code, FAIL_CLOSED_REPLY.enhanced) == (451, "4.3.0")

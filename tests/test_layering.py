@@ -18,7 +18,15 @@ from pathlib import Path
 
 import pytest
 
-SHELL = ("tbes.store", "tbes.enforcer", "tbes.adapters", "tbes.cli", "tbes.render", "tbes.demo")
+SHELL = (
+    "tbes.store",
+    "tbes.enforcer",
+    "tbes.notifiers",
+    "tbes.adapters",
+    "tbes.cli",
+    "tbes.render",
+    "tbes.demo",
+)
 # The import names of the optional extras: cli (click, rich), postgres (psycopg[binary]),
 # milter (pymilter: Milter and its C module milter), smtp (aiosmtpd).
 OPTIONAL = ("click", "rich", "psycopg", "psycopg_binary", "Milter", "milter", "aiosmtpd")
@@ -29,8 +37,9 @@ NAMED_CORE = {
     "tbes.stages",
     "tbes.ledger",
     "tbes.state",
-    "tbes.policy",
     "tbes.decision",
+    "tbes.policy",
+    "tbes.events",
     "tbes.report",
     "tbes.serde",
     "tbes.errors",

@@ -225,6 +225,7 @@ def test_identity_comes_from_the_mta_macros(milter: MilterThread, recorder: Reco
         peer_ip="203.0.113.25",
         peer_host="mail.fabrikam.example",
         tls_subject="mail.fabrikam.example",
+        connector="fabrikam-edge",  # the rule's name
     )
 
 

@@ -205,6 +205,7 @@ def test_identity_comes_from_client_attributes_and_no_headers_are_judged() -> No
         peer_ip="203.0.113.25",
         peer_host="mail.fabrikam.example",
         tls_subject="mail.fabrikam.example",
+        connector="fabrikam-edge",  # the rule's name
     )
     assert list(received) == []
 

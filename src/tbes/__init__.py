@@ -1,26 +1,19 @@
 """tbes: transport-based enforcement against outdated Microsoft Exchange servers.
 
 The public API, re-exported from the modules that hold each concept. The pure core
-(version … report) never imports the shell (store, enforcer, adapters, cli); this facade
-re-exports both. ``PostgresStore`` and the adapters live in their own modules only, so
-that ``import tbes`` needs neither psycopg nor aiosmtpd.
+(version … report, events) never imports the shell (store, enforcer, notifiers, adapters,
+cli); this facade re-exports both. ``PostgresStore`` and the adapters live in their own
+modules only, so that ``import tbes`` needs neither psycopg nor aiosmtpd.
 """
+
+import importlib.metadata as _metadata
 
 from tbes.catalog import Assessment, Baseline, Catalog, Compliance, Release, assess
 from tbes.decision import Action, Decision, decide
-from tbes.enforcer import (
-    CallbackNotifier,
-    Connection,
-    Enforcer,
-    Event,
-    EventKind,
-    LoggingNotifier,
-    Notifier,
-    utc_now,
-)
+from tbes.enforcer import Connection, Enforcer, utc_now
 from tbes.errors import (
+    AdapterConfigError,
     CatalogError,
-    HeaderParseError,
     InvalidBuildError,
     InvalidPauseError,
     InvalidValueError,
@@ -28,6 +21,7 @@ from tbes.errors import (
     PauseConflictError,
     PauseInPastError,
     PolicyError,
+    PolicyProtocolError,
     QuotaExceededError,
     StageTableError,
     StoreConflictError,
@@ -35,7 +29,9 @@ from tbes.errors import (
     TbesError,
     UnseenServerError,
 )
+from tbes.events import Event, EventKind
 from tbes.ledger import Pause, PauseLedger, TenantPause
+from tbes.notifiers import CallbackNotifier, LoggingNotifier, Notifier
 from tbes.policy import DEFAULT_POLICY, ConnectorKind, Policy, SmtpReply
 from tbes.received import Hop, SenderEvidence, find_sender, parse_received, received_values
 from tbes.report import ReportRow, Segment, forecast, report_row
@@ -44,12 +40,16 @@ from tbes.state import ServerState, observe
 from tbes.store import LedgerWrite, MemoryStore, SQLiteStore, StateStore, StateWrite, Versioned
 from tbes.version import ExchangeBuild, Product
 
-__version__ = "0.1.0.dev0"
+try:
+    __version__ = _metadata.version("tbes")
+except _metadata.PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "DEFAULT_POLICY",
     "DEFAULT_STAGE_TABLE",
     "Action",
+    "AdapterConfigError",
     "Assessment",
     "Baseline",
     "CallbackNotifier",
@@ -63,7 +63,6 @@ __all__ = [
     "Event",
     "EventKind",
     "ExchangeBuild",
-    "HeaderParseError",
     "Hop",
     "InvalidBuildError",
     "InvalidPauseError",
@@ -79,6 +78,7 @@ __all__ = [
     "PauseLedger",
     "Policy",
     "PolicyError",
+    "PolicyProtocolError",
     "Product",
     "QuotaExceededError",
     "Release",

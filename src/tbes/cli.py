@@ -31,8 +31,9 @@ from rich.text import Text
 from tbes import demo as scenario
 from tbes.catalog import Assessment, Catalog, Release, assess
 from tbes.decision import Decision, decide
-from tbes.enforcer import Enforcer, Event, utc_now
+from tbes.enforcer import Enforcer, utc_now
 from tbes.errors import TbesError
+from tbes.events import Event
 from tbes.ledger import Pause, PauseLedger
 from tbes.policy import Policy
 from tbes.received import Hop, SenderEvidence, find_sender, parse_received, received_values
@@ -1169,6 +1170,7 @@ def _event_line(event: Event) -> Text:
 
 _EVENT_STYLES = {
     "DETECTED": "yellow",
+    "RELAPSED": "yellow",
     "STAGE_CHANGED": "dark_orange",
     "BLOCKING_STARTED": "red",
     "FULLY_BLOCKED": "bold red",

@@ -32,8 +32,10 @@ import attrs
 
 from tbes.catalog import Catalog
 from tbes.decision import Action
-from tbes.enforcer import CallbackNotifier, Connection, Enforcer, Event
+from tbes.enforcer import Connection, Enforcer
+from tbes.events import Event
 from tbes.ledger import PauseLedger
+from tbes.notifiers import CallbackNotifier
 from tbes.policy import ConnectorKind, Policy
 from tbes.render import render_report
 from tbes.report import ReportRow, report_row

@@ -9,7 +9,8 @@ operator chose ``fail_closed``. The server's identity comes from the connection,
 from a header, so stripping headers never evades enforcement: the stored state still
 decides. And people hear of each change exactly once, even with many MTA processes
 sharing one store, because only the writer whose compare-and-swap stored the change
-notifies (the stage last announced, ``notified_stage``, is part of the stored state).
+notifies (:mod:`tbes.events` works out what is news from the stored marker,
+``notified_stage``).
 Failing open covers faults, not mistakes: an argument of the wrong type is the caller's
 bug and raises :class:`~tbes.errors.InvalidValueError` naming it, before the store is
 touched. :func:`utc_now` is the only place tbes reads the clock.
@@ -18,47 +19,38 @@ touched. :func:`utc_now` is the only place tbes reads the clock.
 from __future__ import annotations
 
 import datetime as dt
-import enum
 import functools
 import inspect
 import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import TypeVar
 
 import attrs
 
+from tbes._checks import id_field, of_type
+from tbes._instants import as_utc
 from tbes.catalog import Assessment, Baseline, Catalog, Compliance, assess
 from tbes.decision import Action, Decision, decide
 from tbes.errors import (
     InvalidPauseError,
     InvalidValueError,
-    NaiveDatetimeError,
     StoreConflictError,
     StoreError,
     TbesError,
     UnseenServerError,
 )
+from tbes.events import Event, EventKind, announcement, state_event
 from tbes.ledger import PauseLedger
+from tbes.notifiers import Notifier
 from tbes.policy import ConnectorKind, Policy, SmtpReply
-from tbes.received import SenderEvidence, find_sender
-from tbes.stages import Stage
+from tbes.received import SenderEvidence, SenderFinder
 from tbes.state import ServerState, observe
 from tbes.store._deadline import DEFAULT_CHECK_TIMEOUT, check_deadline, expired
 from tbes.store.protocol import LedgerWrite, StateStore, StateWrite, Versioned, Write
 from tbes.version import ExchangeBuild
 
-__all__ = [
-    "FAIL_CLOSED_REPLY",
-    "CallbackNotifier",
-    "Connection",
-    "Enforcer",
-    "Event",
-    "EventKind",
-    "LoggingNotifier",
-    "Notifier",
-    "utc_now",
-]
+__all__ = ["FAIL_CLOSED_REPLY", "Connection", "Enforcer", "utc_now"]
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -73,32 +65,14 @@ _STATE_FIELDS = tuple(
 FAIL_CLOSED_REPLY = SmtpReply(
     451, "4.3.0", "Temporary failure checking the sending Exchange server; try again later"
 )
-"""The reply when the store fails and the enforcer was made with ``fail_closed=True``."""
+"""The reply when the store fails and the enforcer (or an adapter) fails closed.
+
+The one fault reply of tbes: the adapters answer it too when a check itself fails."""
 
 
 def utc_now() -> dt.datetime:
     """The current instant in UTC: the only clock read in tbes."""
     return dt.datetime.now(dt.UTC)
-
-
-def _non_empty(instance: object, attribute: attrs.Attribute[str], value: object) -> None:
-    if not isinstance(value, str) or not value:
-        raise InvalidValueError(f"{attribute.name} must be a non-empty str, got {value!r:.80}")
-
-
-def _optional_str(instance: object, attribute: attrs.Attribute[str | None], value: object) -> None:
-    if value is not None and not isinstance(value, str):
-        raise InvalidValueError(f"{attribute.name} must be a str or None, got {value!r:.80}")
-
-
-def _of(cls: type) -> Callable[[object, attrs.Attribute[Any], object], None]:
-    """An attrs validator: the value is a ``cls``, else InvalidValueError naming the field."""
-
-    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-        if not isinstance(value, cls):
-            raise InvalidValueError(f"{attribute.name} must be a {cls.__name__}, got {value!r:.80}")
-
-    return check
 
 
 @attrs.frozen
@@ -107,111 +81,18 @@ class Connection:
 
     ``server_id`` is the stable name the operator gives the sending server (e.g. the
     connector or the TLS subject); ``tenant`` owns its pause quota; ``kind`` says which
-    kind of connector it came through; the peer fields are for logs and evidence matching.
+    kind of connector it came through; the peer fields are for logs and evidence matching;
+    ``connector`` is the name of the connector it came through (``None`` if unnamed), which
+    the events of its checks carry.
     """
 
-    server_id: str = attrs.field(validator=_non_empty)
-    tenant: str = attrs.field(validator=_non_empty)
-    kind: ConnectorKind = attrs.field(validator=_of(ConnectorKind))
-    peer_ip: str | None = attrs.field(default=None, validator=_optional_str)
-    peer_host: str | None = attrs.field(default=None, validator=_optional_str)
-    tls_subject: str | None = attrs.field(default=None, validator=_optional_str)
-
-
-class EventKind(enum.Enum):
-    """What happened to a server, as announced to people (see docs/storage.md)."""
-
-    DETECTED = "DETECTED"
-    STAGE_CHANGED = "STAGE_CHANGED"
-    BLOCKING_STARTED = "BLOCKING_STARTED"
-    FULLY_BLOCKED = "FULLY_BLOCKED"
-    PAUSED = "PAUSED"
-    RESUMED = "RESUMED"
-    REMEDIATED = "REMEDIATED"
-
-
-def _aware_utc(value: object, name: str) -> dt.datetime:
-    """``value`` in UTC if it is an aware datetime; the errors name it ``name``."""
-    if not isinstance(value, dt.datetime):
-        raise InvalidValueError(f"{name} must be a timezone-aware datetime, got {value!r:.80}")
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise NaiveDatetimeError(f"{name} must be timezone-aware, got naive {value!r}")
-    return value.astimezone(dt.UTC)
-
-
-def _event_at(value: object) -> dt.datetime:
-    return _aware_utc(value, "at")
-
-
-def _check_stage(instance: object, attribute: attrs.Attribute[int | None], value: object) -> None:
-    if value is not None and (type(value) is not int or value < 1):
-        raise InvalidValueError(f"stage must be a stage number >= 1 or None, got {value!r:.80}")
-
-
-def _optional_build(
-    instance: object, attribute: attrs.Attribute[ExchangeBuild | None], value: object
-) -> None:
-    if value is not None and not isinstance(value, ExchangeBuild):
-        raise InvalidValueError(f"build must be an ExchangeBuild or None, got {value!r:.80}")
-
-
-@attrs.frozen
-class Event:
-    """One change worth telling people about: what, which server, when, and the details.
-
-    ``stage`` is the stage number in force (``None`` outside an episode), ``build`` the
-    server's last known build, ``detail`` a sentence for humans.
-    """
-
-    kind: EventKind = attrs.field(validator=_of(EventKind))
-    server_id: str = attrs.field(validator=_non_empty)
-    tenant: str = attrs.field(validator=_non_empty)
-    at: dt.datetime = attrs.field(converter=_event_at)
-    stage: int | None = attrs.field(validator=_check_stage)
-    build: ExchangeBuild | None = attrs.field(validator=_optional_build)
-    detail: str = attrs.field(validator=_of(str))
-
-
-@runtime_checkable
-class Notifier(Protocol):
-    """Something that tells people about events: mail, chat, a ticket, a log line."""
-
-    def notify(self, event: Event) -> None:
-        """Deliver one event; an exception is logged by the enforcer and does not stop mail."""
-        ...
-
-
-class LoggingNotifier:
-    """A notifier that writes each event as one log line (logger ``tbes.events``)."""
-
-    def __init__(self, logger: logging.Logger | None = None, level: int = logging.INFO) -> None:
-        self._logger = logger or logging.getLogger("tbes.events")
-        self._level = level
-
-    def notify(self, event: Event) -> None:
-        """Log the event: kind, server, tenant, stage, build and detail."""
-        self._logger.log(
-            self._level,
-            "%s server=%s tenant=%s stage=%s build=%s at=%s: %s",
-            event.kind.value,
-            event.server_id,
-            event.tenant,
-            event.stage,
-            event.build,
-            event.at.isoformat(),
-            event.detail,
-        )
-
-
-class CallbackNotifier:
-    """A notifier that hands each event to a function of yours."""
-
-    def __init__(self, callback: Callable[[Event], object]) -> None:
-        self._callback = callback
-
-    def notify(self, event: Event) -> None:
-        """Call the callback with the event."""
-        self._callback(event)
+    server_id: str = attrs.field(validator=id_field())
+    tenant: str = attrs.field(validator=id_field())
+    kind: ConnectorKind = attrs.field(validator=of_type(ConnectorKind))
+    peer_ip: str | None = attrs.field(default=None, validator=of_type(str, optional=True))
+    peer_host: str | None = attrs.field(default=None, validator=of_type(str, optional=True))
+    tls_subject: str | None = attrs.field(default=None, validator=of_type(str, optional=True))
+    connector: str | None = attrs.field(default=None, validator=of_type(str, optional=True))
 
 
 def _accept(reason: str) -> Decision:
@@ -223,9 +104,10 @@ class Enforcer:
 
     ``clock`` returns the current instant (default :func:`utc_now`); ``retries`` is how
     many times a lost compare-and-swap is retried; ``notifier`` hears of every change
-    (:class:`Event`); ``fail_closed`` answers :data:`FAIL_CLOSED_REPLY` instead of
+    (:class:`~tbes.events.Event`); ``fail_closed`` answers :data:`FAIL_CLOSED_REPLY` instead of
     accepting when the store fails. ``own_hosts`` are the receiving side's host names, whose
-    Received hops :func:`~tbes.received.find_sender` skips. ``seen_resolution`` (one
+    Received hops :func:`~tbes.received.find_sender` skips (checked here, once: a
+    :class:`~tbes.received.SenderFinder` holds them). ``seen_resolution`` (one
     minute by default, ``timedelta(0)`` to write every message) is how far ``last_seen`` may
     lag before it is written: a message that changes nothing else is not stored, because
     :func:`~tbes.decision.decide` never reads ``last_seen`` and a busy server would otherwise
@@ -283,7 +165,7 @@ class Enforcer:
         self.fail_closed = fail_closed
         self._clock = clock
         self._retries = retries
-        self._own_hosts = _host_names(own_hosts)
+        self._finder = SenderFinder(own_hosts)
         self._seen_resolution = seen_resolution
         self._check_timeout = float(check_timeout)
         # Verdicts per build, each with the baseline and catalog it was judged against: a
@@ -309,14 +191,14 @@ class Enforcer:
         """
         if not isinstance(conn, Connection):
             raise InvalidValueError(f"conn must be a Connection, got {conn!r:.80}")
-        _check_received(received)
-        if conn.kind not in self.policy.connectors:
+        # The values are type-checked once: by the finder, or here when nothing reads them.
+        enforced = conn.kind in self.policy.connectors
+        _check_received(received, values=not enforced)
+        if not enforced:
             return _accept(f"{conn.kind.value} connections are not enforced by the policy.")
         with check_deadline(self._check_timeout):
+            evidence = self._finder.find(received, client=conn.peer_ip or conn.peer_host)
             now = self._now()
-            evidence = find_sender(
-                received, own_hosts=self._own_hosts, client=conn.peer_ip or conn.peer_host
-            )
             observation = None if evidence is None else self._observation(conn, evidence, now)
             try:
                 return self._settle(conn, now, observation)
@@ -393,7 +275,8 @@ class Enforcer:
             if ledger_read is not None:
                 observed = ledger_read[0]
             decision = decide(observed, now, self.policy)
-            new, events = _announce(old, observed, self.policy, now)
+            told = announcement(old, observed, self.policy, now, connector=conn.connector)
+            new, events = told.state, told.events
             if new == old or (not events and _only_seen(old, new, self._seen_resolution)):
                 return decision  # nothing to store or announce
             try:
@@ -482,7 +365,11 @@ class Enforcer:
             f"enforcement paused for {days} day{'s' if days != 1 else ''}, {first} to {last}; "
             f"{ledger.used(first.year)} of {ledger.quota_days} pause days used in {first.year}"
         )
-        self._emit([self._event(EventKind.PAUSED, state, now, detail)])
+        # The pause granted tells this PAUSED from another of the same episode and stage.
+        occasion = f"{first.isoformat()}/{days}"
+        self._emit(
+            [state_event(EventKind.PAUSED, state, self.policy, now, detail, occasion=occasion)]
+        )
         return ledger
 
     def end_pause(self, tenant: str, server_id: str) -> PauseLedger:
@@ -502,7 +389,10 @@ class Enforcer:
         if changed:
             resumes = today + dt.timedelta(days=1) if ledger.paused_at(server_id, now) else today
             detail = f"pause ended early; enforcement resumes on {resumes}"
-            self._emit([self._event(EventKind.RESUMED, state, now, detail)])
+            occasion = now.isoformat()  # a pause is ended once: the instant names the ending
+            self._emit(
+                [state_event(EventKind.RESUMED, state, self.policy, now, detail, occasion=occasion)]
+            )
         return ledger
 
     def pause_tenant(self, tenant: str, days: int, start: dt.date | None = None) -> PauseLedger:
@@ -533,7 +423,13 @@ class Enforcer:
             f"day{'s' if days != 1 else ''}, {first} to {last}; {ledger.used(first.year)} of "
             f"{ledger.quota_days} pause days used in {first.year}"
         )
-        self._emit([self._event(EventKind.PAUSED, state, now, detail) for state in states])
+        occasion = f"tenant/{first.isoformat()}/{days}"
+        self._emit(
+            [
+                state_event(EventKind.PAUSED, state, self.policy, now, detail, occasion=occasion)
+                for state in states
+            ]
+        )
         return ledger
 
     def unpause_tenant(self, tenant: str) -> PauseLedger:
@@ -552,7 +448,16 @@ class Enforcer:
             paused = ledger.paused_at(state.server_id, now)
             resumes = today + dt.timedelta(days=1) if paused else today
             detail = f"tenant pause of {tenant} ended early; enforcement resumes on {resumes}"
-            events.append(self._event(EventKind.RESUMED, state, now, detail))
+            events.append(
+                state_event(
+                    EventKind.RESUMED,
+                    state,
+                    self.policy,
+                    now,
+                    detail,
+                    occasion=f"tenant/{now.isoformat()}",
+                )
+            )
         self._emit(events)
         return ledger
 
@@ -681,7 +586,7 @@ class Enforcer:
     # ---- helpers ----------------------------------------------------------------------
 
     def _now(self) -> dt.datetime:
-        return _aware_utc(self._clock(), "the clock's time")
+        return as_utc(self._clock(), "the clock's time")
 
     def _guard(self, call: Callable[[], _T]) -> _T:
         """Call the store; an exception outside tbes's family becomes a StoreError."""
@@ -709,10 +614,6 @@ class Enforcer:
                 self.notifier.notify(event)
             except Exception:  # a broken notifier must never stop mail
                 _log.warning("tbes: notifier failed on %s", event, exc_info=True)
-
-    def _event(self, kind: EventKind, state: ServerState, now: dt.datetime, detail: str) -> Event:
-        stage = decide(state, now, self.policy).stage
-        return _make_event(kind, state, None if stage is None else stage.number, now, detail)
 
 
 _STORE_API = ("get", "put", "get_ledger", "put_ledger", "put_many", "states", "close")
@@ -745,30 +646,17 @@ def _is_store(store: object) -> bool:
     return all(inspect.getattr_static(store, name, _MISSING) is not _MISSING for name in _STORE_API)
 
 
-def _host_names(own_hosts: object) -> tuple[str, ...]:
-    """``own_hosts`` as a tuple: one name (a ``str``) or an iterable of names."""
-    if isinstance(own_hosts, str):
-        return (own_hosts,)
-    if isinstance(own_hosts, bytes) or not isinstance(own_hosts, Iterable):
-        raise InvalidValueError(
-            f"own_hosts must be a str or an iterable of str, got {own_hosts!r:.80}"
-        )
-    names = tuple(own_hosts)
-    for name in names:
-        if not isinstance(name, str):
-            raise InvalidValueError(f"own_hosts must hold only str names, got {name!r:.80}")
-    return names
-
-
-def _check_received(received: object) -> None:
+def _check_received(received: object, *, values: bool) -> None:
+    """Refuse ``received`` unless it is a sequence (of ``str``: checked only with ``values``)."""
     # A bare str is a sequence too, but of letters: one header value passed by mistake.
     if isinstance(received, str | bytes) or not isinstance(received, Sequence):
         raise InvalidValueError(
             f"received must be a sequence of Received header values, got {received!r:.80}"
         )
-    for value in received:
-        if not isinstance(value, str):
-            raise InvalidValueError(f"received must hold only str values, got {value!r:.80}")
+    if values:
+        for value in received:
+            if not isinstance(value, str):
+                raise InvalidValueError(f"received must hold only str values, got {value!r:.80}")
 
 
 def _check_pause_ids(tenant: object, server_id: object) -> None:
@@ -798,124 +686,3 @@ def _check_tenant(tenant: object) -> None:
 def _unseen(server_id: str, tenant: str) -> ServerState:
     """The state of a server paused before it was first seen: no build, no episode."""
     return ServerState(server_id, tenant, None, Compliance.NOT_APPLICABLE, None, None, None)
-
-
-def _make_event(
-    kind: EventKind, state: ServerState, stage: int | None, now: dt.datetime, detail: str
-) -> Event:
-    return Event(kind, state.server_id, state.tenant, now, stage, state.build, detail)
-
-
-def _announce(
-    old: ServerState | None, new: ServerState, policy: Policy, now: dt.datetime
-) -> tuple[ServerState, list[Event]]:
-    """The events a write from ``old`` to ``new`` announces, and ``new`` with its marker.
-
-    ``notified_stage`` says what people were last told (docs/storage.md, "Events"): in a
-    running episode, the stage last announced, or ``None`` when they were last told of a
-    remediation and the episode has since resumed without a new stage to announce; outside
-    an episode, the stage last announced before it stopped. So DETECTED fires once per
-    episode, a resumption at a stage already announced is silent, and REMEDIATED fires only
-    when people were last told that enforcement runs. Stages are announced only upwards, so
-    nodes with skewed clocks cannot make them flap.
-    """
-    if not new.in_episode:
-        return _announce_stop(old, new, policy, now)
-    stage = _stage_number(new, _latest(new, now), policy)
-    if old is None or old.first_detected != new.first_detected:
-        detail = f"build {new.build} is {new.status.value.lower()}: enforcement episode started"
-        detected = _make_event(EventKind.DETECTED, new, stage, now, detail)
-        return _announce_stage(new, stage, None, policy, now, detected=detected)
-    if old.in_episode and old.notified_stage is not None:
-        return _announce_stage(new, stage, old.notified_stage, policy, now)
-    # People were last told of a remediation: the episode resumed within the relapse window
-    # (``old`` is remediated), or resumed earlier without a new stage (marker ``None``, and
-    # the stage last announced is the one in force at ``last_seen``).
-    told = old.notified_stage if not old.in_episode else _stage_number(old, old.last_seen, policy)
-    if stage > (told or 0):
-        resumed = "enforcement resumed after remediation; "
-        return _announce_stage(new, stage, told, policy, now, prefix=resumed)
-    if stage < (told or 0):
-        # Only a node whose clock is behind the announcement gets here. Going silent would
-        # lose the stage announced (``last_seen`` is behind it), so keep the marker: at
-        # worst people hear REMEDIATED once more, but never a stage twice.
-        return new, []
-    return attrs.evolve(new, notified_stage=None), []
-
-
-def _announce_stage(
-    new: ServerState,
-    stage: int,
-    told: int | None,
-    policy: Policy,
-    now: dt.datetime,
-    *,
-    detected: Event | None = None,
-    prefix: str = "",
-) -> tuple[ServerState, list[Event]]:
-    """Announce ``stage`` if above ``told`` (the stage last announced; ``None``: none).
-
-    STAGE_CHANGED names the new stage, except in the write that starts an episode, whose
-    ``detected`` event names it; the thresholds compare with the stage ``told``.
-    """
-    events = [] if detected is None else [detected]
-    if stage <= (told or 0):
-        return new, events
-    before, blocks = _blocks(policy, told), _blocks(policy, stage)
-    if detected is None:
-        text = _stage_text(policy.stage_table.stages[stage - 1])
-        detail = f"{prefix}now in stage {stage}: {text}"
-        events.append(_make_event(EventKind.STAGE_CHANGED, new, stage, now, detail))
-    if blocks > 0 and before == 0:
-        detail = f"blocked for {blocks} mins/hr"
-        events.append(_make_event(EventKind.BLOCKING_STARTED, new, stage, now, detail))
-    if blocks >= 60 > before:
-        detail = "every connection is blocked"
-        events.append(_make_event(EventKind.FULLY_BLOCKED, new, stage, now, detail))
-    return attrs.evolve(new, notified_stage=stage), events
-
-
-def _announce_stop(
-    old: ServerState | None, new: ServerState, policy: Policy, now: dt.datetime
-) -> tuple[ServerState, list[Event]]:
-    """REMEDIATED when a running episode people know of ends; nothing otherwise."""
-    if old is None or not old.in_episode:
-        return new, []
-    if old.notified_stage is None:
-        # Resumed silently: people still believe the last remediation. Keep the stage they
-        # last heard (in force at ``last_seen``) for the next resumption to compare with.
-        return attrs.evolve(new, notified_stage=_stage_number(old, old.last_seen, policy)), []
-    detail = f"build {new.build} is compliant; enforcement stopped"
-    return new, [_make_event(EventKind.REMEDIATED, new, None, now, detail)]
-
-
-def _latest(state: ServerState, now: dt.datetime) -> dt.datetime:
-    """The later of ``now`` and ``last_seen``: a slow node announces no stage behind it."""
-    seen = state.last_seen
-    return now if seen is None or now >= seen else seen
-
-
-def _stage_number(state: ServerState, at: dt.datetime | None, policy: Policy) -> int:
-    """The stage in force at ``at`` for a state in an episode (stage 1 without ``at``)."""
-    if at is None:
-        return 1
-    stage = decide(state, at, policy).stage
-    return 1 if stage is None else stage.number
-
-
-def _blocks(policy: Policy, number: int | None) -> int:
-    """Block minutes of stage ``number`` (0 for none or a number the table lacks)."""
-    stages = policy.stage_table.stages
-    return stages[number - 1].block_minutes if number and number <= len(stages) else 0
-
-
-def _stage_text(stage: Stage) -> str:
-    parts = [
-        f"{verb} {minutes} mins/hr"
-        for verb, minutes in (
-            ("throttled", stage.throttle_minutes),
-            ("blocked", stage.block_minutes),
-        )
-        if minutes
-    ]
-    return " and ".join(parts) or "reported, not throttled or blocked"

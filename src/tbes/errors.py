@@ -8,8 +8,8 @@ written against the standard library keeps working.
 from __future__ import annotations
 
 __all__ = [
+    "AdapterConfigError",
     "CatalogError",
-    "HeaderParseError",
     "InvalidBuildError",
     "InvalidPauseError",
     "InvalidValueError",
@@ -17,6 +17,7 @@ __all__ = [
     "PauseConflictError",
     "PauseInPastError",
     "PolicyError",
+    "PolicyProtocolError",
     "QuotaExceededError",
     "StageTableError",
     "StoreConflictError",
@@ -32,10 +33,6 @@ class TbesError(Exception):
 
 class InvalidBuildError(TbesError, ValueError):
     """A text is not an Exchange build number."""
-
-
-class HeaderParseError(TbesError, ValueError):
-    """A header could not be parsed where the caller asked for strict parsing."""
 
 
 class InvalidValueError(TbesError, ValueError):
@@ -84,3 +81,11 @@ class StoreConflictError(TbesError):
 
 class StoreError(TbesError):
     """A store failed, or a stored row could not be decoded."""
+
+
+class AdapterConfigError(TbesError, ValueError):
+    """An adapter configuration is invalid: the message names the key and the value."""
+
+
+class PolicyProtocolError(TbesError, ValueError):
+    """Input that is not a Postfix policy request: a line too long, too many or bad lines."""

@@ -680,29 +680,8 @@ def find_sender(
     Arguments of the wrong type (``received`` not a sequence of ``str``, a host that is no
     ``str``) raise :class:`~tbes.errors.InvalidValueError` naming the argument.
     """
-    hops = _LazyHops(_texts(received, "received"))
-    owners = _domains(_own_names(own_hosts))
-    if client is not None and not isinstance(client, str):
-        raise InvalidValueError(f"client must be a str or None, got {client!r:.80}")
-    if type(skip_exchange_online) is not bool:
-        raise InvalidValueError(
-            f"skip_exchange_online must be a bool, got {skip_exchange_online!r:.80}"
-        )
-    first = _first_foreign(hops, owners, skip_exchange_online)
-    build = None if first is None else hops[first].build
-    if first is None or build is None:
-        return None
-    hop = hops[first].hop()
-    if client is not None:
-        matched = _same_host(client, hop.by_host) or _same_ip(client, hop.by_ip)
-    elif (above := _writer_above(hops, first)) is not None:
-        # The address is read only if the name does not match.
-        matched = _same_host(above.client_host(), hop.by_host) or _same_ip(
-            above.client_ip(), hop.by_ip
-        )
-    else:
-        matched = False
-    return _evidence(build, hop.by_host, hop.by_ip, first, hop, matched)
+    finder = SenderFinder(own_hosts, skip_exchange_online=skip_exchange_online)
+    return finder.find(received, client=client)
 
 
 def _texts(values: Iterable[str], name: str) -> tuple[str, ...]:
@@ -954,3 +933,52 @@ def _in_section(line: str, *, first: bool) -> bool:
     if colon and name and name.split(maxsplit=1) == [name]:
         return True
     return (first and line.startswith("From ")) or not line.strip("\r")
+
+
+# ---------------------------------------------------------------------------------------------
+# SenderFinder
+
+
+class SenderFinder:
+    """:func:`find_sender` with its receiver settings checked and prepared once.
+
+    For a caller that finds many senders with the same ``own_hosts`` and
+    ``skip_exchange_online`` (the enforcer: one per message): the names are checked and their
+    lookup sets built here, not per message. Arguments of the wrong type raise
+    :class:`~tbes.errors.InvalidValueError` naming the argument.
+    """
+
+    __slots__ = ("_owners", "_skip_online")
+
+    def __init__(self, own_hosts: Iterable[str] = (), *, skip_exchange_online: bool = True) -> None:
+        self._owners = _domains(_own_names(own_hosts))
+        if type(skip_exchange_online) is not bool:
+            raise InvalidValueError(
+                f"skip_exchange_online must be a bool, got {skip_exchange_online!r:.80}"
+            )
+        self._skip_online = skip_exchange_online
+
+    def find(self, received: Sequence[str], *, client: str | None = None) -> SenderEvidence | None:
+        """The sender's evidence in ``received`` (top first), as :func:`find_sender` finds it."""
+        hops = _LazyHops(_texts(received, "received"))
+        if client is not None and not isinstance(client, str):
+            raise InvalidValueError(f"client must be a str or None, got {client!r:.80}")
+        first = _first_foreign(hops, self._owners, self._skip_online)
+        build = None if first is None else hops[first].build
+        if first is None or build is None:
+            return None
+        hop = hops[first].hop()
+        if client is not None:
+            matched = _same_host(client, hop.by_host) or _same_ip(client, hop.by_ip)
+        elif (above := _writer_above(hops, first)) is not None:
+            # The address is read only if the name does not match.
+            matched = _same_host(above.client_host(), hop.by_host) or _same_ip(
+                above.client_ip(), hop.by_ip
+            )
+        else:
+            matched = False
+        return _evidence(build, hop.by_host, hop.by_ip, first, hop, matched)
+
+
+# Added here rather than in the list at the top, which other changes touch.
+__all__ += ["SenderFinder"]

@@ -20,8 +20,10 @@ import pytest
 
 from integration.pg import PostgresServer
 from tbes.catalog import Catalog
-from tbes.enforcer import CallbackNotifier, Connection, Enforcer, Event, EventKind
+from tbes.enforcer import Connection, Enforcer
 from tbes.errors import PauseConflictError, QuotaExceededError, StoreConflictError
+from tbes.events import Event, EventKind
+from tbes.notifiers import CallbackNotifier
 from tbes.policy import ConnectorKind, Policy
 from tbes.state import ServerState
 from tbes.store import PostgresStore, SQLiteStore, StateStore, Write

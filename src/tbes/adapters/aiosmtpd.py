@@ -22,9 +22,9 @@ import asyncio
 import logging
 from typing import Any
 
-from tbes.adapters.config import FAULT_REPLY, AdapterConfig, Checker
+from tbes.adapters.config import AdapterConfig, Checker
 from tbes.decision import Action
-from tbes.enforcer import Connection
+from tbes.enforcer import FAIL_CLOSED_REPLY, Connection
 from tbes.received import MAX_RECEIVED, received_values
 
 __all__ = ["EnforcingHandler", "peer_subject"]
@@ -92,7 +92,7 @@ class EnforcingHandler:
                 exc_info=True,
             )
             if self._config.fail_closed:
-                return str(FAULT_REPLY)
+                return str(FAIL_CLOSED_REPLY)
         else:
             if decision.action is not Action.ACCEPT and decision.reply is not None:
                 return str(decision.reply)

@@ -50,14 +50,14 @@ import attrs
 
 from tbes.catalog import Catalog
 from tbes.decision import Decision
-from tbes.enforcer import FAIL_CLOSED_REPLY, Connection, Enforcer, Notifier, utc_now
-from tbes.errors import CatalogError, NaiveDatetimeError, TbesError
-from tbes.policy import ConnectorKind, Policy, SmtpReply
+from tbes.enforcer import Connection, Enforcer, utc_now
+from tbes.errors import AdapterConfigError, CatalogError, NaiveDatetimeError
+from tbes.notifiers import Notifier
+from tbes.policy import ConnectorKind, Policy
 from tbes.store._deadline import DEFAULT_CHECK_TIMEOUT
 from tbes.store.protocol import StateStore
 
 __all__ = [
-    "FAULT_REPLY",
     "AdapterConfig",
     "AdapterConfigError",
     "Checker",
@@ -77,21 +77,12 @@ _Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 _NO_NAME = frozenset({"", "unknown"})
 
 
-class AdapterConfigError(TbesError, ValueError):
-    """An adapter configuration is invalid: the message names the key and the value."""
-
-
 class Checker(Protocol):
     """What an adapter needs from an :class:`~tbes.enforcer.Enforcer`: ``check``."""
 
     def check(self, conn: Connection, received: Sequence[str]) -> Decision:
         """Decide for a message from ``conn`` with these Received values, top first."""
         ...
-
-
-FAULT_REPLY: SmtpReply = FAIL_CLOSED_REPLY
-"""What a ``fail_closed`` adapter answers when a fault keeps it from deciding: the same
-line as the enforcer's own fail-closed reply, so the client sees one wording."""
 
 
 # ---- normalisation of what an MTA reports -------------------------------------------------
@@ -364,6 +355,7 @@ class AdapterConfig:
                     peer_ip=ip,
                     peer_host=host,
                     tls_subject=subject,
+                    connector=rule.name,
                 )
         return Connection(
             server_id=host or ip or "unknown",

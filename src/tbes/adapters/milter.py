@@ -53,7 +53,7 @@ from tbes.adapters._milter_protocol import (
     MilterSession,
     encode_reply,
 )
-from tbes.adapters.config import FAULT_REPLY, AdapterConfig, AdapterConfigError, Checker
+from tbes.adapters.config import AdapterConfig, Checker
 from tbes.adapters.listen import (
     FORMS,
     ListenAddress,
@@ -63,6 +63,8 @@ from tbes.adapters.listen import (
     start_server,
 )
 from tbes.decision import Action, Decision
+from tbes.enforcer import FAIL_CLOSED_REPLY
+from tbes.errors import AdapterConfigError
 from tbes.policy import SmtpReply
 from tbes.received import MAX_RECEIVED  # the cap every adapter shares
 
@@ -151,8 +153,8 @@ def fault_reply(config: AdapterConfig) -> bytes:
     if not config.fail_closed:
         return ACCEPT
     try:
-        return _reply(FAULT_REPLY)
-    except Exception:  # pragma: no cover - FAULT_REPLY is a constant that encodes
+        return _reply(FAIL_CLOSED_REPLY)
+    except Exception:  # pragma: no cover - FAIL_CLOSED_REPLY is a constant that encodes
         return TEMPFAIL
 
 

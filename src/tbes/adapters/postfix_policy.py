@@ -43,9 +43,10 @@ from typing import Any, TypeVar
 import attrs
 
 from tbes.adapters._ratelimit import RateLimitedLogger
-from tbes.adapters.config import FAULT_REPLY, AdapterConfig, Checker
+from tbes.adapters.config import AdapterConfig, Checker
 from tbes.decision import Action, Decision
-from tbes.errors import TbesError
+from tbes.enforcer import FAIL_CLOSED_REPLY
+from tbes.errors import PolicyProtocolError
 
 __all__ = [
     "DUNNO",
@@ -73,10 +74,6 @@ _DEFAULT_MAX_ATTRIBUTES = 256
 # under 4 KiB. 32 KiB leaves room for long ones and bounds a connection's parser memory.
 _DEFAULT_MAX_REQUEST = 32 * 1024
 _READ_SIZE = 4096
-
-
-class PolicyProtocolError(TbesError, ValueError):
-    """Input that is not a Postfix policy request: a line too long, too many or bad lines."""
 
 
 def _pairs(values: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
@@ -213,7 +210,7 @@ def action_for(decision: Decision) -> str:
 
 
 def _fault_action(config: AdapterConfig) -> str:
-    return str(FAULT_REPLY) if config.fail_closed else DUNNO
+    return str(FAIL_CLOSED_REPLY) if config.fail_closed else DUNNO
 
 
 def _decide(request: PolicyRequest, checker: Checker, config: AdapterConfig) -> str:

@@ -1,0 +1,383 @@
+"""Events: which announcements a change of a server's stored state makes, and what each says.
+
+:func:`announcement` compares the state before a write with the state to be written and
+returns the events the change makes, with the state to write: that state's
+``notified_stage`` records what people were last told, so every process sharing the store
+can tell what is news (docs/enforcement.md, "Events"). Pure: no clock, no I/O, no logging;
+the enforcer sends the events, and only when its compare-and-swap stored the change, so
+each change is announced exactly once. Two decisions shaped it. Stages are announced only
+upwards within an episode, so nodes with skewed clocks cannot make them flap. And every
+event has an :attr:`Event.id` computed from what it announces (server, kind, episode start,
+stage), never from who computed it, so two writers never mint two ids for one event.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import hashlib
+import json
+
+import attrs
+
+from tbes._checks import id_field, of_type, require_id, require_type
+from tbes._instants import as_utc, as_utc_or_none
+from tbes.decision import decide
+from tbes.errors import InvalidValueError
+from tbes.ledger import clock_reaches, pause_spans
+from tbes.policy import Policy
+from tbes.stages import Stage
+from tbes.state import ServerState
+from tbes.version import ExchangeBuild
+
+__all__ = [
+    "Announcement",
+    "Event",
+    "EventKind",
+    "announce",
+    "announcement",
+    "event_id",
+    "state_event",
+]
+
+_ID_LENGTH = 32  # hex digits: 128 bits, ample for ids that must never collide by chance
+
+
+class EventKind(enum.Enum):
+    """What happened to a server, as announced to people (see docs/enforcement.md)."""
+
+    DETECTED = "DETECTED"
+    RELAPSED = "RELAPSED"
+    STAGE_CHANGED = "STAGE_CHANGED"
+    BLOCKING_STARTED = "BLOCKING_STARTED"
+    FULLY_BLOCKED = "FULLY_BLOCKED"
+    PAUSED = "PAUSED"
+    RESUMED = "RESUMED"
+    REMEDIATED = "REMEDIATED"
+
+
+def _check_stage(instance: object, attribute: attrs.Attribute[int | None], value: object) -> None:
+    _require_stage(value)
+
+
+def _require_stage(value: object) -> None:
+    if value is not None and (type(value) is not int or value < 1):
+        raise InvalidValueError(f"stage must be a stage number >= 1 or None, got {value!r:.80}")
+
+
+def event_id(
+    server_id: str,
+    kind: EventKind,
+    episode_start: dt.datetime | None,
+    stage: int | None,
+    occasion: str = "",
+) -> str:
+    """The id of the event ``kind`` of ``server_id``: 32 hex digits of a SHA-256.
+
+    Computed from what the event announces, never from who computed it or when, so the
+    same event computed twice (by two processes, or again after a crash) has the same id.
+    ``episode_start`` is the episode's ``first_detected`` (``None`` outside any episode) and
+    ``occasion`` tells apart the events of a kind that may recur within one episode and
+    stage (a second remediation, another pause). The fields are joined as a JSON array, so
+    no text in one field can pass for another's. Arguments of the wrong type raise
+    :class:`~tbes.errors.InvalidValueError` naming them.
+    """
+    require_id(server_id, "server_id")
+    require_type(kind, EventKind, "kind")
+    start = as_utc_or_none(episode_start, "episode_start")
+    _require_stage(stage)
+    require_type(occasion, str, "occasion")
+    fields = [
+        server_id,
+        kind.value,
+        None if start is None else start.isoformat(),
+        stage,
+        occasion,
+    ]
+    text = json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:_ID_LENGTH]
+
+
+def _event_at(value: object) -> dt.datetime:
+    return as_utc(value, "at")
+
+
+def _next_change(value: object) -> dt.datetime | None:
+    return as_utc_or_none(value, "next_change")
+
+
+def _episode_start(value: object) -> dt.datetime | None:
+    return as_utc_or_none(value, "episode_start")
+
+
+def _default_id(event: Event) -> str:
+    return event_id(event.server_id, event.kind, event.episode_start, event.stage)
+
+
+@attrs.frozen
+class Event:
+    """One change worth telling people about: what, which server, when, and the details.
+
+    ``stage`` is the stage number in force (``None`` outside an episode), ``build`` the
+    server's last known build, ``detail`` a sentence for humans. ``connector`` is the name
+    of the connector the server's mail came through (``None`` where unknown, as for a
+    pause), ``next_change`` the instant of the server's next stage change (``None`` if
+    none is due: outside an episode, or in the terminal stage), ``episode_start`` the
+    ``first_detected`` of the episode the event belongs to (``None`` without one). ``id``
+    is :func:`event_id` of the event (by default with no occasion). Instants must be
+    timezone-aware (else :class:`~tbes.errors.NaiveDatetimeError`) and are kept in UTC; a
+    value of the wrong type raises :class:`~tbes.errors.InvalidValueError` naming the field.
+    """
+
+    kind: EventKind = attrs.field(validator=of_type(EventKind))
+    server_id: str = attrs.field(validator=id_field())
+    tenant: str = attrs.field(validator=id_field())
+    at: dt.datetime = attrs.field(converter=_event_at)
+    stage: int | None = attrs.field(validator=_check_stage)
+    build: ExchangeBuild | None = attrs.field(validator=of_type(ExchangeBuild, optional=True))
+    detail: str = attrs.field(validator=of_type(str))
+    connector: str | None = attrs.field(
+        default=None, kw_only=True, validator=of_type(str, optional=True)
+    )
+    next_change: dt.datetime | None = attrs.field(
+        default=None, kw_only=True, converter=_next_change
+    )
+    episode_start: dt.datetime | None = attrs.field(
+        default=None, kw_only=True, converter=_episode_start
+    )
+    id: str = attrs.field(
+        default=attrs.Factory(_default_id, takes_self=True), kw_only=True, validator=id_field()
+    )
+
+
+@attrs.frozen
+class Announcement:
+    """What a write announces: the ``state`` to store (its marker updated) and the ``events``."""
+
+    state: ServerState
+    events: tuple[Event, ...]
+
+
+def announcement(
+    old: ServerState | None,
+    new: ServerState,
+    policy: Policy,
+    now: dt.datetime,
+    *,
+    connector: str | None = None,
+) -> Announcement:
+    """The events a write from ``old`` (``None``: no stored state) to ``new`` makes at ``now``.
+
+    ``new`` is the state about to be written; the returned state is ``new`` with its
+    ``notified_stage`` marker updated, and it is what must be stored for the events to be
+    news exactly once. DETECTED fires once per episode, RELAPSED when a remediated episode
+    resumes within the relapse window, stages are announced only upwards (the stage
+    compared is the one in force at the later of ``now`` and ``new.last_seen``, so a slow
+    clock announces no stage behind the stored one), and REMEDIATED fires when people were
+    last told that enforcement runs. ``connector`` names the connector in every event.
+    Arguments of the wrong type raise :class:`~tbes.errors.InvalidValueError` naming them.
+    """
+    require_type(old, ServerState, "old", optional=True)
+    require_type(new, ServerState, "new")
+    require_type(policy, Policy, "policy")
+    require_type(connector, str, "connector", optional=True)
+    teller = _Teller(new, policy, as_utc(now, "now"), connector)
+    state, events = teller.announce(old)
+    return Announcement(state, events)
+
+
+def announce(
+    old: ServerState | None,
+    new: ServerState,
+    policy: Policy,
+    now: dt.datetime,
+    *,
+    connector: str | None = None,
+) -> tuple[Event, ...]:
+    """The events of :func:`announcement` alone: what a write from ``old`` to ``new`` tells."""
+    return announcement(old, new, policy, now, connector=connector).events
+
+
+def state_event(
+    kind: EventKind,
+    state: ServerState,
+    policy: Policy,
+    now: dt.datetime,
+    detail: str,
+    *,
+    connector: str | None = None,
+    occasion: str = "",
+) -> Event:
+    """The event ``kind`` about ``state`` as it stands at ``now`` (a pause, its early end).
+
+    Its stage and next change are those in force at ``now``; ``occasion`` goes into its id
+    (see :func:`event_id`). Arguments of the wrong type raise
+    :class:`~tbes.errors.InvalidValueError` naming them.
+    """
+    require_type(state, ServerState, "state")
+    require_type(policy, Policy, "policy")
+    require_type(connector, str, "connector", optional=True)
+    now = as_utc(now, "now")
+    stage = decide(state, now, policy).stage
+    number = None if stage is None else stage.number
+    return _Teller(state, policy, now, connector).event(kind, number, detail, occasion)
+
+
+@attrs.frozen
+class _Teller:
+    """The announcement of one write to ``new``: its events share the state, clock and connector."""
+
+    new: ServerState
+    policy: Policy
+    now: dt.datetime
+    connector: str | None
+
+    def event(
+        self,
+        kind: EventKind,
+        stage: int | None,
+        detail: str,
+        occasion: str = "",
+    ) -> Event:
+        new = self.new
+        start = new.first_detected
+        # Worked out only here: most writes announce nothing, and this is their hot path.
+        change = None if stage is None else _next_start(new, _latest(new, self.now), self.policy)
+        return Event(
+            kind,
+            new.server_id,
+            new.tenant,
+            self.now,
+            stage,
+            new.build,
+            detail,
+            connector=self.connector,
+            next_change=change,
+            episode_start=start,
+            id=event_id(new.server_id, kind, start, stage, occasion),
+        )
+
+    def announce(self, old: ServerState | None) -> tuple[ServerState, tuple[Event, ...]]:
+        new, policy = self.new, self.policy
+        if not new.in_episode:
+            return self._stop(old)
+        stage = _stage_number(new, _latest(new, self.now), policy)
+        status = new.status.value.lower()
+        if old is None or old.first_detected != new.first_detected:
+            detail = f"build {new.build} is {status}: enforcement episode started"
+            lead = self.event(EventKind.DETECTED, stage, detail)
+            return self._stage(stage, None, lead=lead)
+        if old.in_episode:
+            if old.notified_stage is not None:
+                return self._stage(stage, old.notified_stage)
+            # Written before RELAPSED existed: the episode resumed silently, and people were
+            # last told of its remediation, at the stage in force at ``last_seen``.
+            told = _stage_number(old, old.last_seen, policy)
+            if stage > told:
+                prefix = "enforcement resumed after remediation; "
+                return self._stage(stage, told, prefix=prefix)
+            return new, ()
+        # Remediated, and non-compliant again within the relapse window: the episode resumes.
+        assert old.compliant_since is not None  # same first_detected, not in an episode
+        detail = (
+            f"build {new.build} is {status} again within the relapse window: the enforcement "
+            f"episode of {new.first_detected:%Y-%m-%d} resumes, in stage {stage}"
+        )
+        occasion = old.compliant_since.isoformat()  # the remediation it ends
+        lead = self.event(EventKind.RELAPSED, stage, detail, occasion)
+        return self._stage(stage, old.notified_stage, lead=lead)
+
+    def _stage(
+        self,
+        stage: int,
+        told: int | None,
+        *,
+        lead: Event | None = None,
+        prefix: str = "",
+    ) -> tuple[ServerState, tuple[Event, ...]]:
+        """Announce ``stage`` if above ``told`` (the stage last announced; ``None``: none).
+
+        STAGE_CHANGED names the new stage, except in a write whose ``lead`` (DETECTED,
+        RELAPSED) names it; the thresholds compare with the stage ``told``.
+        """
+        events = [] if lead is None else [lead]
+        if stage <= (told or 0):
+            return attrs.evolve(self.new, notified_stage=told), tuple(events)
+        policy = self.policy
+        before, blocks = _blocks(policy, told), _blocks(policy, stage)
+        if lead is None:
+            text = _stage_text(policy.stage_table.stages[stage - 1])
+            detail = f"{prefix}now in stage {stage}: {text}"
+            events.append(self.event(EventKind.STAGE_CHANGED, stage, detail))
+        if blocks > 0 and before == 0:
+            detail = f"blocked for {blocks} mins/hr"
+            events.append(self.event(EventKind.BLOCKING_STARTED, stage, detail))
+        if blocks >= 60 > before:
+            detail = "every connection is blocked"
+            events.append(self.event(EventKind.FULLY_BLOCKED, stage, detail))
+        return attrs.evolve(self.new, notified_stage=stage), tuple(events)
+
+    def _stop(self, old: ServerState | None) -> tuple[ServerState, tuple[Event, ...]]:
+        """REMEDIATED when a running episode people know of ends; nothing otherwise."""
+        new = self.new
+        if old is None or not old.in_episode:
+            return new, ()
+        if old.notified_stage is None:
+            # Resumed silently (before RELAPSED existed): people still believe the last
+            # remediation. Keep the stage they last heard for the next resumption.
+            return attrs.evolve(
+                new, notified_stage=_stage_number(old, old.last_seen, self.policy)
+            ), ()
+        detail = f"build {new.build} is compliant; enforcement stopped"
+        since = new.compliant_since
+        occasion = "" if since is None else since.isoformat()
+        return new, (self.event(EventKind.REMEDIATED, None, detail, occasion),)
+
+
+def _next_start(state: ServerState, at: dt.datetime, policy: Policy) -> dt.datetime | None:
+    """The instant the stage after the one in force at ``at`` starts; ``None`` if none will.
+
+    ``None`` outside an episode and in the terminal stage. Pauses delay it when the policy
+    freezes the clock.
+    """
+    decision = decide(state, at, policy)
+    first = state.first_detected
+    if decision.stage is None or first is None:
+        return None
+    start = policy.stage_table.next_start(decision.elapsed)
+    if start is None:
+        return None
+    spans = pause_spans(state.pauses) if policy.pause_freezes_clock else ()
+    return clock_reaches(spans, first, start)
+
+
+def _latest(state: ServerState, now: dt.datetime) -> dt.datetime:
+    """The later of ``now`` and ``last_seen``: a slow node announces no stage behind it."""
+    seen = state.last_seen
+    return now if seen is None or now >= seen else seen
+
+
+def _stage_number(state: ServerState, at: dt.datetime | None, policy: Policy) -> int:
+    """The stage in force at ``at`` for a state in an episode (stage 1 without ``at``)."""
+    if at is None:
+        return 1
+    stage = decide(state, at, policy).stage
+    return 1 if stage is None else stage.number
+
+
+def _blocks(policy: Policy, number: int | None) -> int:
+    """Block minutes of stage ``number`` (0 for none or a number the table lacks)."""
+    stages = policy.stage_table.stages
+    return stages[number - 1].block_minutes if number and number <= len(stages) else 0
+
+
+def _stage_text(stage: Stage) -> str:
+    parts = [
+        f"{verb} {minutes} mins/hr"
+        for verb, minutes in (
+            ("throttled", stage.throttle_minutes),
+            ("blocked", stage.block_minutes),
+        )
+        if minutes
+    ]
+    return " and ".join(parts) or "reported, not throttled or blocked"

@@ -1,0 +1,167 @@
+"""Properties of announcement(): one DETECTED per episode, stages only upwards, no news twice.
+
+A history is a run of observations of one server, each written by one writer the way the
+enforcer writes: observe, announce against the stored state, store what the announcement
+returns. The properties hold for any history, any stage table and any relapse window.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter, defaultdict
+
+import attrs
+from hypothesis import given
+from hypothesis import strategies as st
+from strategies import builds, instants, stage_tables
+
+from tbes.catalog import Assessment, Compliance
+from tbes.events import Event, EventKind, announce, announcement
+from tbes.policy import Policy
+from tbes.state import ServerState, observe
+from tbes.version import ExchangeBuild, Product
+
+DAY = dt.timedelta(days=1)
+STAGE_NAMING = (EventKind.DETECTED, EventKind.STAGE_CHANGED)
+
+Step = tuple[Compliance, ExchangeBuild | None, dt.timedelta]
+
+# Observations days apart (and some back in time), so episodes pass stages, end and resume.
+histories: st.SearchStrategy[tuple[dt.datetime, list[Step]]] = st.tuples(
+    instants,
+    st.lists(
+        st.tuples(
+            st.sampled_from(Compliance),
+            st.none() | builds,
+            st.timedeltas(-3 * DAY, 60 * DAY),
+        ),
+        max_size=12,
+    ),
+)
+policies: st.SearchStrategy[Policy] = st.builds(
+    Policy,
+    stage_table=stage_tables(max_stages=6),
+    relapse_window=st.timedeltas(dt.timedelta(0), 60 * DAY),
+)
+
+
+def _assessment(status: Compliance) -> Assessment:
+    return Assessment(status, Product.UNKNOWN, None, (), status.value)
+
+
+def run(
+    start: dt.datetime, steps: list[Step], policy: Policy
+) -> list[tuple[ServerState | None, ServerState, dt.datetime, tuple[Event, ...]]]:
+    """Each write of the history: the stored state before, the state stored, when, the events."""
+    stored: ServerState | None = None
+    at = start
+    writes = []
+    for status, build, offset in steps:
+        at += offset
+        observed = observe(
+            stored,
+            server_id="EX01",
+            tenant="contoso",
+            assessment=_assessment(status),
+            build=build,
+            at=at,
+            policy=policy,
+        )
+        told = announcement(stored, observed, policy, at)
+        writes.append((stored, told.state, at, told.events))
+        stored = told.state
+    return writes
+
+
+@given(history=histories, policy=policies)
+def test_exactly_one_detected_per_episode(
+    history: tuple[dt.datetime, list[Step]], policy: Policy
+) -> None:
+    detected: Counter[dt.datetime | None] = Counter()
+    episodes = set()
+    for _, state, _, events in run(*history, policy):
+        if state.first_detected is not None:
+            episodes.add(state.first_detected)
+        detected.update(state.first_detected for e in events if e.kind is EventKind.DETECTED)
+    assert set(detected) == episodes
+    assert all(count == 1 for count in detected.values())
+
+
+@given(history=histories, policy=policies)
+def test_stages_are_announced_only_upwards_within_an_episode(
+    history: tuple[dt.datetime, list[Step]], policy: Policy
+) -> None:
+    named: defaultdict[dt.datetime | None, list[int]] = defaultdict(list)
+    thresholds: Counter[tuple[dt.datetime | None, EventKind]] = Counter()
+    for _, state, _, events in run(*history, policy):
+        for event in events:
+            if event.kind in STAGE_NAMING:
+                assert event.stage is not None
+                named[state.first_detected].append(event.stage)
+            if event.kind in (EventKind.BLOCKING_STARTED, EventKind.FULLY_BLOCKED):
+                thresholds[state.first_detected, event.kind] += 1
+    for stages in named.values():
+        assert stages == sorted(set(stages))  # strictly increasing: never twice, never down
+    blocks = [stage.block_minutes for stage in policy.stage_table]
+    if blocks == sorted(blocks):  # a table may block less later; then blocking restarts
+        assert all(count == 1 for count in thresholds.values())
+
+
+@given(history=histories, policy=policies)
+def test_no_event_when_nothing_changes(
+    history: tuple[dt.datetime, list[Step]], policy: Policy
+) -> None:
+    for _, state, at, _ in run(*history, policy):
+        again = announcement(state, state, policy, at)
+        assert again.events == ()
+        assert again.state == state
+
+
+@given(history=histories, policy=policies)
+def test_each_event_describes_the_state_written(
+    history: tuple[dt.datetime, list[Step]], policy: Policy
+) -> None:
+    for old, state, at, events in run(*history, policy):
+        assert announce(old, state, policy, at) == announcement(old, state, policy, at).events
+        for event in events:
+            assert (event.server_id, event.tenant, event.build) == ("EX01", "contoso", state.build)
+            assert event.at == at
+            # REMEDIATED alone comes outside an episode, and has no stage.
+            assert (event.kind is EventKind.REMEDIATED) is (not state.in_episode)
+            assert (event.stage is None) is (event.kind is EventKind.REMEDIATED)
+
+
+@given(history=histories, policy=policies)
+def test_a_resumed_episode_is_one_relapsed_and_a_new_one_one_detected(
+    history: tuple[dt.datetime, list[Step]], policy: Policy
+) -> None:
+    for old, state, _, events in run(*history, policy):
+        told = [event.kind for event in events]
+        resumes = (
+            old is not None
+            and old.compliant_since is not None
+            and state.in_episode
+            and old.first_detected == state.first_detected
+        )
+        starts = state.in_episode and (old is None or old.first_detected != state.first_detected)
+        assert told.count(EventKind.RELAPSED) == (1 if resumes else 0)
+        assert told.count(EventKind.DETECTED) == (1 if starts else 0)
+
+
+@given(history=histories, policy=policies)
+def test_ids_tell_events_apart_and_are_computed_alike_twice(
+    history: tuple[dt.datetime, list[Step]], policy: Policy
+) -> None:
+    told: dict[str, list[Event]] = defaultdict(list)
+    for old, state, at, events in run(*history, policy):
+        for event in events:
+            told[event.id].append(event)
+        # Another writer computing the same change at the same instant tells the same events.
+        observed = attrs.evolve(state, notified_stage=None if old is None else old.notified_stage)
+        assert announce(old, observed, policy, at) == events
+    for same in told.values():
+        assert len({(e.kind, e.episode_start, e.stage) for e in same}) == 1
+        # Detection and stages are told once per episode; a remediation, or a relapse, may
+        # recur in one episode, but only at the same instant of the state (a clock behind
+        # last_seen): then it is one event, told twice.
+        assert len(same) == 1 or same[0].kind in (EventKind.REMEDIATED, EventKind.RELAPSED)
