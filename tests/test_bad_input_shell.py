@@ -38,7 +38,7 @@ from tbes.notifiers import CallbackNotifier
 from tbes.policy import DEFAULT_POLICY, ConnectorKind, Policy
 from tbes.state import ServerState
 from tbes.store import LedgerWrite, MemoryStore, PostgresStore, SQLiteStore, StateStore, StateWrite
-from tbes.store.protocol import load_state
+from tbes.store._rows import load_state
 from tbes.version import ExchangeBuild
 
 UTC = dt.UTC

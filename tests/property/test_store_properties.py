@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 from hypothesis import given, settings
@@ -26,6 +27,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from custom_store_doc import example_store_class
 from integration.pg import PostgresServer, acquire, release
 from tbes.catalog import Compliance
 from tbes.errors import StoreConflictError, StoreError
@@ -40,8 +42,8 @@ from tbes.store import (
     StateStore,
     StateWrite,
     UnreadableRow,
+    Write,
 )
-from tbes.store.protocol import Write
 from tbes.version import ExchangeBuild
 
 SERVERS = ("mx1", "mx2", "mx3")
@@ -244,6 +246,10 @@ def pg_server() -> Iterator[PostgresServer]:
 
 def test_memory_store_behaves_like_a_dict() -> None:
     _run(MemoryStore, most=100)
+
+
+def test_the_documented_custom_store_behaves_like_a_dict() -> None:
+    _run(cast(Callable[[], StateStore], example_store_class()), most=60)
 
 
 def test_sqlite_store_behaves_like_a_dict(tmp_dir: Path) -> None:

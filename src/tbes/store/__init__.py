@@ -1,27 +1,23 @@
 """Where enforcement state lives: the :class:`StateStore` protocol and its three stores.
 
 :class:`MemoryStore` for tests and single processes, :class:`SQLiteStore` for the MTAs of
-one host, :class:`PostgresStore` for a cluster sharing one database. All three keep the
-same versioned JSON rows and pass the same contract tests. psycopg is imported only when a
-:class:`PostgresStore` is opened, so this package imports without it.
+one host, :class:`PostgresStore` for a cluster sharing one database. All three are built on
+:class:`RowStore` (:mod:`tbes.store.base`), keep the same versioned JSON rows and pass the
+same contract tests; a custom store built on it behaves alike. psycopg is imported only
+when a :class:`PostgresStore` is opened, so this package imports without it.
 """
 
+from tbes.store.base import RowStore, UnreadableRow
 from tbes.store.memory import MemoryStore
 from tbes.store.postgres import PostgresStore
-from tbes.store.protocol import (
-    LedgerWrite,
-    StateStore,
-    StateWrite,
-    UnreadableRow,
-    Versioned,
-    Write,
-)
+from tbes.store.protocol import LedgerWrite, StateStore, StateWrite, Versioned, Write
 from tbes.store.sqlite import SQLiteStore
 
 __all__ = [
     "LedgerWrite",
     "MemoryStore",
     "PostgresStore",
+    "RowStore",
     "SQLiteStore",
     "StateStore",
     "StateWrite",

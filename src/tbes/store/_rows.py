@@ -1,131 +1,209 @@
-"""The reads and single writes every store makes alike, over its own row access.
+"""Rows as the stores keep them: encoding, decoding, argument checks and the CAS plan of a batch.
 
-Decision: a store supplies three primitives, reading one raw row, applying a checked batch
-and listing states; the public methods are the same on top of them for every back end, so
-they live here once: all stores check their arguments (:class:`~tbes.errors.InvalidValueError`
-naming the argument, before the back end is touched) and decode and refuse rows through the
-same :mod:`tbes.store.protocol` helpers.
+Decision: every store, shipped or custom, encodes, decodes, checks and refuses rows through
+these functions (by way of :class:`tbes.store.base.RowStore`), so that all of them read and
+refuse alike: a wrong-typed argument raises :class:`~tbes.errors.InvalidValueError` naming
+it, and a row that cannot be read raises :class:`~tbes.errors.StoreError` naming its key,
+and is never overwritten. Private: a custom store reaches them through ``RowStore``, and
+the few types its primitives speak in (:data:`RawRow`, :class:`RowWrite`,
+:data:`ROW_SCHEMA`) are re-exported by :mod:`tbes.store.base`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
-from tbes.errors import StoreError
+import attrs
+
+from tbes.errors import InvalidValueError, StoreConflictError, StoreError, TbesError
 from tbes.ledger import PauseLedger
+from tbes.serde import dumps, loads
 from tbes.state import ServerState
-from tbes.store.protocol import (
-    LedgerWrite,
-    RawRow,
-    StateWrite,
-    UnreadableRow,
-    Versioned,
-    Write,
-    check_key,
-    check_writes,
-    load_ledger,
-    load_row,
-    load_state,
-    stored_version,
-)
+from tbes.store.protocol import LedgerWrite, StateWrite, Versioned, Write
 
-__all__ = ["RowStore"]
+__all__ = [
+    "ROW_SCHEMA",
+    "RawRow",
+    "RowWrite",
+    "check_key",
+    "check_row",
+    "check_writes",
+    "conflict",
+    "describe",
+    "dump_row",
+    "load_ledger",
+    "load_row",
+    "load_state",
+    "plan_writes",
+    "row_key",
+    "stored_version",
+]
 
-_MAX_DECODED = 4096
+ROW_SCHEMA = 1
+"""Schema version of the JSON rows this tbes writes and reads."""
+
+_T = TypeVar("_T")
+
+RawRow = tuple[object, object, object]
+"""A stored row as a back end holds it: ``(version, schema, data)``, none of them trusted."""
 
 
-class RowStore:
-    """The parts of a :class:`~tbes.store.StateStore` that are the same for every back end.
+@attrs.frozen
+class RowWrite:
+    """A checked write, ready for a back end: which row, its new version and its JSON."""
 
-    A subclass implements :meth:`_read_row`, :meth:`_apply` and :meth:`_server_rows`.
+    table: str  # "server" or "ledger"
+    key: str  # the server id or the tenant
+    tenant: str  # the tenant the row belongs to (for a ledger, its key)
+    expected: int | None  # the version the row must still have (None: must not exist)
+    version: int  # the version the write gives it
+    data: str  # the JSON text, at row schema ROW_SCHEMA
+
+
+def row_key(write: Write) -> tuple[str, str]:
+    """The table and key a write goes to: ``("server", id)`` or ``("ledger", tenant)``."""
+    if isinstance(write, StateWrite):
+        return ("server", write.state.server_id)
+    return ("ledger", write.ledger.tenant)
+
+
+def describe(table: str, key: str) -> str:
+    """Name a row for a message: ``server 'x'`` or ``ledger of tenant 'y'``."""
+    return f"server {key!r}" if table == "server" else f"ledger of tenant {key!r}"
+
+
+def conflict(table: str, key: str, expected: int | None, found: int | None) -> StoreConflictError:
+    """The error for a lost compare-and-swap, saying what was expected and what was found."""
+    want = "no row" if expected is None else f"version {expected}"
+    have = "no row" if found is None else f"version {found}"
+    return StoreConflictError(f"{describe(table, key)}: expected {want}, found {have}")
+
+
+def check_key(name: str, value: object) -> str:
+    """``value`` if it is a non-empty ``str`` (a server id or tenant), else InvalidValueError."""
+    if not isinstance(value, str) or not value:
+        raise InvalidValueError(f"{name} must be a non-empty str, got {value!r:.80}")
+    return value
+
+
+def check_writes(writes: object) -> tuple[Write, ...]:
+    """``writes`` as a tuple if it is a sequence of writes, else InvalidValueError naming it."""
+    # A bare str is a sequence too, but never one of writes.
+    if isinstance(writes, str | bytes) or not isinstance(writes, Sequence):
+        raise InvalidValueError(
+            f"writes must be a sequence of StateWrite and LedgerWrite, got {writes!r:.80}"
+        )
+    for write in writes:
+        if not isinstance(write, StateWrite | LedgerWrite):
+            raise InvalidValueError(
+                f"writes must hold only StateWrite and LedgerWrite values, got {write!r:.80}"
+            )
+    return tuple(writes)
+
+
+def dump_row(value: ServerState | PauseLedger) -> str:
+    """The JSON text stored for ``value``; its row schema is :data:`ROW_SCHEMA`."""
+    return dumps(value)
+
+
+def _load(table: str, key: str, schema: object, data: object, cls: type[_T]) -> _T:
+    where = describe(table, key)
+    if schema != ROW_SCHEMA:
+        raise StoreError(
+            f"stored row of the {where} has schema version {schema!r}; this tbes reads "
+            f"version {ROW_SCHEMA} (a newer tbes may have written it)"
+        )
+    if isinstance(data, bytes | bytearray | memoryview):
+        data = bytes(data).decode("utf-8", errors="replace")
+    if not isinstance(data, str):
+        raise StoreError(f"stored row of the {where} is not text but {type(data).__name__}")
+    try:
+        return loads(data, cls)
+    except TbesError as exc:  # InvalidValueError (bad JSON, no such value) or a value's own
+        raise StoreError(f"stored row of the {where} does not decode: {exc}") from exc
+
+
+def stored_version(table: str, key: str, version: object) -> int:
+    """A stored row's CAS version if it is an int >= 1, else StoreError naming the row.
+
+    A version written behind tbes's back (0, negative, text, a real) makes the row unreadable:
+    the store cannot say which version a compare-and-swap must expect.
     """
+    if type(version) is not int or version < 1:
+        raise StoreError(
+            f"stored row of the {describe(table, key)} has version {version!r:.40}; "
+            "a version is an int >= 1"
+        )
+    return version
 
-    _decoded_rows: dict[str, tuple[object, object, ServerState]]
 
-    def _read_row(self, table: str, key: str) -> RawRow | None:
-        """The stored row of ``key`` in ``table`` (``"server"`` or ``"ledger"``), or ``None``."""
-        raise NotImplementedError
+def load_state(server_id: str, schema: object, data: object) -> ServerState:
+    """Decode the stored row of ``server_id``; :class:`~tbes.errors.StoreError` if unreadable.
 
-    def _apply(self, writes: tuple[Write, ...]) -> tuple[int, ...]:
-        """Apply checked compare-and-swap writes all-or-nothing; return their new versions."""
-        raise NotImplementedError
+    Unreadable means: a schema version this tbes does not read, text that is not JSON, JSON
+    that does not decode to a :class:`~tbes.state.ServerState`, or a state of another server.
+    """
+    state = _load("server", server_id, schema, data, ServerState)
+    if state.server_id != server_id:
+        raise StoreError(f"stored row of the server {server_id!r} holds server {state.server_id!r}")
+    return state
 
-    def _server_rows(self, tenant: str | None) -> Iterator[tuple[str, RawRow]]:
-        """Every stored server row, or those of ``tenant`` (checked), in order of server id."""
-        raise NotImplementedError
 
-    def put_many(self, writes: Sequence[Write]) -> tuple[int, ...]:
-        """Apply compare-and-swap writes all-or-nothing; return their new versions."""
-        return self._apply(check_writes(writes))
+def load_ledger(tenant: str, schema: object, data: object) -> PauseLedger:
+    """Decode the stored ledger row of ``tenant``, like :func:`load_state`."""
+    ledger = _load("ledger", tenant, schema, data, PauseLedger)
+    if ledger.tenant != tenant:
+        raise StoreError(
+            f"stored row of the ledger of tenant {tenant!r} holds tenant {ledger.tenant!r}"
+        )
+    return ledger
 
-    def states(self, tenant: str | None = None) -> Iterator[ServerState]:
-        """Every stored state, or those of ``tenant``, in order of server id.
 
-        An unreadable row raises :class:`~tbes.errors.StoreError` naming it and ends the
-        iteration; :meth:`entries` goes on past it.
-        """
-        # Checked here, not in the generator, so a bad tenant raises at the call.
-        return self._states(self.entries(tenant))
+def load_row(server_id: str, row: RawRow) -> Versioned[ServerState]:
+    """Decode a whole stored server row, version included; StoreError if unreadable."""
+    version = stored_version("server", server_id, row[0])
+    return Versioned(load_state(server_id, row[1], row[2]), version)
 
-    @staticmethod
-    def _states(entries: Iterator[ServerState | UnreadableRow]) -> Iterator[ServerState]:
-        for entry in entries:
-            if isinstance(entry, UnreadableRow):
-                raise StoreError(entry.error)
-            yield entry
 
-    def entries(self, tenant: str | None = None) -> Iterator[ServerState | UnreadableRow]:
-        """Like :meth:`states`, but an unreadable row is listed as an :class:`UnreadableRow`.
+def check_row(table: str, key: str, row: RawRow) -> int:
+    """The version of a stored row; :class:`~tbes.errors.StoreError` if it cannot be read."""
+    version = stored_version(table, key, row[0])
+    if table == "server":
+        load_state(key, row[1], row[2])
+    else:
+        load_ledger(key, row[1], row[2])
+    return version
 
-        For a report that must show every readable row and mark the others; a failing back
-        end still raises :class:`~tbes.errors.StoreError`.
-        """
-        return self._entries(None if tenant is None else check_key("tenant", tenant))
 
-    def _entries(self, tenant: str | None) -> Iterator[ServerState | UnreadableRow]:
-        for server_id, row in self._server_rows(tenant):
-            try:
-                yield load_row(server_id, row).value
-            except StoreError as exc:
-                yield UnreadableRow(server_id, str(exc))
+def plan_writes(
+    writes: Sequence[Write], read: Callable[[str, str], RawRow | None]
+) -> list[RowWrite]:
+    """Check a batch against the stored rows and return the writes to make, in input order.
 
-    def get(self, server_id: str) -> Versioned[ServerState] | None:
-        """The stored state of ``server_id`` and its version, or ``None``."""
-        row = self._read_row("server", check_key("server_id", server_id))
-        if row is None:
-            return None
-        version = stored_version("server", server_id, row[0])
-        return Versioned(self._decoded(server_id, row[1], row[2]), version)
-
-    def _decoded(self, server_id: str, schema: object, data: object) -> ServerState:
-        # A busy server's row is read for every message but seldom changes, and decoding it
-        # costs about a third of a check: the last state decoded per server is reused while
-        # the stored text is the same (states are immutable, so sharing one is safe).
-        try:
-            cache = self._decoded_rows
-        except AttributeError:  # subclasses have their own __init__: made on first use
-            cache = self._decoded_rows = {}
-        entry = cache.get(server_id)
-        if entry is not None and entry[0] == schema and entry[1] == data:
-            return entry[2]
-        state = load_state(server_id, schema, data)
-        if len(cache) >= _MAX_DECODED:  # bounded: a wide scan must not keep every state
-            cache.clear()
-        cache[server_id] = (schema, data, state)
-        return state
-
-    def get_ledger(self, tenant: str) -> Versioned[PauseLedger] | None:
-        """The stored pause ledger of ``tenant`` and its version, or ``None``."""
-        row = self._read_row("ledger", check_key("tenant", tenant))
-        if row is None:
-            return None
-        version = stored_version("ledger", tenant, row[0])
-        return Versioned(load_ledger(tenant, row[1], row[2]), version)
-
-    def put(self, state: ServerState, *, expected_version: int | None) -> int:
-        """Store ``state`` by compare-and-swap; return its new version."""
-        return self.put_many([StateWrite(state, expected_version)])[0]
-
-    def put_ledger(self, ledger: PauseLedger, *, expected_version: int | None) -> int:
-        """Store ``ledger`` by compare-and-swap; return its new version."""
-        return self.put_many([LedgerWrite(ledger, expected_version)])[0]
+    ``read(table, key)`` returns the stored row (in a transaction that keeps it from
+    changing, e.g. ``SELECT ... FOR UPDATE``) or ``None``. Rows are read in (table, key)
+    order, so that concurrent batches lock rows in the same order and cannot deadlock. An
+    unreadable row raises :class:`~tbes.errors.StoreError` whatever version was expected
+    (it is never overwritten); a row at another version raises
+    :class:`~tbes.errors.StoreConflictError`; two writes of one row raise StoreError;
+    ``writes`` that are not a sequence of writes raise InvalidValueError (:func:`check_writes`).
+    """
+    writes = check_writes(writes)
+    keys = [row_key(write) for write in writes]
+    if len(set(keys)) != len(keys):
+        twice = next(key for key in keys if keys.count(key) > 1)
+        raise StoreError(f"put_many got two writes of the {describe(*twice)}")
+    planned: dict[int, RowWrite] = {}
+    for index in sorted(range(len(writes)), key=keys.__getitem__):
+        write, (table, key) = writes[index], keys[index]
+        raw = read(table, key)
+        found = None if raw is None else check_row(table, key, raw)
+        if found != write.expected_version:
+            raise conflict(table, key, write.expected_version, found)
+        if isinstance(write, StateWrite):
+            tenant, data = write.state.tenant, dump_row(write.state)
+        else:
+            tenant, data = write.ledger.tenant, dump_row(write.ledger)
+        planned[index] = RowWrite(table, key, tenant, found, (found or 0) + 1, data)
+    return [planned[index] for index in range(len(writes))]

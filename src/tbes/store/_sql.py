@@ -4,20 +4,22 @@ Decisions: both keep the same two tables (``tbes_servers``, ``tbes_ledgers``) an
 ``tbes_schema`` version row, so the statements that read and write them are built here once
 from the driver's placeholder (``?`` or ``%s``); each back end adds only what is its own (row
 locks, ``ON CONFLICT``, how a transaction is opened and which error a lost race raises).
-A batch is planned by :func:`~tbes.store.protocol.plan_writes` and written in (table, key)
-order in both, so concurrent batches never wait for each other in a circle.
+A batch is planned by :meth:`~tbes.store.base.RowStore._plan` inside the transaction, with
+the back end's own locked read, and written in (table, key) order in both, so concurrent
+batches never wait for each other in a circle.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from tbes.errors import StoreError
-from tbes.store._rows import RowStore
-from tbes.store.protocol import ROW_SCHEMA, RawRow, RowWrite, Write, plan_writes
+from tbes.store.base import ROW_SCHEMA, RawRow, RowStore, RowWrite
+from tbes.store.protocol import Write
 
 __all__ = [
     "Connection",
@@ -134,7 +136,7 @@ class SQLStore(RowStore, Generic[_C]):
     A subclass sets ``_lock``, ``_conn`` and ``_pid`` and implements :meth:`_run` (one
     transaction), :meth:`_read` (one row, inside it), :meth:`_store` (one planned row,
     inside it), :meth:`_read_row` and :meth:`_fetch_all` (reads outside a write).
-    Arguments are checked by :class:`~tbes.store._rows.RowStore` before any of these runs.
+    Arguments are checked by :class:`~tbes.store.base.RowStore` before any of these runs.
     """
 
     _PARAM: ClassVar[str] = "?"  # the driver's placeholder; "%s" for psycopg
@@ -146,8 +148,8 @@ class SQLStore(RowStore, Generic[_C]):
         """Run ``work`` in one write transaction with the lock held: all of it or none."""
         raise NotImplementedError
 
-    def _read(self, table: str, key: str) -> RawRow | None:
-        """The row of ``key`` in ``table``, read inside :meth:`_run` so that it cannot change."""
+    def _read(self, conn: _C, table: str, key: str) -> RawRow | None:
+        """The row of ``key`` in ``table`` on ``conn`` in :meth:`_run`, unchanged till commit."""
         raise NotImplementedError
 
     def _store(self, conn: _C, row: RowWrite) -> None:
@@ -175,7 +177,7 @@ class SQLStore(RowStore, Generic[_C]):
         """Apply checked compare-and-swap writes in one transaction; return their versions."""
 
         def work(conn: _C) -> tuple[int, ...]:
-            planned = plan_writes(writes, self._read)
+            planned = self._plan(writes, functools.partial(self._read, conn))
             # Rows are written in (table, key) order too, so batches never wait in a circle.
             for row in sorted(planned, key=lambda row: (row.table, row.key)):
                 self._store(conn, row)
@@ -189,9 +191,3 @@ class SQLStore(RowStore, Generic[_C]):
             if self._conn is not None and self._pid == os.getpid():
                 self._conn.close()
             self._conn = None
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -12,8 +12,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
-from tbes.store._rows import RowStore
-from tbes.store.protocol import ROW_SCHEMA, RawRow, Write, plan_writes
+from tbes.store.base import ROW_SCHEMA, RawRow, RowStore
+from tbes.store.protocol import Write
 
 __all__ = ["MemoryStore"]
 
@@ -33,7 +33,7 @@ class MemoryStore(RowStore):
 
     def _apply(self, writes: tuple[Write, ...]) -> tuple[int, ...]:
         with self._lock:
-            planned = plan_writes(writes, lambda table, key: self._rows[table].get(key))
+            planned = self._plan(writes, lambda table, key: self._rows[table].get(key))
             for row in planned:  # under the lock: no order to keep
                 self._rows[row.table][row.key] = (row.version, ROW_SCHEMA, row.data)
                 if row.table == "server":
@@ -48,6 +48,3 @@ class MemoryStore(RowStore):
                 if tenant is None or self._tenants.get(key) == tenant
             )
         yield from rows
-
-    def close(self) -> None:
-        """Nothing to release; present for the protocol."""

@@ -8,7 +8,7 @@ checks the row count, all in one transaction, so writers on different hosts can 
 win. A plain read takes no lock, so it never waits for a writer.
 
 Every call is bounded by the store's timeout, capped by what is left of the current check
-(``remaining`` in ``tbes.store._deadline``): waiting for a pooled connection by the pool's
+(:func:`~tbes.store.base.remaining`): waiting for a pooled connection by the pool's
 timeout, a row lock or a slow statement by ``lock_timeout`` / ``statement_timeout`` set for
 the transaction, and a server that answers nothing at all (stopped, or its network gone) by a
 watchdog thread that shuts the connection's socket at the deadline; TCP keepalives cannot
@@ -30,9 +30,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from tbes.errors import InvalidValueError, StoreConflictError, StoreError
-from tbes.store._deadline import DEFAULT_CHECK_TIMEOUT, remaining
+from tbes.store._rows import describe
 from tbes.store._sql import SQLStore, migrate, raw_row, select_sql, write_sql
-from tbes.store.protocol import RawRow, RowWrite, Write, describe, plan_writes
+from tbes.store.base import DEFAULT_CHECK_TIMEOUT, RawRow, RowWrite, remaining
 
 if TYPE_CHECKING:
     import psycopg
@@ -313,18 +313,7 @@ class PostgresStore(SQLStore["psycopg.Connection[Any]"]):
         _WATCHDOG.extend(conn, seconds)
         return conn.execute(sql, args)
 
-    def _apply(self, writes: tuple[Write, ...]) -> tuple[int, ...]:
-        # As SQLStore._apply, with the transaction's own pooled connection passed along.
-        def work(conn: psycopg.Connection[Any]) -> tuple[int, ...]:
-            planned = plan_writes(writes, lambda table, key: self._locked_read(conn, table, key))
-            # Rows are written in (table, key) order too, so batches never wait in a circle.
-            for row in sorted(planned, key=lambda row: (row.table, row.key)):
-                self._store(conn, row)
-            return tuple(row.version for row in planned)
-
-        return self._run(work)
-
-    def _locked_read(self, conn: psycopg.Connection[Any], table: str, key: str) -> RawRow | None:
+    def _read(self, conn: psycopg.Connection[Any], table: str, key: str) -> RawRow | None:
         """The row a write will check, locked until the write's transaction ends."""
         sql = select_sql(table, self._PARAM) + " FOR UPDATE"
         return raw_row(self._exec(conn, sql, (key,)).fetchone())

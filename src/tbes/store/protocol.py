@@ -6,54 +6,23 @@ if another writer got there first, so several MTA processes or nodes can share a
 without locks held across the computation. :meth:`StateStore.put_many` writes several rows
 all-or-nothing (a pause changes the tenant's ledger and the server's state together).
 
-Rows are stored as JSON made by :mod:`tbes.serde` plus a row-schema version. The helpers
-here (:func:`check_key`, :func:`check_writes`, :func:`dump_row`, :func:`load_state`,
-:func:`load_ledger`, :func:`plan_writes`) are shared by every store, so that all of them
-read, check and refuse alike: a wrong-typed argument raises
-:class:`~tbes.errors.InvalidValueError` naming it, and a row that cannot be read raises
-:class:`~tbes.errors.StoreError` naming its key, and is never overwritten.
+This module is the contract only. The base class that implements it over three row
+primitives, for the shipped stores and custom ones alike, is :class:`tbes.store.base.RowStore`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 import attrs
 
-from tbes.errors import InvalidValueError, StoreConflictError, StoreError, TbesError
+from tbes.errors import InvalidValueError
 from tbes.ledger import PauseLedger
-from tbes.serde import dumps, loads
 from tbes.state import ServerState
 
-__all__ = [
-    "ROW_SCHEMA",
-    "LedgerWrite",
-    "RawRow",
-    "RowWrite",
-    "StateStore",
-    "StateWrite",
-    "UnreadableRow",
-    "Versioned",
-    "Write",
-    "check_key",
-    "check_row",
-    "check_writes",
-    "conflict",
-    "describe",
-    "dump_row",
-    "load_ledger",
-    "load_row",
-    "load_state",
-    "plan_writes",
-    "row_key",
-    "stored_version",
-]
+__all__ = ["LedgerWrite", "StateStore", "StateWrite", "Versioned", "Write"]
 
-ROW_SCHEMA = 1
-"""Schema version of the JSON rows this tbes writes and reads."""
-
-_T = TypeVar("_T")
 _T_co = TypeVar("_T_co", covariant=True)
 
 
@@ -105,17 +74,6 @@ class LedgerWrite:
 
 Write = StateWrite | LedgerWrite
 """A row to write in a batch: a server state or a tenant's ledger."""
-
-
-@attrs.frozen
-class UnreadableRow:
-    """A stored server row that cannot be read, as a listing that goes on past it shows it.
-
-    ``error`` says why (the :class:`~tbes.errors.StoreError` that reading it raises).
-    """
-
-    server_id: str
-    error: str
 
 
 @runtime_checkable
@@ -172,169 +130,3 @@ class StateStore(Protocol):
     def close(self) -> None:
         """Release connections and files; the store is not used afterwards."""
         ...
-
-
-# ---- rows: the helpers every store shares, so that all of them read and refuse alike ----
-
-RawRow = tuple[object, object, object]
-"""A stored row as a back end holds it: ``(version, schema, data)``, none of them trusted."""
-
-
-@attrs.frozen
-class RowWrite:
-    """A checked write, ready for a back end: which row, its new version and its JSON."""
-
-    table: str  # "server" or "ledger"
-    key: str  # the server id or the tenant
-    tenant: str  # the tenant the row belongs to (for a ledger, its key)
-    expected: int | None  # the version the row must still have (None: must not exist)
-    version: int  # the version the write gives it
-    data: str  # the JSON text, at row schema ROW_SCHEMA
-
-
-def row_key(write: Write) -> tuple[str, str]:
-    """The table and key a write goes to: ``("server", id)`` or ``("ledger", tenant)``."""
-    if isinstance(write, StateWrite):
-        return ("server", write.state.server_id)
-    return ("ledger", write.ledger.tenant)
-
-
-def describe(table: str, key: str) -> str:
-    """Name a row for a message: ``server 'x'`` or ``ledger of tenant 'y'``."""
-    return f"server {key!r}" if table == "server" else f"ledger of tenant {key!r}"
-
-
-def conflict(table: str, key: str, expected: int | None, found: int | None) -> StoreConflictError:
-    """The error for a lost compare-and-swap, saying what was expected and what was found."""
-    want = "no row" if expected is None else f"version {expected}"
-    have = "no row" if found is None else f"version {found}"
-    return StoreConflictError(f"{describe(table, key)}: expected {want}, found {have}")
-
-
-def check_key(name: str, value: object) -> str:
-    """``value`` if it is a non-empty ``str`` (a server id or tenant), else InvalidValueError."""
-    if not isinstance(value, str) or not value:
-        raise InvalidValueError(f"{name} must be a non-empty str, got {value!r:.80}")
-    return value
-
-
-def check_writes(writes: object) -> tuple[Write, ...]:
-    """``writes`` as a tuple if it is a sequence of writes, else InvalidValueError naming it."""
-    # A bare str is a sequence too, but never one of writes.
-    if isinstance(writes, str | bytes) or not isinstance(writes, Sequence):
-        raise InvalidValueError(
-            f"writes must be a sequence of StateWrite and LedgerWrite, got {writes!r:.80}"
-        )
-    for write in writes:
-        if not isinstance(write, StateWrite | LedgerWrite):
-            raise InvalidValueError(
-                f"writes must hold only StateWrite and LedgerWrite values, got {write!r:.80}"
-            )
-    return tuple(writes)
-
-
-def dump_row(value: ServerState | PauseLedger) -> str:
-    """The JSON text stored for ``value``; its row schema is :data:`ROW_SCHEMA`."""
-    return dumps(value)
-
-
-def _load(table: str, key: str, schema: object, data: object, cls: type[_T]) -> _T:
-    where = describe(table, key)
-    if schema != ROW_SCHEMA:
-        raise StoreError(
-            f"stored row of the {where} has schema version {schema!r}; this tbes reads "
-            f"version {ROW_SCHEMA} (a newer tbes may have written it)"
-        )
-    if isinstance(data, bytes | bytearray | memoryview):
-        data = bytes(data).decode("utf-8", errors="replace")
-    if not isinstance(data, str):
-        raise StoreError(f"stored row of the {where} is not text but {type(data).__name__}")
-    try:
-        return loads(data, cls)
-    except TbesError as exc:  # InvalidValueError (bad JSON, no such value) or a value's own
-        raise StoreError(f"stored row of the {where} does not decode: {exc}") from exc
-
-
-def stored_version(table: str, key: str, version: object) -> int:
-    """A stored row's CAS version if it is an int >= 1, else StoreError naming the row.
-
-    A version written behind tbes's back (0, negative, text, a real) makes the row unreadable:
-    the store cannot say which version a compare-and-swap must expect.
-    """
-    if type(version) is not int or version < 1:
-        raise StoreError(
-            f"stored row of the {describe(table, key)} has version {version!r:.40}; "
-            "a version is an int >= 1"
-        )
-    return version
-
-
-def load_state(server_id: str, schema: object, data: object) -> ServerState:
-    """Decode the stored row of ``server_id``; :class:`~tbes.errors.StoreError` if unreadable.
-
-    Unreadable means: a schema version this tbes does not read, text that is not JSON, JSON
-    that does not decode to a :class:`~tbes.state.ServerState`, or a state of another server.
-    """
-    state = _load("server", server_id, schema, data, ServerState)
-    if state.server_id != server_id:
-        raise StoreError(f"stored row of the server {server_id!r} holds server {state.server_id!r}")
-    return state
-
-
-def load_ledger(tenant: str, schema: object, data: object) -> PauseLedger:
-    """Decode the stored ledger row of ``tenant``, like :func:`load_state`."""
-    ledger = _load("ledger", tenant, schema, data, PauseLedger)
-    if ledger.tenant != tenant:
-        raise StoreError(
-            f"stored row of the ledger of tenant {tenant!r} holds tenant {ledger.tenant!r}"
-        )
-    return ledger
-
-
-def load_row(server_id: str, row: RawRow) -> Versioned[ServerState]:
-    """Decode a whole stored server row, version included; StoreError if unreadable."""
-    version = stored_version("server", server_id, row[0])
-    return Versioned(load_state(server_id, row[1], row[2]), version)
-
-
-def check_row(table: str, key: str, row: RawRow) -> int:
-    """The version of a stored row; :class:`~tbes.errors.StoreError` if it cannot be read."""
-    version = stored_version(table, key, row[0])
-    if table == "server":
-        load_state(key, row[1], row[2])
-    else:
-        load_ledger(key, row[1], row[2])
-    return version
-
-
-def plan_writes(
-    writes: Sequence[Write], read: Callable[[str, str], RawRow | None]
-) -> list[RowWrite]:
-    """Check a batch against the stored rows and return the writes to make, in input order.
-
-    ``read(table, key)`` returns the stored row (in a transaction that keeps it from
-    changing, e.g. ``SELECT ... FOR UPDATE``) or ``None``. Rows are read in (table, key)
-    order, so that concurrent batches lock rows in the same order and cannot deadlock. An
-    unreadable row raises :class:`~tbes.errors.StoreError` whatever version was expected
-    (it is never overwritten); a row at another version raises
-    :class:`~tbes.errors.StoreConflictError`; two writes of one row raise StoreError;
-    ``writes`` that are not a sequence of writes raise InvalidValueError (:func:`check_writes`).
-    """
-    writes = check_writes(writes)
-    keys = [row_key(write) for write in writes]
-    if len(set(keys)) != len(keys):
-        twice = next(key for key in keys if keys.count(key) > 1)
-        raise StoreError(f"put_many got two writes of the {describe(*twice)}")
-    planned: dict[int, RowWrite] = {}
-    for index in sorted(range(len(writes)), key=keys.__getitem__):
-        write, (table, key) = writes[index], keys[index]
-        raw = read(table, key)
-        found = None if raw is None else check_row(table, key, raw)
-        if found != write.expected_version:
-            raise conflict(table, key, write.expected_version, found)
-        if isinstance(write, StateWrite):
-            tenant, data = write.state.tenant, dump_row(write.state)
-        else:
-            tenant, data = write.ledger.tenant, dump_row(write.ledger)
-        planned[index] = RowWrite(table, key, tenant, found, (found or 0) + 1, data)
-    return [planned[index] for index in range(len(writes))]

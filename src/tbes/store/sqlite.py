@@ -8,7 +8,7 @@ the write connection, and reads in this process go on meanwhile. Every write is 
 so a compare-and-swap cannot interleave with another process's (SQLite's file locks
 coordinate processes). Every wait, for a lock of this process or a busy file, is bounded by
 the store's ``timeout`` capped by what is left of the running check
-(:func:`~tbes.store._deadline.remaining`), so a stalled writer elsewhere fails the check open
+(:func:`~tbes.store.base.remaining`), so a stalled writer elsewhere fails the check open
 in time. A process that inherits a store across ``fork`` opens its own connections on first
 use. The schema carries its version in the table ``tbes_schema`` and is brought forward by
 an ordered list of migrations when the file is opened for writing; ``read_only`` opens never
@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tbes.errors import InvalidValueError, StoreError
-from tbes.store._deadline import DEFAULT_CHECK_TIMEOUT, remaining
+from tbes.store._rows import conflict
 from tbes.store._sql import SQLStore, migrate, raw_row, select_sql, write_sql
-from tbes.store.protocol import RawRow, RowWrite, conflict
+from tbes.store.base import DEFAULT_CHECK_TIMEOUT, RawRow, RowWrite, remaining
 
 __all__ = ["FILE_CHECK_INTERVAL", "MIGRATIONS", "SQLiteStore"]
 
@@ -68,7 +68,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 class SQLiteStore(SQLStore[sqlite3.Connection]):
     """A :class:`~tbes.store.StateStore` in the SQLite file at ``path`` (created if missing).
 
-    ``timeout`` (seconds, default :data:`~tbes.store._deadline.DEFAULT_CHECK_TIMEOUT`) bounds
+    ``timeout`` (seconds, default :data:`~tbes.store.base.DEFAULT_CHECK_TIMEOUT`) bounds
     every wait: for another process's write lock, and for another thread of this process;
     inside a check it is capped by what is left of the check's deadline. Past it the call
     raises :class:`~tbes.errors.StoreError`. Reads never wait for a writer.
@@ -269,10 +269,9 @@ class SQLiteStore(SQLStore[sqlite3.Connection]):
 
     # ---- rows ----------------------------------------------------------------------
 
-    def _read(self, table: str, key: str) -> RawRow | None:
+    def _read(self, conn: sqlite3.Connection, table: str, key: str) -> RawRow | None:
         """Inside :meth:`_run`: the row of ``key``, on the write connection."""
-        assert self._conn is not None  # only called inside _run
-        return raw_row(self._conn.execute(select_sql(table, self._PARAM), (key,)).fetchone())
+        return raw_row(conn.execute(select_sql(table, self._PARAM), (key,)).fetchone())
 
     def _read_row(self, table: str, key: str) -> RawRow | None:
         sql = select_sql(table, self._PARAM)

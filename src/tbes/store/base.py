@@ -1,0 +1,247 @@
+"""The base class of every store: the :class:`~tbes.store.StateStore` API over three row primitives.
+
+Decision: a store supplies three primitives, reading one raw row, applying a checked batch of
+compare-and-swap writes, and listing server rows; the public methods are the same on top of
+them for every back end, so they live here once. All stores built on :class:`RowStore`
+therefore check their arguments alike (:class:`~tbes.errors.InvalidValueError` naming the
+argument, before the back end is touched), decode and refuse rows alike (an unreadable row
+raises :class:`~tbes.errors.StoreError` naming it and is never overwritten), and turn any
+other exception a primitive raises into a :class:`~tbes.errors.StoreError` (the original
+chained as its cause), so a back end's I/O error or a store's bug is a store fault that
+the :class:`~tbes.enforcer.Enforcer` fails open on. ``docs/custom-store.md`` builds a
+store on it.
+
+Besides :class:`RowStore`, this module exports what its primitives speak in (:data:`RawRow`,
+:class:`RowWrite`, :data:`ROW_SCHEMA`) and the per-check deadline a store should honour
+(:func:`remaining`, :data:`DEFAULT_CHECK_TIMEOUT`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Self
+
+import attrs
+
+from tbes.errors import StoreConflictError, StoreError
+from tbes.ledger import PauseLedger
+from tbes.state import ServerState
+from tbes.store._deadline import DEFAULT_CHECK_TIMEOUT, remaining
+from tbes.store._rows import (
+    ROW_SCHEMA,
+    RawRow,
+    RowWrite,
+    check_key,
+    check_writes,
+    load_ledger,
+    load_row,
+    load_state,
+    plan_writes,
+    stored_version,
+)
+from tbes.store.protocol import LedgerWrite, StateWrite, Versioned, Write
+
+__all__ = [
+    "DEFAULT_CHECK_TIMEOUT",
+    "ROW_SCHEMA",
+    "RawRow",
+    "RowStore",
+    "RowWrite",
+    "UnreadableRow",
+    "remaining",
+]
+
+_MAX_DECODED = 4096
+
+# What a primitive may raise as it is: the contract's own errors. Anything else is wrapped.
+_CONTRACT_ERRORS = (StoreError, StoreConflictError)
+
+
+@attrs.frozen
+class UnreadableRow:
+    """A stored server row that cannot be read, as :meth:`RowStore.entries` lists it.
+
+    ``error`` says why (the :class:`~tbes.errors.StoreError` that reading it raises).
+    """
+
+    server_id: str
+    error: str
+
+
+class RowStore:
+    """A :class:`~tbes.store.StateStore` over three primitives a subclass implements.
+
+    * ``_read_row(table, key)``: the stored row of ``key`` in ``table`` (``"server"``,
+      keyed by server id, or ``"ledger"``, keyed by tenant) as a :data:`RawRow`
+      ``(version, schema, data)`` exactly as stored, or ``None``.
+    * ``_apply(writes)``: apply a batch of compare-and-swap writes all-or-nothing and
+      return their new versions. In one transaction of the back end (or under one lock)
+      call :meth:`_plan` with a reader of the rows inside it, write each :class:`RowWrite`
+      it returns (``version``, :data:`ROW_SCHEMA` and ``data``; ``tenant`` too for a
+      server row) only if the row is still at ``expected``, and return the versions.
+    * ``_server_rows(tenant)``: yield ``(server_id, raw_row)`` for every stored server
+      row, or those whose last write named ``tenant``, in order of server id.
+
+    Arguments are checked before a primitive runs. A primitive raises
+    :class:`~tbes.errors.StoreConflictError` for a lost race, or
+    :class:`~tbes.errors.StoreError`; any other exception it raises reaches the caller as
+    a StoreError with the original as its ``__cause__``. A primitive that may wait (for a
+    lock, a connection, an answer) should wait at most :func:`remaining` seconds, so that a
+    stalled back end fails an :class:`~tbes.enforcer.Enforcer` check open in time.
+    :meth:`close` does nothing unless overridden; a store is its own context manager.
+    """
+
+    _decoded_rows: dict[str, tuple[object, object, ServerState]]
+
+    # ---- the primitives -----------------------------------------------------------------
+
+    def _read_row(self, table: str, key: str) -> RawRow | None:
+        """The stored row of ``key`` in ``table`` (``"server"`` or ``"ledger"``), or ``None``."""
+        raise NotImplementedError
+
+    def _apply(self, writes: tuple[Write, ...]) -> tuple[int, ...]:
+        """Apply checked compare-and-swap writes all-or-nothing; return their new versions."""
+        raise NotImplementedError
+
+    def _server_rows(self, tenant: str | None) -> Iterator[tuple[str, RawRow]]:
+        """Every stored server row, or those of ``tenant`` (checked), in order of server id."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _plan(writes: Sequence[Write], read: Callable[[str, str], RawRow | None]) -> list[RowWrite]:
+        """Check a batch against the stored rows; return the rows to write, in input order.
+
+        ``read(table, key)`` returns the stored row inside the caller's transaction (so that
+        it cannot change until the writes are made) or ``None``; rows are read in (table,
+        key) order, so concurrent batches lock them in one order and cannot deadlock. An
+        unreadable row raises :class:`~tbes.errors.StoreError` whatever was expected (it is
+        never overwritten), a row at another version
+        :class:`~tbes.errors.StoreConflictError`, two writes of one row StoreError.
+        """
+        return plan_writes(writes, read)
+
+    def _foreign(self, exc: Exception) -> StoreError:
+        """The StoreError for an exception outside the contract raised by a primitive."""
+        return StoreError(f"store {type(self).__name__} failed: {exc!r}")
+
+    # ---- the StateStore API on top of them -------------------------------------------------
+
+    def get(self, server_id: str) -> Versioned[ServerState] | None:
+        """The stored state of ``server_id`` and its version, or ``None``."""
+        check_key("server_id", server_id)
+        try:
+            row = self._read_row("server", server_id)
+        except _CONTRACT_ERRORS:
+            raise
+        except Exception as exc:
+            raise self._foreign(exc) from exc
+        if row is None:
+            return None
+        version = stored_version("server", server_id, row[0])
+        return Versioned(self._decoded(server_id, row[1], row[2]), version)
+
+    def _decoded(self, server_id: str, schema: object, data: object) -> ServerState:
+        # A busy server's row is read for every message but seldom changes, and decoding it
+        # costs about a third of a check: the last state decoded per server is reused while
+        # the stored text is the same (states are immutable, so sharing one is safe).
+        try:
+            cache = self._decoded_rows
+        except AttributeError:  # subclasses have their own __init__: made on first use
+            cache = self._decoded_rows = {}
+        entry = cache.get(server_id)
+        if entry is not None and entry[0] == schema and entry[1] == data:
+            return entry[2]
+        state = load_state(server_id, schema, data)
+        if len(cache) >= _MAX_DECODED:  # bounded: a wide scan must not keep every state
+            cache.clear()
+        cache[server_id] = (schema, data, state)
+        return state
+
+    def get_ledger(self, tenant: str) -> Versioned[PauseLedger] | None:
+        """The stored pause ledger of ``tenant`` and its version, or ``None``."""
+        check_key("tenant", tenant)
+        try:
+            row = self._read_row("ledger", tenant)
+        except _CONTRACT_ERRORS:
+            raise
+        except Exception as exc:
+            raise self._foreign(exc) from exc
+        if row is None:
+            return None
+        version = stored_version("ledger", tenant, row[0])
+        return Versioned(load_ledger(tenant, row[1], row[2]), version)
+
+    def put(self, state: ServerState, *, expected_version: int | None) -> int:
+        """Store ``state`` by compare-and-swap; return its new version."""
+        return self.put_many([StateWrite(state, expected_version)])[0]
+
+    def put_ledger(self, ledger: PauseLedger, *, expected_version: int | None) -> int:
+        """Store ``ledger`` by compare-and-swap; return its new version."""
+        return self.put_many([LedgerWrite(ledger, expected_version)])[0]
+
+    def put_many(self, writes: Sequence[Write]) -> tuple[int, ...]:
+        """Apply compare-and-swap writes all-or-nothing; return their new versions."""
+        checked = check_writes(writes)
+        try:
+            return self._apply(checked)
+        except _CONTRACT_ERRORS:
+            raise
+        except Exception as exc:
+            raise self._foreign(exc) from exc
+
+    def states(self, tenant: str | None = None) -> Iterator[ServerState]:
+        """Every stored state, or those of ``tenant``, in order of server id.
+
+        An unreadable row raises :class:`~tbes.errors.StoreError` naming it and ends the
+        iteration; :meth:`entries` goes on past it.
+        """
+        # Checked here, not in the generator, so a bad tenant raises at the call.
+        return self._states(self.entries(tenant))
+
+    @staticmethod
+    def _states(entries: Iterator[ServerState | UnreadableRow]) -> Iterator[ServerState]:
+        for entry in entries:
+            if isinstance(entry, UnreadableRow):
+                raise StoreError(entry.error)
+            yield entry
+
+    def entries(self, tenant: str | None = None) -> Iterator[ServerState | UnreadableRow]:
+        """Like :meth:`states`, but an unreadable row is listed as an :class:`UnreadableRow`.
+
+        For a report that must show every readable row and mark the others; a failing back
+        end still raises :class:`~tbes.errors.StoreError`. Not part of the
+        :class:`~tbes.store.StateStore` protocol: every RowStore has it.
+        """
+        return self._entries(None if tenant is None else check_key("tenant", tenant))
+
+    def _entries(self, tenant: str | None) -> Iterator[ServerState | UnreadableRow]:
+        try:
+            rows = iter(self._server_rows(tenant))
+        except _CONTRACT_ERRORS:
+            raise
+        except Exception as exc:
+            raise self._foreign(exc) from exc
+        while True:
+            try:
+                server_id, row = next(rows)
+            except StopIteration:
+                return
+            except _CONTRACT_ERRORS:
+                raise
+            except Exception as exc:
+                raise self._foreign(exc) from exc
+            entry: ServerState | UnreadableRow
+            try:
+                entry = load_row(server_id, row).value
+            except StoreError as exc:
+                entry = UnreadableRow(server_id, str(exc))
+            yield entry
+
+    def close(self) -> None:
+        """Release connections and files (nothing, unless a subclass holds some)."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
