@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from tbes.errors import StoreError
+from tbes.errors import InvalidValueError, StoreConflictError, StoreError
 from tbes.ledger import PauseLedger
 from tbes.state import ServerState
 from tbes.store.protocol import (
@@ -53,6 +53,39 @@ class RowStore:
     def _server_rows(self, tenant: str | None) -> Iterator[tuple[str, RawRow]]:
         """Every stored server row, or those of ``tenant`` (checked), in order of server id."""
         raise NotImplementedError
+
+    def _ledger_rows(self) -> list[tuple[str, RawRow]]:
+        """Every stored ledger row, in order of tenant."""
+        raise NotImplementedError
+
+    def _delete_row(self, server_id: str, version: int) -> bool:
+        """Delete the server row if still at ``version``; whether it was."""
+        raise NotImplementedError
+
+    def ledgers(self) -> Iterator[PauseLedger]:
+        """Every stored pause ledger, in order of tenant (for copying a store whole).
+
+        An unreadable row raises :class:`~tbes.errors.StoreError` naming it.
+        """
+        for tenant, row in self._ledger_rows():
+            stored_version("ledger", tenant, row[0])
+            yield load_ledger(tenant, row[1], row[2])
+
+    def delete(self, server_id: str, *, expected_version: int) -> None:
+        """Remove the state of ``server_id`` if its row is still at ``expected_version``.
+
+        A row at another version, or none, raises :class:`~tbes.errors.StoreConflictError`.
+        Ledgers are untouched: the pause days the server was charged stay charged.
+        """
+        check_key("server_id", server_id)
+        if type(expected_version) is not int or expected_version < 1:
+            raise InvalidValueError(
+                f"expected_version must be an int >= 1, got {expected_version!r}"
+            )
+        if not self._delete_row(server_id, expected_version):
+            raise StoreConflictError(
+                f"server {server_id!r}: expected version {expected_version}, it changed or is gone"
+            )
 
     def put_many(self, writes: Sequence[Write]) -> tuple[int, ...]:
         """Apply compare-and-swap writes all-or-nothing; return their new versions."""
