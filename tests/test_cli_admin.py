@@ -416,3 +416,30 @@ def test_store_copy_from_sqlite_to_postgresql(tmp_path: Path, pg_server: Postgre
     result = run("store", "copy", dsn, str(back))
     assert result.exit_code == 0, result.output
     assert len(list(SQLiteStore(back, read_only=True).states())) == len(ids)
+
+
+def test_store_copy_never_prints_a_password(tmp_path: Path) -> None:
+    source, _ = _source(tmp_path)
+    # Nothing listens on loopback port 1: the connection is refused at once.
+    line = one_error_line(
+        run("store", "copy", str(source), "postgresql://tbes:s3cret@127.0.0.1:1/tbes")
+    )
+    assert "s3cret" not in line
+
+
+# ---- tbes timeline --at -------------------------------------------------------------------
+
+
+def test_timeline_at_says_what_a_connection_then_gets() -> None:
+    first = dt.datetime(2026, 1, 1, tzinfo=UTC)
+    at = dt.datetime(2026, 3, 5, 10, 25, tzinfo=UTC)
+    result = run(
+        "timeline", "--build", BUILD, "--first-detected", "2026-01-01", "--server", "EX01",
+        "--at", "2026-03-05T10:25:00Z",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    # Day 64 (63 days after 2026-01-01): stage 5 of the default table (days 61 to 70).
+    expected = decide(fabrikam_state("EX01", BUILD, first), at, DEFAULT_POLICY).action
+    last = result.stdout.splitlines()[-1]
+    assert last.startswith(f"At 2026-03-05 10:25 UTC: {expected.value}. ")
+    assert "stage 5 (day 64)" in last
