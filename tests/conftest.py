@@ -23,6 +23,7 @@ _SERVICE_BINARIES: dict[str, tuple[str, ...]] = {
     "postgresql": ("initdb", "pg_ctl", "postgres"),
     "postfix": ("postfix", "sendmail"),
     "chromium": ("chromium",),
+    "systemd": ("systemd-analyze",),
 }
 # Debian keeps server binaries off PATH: /usr/sbin for Postfix, a versioned dir for PostgreSQL.
 _EXTRA_PATHS = ("/usr/sbin", *sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True))

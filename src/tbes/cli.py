@@ -551,6 +551,7 @@ def _milestones(row: ReportRow, title: str | None = None) -> Table:
 )
 @_policy_option
 @click.option("--server", default="server", show_default=True, help="The server's id.")
+@_at_option("Also say what the server gets at this instant (its stage and action).")
 @click.pass_context
 def timeline(
     ctx: click.Context,
@@ -559,6 +560,7 @@ def timeline(
     pauses: tuple[tuple[dt.date, int], ...],
     policy_name: str,
     server: str,
+    at: dt.datetime | None,
 ) -> None:
     """Forecast when a server is throttled, blocked and fully blocked, stage by stage."""
     policy = _policy(ctx, policy_name, first_detected)
@@ -581,6 +583,9 @@ def timeline(
     segments = forecast(state, policy, until=until)
     if segments:  # none when detected at the calendar's very end
         console.print(_stages_table(segments, until))
+    if at is not None:
+        decision = _guard(lambda: decide(state, at, policy))
+        console.print(_line(f"At {_utc(at)}: {decision.action.value}. {decision.reason}"))
 
 
 def _what_if(
@@ -1231,3 +1236,355 @@ def _demo_report(rows: Sequence[ReportRow]) -> Table:
             _t(instant(row.full_block)),
         )
     return table
+
+
+# ---- tbes config check --------------------------------------------------------------------
+
+
+@cli.group("config")
+def config_group() -> None:
+    """The adapters' configuration file (read by tbes milter, policy and serve)."""
+
+
+@config_group.command("check")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--peer", metavar="IP", default=None, help="Show what a connection from IP gets.")
+@click.option("--name", "peer_name", metavar="HOST", default=None, help="Its verified host name.")
+@click.option("--tls-subject", metavar="S", default=None, help="Its TLS client cert subject.")
+def config_check(
+    file: Path, peer: str | None, peer_name: str | None, tls_subject: str | None
+) -> None:
+    """Validate the configuration FILE and show what it resolves to.
+
+    Prints the connector rules, own hosts, policy and its stage schedule; with --peer,
+    which rule, connector, tenant and mode a connection from there gets.
+    """
+    from tbes.adapters.config import load_config
+
+    if peer is None and (peer_name is not None or tls_subject is not None):
+        raise click.UsageError("--name and --tls-subject describe a --peer: give --peer IP")
+    config = _guard(lambda: load_config(file))
+    catalog = _guard(config.load_catalog)
+    policy = _guard(lambda: config.make_policy(catalog))
+    console = _console()
+    console.print(_line(f"{file}: valid configuration."))
+    enforced = ", ".join(sorted(kind.value.lower() for kind in policy.connectors)) or "none"
+    console.print(
+        _line(
+            f"Policy {config.policy}: enforces {enforced} connectors; pause quota "
+            f"{policy.pause_quota_days} days a year. Catalog: "
+            f"{config.catalog or 'packaged'} (as of {catalog.as_of})."
+        )
+    )
+    console.print(_line(f"Own hosts: {', '.join(config.own_hosts) or 'none'}."))
+    console.print(
+        _line(
+            f"Faults: {'defer (fail_closed)' if config.fail_closed else 'accept (fail open)'} "
+            f"after {config.check_timeout:g} s. Unmatched connections: tenant {config.tenant}, "
+            "never enforced."
+        )
+    )
+    if config.fixed_time is not None:
+        console.print(
+            _line(f"[testing] fixed_time = {instant(config.fixed_time)} UTC: tests only!")
+        )
+    for line in _rules_lines(config.connectors, policy):
+        console.print(line)
+    console.print(_schedule_table(policy))
+    if peer is not None:
+        console.print(_peer_line(config, policy, peer, peer_name, tls_subject))
+
+
+def _rules_lines(rules: Sequence[Any], policy: Policy) -> list[Text]:
+    """One line per connector rule, in order: greppable, never folded like a table cell."""
+    lines = [_line(f"Connector rules ({len(rules)}, first match wins):")]
+    for number, rule in enumerate(rules, start=1):
+        kind = rule.kind.value.lower()
+        kind += "" if rule.kind in policy.connectors else " (not enforced)"
+        criteria = "; ".join(
+            f"{label} {', '.join(str(v) for v in values)}"
+            for label, values in (
+                ("networks", rule.networks),
+                ("hosts", rule.hosts),
+                ("TLS subjects", rule.tls_subjects),
+            )
+            if values
+        )
+        lines.append(
+            _line(
+                f"  {number}. {rule.name}: {kind}, tenant {rule.tenant}, server "
+                f"{rule.identity}; {criteria}"
+            )
+        )
+    return lines
+
+
+def _schedule_table(policy: Policy) -> Table:
+    table = _table(
+        "stage", "from day", "days", "reported", "throttle min/h", "block min/h",
+        title="Schedule (days since first detection, pauses excluded)",
+    )  # fmt: skip
+    for stage in policy.stage_table:
+        start = policy.stage_table.start_of(stage.number).days + 1
+        table.add_row(
+            _t(stage.number),
+            _t(start),
+            _t("for ever" if stage.days is None else stage.days),
+            _t("yes" if stage.report else "no"),
+            _t(stage.throttle_minutes),
+            _t(stage.block_minutes),
+        )
+    return table
+
+
+def _peer_line(
+    config: Any, policy: Policy, peer: str, name: str | None, subject: str | None
+) -> Text:
+    from tbes.adapters.config import normalise_ip
+
+    if normalise_ip(peer) is None:
+        raise _Fail(f"--peer {peer!r} is not an IP address")
+    who = f"A connection from {peer}" + (f" ({name})" if name else "")
+    who += f" with TLS subject {subject!r}" if subject else ""
+    conn = config.connection(peer_ip=peer, peer_host=name, tls_subject=subject)
+    number = next(
+        (
+            n
+            for n, rule in enumerate(config.connectors, start=1)
+            if rule.identity == conn.server_id and rule.kind is conn.kind
+            and rule.tenant == conn.tenant
+        ),
+        None,
+    )  # fmt: skip
+    if number is None:
+        return _line(f"{who}: no rule: never enforced (tenant {conn.tenant}).")
+    rule = config.connectors[number - 1]
+    mode = "enforced" if conn.kind in policy.connectors else "not enforced by this policy"
+    return _line(
+        f"{who}: rule {number} ({rule.name}): connector {conn.kind.value.lower()}, server "
+        f"{conn.server_id}, tenant {conn.tenant}: {mode}."
+    )
+
+
+# ---- tbes store copy ----------------------------------------------------------------------
+
+
+@cli.group("store")
+def store_group() -> None:
+    """The state store: copy it to another one."""
+
+
+def _is_url(spec: str) -> bool:
+    return spec.startswith(("postgresql://", "postgres://"))
+
+
+def _store_label(spec: str) -> str:
+    """How a store is named in messages: a URL without its password."""
+    if not _is_url(spec):
+        return f"SQLite {spec}"
+    scheme, _, rest = spec.partition("://")
+    credentials, at, place = rest.rpartition("@")
+    user = credentials.partition(":")[0]
+    return f"PostgreSQL {scheme}://{user + at if at else ''}{place}"
+
+
+def _open_any(spec: str, *, source: bool) -> Any:
+    from tbes.store.postgres import PostgresStore
+
+    if _is_url(spec):
+        return _guard(lambda: PostgresStore(spec))
+    if source and not Path(spec).is_file():
+        raise _Fail(f"{spec}: no such SQLite database")
+    return _guard(lambda: SQLiteStore(spec, read_only=source))
+
+
+@store_group.command("copy")
+@click.argument("source", metavar="FROM")
+@click.argument("target", metavar="TO")
+@click.option("--force", is_flag=True, help="Copy into a store that already holds rows.")
+def store_copy(source: str, target: str, force: bool) -> None:
+    """Copy every server state and pause ledger from the store FROM to the store TO.
+
+    Each is a SQLite file or a postgresql:// URL. TO must be empty unless --force (then
+    its rows of the same servers and tenants are replaced). Counts and values are verified.
+    """
+    if (
+        not _is_url(source)
+        and not _is_url(target)
+        and Path(source).resolve() == Path(target).resolve()
+    ):
+        raise _Fail("FROM and TO are the same database")
+    origin = _open_any(source, source=True)
+    try:
+        entries = _guard(lambda: list(origin.entries()))
+        ledgers = _guard(lambda: list(origin.ledgers()))
+    finally:
+        origin.close()
+    broken = [entry for entry in entries if isinstance(entry, UnreadableRow)]
+    if broken:
+        raise _Fail(f"nothing copied: {broken[0].error}")
+    states = [entry for entry in entries if isinstance(entry, ServerState)]
+    store = _open_any(target, source=False)
+    try:
+        held = _guard(lambda: sum(1 for _ in store.entries()) + sum(1 for _ in store.ledgers()))
+        if held and not force:
+            raise _Fail(
+                f"nothing copied: {_store_label(target)} already holds {held} rows "
+                "(use --force to replace those of the same servers and tenants)"
+            )
+        _guard(lambda: _copy_rows(store, states, ledgers))
+        _guard(lambda: _verify_copy(store, states, ledgers))
+    finally:
+        store.close()
+    click.echo(
+        printable(
+            f"Copied {len(states)} server states and {len(ledgers)} pause ledgers from "
+            f"{_store_label(source)} to {_store_label(target)}; read back and verified."
+        )
+    )
+
+
+def _copy_rows(store: Any, states: Sequence[ServerState], ledgers: Sequence[PauseLedger]) -> None:
+    from tbes.store import LedgerWrite, StateWrite
+
+    for ledger in ledgers:
+        found = store.get_ledger(ledger.tenant)
+        store.put_many([LedgerWrite(ledger, None if found is None else found.version)])
+    for state in states:
+        had = store.get(state.server_id)
+        store.put_many([StateWrite(state, None if had is None else had.version)])
+
+
+def _verify_copy(store: Any, states: Sequence[ServerState], ledgers: Sequence[PauseLedger]) -> None:
+    copied = {state.server_id: state for state in states}
+    found = {state.server_id: state for state in store.states() if state.server_id in copied}
+    tenants = {ledger.tenant: ledger for ledger in ledgers}
+    stored = {ledger.tenant: ledger for ledger in store.ledgers() if ledger.tenant in tenants}
+    if found != copied or stored != tenants:
+        raise ValueError(
+            f"verification failed: {len(found)} of {len(copied)} states and {len(stored)} "
+            f"of {len(tenants)} ledgers read back equal"
+        )
+
+
+# ---- tbes server show ---------------------------------------------------------------------
+
+
+@cli.group("server")
+def server_group() -> None:
+    """One sending server as the store holds it."""
+
+
+@server_group.command("show")
+@click.argument("server")
+@_db_option
+@_at_option("Show the server as of this instant (default: now).")
+@_policy_option
+@click.pass_context
+def server_show(
+    ctx: click.Context, server: str, db: Path, at: dt.datetime | None, policy_name: str
+) -> None:
+    """Show SERVER's stored state, stage, blocked and throttled minutes, next change, pauses."""
+    at = at or utc_now()
+    policy = _policy(ctx, policy_name, at)
+    store = _open_store(db, read_only=True)
+    try:
+        stored = _guard(lambda: store.get(server))
+    finally:
+        store.close()
+    if stored is None:
+        raise _Fail(f"no stored state for server {server!r} in {db}")
+    state = stored.value
+    decision = _guard(lambda: decide(state, at, policy))
+    console = _console()
+    console.print(
+        _line(
+            f"Server {state.server_id} (tenant {state.tenant}): build {state.build or '-'}, "
+            f"{state.status.value}; stored version {stored.version}."
+        )
+    )
+    console.print(
+        _line(
+            f"First detected {_utc(state.first_detected)}, last seen {_utc(state.last_seen)}, "
+            f"compliant since {_utc(state.compliant_since)}."
+        )
+    )
+    console.print(_line(f"At {_utc(at)}: {decision.action.value}. {decision.reason}"))
+    if decision.stage is not None:
+        console.print(_line(_minutes_line(state.server_id, decision.stage, decision.paused)))
+    change = "never" if decision.next_change is None else _utc(decision.next_change)
+    console.print(_line(f"Next change: {change}."))
+    if not state.pauses:
+        console.print("No pauses.")
+        return
+    table = _table("first day", "last day", "days", "now", title="Pauses")
+    for each in state.pauses:
+        table.add_row(_t(each.start), _t(each.last_day), _t(each.days), _t(each.covers(at)))
+    console.print(table)
+
+
+def minute_ranges(offset: int, block: int, throttle: int) -> list[tuple[int, int, str]]:
+    """The minutes of the UTC hour as ``(first, last, what)`` ranges, in window order.
+
+    The block window starts at ``offset``, the throttle window follows it, and the rest
+    of the hour is accepted; a range may wrap past :59 (``first > last``).
+    """
+    ranges = []
+    start = offset
+    for length, what in (
+        (block, "blocked"),
+        (throttle, "throttled"),
+        (60 - block - throttle, "accepted"),
+    ):
+        if length > 0:
+            ranges.append((start % 60, (start + length - 1) % 60, what))
+        start += length
+    return ranges
+
+
+def _minutes_line(server: str, stage: Any, paused: bool) -> str:
+    from tbes.decision import minute_offset
+
+    ranges = minute_ranges(minute_offset(server), stage.block_minutes, stage.throttle_minutes)
+    if len(ranges) == 1:
+        parts = f"every minute {ranges[0][2]}"
+    else:
+        parts = ", ".join(f":{a:02d}\u2013:{b:02d} {what}" for a, b, what in ranges)
+    note = " (once the pause ends)" if paused else ""
+    return f"Stage {stage.number}, each UTC hour{note}: {parts}."
+
+
+# ---- tbes forget --------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("server")
+@_db_option
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def forget(server: str, db: Path, yes: bool) -> None:
+    """Remove SERVER's stored state (a mistyped or decommissioned server).
+
+    Its pause days stay charged to its tenant's quota: forgetting never refunds them. If
+    the server sends again, it starts afresh.
+    """
+    store = _open_store(db)
+    try:
+        stored = _guard(lambda: store.get(server))
+        if stored is None:
+            raise _Fail(f"no stored state for server {server!r} in {db}: nothing forgotten")
+        state = stored.value
+        if not yes:
+            click.confirm(
+                printable(f"Forget server {server} (tenant {state.tenant}) in {db}?"), abort=True
+            )
+        _guard(lambda: store.delete(server, expected_version=stored.version))
+        ledger = _guard(lambda: store.get_ledger(state.tenant))
+    finally:
+        store.close()
+    charged = 0 if ledger is None else sum(p.days for p in ledger.value.pauses_for(server))
+    click.echo(
+        printable(
+            f"Forgot server {server} (tenant {state.tenant}): its state is removed from {db}; "
+            f"its {charged} pause days stay charged to tenant {state.tenant}."
+        )
+    )

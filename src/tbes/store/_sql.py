@@ -173,6 +173,15 @@ class SQLStore(RowStore, Generic[_C]):
                 return
             after = rows[-1][0]
 
+    def _ledger_rows(self) -> list[tuple[str, RawRow]]:
+        sql = "SELECT tenant, version, row_schema, data FROM tbes_ledgers ORDER BY tenant"
+        return [(tenant, (v, schema, data)) for tenant, v, schema, data in self._fetch_all(sql, ())]
+
+    def _delete_row(self, server_id: str, version: int) -> bool:
+        p = self._PARAM
+        sql = f"DELETE FROM tbes_servers WHERE server_id = {p} AND version = {p}"
+        return bool(self._run(lambda conn: conn.execute(sql, (server_id, version)).rowcount == 1))
+
     def _apply(self, writes: tuple[Write, ...]) -> tuple[int, ...]:
         """Apply checked compare-and-swap writes in one transaction; return their versions."""
 

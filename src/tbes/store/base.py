@@ -23,7 +23,7 @@ from typing import Self
 
 import attrs
 
-from tbes.errors import StoreConflictError, StoreError
+from tbes.errors import InvalidValueError, StoreConflictError, StoreError
 from tbes.ledger import PauseLedger
 from tbes.state import ServerState
 from tbes.store._deadline import DEFAULT_CHECK_TIMEOUT, remaining
@@ -107,6 +107,14 @@ class RowStore:
         """Every stored server row, or those of ``tenant`` (checked), in order of server id."""
         raise NotImplementedError
 
+    def _ledger_rows(self) -> list[tuple[str, RawRow]]:
+        """Every stored ledger row, in order of tenant (optional: for ``ledgers()``)."""
+        raise NotImplementedError
+
+    def _delete_row(self, server_id: str, version: int) -> bool:
+        """Delete the server row if still at ``version``; whether it was (for ``delete()``)."""
+        raise NotImplementedError
+
     @staticmethod
     def _plan(writes: Sequence[Write], read: Callable[[str, str], RawRow | None]) -> list[RowWrite]:
         """Check a batch against the stored rows; return the rows to write, in input order.
@@ -170,6 +178,43 @@ class RowStore:
             return None
         version = stored_version("ledger", tenant, row[0])
         return Versioned(load_ledger(tenant, row[1], row[2]), version)
+
+    def ledgers(self) -> Iterator[PauseLedger]:
+        """Every stored pause ledger, in order of tenant (for copying a store whole).
+
+        An unreadable row raises :class:`~tbes.errors.StoreError` naming it.
+        """
+        try:
+            rows = self._ledger_rows()
+        except _CONTRACT_ERRORS:
+            raise
+        except Exception as exc:
+            raise self._foreign(exc) from exc
+        for tenant, row in rows:
+            stored_version("ledger", tenant, row[0])
+            yield load_ledger(tenant, row[1], row[2])
+
+    def delete(self, server_id: str, *, expected_version: int) -> None:
+        """Remove the state of ``server_id`` if its row is still at ``expected_version``.
+
+        A row at another version, or none, raises :class:`~tbes.errors.StoreConflictError`.
+        Ledgers are untouched: the pause days the server was charged stay charged.
+        """
+        check_key("server_id", server_id)
+        if type(expected_version) is not int or expected_version < 1:
+            raise InvalidValueError(
+                f"expected_version must be an int >= 1, got {expected_version!r}"
+            )
+        try:
+            deleted = self._delete_row(server_id, expected_version)
+        except _CONTRACT_ERRORS:
+            raise
+        except Exception as exc:
+            raise self._foreign(exc) from exc
+        if not deleted:
+            raise StoreConflictError(
+                f"server {server_id!r}: expected version {expected_version}, it changed or is gone"
+            )
 
     def put(self, state: ServerState, *, expected_version: int | None) -> int:
         """Store ``state`` by compare-and-swap; return its new version."""

@@ -48,3 +48,15 @@ class MemoryStore(RowStore):
                 if tenant is None or self._tenants.get(key) == tenant
             )
         yield from rows
+
+    def _ledger_rows(self) -> list[tuple[str, RawRow]]:
+        with self._lock:
+            return sorted(self._rows["ledger"].items())
+
+    def _delete_row(self, server_id: str, version: int) -> bool:
+        with self._lock:
+            row = self._rows["server"].get(server_id)
+            if row is None or row[0] != version:
+                return False
+            del self._rows["server"][server_id]
+            return True
