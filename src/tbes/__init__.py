@@ -1,16 +1,20 @@
 """tbes: transport-based enforcement against outdated Microsoft Exchange servers.
 
-The public API, re-exported from the modules that hold each concept. The pure core
-(version … report, events) never imports the shell (store, enforcer, notifiers, adapters,
-cli); this facade re-exports both. ``PostgresStore`` and the adapters live in their own
-modules only, so that ``import tbes`` needs neither psycopg nor aiosmtpd.
+The curated public API: what an MTA that embeds tbes (an adapter, a daemon, a milter of its
+own) and a compliance tool need, re-exported here and kept stable. Everything else public
+lives in the module of its concept (``tbes.received``, ``tbes.stages``, ``tbes.store``,
+``tbes.errors``, …) and is documented on the API page; modules whose names start with ``_``
+are implementation. The pure core (version … report, events) never imports the shell
+(store, enforcer, notifiers, adapters, cli); this facade re-exports both. ``PostgresStore``
+and the adapters live in their own modules only, so that ``import tbes`` needs neither
+psycopg nor aiosmtpd.
 """
 
 import importlib.metadata as _metadata
 
-from tbes.catalog import Assessment, Baseline, Catalog, Compliance, Release, assess
+from tbes.catalog import Assessment, Baseline, Catalog, Compliance, assess
 from tbes.decision import Action, Decision, decide
-from tbes.enforcer import Connection, Enforcer, utc_now
+from tbes.enforcer import Connection, Enforcer
 from tbes.errors import (
     AdapterConfigError,
     CatalogError,
@@ -33,11 +37,10 @@ from tbes.events import Event, EventKind
 from tbes.ledger import Pause, PauseLedger, TenantPause
 from tbes.notifiers import CallbackNotifier, LoggingNotifier, Notifier
 from tbes.policy import DEFAULT_POLICY, ConnectorKind, Policy, SmtpReply
-from tbes.received import Hop, SenderEvidence, find_sender, parse_received, received_values
-from tbes.report import ReportRow, Segment, forecast, report_row
-from tbes.stages import DEFAULT_STAGE_TABLE, Stage, StageTable
+from tbes.received import SenderEvidence, find_sender, received_values
+from tbes.report import ReportRow, forecast, report_row
 from tbes.state import ServerState, observe
-from tbes.store import LedgerWrite, MemoryStore, SQLiteStore, StateStore, StateWrite, Versioned
+from tbes.store import MemoryStore, SQLiteStore, StateStore
 from tbes.version import ExchangeBuild, Product
 
 try:
@@ -45,68 +48,60 @@ try:
 except _metadata.PackageNotFoundError:  # run from a source tree that was never installed
     __version__ = "0+unknown"
 
-__all__ = [
-    "DEFAULT_POLICY",
-    "DEFAULT_STAGE_TABLE",
-    "Action",
-    "AdapterConfigError",
-    "Assessment",
-    "Baseline",
-    "CallbackNotifier",
-    "Catalog",
-    "CatalogError",
-    "Compliance",
-    "Connection",
-    "ConnectorKind",
-    "Decision",
+__all__ = [  # noqa: RUF022 - grouped by use, not sorted
+    # Enforcing: what an MTA embeds.
     "Enforcer",
+    "Connection",
+    "Decision",
+    "Action",
+    "SmtpReply",
+    "Policy",
+    "ConnectorKind",
+    "DEFAULT_POLICY",
+    "StateStore",
+    "MemoryStore",
+    "SQLiteStore",
     "Event",
     "EventKind",
+    "Notifier",
+    "LoggingNotifier",
+    "CallbackNotifier",
+    # The pure core: headers -> evidence -> assessment -> state -> decision -> report.
+    "received_values",
+    "find_sender",
+    "SenderEvidence",
     "ExchangeBuild",
-    "Hop",
+    "Product",
+    "Catalog",
+    "Baseline",
+    "Compliance",
+    "Assessment",
+    "assess",
+    "ServerState",
+    "observe",
+    "decide",
+    "Pause",
+    "PauseLedger",
+    "TenantPause",
+    "report_row",
+    "ReportRow",
+    "forecast",
+    # Errors: the whole family, so that one import catches what tbes raises.
+    "TbesError",
+    "AdapterConfigError",
+    "CatalogError",
     "InvalidBuildError",
     "InvalidPauseError",
     "InvalidValueError",
-    "LedgerWrite",
-    "LoggingNotifier",
-    "MemoryStore",
     "NaiveDatetimeError",
-    "Notifier",
-    "Pause",
     "PauseConflictError",
     "PauseInPastError",
-    "PauseLedger",
-    "Policy",
     "PolicyError",
     "PolicyProtocolError",
-    "Product",
     "QuotaExceededError",
-    "Release",
-    "ReportRow",
-    "SQLiteStore",
-    "Segment",
-    "SenderEvidence",
-    "ServerState",
-    "SmtpReply",
-    "Stage",
-    "StageTable",
     "StageTableError",
-    "StateStore",
-    "StateWrite",
     "StoreConflictError",
     "StoreError",
-    "TbesError",
-    "TenantPause",
     "UnseenServerError",
-    "Versioned",
     "__version__",
-    "assess",
-    "decide",
-    "find_sender",
-    "forecast",
-    "observe",
-    "parse_received",
-    "received_values",
-    "report_row",
-    "utc_now",
 ]
