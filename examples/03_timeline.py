@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from tbes.catalog import Catalog, assess
+from tbes.catalog import Catalog
+from tbes.compliance import assess
 from tbes.decision import Action, Decision, decide
 from tbes.policy import DEFAULT_POLICY
 from tbes.state import ServerState, observe

@@ -33,7 +33,7 @@ def newer_catalog(tmp_path: Path) -> Path:
 
 
 def test_supported_only_takes_its_minimums_from_the_given_catalog(newer_catalog: Path) -> None:
-    packaged = Policy.supported_only(ON)
+    packaged = Policy.supported_only(ON, Catalog.default())
     imported = Policy.supported_only(ON, Catalog.load(newer_catalog))
     assert packaged.baseline.minimum[Product.EXCHANGE_SE] == (PACKAGED_SU,)
     assert imported.baseline.minimum[Product.EXCHANGE_SE] == (NEWER_SU,)
@@ -52,6 +52,22 @@ def test_adapter_config_catalog_feeds_assessment_and_baseline(newer_catalog: Pat
     enforcer = make_enforcer(config, MemoryStore())
     assert enforcer.catalog.latest(Product.EXCHANGE_SE).build == NEWER_SU
     assert enforcer.policy.baseline.minimum[Product.EXCHANGE_SE] == (NEWER_SU,)
+
+
+def test_adapter_config_checks_its_policy_without_reading_the_packaged_catalog(
+    newer_catalog: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 14 item 6: the configuration names its own catalog; checking the policy must not
+    # build the preset from the packaged one behind the operator's back.
+    def packaged() -> Catalog:
+        raise AssertionError("the packaged catalog was read")
+
+    monkeypatch.setattr(Catalog, "default", packaged)
+    config = parse_config(
+        f'policy = "supported_only"\npolicy_on = {ON.isoformat()}\n'
+        f"catalog = {json.dumps(str(newer_catalog))}\n"
+    )
+    assert config.make_policy().baseline.minimum[Product.EXCHANGE_SE] == (NEWER_SU,)
 
 
 def test_adapter_config_names_an_unreadable_catalog(tmp_path: Path) -> None:

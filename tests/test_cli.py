@@ -21,8 +21,8 @@ from click.testing import CliRunner, Result
 import tbes.cli
 from report_support import fabrikam_state
 from support import BUILD_LIST_CSV
-from tbes.catalog import Compliance
 from tbes.cli import cli
+from tbes.compliance import Compliance
 from tbes.ledger import Pause, PauseLedger
 from tbes.report import ReportRow
 from tbes.serde import loads

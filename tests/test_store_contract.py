@@ -20,7 +20,7 @@ import attrs
 import pytest
 
 from integration.pg import PostgresServer, acquire, release
-from tbes.catalog import Compliance
+from tbes.compliance import Compliance
 from tbes.errors import StoreConflictError, StoreError
 from tbes.ledger import Pause, PauseLedger
 from tbes.serde import dumps, loads

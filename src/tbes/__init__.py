@@ -6,7 +6,9 @@ re-exports both. ``PostgresStore`` and the adapters live in their own modules on
 that ``import tbes`` needs neither psycopg nor pymilter.
 """
 
-from tbes.catalog import Assessment, Baseline, Catalog, Compliance, Release, assess
+from tbes.baseline import Baseline
+from tbes.catalog import Catalog, Release
+from tbes.compliance import Assessment, Compliance, assess
 from tbes.decision import Action, Decision, decide
 from tbes.enforcer import (
     CallbackNotifier,

@@ -29,7 +29,8 @@ from rich.table import Table
 from rich.text import Text
 
 from tbes import demo as scenario
-from tbes.catalog import Assessment, Catalog, Release, assess
+from tbes.catalog import Catalog, Release
+from tbes.compliance import Assessment, assess
 from tbes.decision import Decision, decide
 from tbes.enforcer import Enforcer, Event, utc_now
 from tbes.errors import TbesError
@@ -280,9 +281,9 @@ def _catalog(ctx: click.Context) -> Catalog:
 
 
 def _policy(ctx: click.Context, name: str, at: dt.datetime) -> Policy:
-    # supported_only judges support on the day of the decision, by the operator's catalog;
-    # the fixed presets need no catalog, so none is read for them.
-    catalog = _catalog(ctx) if name == "supported_only" else None
+    # Presets read their releases from the operator's catalog (--catalog / $TBES_CATALOG);
+    # supported_only judges support on the day of the decision.
+    catalog = _catalog(ctx)
     return _guard(lambda: Policy.named(name, on=at.astimezone(dt.UTC).date(), catalog=catalog))
 
 

@@ -28,7 +28,9 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import attrs
 
-from tbes.catalog import Assessment, Baseline, Catalog, Compliance, assess
+from tbes.baseline import Baseline
+from tbes.catalog import Catalog
+from tbes.compliance import Assessment, Compliance, assess
 from tbes.decision import Action, Decision, decide
 from tbes.errors import (
     InvalidPauseError,

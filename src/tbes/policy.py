@@ -17,7 +17,9 @@ from typing import Any, NamedTuple
 
 import attrs
 
-from tbes.catalog import Baseline, Catalog
+from tbes._checks import require_type
+from tbes.baseline import Baseline
+from tbes.catalog import Catalog
 from tbes.errors import InvalidValueError, PolicyError
 from tbes.stages import DEFAULT_STAGE_TABLE, Stage, StageTable
 
@@ -258,40 +260,51 @@ class Policy:
         return cls(baseline=Baseline.exchange_online_2026())
 
     @classmethod
-    def supported_only(cls, on: dt.date, catalog: Catalog | None = None) -> Policy:
+    def supported_only(cls, on: dt.date, catalog: Catalog) -> Policy:
         """Only what Microsoft supports on ``on``: the latest SU of every supported CU line.
 
         ``on`` must be a :class:`~datetime.date` (not a datetime), else
         :class:`~tbes.errors.PolicyError`. The lines and their updates come from
-        ``catalog``, so an operator's imported catalog raises the minimums without a new
-        release; without one the packaged catalog is read (:meth:`Catalog.default`).
+        ``catalog`` (required: pass :meth:`Catalog.default() <tbes.catalog.Catalog.default>`
+        for the packaged one), so an operator's imported catalog raises the minimums without
+        a new release.
         """
         if isinstance(on, dt.datetime) or not isinstance(on, dt.date):
             raise PolicyError(f"on must be a date, got {on!r:.80}")
-        if catalog is not None and not isinstance(catalog, Catalog):
-            raise PolicyError(f"catalog must be a Catalog or None, got {catalog!r:.80}")
+        require_type(catalog, Catalog, "catalog", error=PolicyError)
         return cls(baseline=Baseline.supported_only(on, catalog))
 
     @classmethod
-    def named(
-        cls, name: str, *, on: dt.date | None = None, catalog: Catalog | None = None
-    ) -> Policy:
+    def check_named(cls, name: str, *, on: dt.date | None = None) -> None:
+        """Raise the :class:`~tbes.errors.PolicyError` :meth:`named` would for ``name`` and ``on``.
+
+        Needs no catalog: for checking a configuration before its catalog is read.
+        """
+        if name not in PRESETS:
+            raise PolicyError(f"unknown policy {name!r:.80}: choose one of {', '.join(PRESETS)}")
+        if name == "supported_only":
+            if on is None:
+                raise PolicyError("policy 'supported_only' needs the date to judge support on")
+            if isinstance(on, dt.datetime) or not isinstance(on, dt.date):
+                raise PolicyError(f"on must be a date, got {on!r:.80}")
+
+    @classmethod
+    def named(cls, name: str, *, catalog: Catalog, on: dt.date | None = None) -> Policy:
         """The preset called ``name``; ``supported_only`` needs ``on``, the others ignore it.
 
-        ``catalog`` is what ``supported_only`` reads its lines from (see
-        :meth:`supported_only`); the fixed presets need none. Raises
+        ``catalog`` (required) is what the presets that read releases take them from (see
+        :meth:`supported_only`); the fixed presets ignore it. Raises
         :class:`~tbes.errors.PolicyError` naming the valid presets for an unknown name, and
-        for ``supported_only`` without ``on``.
+        for ``supported_only`` without ``on`` (see :meth:`check_named`).
         """
+        cls.check_named(name, on=on)
+        require_type(catalog, Catalog, "catalog", error=PolicyError)
         if name == "exchange_online_2023":
             return cls.exchange_online_2023()
         if name == "exchange_online_2026":
             return cls.exchange_online_2026()
-        if name == "supported_only":
-            if on is None:
-                raise PolicyError("policy 'supported_only' needs the date to judge support on")
-            return cls.supported_only(on, catalog)
-        raise PolicyError(f"unknown policy {name!r}: choose one of {', '.join(PRESETS)}")
+        assert on is not None  # check_named refused supported_only without a day
+        return cls.supported_only(on, catalog)
 
 
 DEFAULT_POLICY: Policy = Policy.exchange_online_2026()

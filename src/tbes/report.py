@@ -24,7 +24,8 @@ from typing import Any
 import attrs
 
 from tbes._instants import as_utc, require_aware
-from tbes.catalog import Catalog, Compliance, assess
+from tbes.catalog import Catalog
+from tbes.compliance import Compliance, assess
 from tbes.decision import decide
 from tbes.errors import InvalidBuildError, InvalidValueError
 from tbes.policy import Policy

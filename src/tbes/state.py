@@ -18,7 +18,7 @@ from collections.abc import Iterable
 import attrs
 
 from tbes._instants import as_utc, as_utc_or_none
-from tbes.catalog import Assessment, Compliance
+from tbes.compliance import Assessment, Compliance
 from tbes.errors import InvalidBuildError, InvalidValueError
 from tbes.ledger import Pause
 from tbes.policy import DEFAULT_POLICY, Policy

@@ -28,7 +28,8 @@ from integration.postfix import (
     smtp_send,
     with_port,
 )
-from tbes.catalog import Catalog, Compliance, assess
+from tbes.catalog import Catalog
+from tbes.compliance import Compliance, assess
 from tbes.policy import Policy
 from tbes.store.sqlite import SQLiteStore
 from tbes.version import ExchangeBuild

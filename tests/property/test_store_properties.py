@@ -27,7 +27,7 @@ from hypothesis.stateful import (
 )
 
 from integration.pg import PostgresServer, acquire, release
-from tbes.catalog import Compliance
+from tbes.compliance import Compliance
 from tbes.errors import StoreConflictError
 from tbes.ledger import Pause, PauseLedger
 from tbes.state import ServerState

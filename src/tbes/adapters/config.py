@@ -51,7 +51,7 @@ import attrs
 from tbes.catalog import Catalog
 from tbes.decision import Decision
 from tbes.enforcer import FAIL_CLOSED_REPLY, Connection, Enforcer, Notifier, utc_now
-from tbes.errors import CatalogError, NaiveDatetimeError, TbesError
+from tbes.errors import CatalogError, NaiveDatetimeError, PolicyError, TbesError
 from tbes.policy import ConnectorKind, Policy, SmtpReply
 from tbes.store._deadline import DEFAULT_CHECK_TIMEOUT
 from tbes.store.protocol import StateStore
@@ -308,10 +308,11 @@ def _timeout(instance: object, attribute: attrs.Attribute[float], value: object)
 
 
 def _policy_name(instance: AdapterConfig, attribute: attrs.Attribute[str], value: str) -> None:
-    # Building the preset once is the only check that cannot drift from Policy.named.
+    # Policy.named's own checks, which need no catalog: the policy is built against the
+    # catalog this configuration names (make_policy), never against the packaged one here.
     try:
-        Policy.named(value, on=instance.policy_on)
-    except (TypeError, ValueError) as error:
+        Policy.check_named(value, on=instance.policy_on)
+    except PolicyError as error:
         raise AdapterConfigError(f"policy = {value!r}: {error}") from None
 
 
@@ -390,10 +391,14 @@ class AdapterConfig:
     def make_policy(self, catalog: Catalog | None = None) -> Policy:
         """The :class:`~tbes.policy.Policy` preset this configuration names.
 
-        ``catalog`` feeds the ``supported_only`` baseline (default: :meth:`load_catalog`).
+        Its baselines read their releases from ``catalog``, by default the catalog this
+        configuration names (:meth:`load_catalog`), never silently the packaged one.
         """
         known = catalog if catalog is not None else self.load_catalog()
-        return Policy.named(self.policy, on=self.policy_on, catalog=known)
+        try:
+            return Policy.named(self.policy, on=self.policy_on, catalog=known)
+        except PolicyError as error:
+            raise AdapterConfigError(f"policy = {self.policy!r}: {error}") from None
 
 
 def make_enforcer(
