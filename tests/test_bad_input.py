@@ -44,7 +44,7 @@ from tbes.version import ExchangeBuild, Product
 UTC = dt.UTC
 CATALOG = Catalog.default()
 BUILD = ExchangeBuild(15, 1, 2507, 6)
-BASELINE = DEFAULT_POLICY.baseline
+BASELINE = Baseline.exchange_online_2026()
 JAN1 = dt.datetime(2026, 1, 1, tzinfo=UTC)
 JAN2 = dt.datetime(2026, 1, 2, tzinfo=UTC)
 STATE = ServerState("mx1", "contoso", BUILD, Compliance.OUTDATED, JAN1, JAN1, None)

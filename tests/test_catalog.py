@@ -735,3 +735,36 @@ def test_csv_that_is_not_utf8_raises_catalog_error(tmp_path: Path) -> None:
     path.write_bytes(_HEADER.encode() + b"Exchange 2016 CU23 \xe9,15.1.2507.6,4/20/2022,,\n")
     with pytest.raises(CatalogError, match=r"latin1\.csv: not utf-8"):
         Catalog.from_microsoft_csv(path)
+
+
+# --- ESU-only releases -----------------------------------------------------------------------
+
+
+def test_updates_of_2016_and_2019_after_their_end_of_support_are_marked_esu() -> None:
+    # Microsoft's list names them like public updates; the ESU period began on 15 Oct 2025.
+    imported = Catalog.from_microsoft_csv(BUILD_LIST_CSV)
+    esu = {release.build for release in imported.releases if release.esu}
+    assert B("15.1.2507.63") in esu  # 2016 CU23 Dec25SU
+    assert B("15.1.2507.72") in esu  # 2016 CU23 Aug26SU, the ESU build the reference names
+    assert B("15.2.1748.49") in esu  # 2019 CU15 Aug26SU
+    assert B("15.1.2507.61") not in esu  # Oct25SU, the last public one
+    assert B("15.2.2562.35") not in esu  # SE Dec25SU: SE is supported
+    assert {CATALOG.release(build) for build in esu} == {r for r in CATALOG.releases if r.esu}
+    assert all(
+        r.product in {P.EXCHANGE_2016, P.EXCHANGE_2019} and r.date > D(2025, 10, 14)
+        for r in CATALOG.releases
+        if r.esu
+    )
+
+
+def test_a_catalog_file_without_the_esu_key_gets_the_mark_from_the_lifecycle() -> None:
+    text = CATALOG.to_json()
+    assert '"esu": true' in text
+    older = text.replace(', "esu": true', "").replace(', "esu": false', "")
+    assert '"esu"' not in older
+    assert Catalog.loads(older) == CATALOG
+
+
+def test_a_base_release_cannot_be_esu() -> None:
+    with pytest.raises(CatalogError, match="starts a line"):
+        Release(P.EXCHANGE_2016, "CU23", B("15.1.2507.6"), D(2025, 12, 9), esu=True)

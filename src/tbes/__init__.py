@@ -41,6 +41,7 @@ from tbes.ledger import Pause, PauseLedger
 from tbes.policy import DEFAULT_POLICY, ConnectorKind, Policy, SmtpReply
 from tbes.received import Hop, SenderEvidence, find_sender, parse_received, received_values
 from tbes.report import ReportRow, Segment, forecast, report_row
+from tbes.schedule import RollingBaseline, Schedule, Step
 from tbes.stages import DEFAULT_STAGE_TABLE, Stage, StageTable
 from tbes.state import ServerState, observe
 from tbes.store import LedgerWrite, MemoryStore, SQLiteStore, StateStore, StateWrite, Versioned
@@ -85,7 +86,9 @@ __all__ = [
     "QuotaExceededError",
     "Release",
     "ReportRow",
+    "RollingBaseline",
     "SQLiteStore",
+    "Schedule",
     "Segment",
     "SenderEvidence",
     "ServerState",
@@ -95,6 +98,7 @@ __all__ = [
     "StageTableError",
     "StateStore",
     "StateWrite",
+    "Step",
     "StoreConflictError",
     "StoreError",
     "TbesError",

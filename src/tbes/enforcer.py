@@ -329,7 +329,7 @@ class Enforcer:
         self, conn: Connection, evidence: SenderEvidence, now: dt.datetime
     ) -> Callable[[ServerState | None], ServerState]:
         """The change one message with Exchange evidence makes to the stored state."""
-        assessment = self._assess(evidence.build)
+        assessment = self._assess(evidence.build, now)
         return functools.partial(
             observe,
             server_id=conn.server_id,
@@ -406,8 +406,9 @@ class Enforcer:
         assert decision is not None  # the loop ran at least once
         return decision
 
-    def _assess(self, build: ExchangeBuild) -> Assessment:
-        baseline, catalog = self.policy.baseline, self.catalog
+    def _assess(self, build: ExchangeBuild, now: dt.datetime) -> Assessment:
+        # The baseline in force at ``now``: one object per day, so no verdict of another day.
+        baseline, catalog = self.policy.baseline_at(now), self.catalog
         cached = self._verdicts.get(build)
         # Checked by identity, so a new policy or catalog is never answered from an old
         # verdict, even by a thread that raced the change.

@@ -273,7 +273,7 @@ def report_row(state: ServerState, now: dt.datetime, policy: Policy, catalog: Ca
     recommended = (
         ()
         if state.build is None
-        else assess(state.build, baseline=policy.baseline, catalog=catalog).recommended
+        else assess(state.build, baseline=policy.baseline_at(now), catalog=catalog).recommended
     )
     following = _next_stage(decision.stage, policy)
     table = policy.stage_table

@@ -23,7 +23,7 @@ Example::
     own_hosts = ["mx.contoso.example"]
     fail_closed = false
     check_timeout = 2.0                  # seconds per check, retries included
-    policy = "exchange_online_2026"
+    policy = "exchange_online"          # Microsoft's dated phases (the default)
     catalog = "/etc/tbes/catalog.json"   # optional: written by `tbes catalog import`
 
     [[connector]]
@@ -338,7 +338,7 @@ class AdapterConfig:
     policy_on: dt.date | None = attrs.field(
         default=None, validator=attrs.validators.optional(attrs.validators.instance_of(dt.date))
     )
-    policy: str = attrs.field(default="exchange_online_2026", validator=_policy_name)
+    policy: str = attrs.field(default="exchange_online", validator=_policy_name)
     fixed_time: dt.datetime | None = attrs.field(default=None, validator=_aware)
     catalog: str | None = attrs.field(
         default=None, validator=attrs.validators.optional(_non_empty_text)
@@ -487,7 +487,7 @@ def _from_mapping(data: Mapping[str, Any]) -> AdapterConfig:
         fail_closed=_get(data, "fail_closed", bool, False),
         check_timeout=_get(data, "check_timeout", object, DEFAULT_CHECK_TIMEOUT),
         policy_on=_get(data, "policy_on", dt.date, None),
-        policy=_get(data, "policy", str, "exchange_online_2026"),
+        policy=_get(data, "policy", str, "exchange_online"),
         fixed_time=_instant(testing.get("fixed_time")),
         catalog=_get(data, "catalog", str, None),
     )
