@@ -28,6 +28,7 @@ NAMED_CORE = {
     "tbes.catalog",
     "tbes.baseline",
     "tbes.compliance",
+    "tbes.schedule",
     "tbes.stages",
     "tbes.ledger",
     "tbes.state",
