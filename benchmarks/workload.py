@@ -11,7 +11,7 @@ import datetime as dt
 import random
 from collections.abc import Iterator
 
-from tbes.catalog import Compliance
+from tbes.compliance import Compliance
 from tbes.enforcer import Connection
 from tbes.ledger import Pause
 from tbes.policy import ConnectorKind

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from tbes.catalog import Catalog, assess
+from tbes.catalog import Catalog
+from tbes.compliance import assess
 from tbes.decision import Action, Decision, decide
 from tbes.policy import DEFAULT_POLICY
 from tbes.state import ServerState, observe
@@ -46,7 +47,8 @@ def _stage_header(decisions: list[Decision], start: dt.datetime, day: int) -> No
 
 def main() -> None:
     """Print the server's enforcement, one line per day, with each stage's replies."""
-    assessment = assess(BUILD, baseline=DEFAULT_POLICY.baseline, catalog=Catalog.default())
+    baseline = DEFAULT_POLICY.baseline_at(FIRST_SEEN)
+    assessment = assess(BUILD, baseline=baseline, catalog=Catalog.default())
     state = observe(
         None, server_id=SERVER, tenant="contoso", assessment=assessment, build=BUILD, at=FIRST_SEEN
     )

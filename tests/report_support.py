@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 
-from tbes.catalog import Compliance
+from tbes.compliance import Compliance
 from tbes.ledger import Pause
 from tbes.state import ServerState
 from tbes.version import ExchangeBuild

@@ -21,9 +21,10 @@ from tbes.adapters.config import (
     normalise_ip,
     parse_config,
 )
+from tbes.catalog import Catalog
 from tbes.decision import Action
 from tbes.errors import NaiveDatetimeError, TbesError
-from tbes.policy import ConnectorKind
+from tbes.policy import ConnectorKind, Policy
 from tbes.store._deadline import remaining
 from tbes.store.memory import MemoryStore
 from tbes.version import ExchangeBuild
@@ -438,3 +439,10 @@ def test_a_matched_peers_server_id_is_its_rules_identity_whatever_it_reports(
     config = AdapterConfig(connectors=(named,))
     conn = config.connection(peer_ip=str(address), peer_host=host, tls_subject=subject)
     assert conn.server_id == "all of v4"
+
+
+def test_the_default_policy_is_microsofts_dated_phases_over_the_named_catalog() -> None:
+    config = parse_config("")
+    assert config.policy == "exchange_online"
+    catalog = Catalog.default()
+    assert config.make_policy(catalog) == Policy.exchange_online(catalog)

@@ -19,7 +19,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tbes.catalog import Assessment, Baseline, Catalog, Compliance, assess
+from tbes.baseline import Baseline
+from tbes.catalog import Catalog
+from tbes.compliance import Assessment, Compliance, assess
 from tbes.decision import Action, Decision, decide
 from tbes.errors import (
     InvalidBuildError,
@@ -42,7 +44,7 @@ from tbes.version import ExchangeBuild, Product
 UTC = dt.UTC
 CATALOG = Catalog.default()
 BUILD = ExchangeBuild(15, 1, 2507, 6)
-BASELINE = DEFAULT_POLICY.baseline
+BASELINE = Baseline.exchange_online_2026()
 JAN1 = dt.datetime(2026, 1, 1, tzinfo=UTC)
 JAN2 = dt.datetime(2026, 1, 2, tzinfo=UTC)
 STATE = ServerState("mx1", "contoso", BUILD, Compliance.OUTDATED, JAN1, JAN1, None)
@@ -251,7 +253,7 @@ CASES: list[tuple[str, Call, type[TbesError], str]] = [
     ("decide(policy='x')", lambda: decide(STATE, JAN2, bad("x")), InvalidValueError, "policy"),
     (
         "Policy.supported_only(None)",
-        lambda: Policy.supported_only(bad(None)),
+        lambda: Policy.supported_only(bad(None), CATALOG),
         PolicyError,
         "on must be a date",
     ),
@@ -552,8 +554,11 @@ ENTRY_POINTS: dict[str, Feed] = {
     "decide(state)": lambda x: decide(x, JAN2),
     "decide(now)": lambda x: decide(STATE, x),
     "decide(policy)": lambda x: decide(STATE, JAN2, x),
-    "Policy.supported_only": lambda x: Policy.supported_only(x),
-    "Policy.named": lambda x: Policy.named(x),
+    "Policy.supported_only": lambda x: Policy.supported_only(x, CATALOG),
+    "Policy.supported_only(catalog)": lambda x: Policy.supported_only(dt.date(2026, 1, 2), x),
+    "Policy.named": lambda x: Policy.named(x, catalog=CATALOG),
+    "Policy.named(catalog)": lambda x: Policy.named("exchange_online_2026", catalog=x),
+    "Baseline.supported_only(catalog)": lambda x: Baseline.supported_only(dt.date(2026, 1, 2), x),
     "Policy(service_name)": lambda x: Policy(service_name=x),
     "report_row(state)": lambda x: report_row(x, JAN2, DEFAULT_POLICY, CATALOG),
     "report_row(now)": lambda x: report_row(STATE, x, DEFAULT_POLICY, CATALOG),

@@ -21,7 +21,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from integration.pg import PostgresServer, acquire, release
-from tbes.catalog import Catalog, Compliance
+from tbes.catalog import Catalog
+from tbes.compliance import Compliance
 from tbes.decision import Action
 from tbes.enforcer import Connection, Enforcer
 from tbes.errors import (

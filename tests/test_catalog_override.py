@@ -19,6 +19,7 @@ NEWER_ROW = "Exchange SE RTM Nov26SU,15.2.2562.50,11/10/2026,KB9999999,\n"
 NEWER_SU = ExchangeBuild(15, 2, 2562, 50)
 PACKAGED_SU = ExchangeBuild(15, 2, 2562, 46)  # SE RTM Aug26SU, the newest in the CSV
 ON = dt.date(2026, 11, 20)
+AT = dt.datetime(2026, 11, 20, 12, tzinfo=dt.UTC)
 
 
 @pytest.fixture
@@ -33,15 +34,15 @@ def newer_catalog(tmp_path: Path) -> Path:
 
 
 def test_supported_only_takes_its_minimums_from_the_given_catalog(newer_catalog: Path) -> None:
-    packaged = Policy.supported_only(ON)
+    packaged = Policy.supported_only(ON, Catalog.default())
     imported = Policy.supported_only(ON, Catalog.load(newer_catalog))
-    assert packaged.baseline.minimum[Product.EXCHANGE_SE] == (PACKAGED_SU,)
-    assert imported.baseline.minimum[Product.EXCHANGE_SE] == (NEWER_SU,)
+    assert packaged.baseline_at(AT).minimum[Product.EXCHANGE_SE] == (PACKAGED_SU,)
+    assert imported.baseline_at(AT).minimum[Product.EXCHANGE_SE] == (NEWER_SU,)
 
 
 def test_named_policy_passes_the_catalog_on(newer_catalog: Path) -> None:
     policy = Policy.named("supported_only", on=ON, catalog=Catalog.load(newer_catalog))
-    assert policy.baseline.minimum[Product.EXCHANGE_SE] == (NEWER_SU,)
+    assert policy.baseline_at(AT).minimum[Product.EXCHANGE_SE] == (NEWER_SU,)
 
 
 def test_adapter_config_catalog_feeds_assessment_and_baseline(newer_catalog: Path) -> None:
@@ -51,7 +52,23 @@ def test_adapter_config_catalog_feeds_assessment_and_baseline(newer_catalog: Pat
     )
     enforcer = make_enforcer(config, MemoryStore())
     assert enforcer.catalog.latest(Product.EXCHANGE_SE).build == NEWER_SU
-    assert enforcer.policy.baseline.minimum[Product.EXCHANGE_SE] == (NEWER_SU,)
+    assert enforcer.policy.baseline_at(AT).minimum[Product.EXCHANGE_SE] == (NEWER_SU,)
+
+
+def test_adapter_config_checks_its_policy_without_reading_the_packaged_catalog(
+    newer_catalog: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 14 item 6: the configuration names its own catalog; checking the policy must not
+    # build the preset from the packaged one behind the operator's back.
+    def packaged() -> Catalog:
+        raise AssertionError("the packaged catalog was read")
+
+    monkeypatch.setattr(Catalog, "default", packaged)
+    config = parse_config(
+        f'policy = "supported_only"\npolicy_on = {ON.isoformat()}\n'
+        f"catalog = {json.dumps(str(newer_catalog))}\n"
+    )
+    assert config.make_policy().baseline_at(AT).minimum[Product.EXCHANGE_SE] == (NEWER_SU,)
 
 
 def test_adapter_config_names_an_unreadable_catalog(tmp_path: Path) -> None:

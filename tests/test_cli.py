@@ -20,8 +20,8 @@ from click.testing import CliRunner, Result
 import tbes.cli
 from report_support import fabrikam_state
 from support import BUILD_LIST_CSV
-from tbes.catalog import Compliance
 from tbes.cli import cli
+from tbes.compliance import Compliance
 from tbes.ledger import Pause, PauseLedger
 from tbes.report import ReportRow
 from tbes.serde import loads
@@ -297,7 +297,7 @@ def test_inspect_finds_the_sending_exchange_server_behind_our_own_hop(eml: Path)
         "Sender: hop 1, ex2016.fabrikam.example (203.0.113.16), build 15.1.2507.39" in result.output
     )
     assert "Exchange 2016 CU23 Apr24HU" in result.output
-    assert "Assessment under exchange_online_2026: OUTDATED." in result.output
+    assert "Assessment under exchange_online: OUTDATED." in result.output
     assert "Recommended: 15.1.2507.61" in result.output
     assert "Decision: ACCEPT in stage 1." in result.output
     milestones = milestones_of(result.output)

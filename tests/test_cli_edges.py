@@ -285,7 +285,11 @@ def test_timeline_first_detected_at_the_calendars_last_instant_answers() -> None
 
 
 def test_timeline_of_year_one_pads_the_year() -> None:
-    result = run("timeline", "--build", "15.1.2507.39", "--first-detected", "0001-01-01")
+    # The fixed 2026 rules: under the default phases nothing was enforced in year one.
+    result = run(
+        "timeline", "--build", "15.1.2507.39", "--first-detected", "0001-01-01",
+        "--policy", "exchange_online_2026",
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert milestones(result.stdout)["throttling from"] == "0001-01-31 00:00"
 

@@ -8,19 +8,24 @@ shared vectors), blocking first, then throttling.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from typing import Any
 
 import attrs
 import pytest
 
 from support import load_vectors
-from tbes.catalog import Baseline, Compliance
+from tbes.baseline import Baseline
+from tbes.catalog import Catalog
+from tbes.compliance import Compliance
 from tbes.decision import Action, Decision, decide
 from tbes.errors import NaiveDatetimeError, PolicyError
 from tbes.ledger import Pause
 from tbes.policy import DEFAULT_POLICY, ConnectorKind, Policy, SmtpReply
 from tbes.stages import DEFAULT_STAGE_TABLE, Stage, StageTable
 from tbes.state import ServerState
+
+CATALOG = Catalog.default()
 
 UTC = dt.UTC
 US = dt.timedelta(microseconds=1)
@@ -468,28 +473,40 @@ def test_the_2023_preset_differs_only_in_its_baseline() -> None:
 
 def test_supported_only_judges_support_on_the_given_day() -> None:
     on = dt.date(2026, 1, 15)
-    assert Policy.supported_only(on).baseline == Baseline.supported_only(on)
+    assert Policy.supported_only(on, CATALOG).baseline == Baseline.supported_only(on, CATALOG)
 
 
 def test_named_presets() -> None:
-    assert Policy.named("exchange_online_2023") == Policy.exchange_online_2023()
-    assert Policy.named("exchange_online_2026", on=dt.date(2026, 1, 1)) == DEFAULT_POLICY
+    named = functools.partial(Policy.named, catalog=CATALOG)
+    assert named("exchange_online_2023") == Policy.exchange_online_2023()
+    assert named("exchange_online_2026", on=dt.date(2026, 1, 1)) == DEFAULT_POLICY
     on = dt.date(2026, 1, 15)
-    assert Policy.named("supported_only", on=on) == Policy.supported_only(on)
+    assert named("supported_only", on=on) == Policy.supported_only(on, CATALOG)
 
 
 def test_unknown_policy_name_lists_the_valid_ones() -> None:
     with pytest.raises(
         ValueError, match="exchange_online_2023, exchange_online_2026, supported_only"
     ):
-        Policy.named("exchange_online_2030")
+        Policy.named("exchange_online_2030", catalog=CATALOG)
 
 
 def test_supported_only_needs_a_day() -> None:
     with pytest.raises(ValueError, match="supported_only"):
-        Policy.named("supported_only")
+        Policy.named("supported_only", catalog=CATALOG)
     with pytest.raises(PolicyError, match="date"):
-        Policy.supported_only(dt.datetime(2026, 1, 1, tzinfo=UTC))
+        Policy.supported_only(dt.datetime(2026, 1, 1, tzinfo=UTC), CATALOG)
+
+
+def test_presets_that_read_releases_need_the_catalog_given() -> None:
+    # Issue 14 item 6: no preset falls back to the packaged catalog without saying so.
+    on = dt.date(2026, 1, 15)
+    with pytest.raises(PolicyError, match="catalog"):
+        Policy.named("supported_only", on=on, catalog=None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        Policy.named("supported_only", on=on)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        Policy.supported_only(on)  # type: ignore[call-arg]
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tbes.catalog import Baseline, Catalog, Compliance, assess
+from tbes.baseline import Baseline
+from tbes.catalog import Catalog
+from tbes.compliance import Compliance, assess
 from tbes.decision import Action, Decision, decide
 from tbes.enforcer import FAIL_CLOSED_REPLY, Connection, Enforcer, utc_now
 from tbes.errors import (

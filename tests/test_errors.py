@@ -50,7 +50,7 @@ def test_value_errors_are_also_value_error(cls: type[Exception]) -> None:
 
 def test_unknown_policy_name_raises_policy_error_listing_the_presets() -> None:
     with pytest.raises(errors.PolicyError) as excinfo:
-        tbes.Policy.named("exchange_online_2030")
+        tbes.Policy.named("exchange_online_2030", catalog=tbes.Catalog.default())
     message = str(excinfo.value)
     assert "'exchange_online_2030'" in message
     for preset in ("exchange_online_2023", "exchange_online_2026", "supported_only"):
@@ -59,7 +59,7 @@ def test_unknown_policy_name_raises_policy_error_listing_the_presets() -> None:
 
 def test_supported_only_without_a_date_is_a_policy_error() -> None:
     with pytest.raises(errors.PolicyError, match="supported_only"):
-        tbes.Policy.named("supported_only")
+        tbes.Policy.named("supported_only", catalog=tbes.Catalog.default())
 
 
 def test_a_pause_of_zero_days_is_an_invalid_pause_naming_the_value() -> None:

@@ -11,7 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tbes.adapters.config import parse_config
-from tbes.catalog import Assessment, Catalog, Compliance
+from tbes.catalog import Catalog
+from tbes.compliance import Assessment, Compliance
 from tbes.enforcer import Connection, Enforcer
 from tbes.errors import InvalidValueError, NaiveDatetimeError
 from tbes.events import Event, EventKind, announce, announcement, event_id

@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from tbes.catalog import Compliance
+from tbes.compliance import Compliance
 from tbes.decision import Action, decide
 from tbes.errors import (
     InvalidPauseError,

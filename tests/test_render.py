@@ -11,7 +11,8 @@ from html.parser import HTMLParser
 import pytest
 
 from report_support import fabrikam_state
-from tbes.catalog import Catalog, Compliance
+from tbes.catalog import Catalog
+from tbes.compliance import Compliance
 from tbes.policy import Policy
 from tbes.render import (
     FORMATS,

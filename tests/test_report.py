@@ -11,7 +11,8 @@ import datetime as dt
 import pytest
 
 from report_support import JAN_1, fabrikam_state
-from tbes.catalog import Catalog, Compliance
+from tbes.catalog import Catalog
+from tbes.compliance import Compliance
 from tbes.errors import NaiveDatetimeError
 from tbes.policy import Policy
 from tbes.report import ReportRow, Segment, forecast, horizon, report_row

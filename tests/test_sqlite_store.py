@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from tbes.catalog import Catalog, Compliance
+from tbes.catalog import Catalog
+from tbes.compliance import Compliance
 from tbes.decision import Action
 from tbes.enforcer import Connection, Enforcer
 from tbes.errors import InvalidValueError, StoreError

@@ -7,7 +7,7 @@ import datetime as dt
 import attrs
 import pytest
 
-from tbes.catalog import Assessment, Compliance
+from tbes.compliance import Assessment, Compliance
 from tbes.decision import Action, decide
 from tbes.errors import NaiveDatetimeError
 from tbes.ledger import Pause

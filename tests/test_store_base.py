@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from custom_store_doc import example_source, example_store_class
-from tbes.catalog import Catalog, Compliance
+from tbes.catalog import Catalog
+from tbes.compliance import Compliance
 from tbes.decision import Action
 from tbes.enforcer import FAIL_CLOSED_REPLY, Connection, Enforcer
 from tbes.errors import StoreConflictError, StoreError

@@ -22,7 +22,8 @@ import pytest
 
 from custom_store_doc import example_store_class
 from integration.pg import PostgresServer, acquire, release
-from tbes.catalog import Catalog, Compliance
+from tbes.catalog import Catalog
+from tbes.compliance import Compliance
 from tbes.decision import Action
 from tbes.enforcer import Connection, Enforcer
 from tbes.errors import StoreConflictError, StoreError

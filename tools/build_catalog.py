@@ -48,6 +48,7 @@ def _row(release: Release) -> str:
         _string(str(release.build)),
         _string(release.date.isoformat()),
         "None" if release.kb is None else _string(release.kb),
+        str(release.esu),
     ]
     line = f"    ({', '.join(cells)}),"
     if len(line) <= _LINE_LENGTH:
@@ -61,9 +62,10 @@ def render(catalog: Catalog) -> str:
     return (
         f"{_HEAD}"
         f'AS_OF = "{catalog.as_of.isoformat()}"\n\n'
-        "# (product, name, build, date, kb) per release, sorted by build: the keys of a release\n"
-        "# in a catalog file (docs/catalog.md), in the same order.\n"
-        "RELEASES: tuple[tuple[str, str, str, str, str | None], ...] = (\n"
+        "# (product, name, build, date, kb, esu) per release, sorted by build: the keys of a\n"
+        "# release in a catalog file (docs/catalog.md), in the same order. esu marks an update\n"
+        "# that went to Extended Security Update customers only.\n"
+        "RELEASES: tuple[tuple[str, str, str, str, str | None, bool], ...] = (\n"
         f"{rows}\n"
         ")\n"
     )

@@ -12,7 +12,9 @@ psycopg nor aiosmtpd.
 
 import importlib.metadata as _metadata
 
-from tbes.catalog import Assessment, Baseline, Catalog, Compliance, assess
+from tbes.baseline import Baseline
+from tbes.catalog import Catalog
+from tbes.compliance import Assessment, Compliance, assess
 from tbes.decision import Action, Decision, decide
 from tbes.enforcer import Connection, Enforcer
 from tbes.errors import (
@@ -39,6 +41,7 @@ from tbes.notifiers import CallbackNotifier, LoggingNotifier, Notifier
 from tbes.policy import DEFAULT_POLICY, ConnectorKind, Policy, SmtpReply
 from tbes.received import SenderEvidence, find_sender, received_values
 from tbes.report import ReportRow, forecast, report_row
+from tbes.schedule import Schedule
 from tbes.state import ServerState, observe
 from tbes.store import MemoryStore, SQLiteStore, StateStore
 from tbes.version import ExchangeBuild, Product
@@ -74,6 +77,7 @@ __all__ = [  # noqa: RUF022 - grouped by use, not sorted
     "Product",
     "Catalog",
     "Baseline",
+    "Schedule",
     "Compliance",
     "Assessment",
     "assess",

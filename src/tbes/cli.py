@@ -29,7 +29,8 @@ from rich.table import Table
 from rich.text import Text
 
 from tbes import demo as scenario
-from tbes.catalog import Assessment, Catalog, Release, assess
+from tbes.catalog import Catalog, Release
+from tbes.compliance import Assessment, assess
 from tbes.decision import Decision, decide
 from tbes.enforcer import Enforcer, utc_now
 from tbes.errors import TbesError
@@ -41,6 +42,7 @@ from tbes.render import FORMATS, render_report
 from tbes.render._common import instant, minutes, printable, stage_cell
 from tbes.render.json import dumps
 from tbes.report import END, ReportRow, Segment, forecast, horizon, report_row
+from tbes.schedule import RollingBaseline, Schedule, Step
 from tbes.serde import converter
 from tbes.state import ServerState, observe
 from tbes.store import UnreadableRow
@@ -51,10 +53,10 @@ __all__ = ["cli", "main"]
 
 _T = TypeVar("_T")
 
-POLICIES = ("exchange_online_2026", "exchange_online_2023", "supported_only")
+POLICIES = ("exchange_online", "exchange_online_2026", "exchange_online_2023", "supported_only")
 """The policy presets ``--policy`` accepts (see :meth:`tbes.policy.Policy.named`)."""
 
-_DEFAULT_POLICY = "exchange_online_2026"
+_DEFAULT_POLICY = "exchange_online"
 _DEFAULT_CATALOG_OUT = "tbes-catalog.json"
 # Subcommands that live beside their shell module and are imported only when used, so that
 # `tbes` works without their optional dependencies: name -> (module, attribute holding the
@@ -283,9 +285,9 @@ def _catalog(ctx: click.Context) -> Catalog:
 
 
 def _policy(ctx: click.Context, name: str, at: dt.datetime) -> Policy:
-    # supported_only judges support on the day of the decision, by the operator's catalog;
-    # the fixed presets need no catalog, so none is read for them.
-    catalog = _catalog(ctx) if name == "supported_only" else None
+    # Presets read their releases from the operator's catalog (--catalog / $TBES_CATALOG);
+    # supported_only judges support on the day of the decision.
+    catalog = _catalog(ctx)
     return _guard(lambda: Policy.named(name, on=at.astimezone(dt.UTC).date(), catalog=catalog))
 
 
@@ -432,7 +434,7 @@ def _inspect_sender(
 ) -> tuple[Assessment, Decision, ReportRow] | None:
     if evidence is None:
         return None
-    assessment = assess(evidence.build, baseline=policy.baseline, catalog=catalog)
+    assessment = assess(evidence.build, baseline=policy.baseline_at(at), catalog=catalog)
     server = evidence.host or evidence.ip or "sender"
     state = observe(
         None,
@@ -565,7 +567,7 @@ def timeline(
     """Forecast when a server is throttled, blocked and fully blocked, stage by stage."""
     policy = _policy(ctx, policy_name, first_detected)
     catalog = _catalog(ctx)
-    assessment = assess(build, baseline=policy.baseline, catalog=catalog)
+    assessment = assess(build, baseline=policy.baseline_at(first_detected), catalog=catalog)
     state = _guard(lambda: _what_if(server, build, assessment, first_detected, pauses, policy))
     console = _console()
     release = "" if assessment.release is None else f" ({assessment.release.title})"
@@ -783,6 +785,65 @@ def catalog_group() -> None:
     tbes uses its packaged catalog unless `tbes --catalog FILE` or $TBES_CATALOG names
     another one.
     """
+
+
+# ---- tbes catalog phases: Microsoft's dated schedule (self-contained) ----------------------
+
+
+@catalog_group.command("phases")
+@click.option(
+    "--final-step-from",
+    type=click.DateTime(["%Y-%m-%d"]),
+    default=None,
+    help="Day of the announced last step (only ESU builds pass); off by default.",
+)
+@click.pass_context
+def catalog_phases(ctx: click.Context, final_step_from: dt.datetime | None) -> None:
+    """Show the exchange_online policy's phases: from when, what is compliant, per product."""
+    catalog = _catalog(ctx)
+    day = None if final_step_from is None else final_step_from.date()
+    schedule = _guard(lambda: Schedule.exchange_online(catalog, day))
+    console = _console()
+    first = schedule.steps[0].effective_from
+    console.print(_line(f"Before {first:%Y-%m-%d %H:%M} UTC nothing is enforced."))
+    console.print(_phases_table(schedule, catalog))
+
+
+_PHASE_PRODUCTS = tuple(
+    p for p in Product if p.on_premises and p not in {Product.EXCHANGE_2000, Product.EXCHANGE_2003}
+)
+
+
+def _phases_table(schedule: Schedule, catalog: Catalog) -> Table:
+    table = _table("from (UTC)", "product", "compliant", title="Phases of exchange_online")
+    for step in schedule.steps:
+        when = f"{step.effective_from:%Y-%m-%d %H:%M}"
+        for product in _PHASE_PRODUCTS:
+            table.add_row(_t(when), _t(product.label), _t(_phase_rule(step, product, catalog)))
+            when = ""
+    return table
+
+
+def _phase_rule(step: Step, product: Product, catalog: Catalog) -> str:
+    rule = step.baseline
+    if product in rule.unsupported:
+        return "no build (unsupported)"
+    if isinstance(rule, RollingBaseline):
+        if product not in rule.rolled:
+            return "every build"
+        return (
+            f"builds of the newest CU line or the one before, no older than the line's oldest "
+            f"public SU or HU of the last {rule.months} months (counted back from the "
+            "month of the decision, or of end of support once past it)"
+        )
+    minimum = rule.minimum.get(product, ())
+    if not minimum:
+        return "every build"
+    floors = []
+    for build in sorted(minimum, reverse=True):
+        release = catalog.release(build)
+        floors.append(str(build) if release is None else f"{build} ({release.name})")
+    return "from " + " or ".join(floors) + " on its CU line"
 
 
 _PRODUCT_NAMES = {

@@ -19,7 +19,7 @@ import attrs
 
 from tbes._instants import as_utc
 from tbes._slots import slot_filler
-from tbes.catalog import Compliance
+from tbes.compliance import Compliance
 from tbes.errors import InvalidValueError
 from tbes.ledger import Pause, Span, clock_reaches, covering_end, pause_spans, paused_between
 from tbes.policy import DEFAULT_POLICY, Policy, SmtpReply, StagePlan

@@ -168,7 +168,7 @@ def demo_policy() -> Policy:
     checks, which find no on-premises Exchange in it and leave it alone.
     """
     return attrs.evolve(
-        Policy.named(POLICY_NAME),
+        Policy.named(POLICY_NAME, catalog=Catalog.default()),  # a fixed preset: reads none
         connectors=frozenset({ConnectorKind.ON_PREMISES, ConnectorKind.PARTNER}),
     )
 

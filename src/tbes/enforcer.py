@@ -30,7 +30,9 @@ import attrs
 
 from tbes._checks import id_field, of_type
 from tbes._instants import as_utc
-from tbes.catalog import Assessment, Baseline, Catalog, Compliance, assess
+from tbes.baseline import Baseline
+from tbes.catalog import Catalog
+from tbes.compliance import Assessment, Compliance, assess
 from tbes.decision import Action, Decision, decide
 from tbes.errors import (
     InvalidPauseError,
@@ -209,7 +211,7 @@ class Enforcer:
         self, conn: Connection, evidence: SenderEvidence, now: dt.datetime
     ) -> Callable[[ServerState | None], ServerState]:
         """The change one message with Exchange evidence makes to the stored state."""
-        assessment = self._assess(evidence.build)
+        assessment = self._assess(evidence.build, now)
         return functools.partial(
             observe,
             server_id=conn.server_id,
@@ -295,8 +297,9 @@ class Enforcer:
         assert decision is not None  # the loop ran at least once
         return decision
 
-    def _assess(self, build: ExchangeBuild) -> Assessment:
-        baseline, catalog = self.policy.baseline, self.catalog
+    def _assess(self, build: ExchangeBuild, now: dt.datetime) -> Assessment:
+        # The baseline in force at ``now``: one object per day, so no verdict of another day.
+        baseline, catalog = self.policy.baseline_at(now), self.catalog
         cached = self._verdicts.get(build)
         # Checked by identity, so a new policy or catalog is never answered from an old
         # verdict, even by a thread that raced the change.

@@ -1,6 +1,7 @@
 """Policies: what is enforced, on which connections, how long each stage lasts, what replies say.
 
-A :class:`Policy` is a frozen value: the baseline that judges builds, the stage table, the
+A :class:`Policy` is a frozen value: the baseline (or :class:`~tbes.schedule.Schedule` of
+baselines) that judges builds, the stage table, the
 connector kinds enforced on and the reply wording. Decision: :func:`~tbes.decision.decide`
 sits on the hot path of every connection, so a policy precomputes per stage what does not
 depend on the server (window bounds, reply lines) as :class:`StagePlan` values, and a
@@ -17,9 +18,11 @@ from typing import NamedTuple
 
 import attrs
 
-from tbes._checks import of_type
-from tbes.catalog import Baseline, Catalog
+from tbes._checks import of_type, require_type
+from tbes.baseline import Baseline
+from tbes.catalog import Catalog
 from tbes.errors import InvalidValueError, PolicyError
+from tbes.schedule import Schedule
 from tbes.stages import DEFAULT_STAGE_TABLE, Stage, StageTable
 
 __all__ = ["DEFAULT_POLICY", "PRESETS", "ConnectorKind", "Policy", "SmtpReply"]
@@ -27,7 +30,7 @@ __all__ = ["DEFAULT_POLICY", "PRESETS", "ConnectorKind", "Policy", "SmtpReply"]
 _MINUTES = 60
 _ZERO = dt.timedelta(0)
 _HOUR = dt.timedelta(hours=1)
-PRESETS = ("exchange_online_2023", "exchange_online_2026", "supported_only")
+PRESETS = ("exchange_online", "exchange_online_2023", "exchange_online_2026", "supported_only")
 """The names :meth:`Policy.named` knows, in the order commands list them."""
 # A reply line travels through milters and SMTP libraries: one line, printable ASCII.
 _PRINTABLE = frozenset(chr(c) for c in range(32, 127))
@@ -170,11 +173,20 @@ def _default_baseline() -> Baseline:
     return Baseline.exchange_online_2026()
 
 
+def _check_baseline(
+    instance: Policy, attribute: attrs.Attribute[Baseline | Schedule], value: object
+) -> None:
+    if not isinstance(value, Baseline | Schedule):
+        raise PolicyError(f"baseline must be a Baseline or a Schedule, got {value!r:.80}")
+
+
 @attrs.frozen
 class Policy:
     """What is enforced, on which connections, how long each stage lasts and what replies say.
 
-    The defaults are Microsoft's Exchange Online rules of 2026; see the presets
+    ``baseline`` is a :class:`Baseline`, in force at every instant, or a :class:`Schedule`
+    of them; :meth:`baseline_at` gives the one in force at an instant. The defaults are
+    Microsoft's Exchange Online rules of 2026; see the presets :meth:`exchange_online`,
     :meth:`exchange_online_2023`, :meth:`exchange_online_2026`, :meth:`supported_only` and
     :meth:`named`. Invalid settings, values of the wrong type included, raise
     :class:`~tbes.errors.PolicyError` naming the setting and the value (the reply wording,
@@ -184,8 +196,8 @@ class Policy:
     stage_table: StageTable = attrs.field(
         default=DEFAULT_STAGE_TABLE, validator=of_type(StageTable, error=PolicyError)
     )
-    baseline: Baseline = attrs.field(
-        factory=_default_baseline, validator=of_type(Baseline, error=PolicyError)
+    baseline: Baseline | Schedule = attrs.field(
+        factory=_default_baseline, validator=_check_baseline
     )
     connectors: frozenset[ConnectorKind] = attrs.field(
         default=frozenset({ConnectorKind.ON_PREMISES}),
@@ -207,6 +219,7 @@ class Policy:
     # serialised form (cattrs skips init=False fields).
     _starts: tuple[dt.timedelta, ...] = attrs.field(init=False, eq=False, repr=False, default=())
     _plans: tuple[StagePlan, ...] = attrs.field(init=False, eq=False, repr=False, default=())
+    _fixed: Baseline | None = attrs.field(init=False, eq=False, repr=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         # The class is frozen; these are the only writes, made while constructing.
@@ -214,6 +227,26 @@ class Policy:
         starts = tuple(table.start_of(stage.number) for stage in table)
         object.__setattr__(self, "_starts", starts)
         object.__setattr__(self, "_plans", tuple(self._plan(stage, starts) for stage in table))
+        fixed = self.baseline if isinstance(self.baseline, Baseline) else None
+        object.__setattr__(self, "_fixed", fixed)
+
+    @property
+    def schedule(self) -> Schedule:
+        """The baselines over time; a plain :class:`Baseline` is a one-step schedule."""
+        if isinstance(self.baseline, Schedule):
+            return self.baseline
+        return Schedule.constant(self.baseline)
+
+    def baseline_at(self, instant: dt.datetime) -> Baseline:
+        """The baseline that judges builds at ``instant`` (an aware datetime).
+
+        The same object all day long for a schedule's rolling step, and always the same
+        object for a fixed one, so verdicts can be cached against it.
+        """
+        if self._fixed is not None:  # the common case, on every connection
+            return self._fixed
+        assert isinstance(self.baseline, Schedule)
+        return self.baseline.baseline_at(instant)
 
     def plan_at(self, elapsed: dt.timedelta) -> StagePlan:
         """What a decision needs in the stage an episode is in after ``elapsed`` (>= 0)."""
@@ -251,41 +284,74 @@ class Policy:
         return cls(baseline=Baseline.exchange_online_2026())
 
     @classmethod
-    def supported_only(cls, on: dt.date, catalog: Catalog | None = None) -> Policy:
+    def exchange_online(cls, catalog: Catalog, final_step_from: dt.date | None = None) -> Policy:
+        """Microsoft's phases from June 2023 on, each in force from its day (a :class:`Schedule`).
+
+        See :meth:`Schedule.exchange_online <tbes.schedule.Schedule.exchange_online>`: the
+        March 2024 phase reads its releases from ``catalog`` (required); the announced last
+        step ("above every public update") is off unless ``final_step_from`` gives its day.
+        """
+        require_type(catalog, Catalog, "catalog", error=PolicyError)
+        if final_step_from is not None and (
+            isinstance(final_step_from, dt.datetime) or not isinstance(final_step_from, dt.date)
+        ):
+            raise PolicyError(f"final_step_from must be a date, got {final_step_from!r:.80}")
+        return cls(baseline=Schedule.exchange_online(catalog, final_step_from))
+
+    @classmethod
+    def supported_only(cls, on: dt.date, catalog: Catalog) -> Policy:
         """Only what Microsoft supports on ``on``: the latest SU of every supported CU line.
 
         ``on`` must be a :class:`~datetime.date` (not a datetime), else
         :class:`~tbes.errors.PolicyError`. The lines and their updates come from
-        ``catalog``, so an operator's imported catalog raises the minimums without a new
-        release; without one the packaged catalog is read (:meth:`Catalog.default`).
+        ``catalog`` (required: pass :meth:`Catalog.default() <tbes.catalog.Catalog.default>`
+        for the packaged one), so an operator's imported catalog raises the minimums without
+        a new release.
         """
         if isinstance(on, dt.datetime) or not isinstance(on, dt.date):
             raise PolicyError(f"on must be a date, got {on!r:.80}")
-        if catalog is not None and not isinstance(catalog, Catalog):
-            raise PolicyError(f"catalog must be a Catalog or None, got {catalog!r:.80}")
+        require_type(catalog, Catalog, "catalog", error=PolicyError)
         return cls(baseline=Baseline.supported_only(on, catalog))
 
     @classmethod
-    def named(
-        cls, name: str, *, on: dt.date | None = None, catalog: Catalog | None = None
-    ) -> Policy:
+    def check_named(cls, name: str, *, on: dt.date | None = None) -> None:
+        """Raise the :class:`~tbes.errors.PolicyError` :meth:`named` would for ``name`` and ``on``.
+
+        Needs no catalog: for checking a configuration before its catalog is read.
+        """
+        if name not in PRESETS:
+            raise PolicyError(f"unknown policy {name!r:.80}: choose one of {', '.join(PRESETS)}")
+        if name == "supported_only":
+            if on is None:
+                raise PolicyError("policy 'supported_only' needs the date to judge support on")
+            if isinstance(on, dt.datetime) or not isinstance(on, dt.date):
+                raise PolicyError(f"on must be a date, got {on!r:.80}")
+
+    @classmethod
+    def named(cls, name: str, *, catalog: Catalog, on: dt.date | None = None) -> Policy:
         """The preset called ``name``; ``supported_only`` needs ``on``, the others ignore it.
 
-        ``catalog`` is what ``supported_only`` reads its lines from (see
-        :meth:`supported_only`); the fixed presets need none. Raises
+        ``catalog`` (required) is what the presets that read releases take them from (see
+        :meth:`supported_only`); the fixed presets ignore it. Raises
         :class:`~tbes.errors.PolicyError` naming the valid presets for an unknown name, and
-        for ``supported_only`` without ``on``.
+        for ``supported_only`` without ``on`` (see :meth:`check_named`).
         """
+        cls.check_named(name, on=on)
+        require_type(catalog, Catalog, "catalog", error=PolicyError)
+        if name == "exchange_online":
+            return cls.exchange_online(catalog)
         if name == "exchange_online_2023":
             return cls.exchange_online_2023()
         if name == "exchange_online_2026":
             return cls.exchange_online_2026()
-        if name == "supported_only":
-            if on is None:
-                raise PolicyError("policy 'supported_only' needs the date to judge support on")
-            return cls.supported_only(on, catalog)
-        raise PolicyError(f"unknown policy {name!r}: choose one of {', '.join(PRESETS)}")
+        assert on is not None  # check_named refused supported_only without a day
+        return cls.supported_only(on, catalog)
 
 
 DEFAULT_POLICY: Policy = Policy.exchange_online_2026()
-"""The policy used when none is given: :meth:`Policy.exchange_online_2026`."""
+"""The policy of the pure core when none is given: :meth:`Policy.exchange_online_2026`.
+
+Not :meth:`Policy.exchange_online`, the default of the command line and the adapters: that
+one needs a catalog, and a module-level default reading the packaged catalog would be the
+hidden I/O the core avoids. Callers with a catalog pass ``Policy.exchange_online(catalog)``.
+"""

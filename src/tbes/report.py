@@ -24,7 +24,8 @@ import attrs
 
 from tbes._checks import of_type
 from tbes._instants import as_utc, require_aware
-from tbes.catalog import Catalog, Compliance, assess
+from tbes.catalog import Catalog
+from tbes.compliance import Compliance, assess
 from tbes.decision import decide
 from tbes.errors import InvalidBuildError, InvalidValueError
 from tbes.policy import Policy
@@ -246,7 +247,7 @@ def report_row(state: ServerState, now: dt.datetime, policy: Policy, catalog: Ca
     recommended = (
         ()
         if state.build is None
-        else assess(state.build, baseline=policy.baseline, catalog=catalog).recommended
+        else assess(state.build, baseline=policy.baseline_at(now), catalog=catalog).recommended
     )
     following = _next_stage(decision.stage, policy)
     table = policy.stage_table

@@ -19,7 +19,7 @@ import attrs
 
 from tbes._checks import id_field, of_type
 from tbes._instants import as_utc, as_utc_or_none
-from tbes.catalog import Assessment, Compliance
+from tbes.compliance import Assessment, Compliance
 from tbes.errors import InvalidBuildError, InvalidValueError
 from tbes.ledger import Pause
 from tbes.policy import DEFAULT_POLICY, Policy

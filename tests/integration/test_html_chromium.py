@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tbes.catalog import Catalog, Compliance
+from tbes.catalog import Catalog
+from tbes.compliance import Compliance
 from tbes.ledger import Pause
 from tbes.policy import Policy
 from tbes.render import render_report

@@ -28,8 +28,9 @@ from integration.postfix import (
     smtp_send,
     with_port,
 )
-from tbes.catalog import Catalog, Compliance, assess
-from tbes.policy import Policy
+from tbes.baseline import Baseline
+from tbes.catalog import Catalog
+from tbes.compliance import Compliance, assess
 from tbes.store.sqlite import SQLiteStore
 from tbes.version import ExchangeBuild
 
@@ -183,9 +184,9 @@ def _tail(path: Path) -> str:
 
 
 def test_the_builds_used_here_are_what_the_tests_claim() -> None:
-    policy, catalog = Policy.exchange_online_2026(), Catalog.default()
-    old = assess(ExchangeBuild(8, 3, 83, 6), baseline=policy.baseline, catalog=catalog)
-    new = assess(ExchangeBuild(15, 2, 1748, 39), baseline=policy.baseline, catalog=catalog)
+    baseline, catalog = Baseline.exchange_online_2026(), Catalog.default()
+    old = assess(ExchangeBuild(8, 3, 83, 6), baseline=baseline, catalog=catalog)
+    new = assess(ExchangeBuild(15, 2, 1748, 39), baseline=baseline, catalog=catalog)
     assert (old.status, new.status) == (Compliance.UNSUPPORTED, Compliance.COMPLIANT)
 
 

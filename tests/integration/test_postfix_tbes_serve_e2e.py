@@ -27,7 +27,7 @@ from integration.postfix import (
     require_root,
 )
 from tbes.adapters.config import load_config, make_enforcer
-from tbes.catalog import Compliance
+from tbes.compliance import Compliance
 from tbes.store.sqlite import SQLiteStore
 
 pytestmark = [pytest.mark.service("postfix"), pytest.mark.timeout(120)]

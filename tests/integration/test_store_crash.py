@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from integration.pg import PostgresServer
-from tbes.catalog import Compliance
+from tbes.compliance import Compliance
 from tbes.ledger import PauseLedger
 from tbes.state import ServerState
 from tbes.store import LedgerWrite, PostgresStore, SQLiteStore, StateStore, StateWrite, Versioned

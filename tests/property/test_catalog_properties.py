@@ -9,7 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from strategies import builds
 
-from tbes.catalog import Assessment, Baseline, Catalog, Compliance, Release, assess
+from tbes.baseline import Baseline
+from tbes.catalog import Catalog, Release
+from tbes.compliance import Assessment, Compliance, assess
 from tbes.serde import dumps, loads
 from tbes.version import ExchangeBuild, Product
 

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import builds, instants, stage_tables
 
-from tbes.catalog import Assessment, Compliance
+from tbes.compliance import Assessment, Compliance
 from tbes.decision import Action, Decision, decide
 from tbes.errors import NaiveDatetimeError
 from tbes.ledger import Pause, PauseLedger

@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from strategies import builds, instants, stage_tables
 
-from tbes.catalog import Assessment, Compliance
+from tbes.compliance import Assessment, Compliance
 from tbes.events import Event, EventKind, announce, announcement
 from tbes.policy import Policy
 from tbes.state import ServerState, observe

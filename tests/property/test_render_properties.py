@@ -11,7 +11,7 @@ import re
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tbes.catalog import Compliance
+from tbes.compliance import Compliance
 from tbes.render import render_csv, render_html, render_json, render_text
 from tbes.render.csv import COLUMNS
 from tbes.report import ReportRow

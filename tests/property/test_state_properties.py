@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from strategies import builds, instants
 
-from tbes.catalog import Assessment, Compliance
+from tbes.compliance import Assessment, Compliance
 from tbes.decision import Action, decide
 from tbes.ledger import Pause
 from tbes.policy import DEFAULT_POLICY, Policy

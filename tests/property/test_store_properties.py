@@ -29,7 +29,7 @@ from hypothesis.stateful import (
 
 from custom_store_doc import example_store_class
 from integration.pg import PostgresServer, acquire, release
-from tbes.catalog import Compliance
+from tbes.compliance import Compliance
 from tbes.errors import StoreConflictError, StoreError
 from tbes.ledger import Pause, PauseLedger
 from tbes.serde import dumps

@@ -23,7 +23,7 @@ Example::
     own_hosts = ["mx.contoso.example"]
     fail_closed = false
     check_timeout = 2.0                  # seconds per check, retries included
-    policy = "exchange_online_2026"
+    policy = "exchange_online"          # Microsoft's dated phases (the default)
     catalog = "/etc/tbes/catalog.json"   # optional: written by `tbes catalog import`
 
     [[connector]]
@@ -51,7 +51,7 @@ import attrs
 from tbes.catalog import Catalog
 from tbes.decision import Decision
 from tbes.enforcer import Connection, Enforcer, utc_now
-from tbes.errors import AdapterConfigError, CatalogError, NaiveDatetimeError
+from tbes.errors import AdapterConfigError, CatalogError, NaiveDatetimeError, PolicyError
 from tbes.notifiers import Notifier
 from tbes.policy import ConnectorKind, Policy
 from tbes.store._deadline import DEFAULT_CHECK_TIMEOUT
@@ -299,10 +299,11 @@ def _timeout(instance: object, attribute: attrs.Attribute[float], value: object)
 
 
 def _policy_name(instance: AdapterConfig, attribute: attrs.Attribute[str], value: str) -> None:
-    # Building the preset once is the only check that cannot drift from Policy.named.
+    # Policy.named's own checks, which need no catalog: the policy is built against the
+    # catalog this configuration names (make_policy), never against the packaged one here.
     try:
-        Policy.named(value, on=instance.policy_on)
-    except (TypeError, ValueError) as error:
+        Policy.check_named(value, on=instance.policy_on)
+    except PolicyError as error:
         raise AdapterConfigError(f"policy = {value!r}: {error}") from None
 
 
@@ -328,7 +329,7 @@ class AdapterConfig:
     policy_on: dt.date | None = attrs.field(
         default=None, validator=attrs.validators.optional(attrs.validators.instance_of(dt.date))
     )
-    policy: str = attrs.field(default="exchange_online_2026", validator=_policy_name)
+    policy: str = attrs.field(default="exchange_online", validator=_policy_name)
     fixed_time: dt.datetime | None = attrs.field(default=None, validator=_aware)
     catalog: str | None = attrs.field(
         default=None, validator=attrs.validators.optional(_non_empty_text)
@@ -382,10 +383,14 @@ class AdapterConfig:
     def make_policy(self, catalog: Catalog | None = None) -> Policy:
         """The :class:`~tbes.policy.Policy` preset this configuration names.
 
-        ``catalog`` feeds the ``supported_only`` baseline (default: :meth:`load_catalog`).
+        Its baselines read their releases from ``catalog``, by default the catalog this
+        configuration names (:meth:`load_catalog`), never silently the packaged one.
         """
         known = catalog if catalog is not None else self.load_catalog()
-        return Policy.named(self.policy, on=self.policy_on, catalog=known)
+        try:
+            return Policy.named(self.policy, on=self.policy_on, catalog=known)
+        except PolicyError as error:
+            raise AdapterConfigError(f"policy = {self.policy!r}: {error}") from None
 
 
 def make_enforcer(
@@ -474,7 +479,7 @@ def _from_mapping(data: Mapping[str, Any]) -> AdapterConfig:
         fail_closed=_get(data, "fail_closed", bool, False),
         check_timeout=_get(data, "check_timeout", object, DEFAULT_CHECK_TIMEOUT),
         policy_on=_get(data, "policy_on", dt.date, None),
-        policy=_get(data, "policy", str, "exchange_online_2026"),
+        policy=_get(data, "policy", str, "exchange_online"),
         fixed_time=_instant(testing.get("fixed_time")),
         catalog=_get(data, "catalog", str, None),
     )

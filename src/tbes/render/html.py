@@ -12,7 +12,7 @@ import datetime as dt
 import html
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
-from tbes.catalog import Compliance
+from tbes.compliance import Compliance
 from tbes.render._common import (
     build_cell,
     day,

@@ -1,0 +1,78 @@
+"""The command line under Microsoft's dated phases: `tbes inspect --at`, `tbes catalog phases`.
+
+The seed slide's message comes from an Exchange 2016 at 15.1.2507.23 (CU23 Mar23SU) on
+21 April 2023, handing over to Exchange Online: compliant then (before any phase), outdated
+in May 2024 (the nine-month rule wants the Aug 2023 SU) and in October 2026 (below the
+October 2025 SU).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner, Result
+
+from support import VECTORS
+from tbes.cli import cli
+
+SEED = str(VECTORS / "seed-slide-received.eml")
+
+
+def run(*args: str) -> Result:
+    return CliRunner().invoke(cli, list(args), env={"TBES_CATALOG": None}, catch_exceptions=False)
+
+
+@pytest.mark.parametrize(
+    ("day", "status", "minimum"),
+    [
+        ("2023-04-21", "COMPLIANT", None),
+        ("2024-05-10", "OUTDATED", "15.1.2507.31"),
+        ("2026-10-01", "OUTDATED", "15.1.2507.61"),
+    ],
+)
+def test_inspect_judges_the_seed_message_by_the_phase_of_its_instant(
+    day: str, status: str, minimum: str | None
+) -> None:
+    result = run("inspect", SEED, "--at", day)
+    assert result.exit_code == 0, result.output
+    assert f"{status}" in result.output
+    assessment = json.loads(run("inspect", SEED, "--at", day, "--json").output)["assessment"]
+    assert assessment["status"] == status
+    assert assessment["release"]["build"] == "15.1.2507.23"
+    if minimum is not None:
+        assert assessment["recommended"] == [minimum]
+        assert f"below the minimum {minimum}" in assessment["reason"]
+
+
+def test_inspect_names_the_phases_policy_as_its_default() -> None:
+    assert "[default: exchange_online]" in " ".join(run("inspect", "--help").output.split())
+
+
+def test_the_fixed_2026_preset_is_still_available() -> None:
+    result = run(
+        "inspect", SEED, "--at", "2023-04-21", "--policy", "exchange_online_2026", "--json"
+    )
+    assert json.loads(result.output)["assessment"]["status"] == "OUTDATED"
+
+
+def test_catalog_phases_prints_each_phase_from_when_and_what_is_compliant() -> None:
+    result = run("catalog", "phases")
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "Before 2023-06-23 00:00 UTC nothing is enforced." in text
+    starts = ["2023-06-23 00:00", "2023-09-01 00:00", "2023-12-01 00:00", "2024-03-01 00:00"]
+    starts.append("2026-09-08 00:00")
+    positions = [result.output.index(start) for start in starts]
+    assert positions == sorted(positions)
+    assert "last 9 months" in text
+    assert "15.1.2507.61 (CU23 Oct25SU)" in text
+    assert "15.2.1748.39 (CU15 Oct25SU) or 15.2.1544.36 (CU14 Oct25SU)" in text
+    assert "2027-" not in result.output  # the last step is off by default
+
+
+def test_catalog_phases_shows_the_final_step_when_given_its_day() -> None:
+    result = run("catalog", "phases", "--final-step-from", "2027-01-04")
+    assert result.exit_code == 0, result.output
+    assert "2027-01-04 00:00" in result.output
+    assert "15.1.2507.63 (CU23 Dec25SU)" in " ".join(result.output.split())
