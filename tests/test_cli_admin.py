@@ -87,7 +87,7 @@ def test_config_check_shows_rules_own_hosts_policy_and_schedule(config_file: Pat
         "networks 203.0.113.0/28; hosts .fabrikam.example"
     ) in out
     assert "Own hosts: mx.contoso.example." in out
-    assert "Policy exchange_online_2026" in out
+    assert "Policy exchange_online" in out
     # The 2026 preset's table (SPEC section 4): the terminal stage 8 blocks all 60 minutes
     # from day 91 on.
     assert re.search(r"│ 8\s+│ 91\s+│ for ever\s+│ yes\s+│ 0\s+│ 60\s+│", out), out
