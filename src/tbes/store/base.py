@@ -19,7 +19,7 @@ Besides :class:`RowStore`, this module exports what its primitives speak in (:da
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import Self
+from typing import Self, TypeVar
 
 import attrs
 
@@ -54,6 +54,7 @@ __all__ = [
 _MAX_DECODED = 4096
 
 # What a primitive may raise as it is: the contract's own errors. Anything else is wrapped.
+_R = TypeVar("_R")
 _CONTRACT_ERRORS = (StoreError, StoreConflictError)
 
 
@@ -132,17 +133,21 @@ class RowStore:
         """The StoreError for an exception outside the contract raised by a primitive."""
         return StoreError(f"store {type(self).__name__} failed: {exc!r}")
 
+    def _call(self, primitive: Callable[..., _R], *args: object) -> _R:
+        """``primitive(*args)``, with any exception outside the contract as a StoreError."""
+        try:
+            return primitive(*args)
+        except _CONTRACT_ERRORS:
+            raise
+        except Exception as exc:
+            raise self._foreign(exc) from exc
+
     # ---- the StateStore API on top of them -------------------------------------------------
 
     def get(self, server_id: str) -> Versioned[ServerState] | None:
         """The stored state of ``server_id`` and its version, or ``None``."""
         check_key("server_id", server_id)
-        try:
-            row = self._read_row("server", server_id)
-        except _CONTRACT_ERRORS:
-            raise
-        except Exception as exc:
-            raise self._foreign(exc) from exc
+        row = self._call(self._read_row, "server", server_id)
         if row is None:
             return None
         version = stored_version("server", server_id, row[0])
@@ -168,12 +173,7 @@ class RowStore:
     def get_ledger(self, tenant: str) -> Versioned[PauseLedger] | None:
         """The stored pause ledger of ``tenant`` and its version, or ``None``."""
         check_key("tenant", tenant)
-        try:
-            row = self._read_row("ledger", tenant)
-        except _CONTRACT_ERRORS:
-            raise
-        except Exception as exc:
-            raise self._foreign(exc) from exc
+        row = self._call(self._read_row, "ledger", tenant)
         if row is None:
             return None
         version = stored_version("ledger", tenant, row[0])
@@ -184,12 +184,7 @@ class RowStore:
 
         An unreadable row raises :class:`~tbes.errors.StoreError` naming it.
         """
-        try:
-            rows = self._ledger_rows()
-        except _CONTRACT_ERRORS:
-            raise
-        except Exception as exc:
-            raise self._foreign(exc) from exc
+        rows = self._call(self._ledger_rows)
         for tenant, row in rows:
             stored_version("ledger", tenant, row[0])
             yield load_ledger(tenant, row[1], row[2])
@@ -205,12 +200,7 @@ class RowStore:
             raise InvalidValueError(
                 f"expected_version must be an int >= 1, got {expected_version!r}"
             )
-        try:
-            deleted = self._delete_row(server_id, expected_version)
-        except _CONTRACT_ERRORS:
-            raise
-        except Exception as exc:
-            raise self._foreign(exc) from exc
+        deleted = self._call(self._delete_row, server_id, expected_version)
         if not deleted:
             raise StoreConflictError(
                 f"server {server_id!r}: expected version {expected_version}, it changed or is gone"
@@ -227,12 +217,7 @@ class RowStore:
     def put_many(self, writes: Sequence[Write]) -> tuple[int, ...]:
         """Apply compare-and-swap writes all-or-nothing; return their new versions."""
         checked = check_writes(writes)
-        try:
-            return self._apply(checked)
-        except _CONTRACT_ERRORS:
-            raise
-        except Exception as exc:
-            raise self._foreign(exc) from exc
+        return self._call(self._apply, checked)
 
     def states(self, tenant: str | None = None) -> Iterator[ServerState]:
         """Every stored state, or those of ``tenant``, in order of server id.
