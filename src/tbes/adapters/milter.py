@@ -25,7 +25,9 @@ runs in a bounded thread pool and the event loop never waits for it: a check tha
 longer than ``check_timeout`` is answered as a fault. Any fault (configuration, store,
 bug, timeout) is logged at WARNING and the message accepted (fail open), or deferred with
 ``451 4.3.0`` when the configuration says ``fail_closed``. Warnings about misbehaving
-peers are rate-limited, so a flood cannot flood the log.
+peers are rate-limited, so a flood cannot flood the log. Each decision is one line of the
+decision log (:mod:`tbes.adapters._decision_log`); a daemon swaps in a reloaded
+configuration with :meth:`MilterService.replace` and stops with :meth:`MilterService.drain`.
 """
 
 from __future__ import annotations

@@ -26,7 +26,10 @@ running at once: :meth:`Enforcer.check <tbes.enforcer.Enforcer.check>` is synchr
 checks run on the server's own pool of ``max_checks`` threads, and a request that waits
 longer than ``queue_timeout`` for one gets the fault answer. What peers do to it (resets,
 garbage, timeouts, refusals) is logged once per ``log_interval`` per kind, with a count of
-the ones suppressed, so a flood never becomes a flood of log lines or tracebacks.
+the ones suppressed, so a flood never becomes a flood of log lines or tracebacks. Each
+decision is one line of the decision log (:mod:`tbes.adapters._decision_log`); a daemon
+swaps in a reloaded configuration with :meth:`PolicyService.replace` and stops with
+:meth:`PolicyService.drain`, which lets each connection finish the answer in hand.
 """
 
 from __future__ import annotations
