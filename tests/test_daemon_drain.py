@@ -155,3 +155,34 @@ def test_a_check_past_its_timeout_is_one_decision_line_with_fault_timeout(
         "fabrikam-edge",
     )
     assert lines[0]["micros"] is None
+
+
+def test_a_request_that_finds_no_check_thread_is_one_decision_line_with_fault_busy(
+    loop: Loop, caplog: pytest.LogCaptureFixture
+) -> None:
+    gate = Gate()
+    limits = PolicyLimits(max_checks=1, queue_timeout=0.2)
+    service = PolicyService(gate, CONFIG, limits)
+    server = loop.run(service.start("127.0.0.1:0"))
+    port = server.sockets[0].getsockname()[1]
+    request = b"request=smtpd_access_policy\nclient_address=127.0.0.2\n\n"
+    try:
+        with (
+            caplog.at_level(logging.INFO, logger="tbes.decisions"),
+            socket.create_connection(("127.0.0.1", port), timeout=10) as first,
+            socket.create_connection(("127.0.0.1", port), timeout=10) as second,
+        ):
+            first.sendall(request)
+            assert gate.entered.wait(10)
+            second.sendall(request)
+            assert second.recv(100) == b"action=DUNNO\n\n"  # the fault answer, failing open
+            gate.release.set()
+            assert first.recv(100) == b"action=DUNNO\n\n"
+    finally:
+        server.close()
+        loop.call(service.close)
+    lines = [r.tbes for r in caplog.records if r.name == "tbes.decisions"]  # type: ignore[attr-defined]
+    assert [(line["fault"], line["server"]) for line in lines] == [
+        ("busy", "fabrikam-edge"),
+        (None, "fabrikam-edge"),
+    ]

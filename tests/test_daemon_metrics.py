@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import signal
 import socket
+import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -17,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from daemon_support import (
     BLOCK_PREFIX,
+    TBES,
     Daemon,
     ask_policy,
     break_row,
@@ -92,3 +95,19 @@ def test_a_daemon_serves_decisions_faults_latency_connections_store_errors_and_r
         assert value(samples, "tbes_config_reloads_total", result="ok") == 1
         assert daemon.stop() == 0
     assert "fault=store" in daemon.log()
+
+
+def test_metrics_without_prometheus_client_is_one_line_naming_the_extra(tmp_path: Path) -> None:
+    config = tmp_path / "adapters.toml"
+    config.write_text('tenant = "contoso"\n', encoding="utf-8")
+    # As if the extra were not installed: importing prometheus_client fails.
+    main = "import sys; sys.modules['prometheus_client'] = None; " + TBES.removeprefix(
+        "import sys; "
+    )
+    args = ["policy", "--listen", f"127.0.0.1:{free_port()}", "--db", str(tmp_path / "t.db")]
+    args += ["--config", str(config), "--metrics", f"127.0.0.1:{free_port()}"]
+    done = subprocess.run([sys.executable, "-c", main, *args], capture_output=True, timeout=30)
+    assert done.returncode == 2
+    assert done.stderr.decode().splitlines() == [
+        "tbes: error: --metrics needs prometheus-client: pip install 'tbes[metrics]'"
+    ]
