@@ -25,6 +25,7 @@ import asyncio
 import logging
 import os
 import signal
+import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -100,14 +101,12 @@ class Daemon:
         milter: str | None = None,
         policy: str | None = None,
         metrics: str | None = None,
-        milter_idle_timeout: float | None = None,
     ) -> None:
         self._source = _Source(config_path, catalog_path)
         self._db = db
         self._milter_at = None if milter is None else parse_listen_address(milter)
         self._policy_at = None if policy is None else parse_listen_address(policy)
         self._metrics_at = None if metrics is None else _metrics.parse_metrics_address(metrics)
-        self._idle = milter_idle_timeout
         self._store: Any = None
         self._loaded: tuple[AdapterConfig, Checker] | None = None
         self._reloading: asyncio.Task[None] | None = None
@@ -123,8 +122,12 @@ class Daemon:
                 ) from error
         try:
             self._store = WatchedStore(open_store(self._db))
+        except (TbesError, ValueError, OSError, sqlite3.Error) as error:
+            raise DaemonError(_reason(error)) from error
+        try:
             self._loaded = self._source.load(self._store)
         except (TbesError, ValueError, OSError) as error:
+            self._store.close()
             raise DaemonError(_reason(error)) from error
 
     def run(self) -> None:
@@ -139,8 +142,7 @@ class Daemon:
         from tbes.adapters.milter import MilterLimits, MilterService
         from tbes.adapters.postfix_policy import PolicyLimits, PolicyService
 
-        limits = MilterLimits() if self._idle is None else MilterLimits(idle_timeout=self._idle)
-        milter = MilterService(checker, config, limits=limits)
+        milter = MilterService(checker, config, limits=MilterLimits())
         policy = PolicyService(checker, config, PolicyLimits())
         servers: list[asyncio.Server] = []
         metrics_server: Any = None
@@ -333,7 +335,6 @@ def run_command(
     metrics_at: str | None,
     milter: str | None = None,
     policy: str | None = None,
-    milter_idle_timeout: float | None = None,
 ) -> None:
     """What each daemon command does once click parsed it: every failure is one line, exit 2."""
     import click
@@ -347,7 +348,6 @@ def run_command(
             milter=milter,
             policy=policy,
             metrics=metrics_at,
-            milter_idle_timeout=milter_idle_timeout,
         )
     except (TbesError, ValueError) as error:
         raise _fail(_reason(error)) from None

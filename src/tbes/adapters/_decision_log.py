@@ -6,11 +6,13 @@ times the check, turns any fault into the fault decision (accept, or ``451 4.3.0
 ``fail_closed``) and never raises; each decision is logged once at INFO on the logger
 ``tbes.decisions`` and counted in the metrics. The line's keys are always the same
 (:data:`KEYS`): ``adapter``, ``connector`` (the matching ``[[connector]]`` rule's name,
-``-`` for none), ``kind``, ``tenant``, ``server``, ``build`` and ``status`` (of the sender
-hop's build, ``-`` without one), ``stage``, ``action``, ``code`` (the reply code, ``-``
-for accept), ``fault`` (``store``, ``timeout``, ``busy`` or ``error``; ``-`` for none) and
-``micros``, the check's time. No address, header body or message text beyond the sender
-hop's build is logged, and :mod:`tbes.adapters._log_output` escapes every value.
+``-`` for none), ``kind``, ``tenant``, ``server``, ``build`` and ``status`` (the server's
+as the check left them in the store, seen through
+:class:`~tbes.adapters._store_watch.WatchedStore`; without a watched store, the sender
+hop's; ``-`` without one), ``stage``, ``action``, ``code`` (the reply code, ``-`` for
+accept), ``fault`` (``store``, ``timeout``, ``busy`` or ``error``; ``-`` for none) and
+``micros``, the check's time. No header body or message text beyond the sender hop's build
+is logged, and :mod:`tbes.adapters._log_output` escapes every value.
 
 An adapter that answers before the check ends (a timeout) holds an :class:`Attempt`: the
 first of the check and the timeout to settle it logs, so a message gets one line.
@@ -32,7 +34,7 @@ import attrs
 
 from tbes.adapters import _metrics
 from tbes.adapters._ratelimit import RateLimitedLogger
-from tbes.adapters._store_watch import take_fault
+from tbes.adapters._store_watch import Watched, take
 from tbes.adapters.config import FAULT_REPLY, AdapterConfig, Checker
 from tbes.catalog import Catalog, assess
 from tbes.decision import Action, Decision
@@ -143,7 +145,7 @@ def run_check(
     on the adapter's logger naming ``peer``, with its traceback (through ``faults`` when
     given, so at most once per its interval), and answered with :func:`fault_decision`.
     """
-    take_fault()  # a mark left by a check that raised past the enforcer is not ours
+    take()  # what a check that raised past the enforcer left on this thread is not ours
     conn: Connection | None = None
     received: Sequence[str] = ()
     started = time.perf_counter()
@@ -166,12 +168,12 @@ def run_check(
         )
         decision = fault_decision(config, "the check failed")
     seconds = time.perf_counter() - started
-    if take_fault() and fault is None:
+    seen = take()
+    if seen.failed and fault is None:
         fault = "store"
-    metrics = _metrics.active()
-    metrics.latency(adapter, seconds)
+    _metrics.active().latency(adapter, seconds)
     if attempt is None or attempt.settle():
-        _emit(adapter, checker, config, conn, received, decision, fault, seconds)
+        _emit(adapter, checker, config, conn, received, seen, decision, fault, seconds)
     return decision
 
 
@@ -179,7 +181,7 @@ def log_fault(
     adapter: str, config: AdapterConfig, conn: Connection | None, kind: str, decision: Decision
 ) -> None:
     """Log and count a fault decision an adapter made without a check result (``kind``)."""
-    _emit(adapter, None, config, conn, (), decision, kind, None)
+    _emit(adapter, None, config, conn, (), Watched(), decision, kind, None)
 
 
 def _emit(
@@ -188,6 +190,7 @@ def _emit(
     config: AdapterConfig,
     conn: Connection | None,
     received: Sequence[str],
+    seen: Watched,
     decision: Decision,
     fault: str | None,
     seconds: float | None,
@@ -197,7 +200,7 @@ def _emit(
     if not _decisions.isEnabledFor(logging.INFO):
         return
     try:
-        record = _record(adapter, checker, config, conn, received, decision, fault, seconds)
+        record = _record(adapter, checker, config, conn, received, seen, decision, fault, seconds)
     except Exception:  # the log line must never cost the answer
         _log.warning("tbes %s: cannot build the decision log line", adapter, exc_info=True)
         return
@@ -210,12 +213,19 @@ def _record(
     config: AdapterConfig,
     conn: Connection | None,
     received: Sequence[str],
+    seen: Watched,
     decision: Decision,
     fault: str | None,
     seconds: float | None,
 ) -> DecisionRecord:
     build = status = None
-    if conn is not None and received and conn.kind in _policy_connectors(checker):
+    if seen.consulted:
+        # The server's state as the check left it: no second look at the headers.
+        if seen.state is not None:
+            build = None if seen.state.build is None else str(seen.state.build)
+            status = seen.state.status.value
+    elif conn is not None and received and conn.kind in _policy_connectors(checker):
+        # A store that is not watched (an embedding program's): read the sender hop again.
         evidence = find_sender(
             received, own_hosts=config.own_hosts, client=conn.peer_ip or conn.peer_host
         )
