@@ -178,3 +178,17 @@ def test_tbes_milter_decides_from_headers_and_the_received_hop_is_the_only_heade
     assert "secret plans" not in log
     assert "\x1b" not in log
     assert "EXHUB01" not in log
+
+
+def test_an_unusable_address_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    config = tmp_path / "adapters.toml"
+    config.write_text('tenant = "contoso"\n', encoding="utf-8")
+    missing = tmp_path / "no-such-directory" / "milter.sock"
+    args = ["milter", "--listen", f"unix:{missing}"]
+    args += ["--db", str(tmp_path / "t.db"), "--config", str(config)]
+    done = subprocess.run([sys.executable, "-c", TBES, *args], capture_output=True, timeout=30)
+    assert done.returncode == 2
+    no_such = os.strerror(errno.ENOENT)
+    assert done.stderr.decode().splitlines() == [
+        f"tbes: error: cannot listen on unix:{missing}: {no_such}"
+    ]

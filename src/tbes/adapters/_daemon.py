@@ -25,6 +25,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -224,8 +225,11 @@ class Daemon:
 
 
 def _os_reason(error: OSError) -> str:
-    # asyncio's bind error repeats the address; the system's words are enough.
-    return os.strerror(error.errno) if error.errno else str(error)
+    # asyncio's bind error repeats the address; the system's words are enough. A name
+    # that does not resolve (gaierror) has its own words and a negative number.
+    if isinstance(error, socket.gaierror) or not error.errno or error.errno < 0:
+        return error.strerror or str(error)
+    return os.strerror(error.errno)
 
 
 def _reason(error: BaseException) -> str:
