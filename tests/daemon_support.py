@@ -105,7 +105,7 @@ class Daemon:
         return self.process
 
     def __enter__(self) -> Daemon:
-        process = self.start()
+        process = self.process or self.start()
         deadline = time.monotonic() + 20
         for port in self.ports:
             while True:

@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,7 @@ from daemon_support import (
     seed_exchange_2007,
 )
 from milter_client import MtaClient
+from tbes.catalog import Catalog
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -192,3 +194,29 @@ def test_an_unusable_address_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert done.stderr.decode().splitlines() == [
         f"tbes: error: cannot listen on unix:{missing}: {no_such}"
     ]
+
+
+def test_a_sighup_while_the_daemon_opens_does_not_kill_it(tmp_path: Path) -> None:
+    # The catalog is a FIFO: opening it blocks the daemon until this test writes it, so
+    # the SIGHUP surely arrives while the daemon is starting.
+    fifo = tmp_path / "catalog.json"
+    os.mkfifo(fifo)
+    config = tmp_path / "adapters.toml"
+    config.write_text(f'tenant = "contoso"\ncatalog = "{fifo}"\n', encoding="utf-8")
+    port = free_port()
+    args = ["policy", "--listen", f"127.0.0.1:{port}"]
+    args += ["--db", str(tmp_path / "t.db"), "--config", str(config)]
+    daemon = Daemon(tmp_path, args, [port])
+    process = daemon.start()
+    try:
+        with fifo.open("w", encoding="utf-8") as writer:  # returns once the daemon reads
+            process.send_signal(signal.SIGHUP)
+            time.sleep(0.2)
+            writer.write(Catalog.default().to_json())
+        with daemon, socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            assert ask_policy(sock) == b"action=DUNNO\n\n"
+            assert daemon.stop() == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)

@@ -363,10 +363,14 @@ def run_command(
         )
     except (ValueError, OSError) as error:
         raise _fail(f"cannot log to {log_target}: {_reason(error)}") from None
+    # A reload asked for while the store is still opening (systemd's ExecReload right after
+    # start) must not kill the daemon, SIGHUP's default; the event loop handles it later.
+    hangup = signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         # Opened once the log lines have their form: its warnings are lines like the rest.
         daemon.open()
     except DaemonError as error:
+        signal.signal(signal.SIGHUP, hangup)
         restore_logging(handler, previous, level)
         raise _fail(str(error)) from None
     try:
