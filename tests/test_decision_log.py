@@ -87,7 +87,7 @@ def test_any_text_is_one_printable_ascii_token_that_reads_back(text: str) -> Non
     if " " in token or not token:
         assert token.startswith('"')
     decoded = ast.literal_eval(token) if token.startswith('"') else token
-    assert decoded == text or (text == "" and decoded == "")
+    assert decoded == text
 
 
 def _record(message: str, fields: dict[str, object]) -> logging.LogRecord:
@@ -313,3 +313,16 @@ def test_micros_is_the_checks_own_time(caplog: pytest.LogCaptureFixture) -> None
         _aiosmtpd_data(EnforcingHandler(_Slow(), FABRIKAM), MESSAGE)
     (record,) = [r for r in caplog.records if r.name == "tbes.decisions"]
     assert record.tbes["micros"] >= 20_000  # type: ignore[attr-defined]
+
+
+@given(st.dictionaries(st.sampled_from(KEYS), st.text(), min_size=1), st.text())
+def test_any_fields_and_message_make_one_text_line_that_reads_back(
+    fields: dict[str, str], message: str
+) -> None:
+    line = TextFormatter().format(_record(message, dict(fields)))
+    assert len(line.splitlines()) == 1
+    assert all(" " <= char <= "~" for char in line)
+    pairs = parse_text(line)
+    assert pairs["msg"] == message
+    for key, value in fields.items():
+        assert pairs[key] == value
