@@ -35,10 +35,10 @@ import attrs
 from tbes.adapters import _metrics
 from tbes.adapters._ratelimit import RateLimitedLogger
 from tbes.adapters._store_watch import Watched, take
-from tbes.adapters.config import FAULT_REPLY, AdapterConfig, Checker
+from tbes.adapters.config import AdapterConfig, Checker
 from tbes.catalog import Catalog, assess
 from tbes.decision import Action, Decision
-from tbes.enforcer import Connection, Event
+from tbes.enforcer import FAIL_CLOSED_REPLY, Connection, Event
 from tbes.policy import Policy
 from tbes.received import find_sender
 from tbes.version import ExchangeBuild
@@ -125,7 +125,7 @@ class Attempt:
 def fault_decision(config: AdapterConfig, why: str) -> Decision:
     """The decision a fault makes: accept (fail open), or ``451 4.3.0`` with ``fail_closed``."""
     if config.fail_closed:
-        return Decision(Action.THROTTLE, None, FAULT_REPLY, False, False, _ZERO, None, why)
+        return Decision(Action.THROTTLE, None, FAIL_CLOSED_REPLY, False, False, _ZERO, None, why)
     return Decision(Action.ACCEPT, None, None, False, False, _ZERO, None, why)
 
 

@@ -56,14 +56,14 @@ from tbes.adapters._milter_protocol import (
     MilterSession,
     encode_reply,
 )
-from tbes.adapters.config import FAULT_REPLY, AdapterConfig, AdapterConfigError, Checker
+from tbes.adapters.config import AdapterConfig, AdapterConfigError, Checker
 from tbes.adapters.listen import (
     ListenAddress,
     create_server,
     parse_listen_address,
 )
 from tbes.decision import Action, Decision
-from tbes.enforcer import Connection
+from tbes.enforcer import FAIL_CLOSED_REPLY, Connection
 from tbes.policy import SmtpReply
 from tbes.received import MAX_RECEIVED  # the cap every adapter shares
 
@@ -152,8 +152,8 @@ def fault_reply(config: AdapterConfig) -> bytes:
     if not config.fail_closed:
         return ACCEPT
     try:
-        return _reply(FAULT_REPLY)
-    except Exception:  # pragma: no cover - FAULT_REPLY is a constant that encodes
+        return _reply(FAIL_CLOSED_REPLY)
+    except Exception:  # pragma: no cover - FAIL_CLOSED_REPLY is a constant that encodes
         return TEMPFAIL
 
 

@@ -48,10 +48,10 @@ import attrs
 from tbes.adapters import _metrics
 from tbes.adapters._decision_log import fault_decision, log_fault, run_check
 from tbes.adapters._ratelimit import RateLimitedLogger
-from tbes.adapters.config import FAULT_REPLY, AdapterConfig, Checker
+from tbes.adapters.config import AdapterConfig, Checker
 from tbes.adapters.listen import ListenAddress, parse_listen_address, start_server
 from tbes.decision import Action, Decision
-from tbes.enforcer import Connection
+from tbes.enforcer import FAIL_CLOSED_REPLY, Connection
 from tbes.errors import TbesError
 
 __all__ = [
@@ -220,7 +220,7 @@ def action_for(decision: Decision) -> str:
 
 
 def _fault_action(config: AdapterConfig) -> str:
-    return str(FAULT_REPLY) if config.fail_closed else DUNNO
+    return str(FAIL_CLOSED_REPLY) if config.fail_closed else DUNNO
 
 
 def _connection(request: PolicyRequest, config: AdapterConfig) -> Connection:
