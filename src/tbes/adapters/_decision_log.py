@@ -24,11 +24,13 @@ same formatter.
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import ipaddress
 import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import attrs
 
@@ -38,13 +40,14 @@ from tbes.adapters._store_watch import Watched, take
 from tbes.adapters.config import AdapterConfig, Checker
 from tbes.catalog import Catalog, assess
 from tbes.decision import Action, Decision
-from tbes.enforcer import FAIL_CLOSED_REPLY, Connection, Event
+from tbes.enforcer import FAIL_CLOSED_REPLY, Connection
 from tbes.policy import Policy
 from tbes.received import find_sender
 from tbes.version import ExchangeBuild
 
 __all__ = [
     "KEYS",
+    "Announced",
     "Attempt",
     "DecisionRecord",
     "EventLogNotifier",
@@ -268,6 +271,31 @@ def _rule_name(config: AdapterConfig, conn: Connection) -> str | None:
     return None
 
 
+class Announced(Protocol):
+    """What the event log reads of an enforcement event (:class:`tbes.enforcer.Event`)."""
+
+    @property
+    def kind(self) -> enum.Enum: ...
+
+    @property
+    def server_id(self) -> str: ...
+
+    @property
+    def tenant(self) -> str: ...
+
+    @property
+    def at(self) -> dt.datetime: ...
+
+    @property
+    def stage(self) -> int | None: ...
+
+    @property
+    def build(self) -> object: ...
+
+    @property
+    def detail(self) -> str: ...
+
+
 class EventLogNotifier:
     """Logs each enforcement event at WARNING on ``tbes.events`` and counts it.
 
@@ -275,11 +303,12 @@ class EventLogNotifier:
     the compare-and-swap winner), so each event is logged once across MTA processes.
     """
 
-    def notify(self, event: Event) -> None:
+    def notify(self, event: Announced) -> None:
         """Log ``event``: kind, server, tenant, stage, build, time and its sentence."""
-        _metrics.active().event(event.kind.value)
+        kind = str(event.kind.value)
+        _metrics.active().event(kind)
         fields = {
-            "event": event.kind.value,
+            "event": kind,
             "server": event.server_id,
             "tenant": event.tenant,
             "stage": event.stage,
