@@ -14,7 +14,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml Makefile | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[cli,dev,milter,postgres,smtp]'
+	$(BIN)/python -m pip install --quiet -e '.[cli,dev,metrics,milter,postgres,smtp]'
 	touch $(STAMP)
 
 demo: $(STAMP)

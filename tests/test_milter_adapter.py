@@ -606,7 +606,7 @@ def test_tbes_milter_command_refuses_a_bad_socket_without_starting(tmp_path: Pat
     config.write_text('tenant = "contoso"\n', encoding="utf-8")
     args = ["--listen", "8891", "--db", str(tmp_path / "t.db"), "--config", str(config)]
     result = click_testing.CliRunner().invoke(command, args)
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "not a listen address: '8891'" in result.output
 
 
@@ -618,7 +618,7 @@ def test_tbes_milter_command_names_a_bad_configuration(tmp_path: Path) -> None:
     config.write_text("fail_closed = 1\n", encoding="utf-8")
     args = ["--listen", "inet:8891@127.0.0.1", "--db", str(tmp_path / "t.db")]
     result = click_testing.CliRunner().invoke(command, [*args, "--config", str(config)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "fail_closed must be a bool, got 1" in result.output
 
 
@@ -633,7 +633,7 @@ def test_tbes_serve_needs_something_to_serve(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "give --milter SOCKET, --policy SOCKET or both" in result.output
     bad = click_testing.CliRunner().invoke(serve_command, [*args, "--policy", "nowhere"])
-    assert bad.exit_code == 1
+    assert bad.exit_code == 2
     assert "not a listen address: 'nowhere'" in bad.output
 
 

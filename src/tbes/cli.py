@@ -63,6 +63,7 @@ _DEFAULT_CATALOG_OUT = "tbes-catalog.json"
 # click.Command, the extra that installs what it needs). Add new adapters' commands here.
 _LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
     "milter": ("tbes.adapters.milter", "command", "milter"),
+    "policy": ("tbes.adapters.postfix_policy", "command", "cli"),
     "serve": ("tbes.adapters.milter", "serve_command", "milter"),
 }
 

@@ -13,18 +13,21 @@ sessions. A throttle or block is the decision's own reply line; otherwise the wr
 ``ENHANCEDSTATUSCODES``, which aiosmtpd does not itself, because the replies carry them.
 
 Any fault is logged at WARNING and the message goes on to delivery (fail open), or is
-deferred with ``451 4.3.0`` when the configuration says ``fail_closed``.
+deferred with ``451 4.3.0`` when the configuration says ``fail_closed``. Each decision is
+one line of the decision log (:mod:`tbes.adapters._decision_log`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from typing import Any
 
+from tbes.adapters._decision_log import run_check
 from tbes.adapters.config import AdapterConfig, Checker
 from tbes.decision import Action
-from tbes.enforcer import FAIL_CLOSED_REPLY, Connection
+from tbes.enforcer import Connection
 from tbes.received import MAX_RECEIVED, received_values
 
 __all__ = ["EnforcingHandler", "peer_subject"]
@@ -79,23 +82,17 @@ class EnforcingHandler:
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         """Throttle or block with the decision's reply; otherwise hand over to ``inner``."""
-        try:
-            conn = self.connection(server, session)
+
+        def ask() -> tuple[Connection, Sequence[str]]:
             content = envelope.original_content or envelope.content or b""
-            received = received_values(content, limit=MAX_RECEIVED)
-            decision = await asyncio.to_thread(self._checker.check, conn, received)
-        except Exception:
-            _log.warning(
-                "tbes aiosmtpd: deciding for %s failed; %s the message",
-                getattr(session, "peer", None),
-                "deferring" if self._config.fail_closed else "accepting",
-                exc_info=True,
-            )
-            if self._config.fail_closed:
-                return str(FAIL_CLOSED_REPLY)
-        else:
-            if decision.action is not Action.ACCEPT and decision.reply is not None:
-                return str(decision.reply)
+            return self.connection(server, session), received_values(content, limit=MAX_RECEIVED)
+
+        peer = getattr(session, "peer", None)
+        decision = await asyncio.to_thread(
+            run_check, "aiosmtpd", self._checker, self._config, ask, peer=peer
+        )
+        if decision.action is not Action.ACCEPT and decision.reply is not None:
+            return str(decision.reply)
         return await self._deliver(server, session, envelope)
 
     def connection(self, server: Any, session: Any) -> Connection:

@@ -25,7 +25,9 @@ runs in a bounded thread pool and the event loop never waits for it: a check tha
 longer than ``check_timeout`` is answered as a fault. Any fault (configuration, store,
 bug, timeout) is logged at WARNING and the message accepted (fail open), or deferred with
 ``451 4.3.0`` when the configuration says ``fail_closed``. Warnings about misbehaving
-peers are rate-limited, so a flood cannot flood the log.
+peers are rate-limited, so a flood cannot flood the log. Each decision is one line of the
+decision log (:mod:`tbes.adapters._decision_log`); a daemon swaps in a reloaded
+configuration with :meth:`MilterService.replace` and stops with :meth:`MilterService.drain`.
 """
 
 from __future__ import annotations
@@ -36,12 +38,13 @@ import concurrent.futures
 import logging
 import signal
 import time
-from collections.abc import Iterable
-from pathlib import Path
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import attrs
 
+from tbes.adapters import _metrics
+from tbes.adapters._decision_log import Attempt, fault_decision, log_fault, run_check
 from tbes.adapters._milter_protocol import (
     ACCEPT,
     CLOSE,
@@ -55,15 +58,12 @@ from tbes.adapters._milter_protocol import (
 )
 from tbes.adapters.config import AdapterConfig, Checker
 from tbes.adapters.listen import (
-    FORMS,
     ListenAddress,
-    ListenAddressError,
     create_server,
     parse_listen_address,
-    start_server,
 )
 from tbes.decision import Action, Decision
-from tbes.enforcer import FAIL_CLOSED_REPLY
+from tbes.enforcer import FAIL_CLOSED_REPLY, Connection
 from tbes.errors import AdapterConfigError
 from tbes.policy import SmtpReply
 from tbes.received import MAX_RECEIVED  # the cap every adapter shares
@@ -164,24 +164,22 @@ def _answer(decision: Decision) -> bytes:
     return _reply(decision.reply)
 
 
-def decide_check(check: Check, checker: Checker, config: AdapterConfig) -> bytes:
+def decide_check(
+    check: Check, checker: Checker, config: AdapterConfig, attempt: Attempt | None = None
+) -> bytes:
     """The packet that answers one message's end of headers; never raises.
 
-    Runs in a worker thread: the configuration names the connection, the checker decides.
+    Runs in a worker thread: the configuration names the connection, the checker decides
+    (through :func:`~tbes.adapters._decision_log.run_check`, which logs the decision).
     """
-    try:
+
+    def ask() -> tuple[Connection, Sequence[str]]:
         conn = config.connection(
             peer_ip=check.peer_ip, peer_host=check.peer_host, tls_subject=check.tls_subject
         )
-        return _answer(checker.check(conn, check.received))
-    except Exception:
-        _log.warning(
-            "tbes milter: deciding for %r failed; %s the message",
-            check.peer_ip,
-            "deferring" if config.fail_closed else "accepting",
-            exc_info=True,
-        )
-        return fault_reply(config)
+        return conn, check.received
+
+    return _answer(run_check("milter", checker, config, ask, peer=check.peer_ip, attempt=attempt))
 
 
 # ---- serving -------------------------------------------------------------------------------
@@ -203,8 +201,9 @@ class MilterService:
         limits: MilterLimits | None = None,
         executor: concurrent.futures.Executor | None = None,
     ) -> None:
-        self.checker = checker
-        self.config = config
+        # One tuple, replaced whole on a reload: a check never pairs one with the other's old.
+        self.current: tuple[AdapterConfig, Checker] = (config, checker)
+        self.draining = False
         self.limits = MilterLimits() if limits is None else limits
         self._own_executor = executor is None
         self.executor = executor or concurrent.futures.ThreadPoolExecutor(
@@ -212,6 +211,27 @@ class MilterService:
         )
         self.connections: set[_MilterConnection] = set()
         self.log = _RateLimitedLog(self.limits.log_interval)
+
+    @property
+    def config(self) -> AdapterConfig:
+        """The configuration new checks use."""
+        return self.current[0]
+
+    @property
+    def checker(self) -> Checker:
+        """The checker new checks use."""
+        return self.current[1]
+
+    def replace(self, config: AdapterConfig, checker: Checker) -> None:
+        """Use ``config`` and ``checker`` from the next check on (a reload); open
+        connections stay, and a check in flight ends with what it started with."""
+        self.current = (config, checker)
+
+    def drain(self) -> None:
+        """Close each connection as soon as it has no check in flight (on shutdown)."""
+        self.draining = True
+        for connection in list(self.connections):
+            connection.close_if_idle()
 
     async def start(self, address: str | ListenAddress) -> asyncio.Server:
         """Listen on ``address`` (see :mod:`tbes.adapters.listen`) and return the server."""
@@ -265,11 +285,14 @@ class _MilterConnection(asyncio.Protocol):
             transport.close()
             return
         service.connections.add(self)
+        _metrics.active().connections("milter", 1)
         self._last = self._loop.time()
         self._idle_timer = self._loop.call_later(service.limits.idle_timeout, self._idle)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._service.connections.discard(self)
+        if self in self._service.connections:
+            self._service.connections.discard(self)
+            _metrics.active().connections("milter", -1)
         self._transport = None
         self._checking = 0
         for timer in (self._idle_timer, self._check_timer):
@@ -305,6 +328,11 @@ class _MilterConnection(asyncio.Protocol):
         """Close the connection (the MTA applies its default action)."""
         if self._transport is not None:
             self._transport.close()
+
+    def close_if_idle(self) -> None:
+        """Close the connection unless a check is in flight (then it closes once answered)."""
+        if not self._checking:
+            self.close()
 
     # work
 
@@ -345,28 +373,39 @@ class _MilterConnection(asyncio.Protocol):
         self._checks += 1
         number = self._checking = self._checks
         self._transport.pause_reading()
+        config, checker = service.current
+        attempt = Attempt()
         future = self._loop.run_in_executor(
-            service.executor, decide_check, check, service.checker, service.config
+            service.executor, decide_check, check, checker, config, attempt
         )
-        future.add_done_callback(lambda done: self._checked(number, done))
+        future.add_done_callback(lambda done: self._checked(number, config, done))
         self._check_timer = self._loop.call_later(
-            service.limits.check_timeout, self._check_timed_out, number, check
+            service.limits.check_timeout, self._check_timed_out, number, check, config, attempt
         )
 
-    def _checked(self, number: int, future: asyncio.Future[bytes]) -> None:
+    def _checked(self, number: int, config: AdapterConfig, future: asyncio.Future[bytes]) -> None:
         if number != self._checking:
             return  # answered already (timeout) or the connection is gone
         if future.cancelled() or future.exception() is not None:
             # decide_check never raises; a cancelled future means the pool shut down.
-            reply = fault_reply(self._service.config)
+            reply = fault_reply(config)
         else:
             reply = future.result()
         self._finish(reply)
 
-    def _check_timed_out(self, number: int, check: Check) -> None:
+    def _check_timed_out(
+        self, number: int, check: Check, config: AdapterConfig, attempt: Attempt
+    ) -> None:
         if number != self._checking:
             return
-        config = self._service.config
+        if attempt.settle():
+            try:
+                conn: Connection | None = config.connection(
+                    peer_ip=check.peer_ip, peer_host=check.peer_host, tls_subject=check.tls_subject
+                )
+            except Exception:  # named in the check's own warning, if it ever ends
+                conn = None
+            log_fault("milter", config, conn, "timeout", fault_decision(config, "timed out"))
         self._service.log.warning(
             "check-timeout",
             "tbes milter: deciding for %r took over %.1f s; %s the message",
@@ -386,6 +425,9 @@ class _MilterConnection(asyncio.Protocol):
             return
         transport.write(self._session.answer(reply))
         self._last = self._loop.time()
+        if self._service.draining:
+            transport.close()
+            return
         transport.resume_reading()
         if self._pending:
             packets = list(self._pending)
@@ -456,47 +498,46 @@ async def serve_until_stopped(
     policy: str | None = None,
     limits: MilterLimits | None = None,
 ) -> None:
-    """Serve the milter and/or the policy service on one event loop until SIGTERM/SIGINT."""
+    """Serve the milter and/or the policy service on one event loop until SIGTERM/SIGINT.
+
+    Every address is bound before anything is logged as listening (an OSError if one
+    cannot be); on the signal, each connection finishes the answer in hand, for up to
+    :data:`~tbes.adapters._daemon.DRAIN_SECONDS`. The daemons (``tbes milter``, ``tbes
+    policy``, ``tbes serve``) also reload on SIGHUP; see :mod:`tbes.adapters._daemon`.
+    """
+    from tbes.adapters._daemon import DRAIN_SECONDS
     from tbes.adapters.postfix_policy import PolicyLimits, PolicyService
-
-    policy_service = PolicyService(checker, config, PolicyLimits())
-    # Open policy connections, closed on shutdown so that their handlers end normally.
-    policy_writers: set[asyncio.StreamWriter] = set()
-
-    async def policy_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        policy_writers.add(writer)
-        try:
-            await policy_service.client(reader, writer)
-        finally:
-            policy_writers.discard(writer)
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
     service = MilterService(checker, config, limits=limits)
+    policy_service = PolicyService(checker, config, PolicyLimits())
     servers: list[asyncio.Server] = []
     try:
         if milter is not None:
             servers.append(await service.start(milter))
-            _log.info("tbes milter listening on %s", milter)
         if policy is not None:
-            servers.append(await start_server(parse_listen_address(policy), policy_client))
-            _log.info("tbes policy service listening on %s", policy)
-        await stop.wait()
+            servers.append(await policy_service.start(policy))
+        for name, at in (("milter", milter), ("policy service", policy)):
+            if at is not None:
+                _log.info("tbes %s listening on %s", name, at)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
     finally:
         for server in servers:
             server.close()
+        service.drain()
+        policy_service.drain()
+        deadline = loop.time() + DRAIN_SECONDS
+        while (service.connections or policy_service.open_connections) and (loop.time() < deadline):
+            await asyncio.sleep(0.02)
         service.close()
-        for writer in list(policy_writers):
-            writer.close()
-        # A handler may be waiting for a check: give it the check's time to finish.
-        deadline = loop.time() + service.limits.check_timeout
-        while policy_writers and loop.time() < deadline:
-            await asyncio.sleep(0.01)
         policy_service.close()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
         _log.info("tbes stopped")
 
 
@@ -519,119 +560,12 @@ def run_milter(
     asyncio.run(serve_until_stopped(checker, config, milter=socket, limits=limits))
 
 
-# ---- commands ------------------------------------------------------------------------------
-
-
-def _open(config_path: Path, db: Path) -> tuple[AdapterConfig, Checker]:
-    """The configuration and the enforcer over the SQLite store, or a ClickException."""
-    import click
-
-    from tbes.adapters.config import load_config, make_enforcer
-    from tbes.catalog import Catalog
-    from tbes.errors import TbesError
-    from tbes.store.sqlite import SQLiteStore
-
-    # `tbes --catalog FILE milter ...` (or $TBES_CATALOG) wins over the config's catalog.
-    override = click.get_current_context().find_root().params.get("catalog_path")
-    try:
-        config = load_config(config_path)
-        catalog = config.load_catalog() if override is None else Catalog.load(override)
-        store = SQLiteStore(db)
-        return config, make_enforcer(config, store, catalog=catalog)
-    except (TbesError, ValueError) as error:
-        raise click.ClickException(str(error)) from error
-
-
-def _log_to_stderr() -> None:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-
-
-def _common_options(function: Any) -> Any:
-    import click
-
-    function = click.option(
-        "--config",
-        "config_path",
-        required=True,
-        type=click.Path(exists=True, dir_okay=False, path_type=Path),
-        help="The adapter configuration (TOML): connectors, own_hosts, fail_closed.",
-    )(function)
-    return click.option(
-        "--db",
-        required=True,
-        type=click.Path(dir_okay=False, path_type=Path),
-        help="The SQLite state file (created if missing).",
-    )(function)
-
-
-def _address_option(value: str | None) -> str | None:
-    import click
-
-    if value is None:
-        return None
-    try:
-        parse_listen_address(value)
-    except ListenAddressError as error:
-        raise click.ClickException(str(error)) from error
-    return value
-
-
-def _click_command() -> Any:
-    """Build ``tbes milter`` (click is the ``cli`` extra, so it is imported only here)."""
-    import click
-
-    @click.command("milter")
-    @click.option(
-        "--listen", required=True, metavar="SOCKET", help=f"Where the MTA connects: {FORMS}."
-    )
-    @_common_options
-    def milter(listen: str, db: Path, config_path: Path) -> None:
-        """Run the milter for Postfix or Sendmail until SIGTERM."""
-        _address_option(listen)
-        config, enforcer = _open(config_path, db)
-        _log_to_stderr()
-        try:
-            run_milter(listen, config, enforcer)
-        except OSError as error:
-            raise click.ClickException(f"cannot listen on {listen}: {error}") from error
-
-    return milter
-
-
-def _click_serve_command() -> Any:
-    """Build ``tbes serve``: the milter and the policy service in one process."""
-    import click
-
-    @click.command("serve")
-    @click.option("--milter", "milter_at", metavar="SOCKET", help=f"Serve the milter on: {FORMS}.")
-    @click.option(
-        "--policy",
-        "policy_at",
-        metavar="SOCKET",
-        help=f"Serve the Postfix policy service on: {FORMS}.",
-    )
-    @_common_options
-    def serve(milter_at: str | None, policy_at: str | None, db: Path, config_path: Path) -> None:
-        """Run the milter and/or the Postfix policy service, one enforcer, until SIGTERM."""
-        if milter_at is None and policy_at is None:
-            raise click.UsageError("give --milter SOCKET, --policy SOCKET or both")
-        _address_option(milter_at)
-        _address_option(policy_at)
-        config, enforcer = _open(config_path, db)
-        _log_to_stderr()
-        try:
-            asyncio.run(serve_until_stopped(enforcer, config, milter=milter_at, policy=policy_at))
-        except OSError as error:
-            raise click.ClickException(f"cannot listen: {error}") from error
-
-    return serve
-
-
 def __getattr__(name: str) -> Any:
     # The commands are built on first use so that importing this module needs no click.
+    from tbes.adapters import _daemon
+
     if name == "command":
-        return _click_command()
+        return _daemon.milter_command()
     if name == "serve_command":
-        return _click_serve_command()
+        return _daemon.serve_command()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -26,7 +26,10 @@ running at once: :meth:`Enforcer.check <tbes.enforcer.Enforcer.check>` is synchr
 checks run on the server's own pool of ``max_checks`` threads, and a request that waits
 longer than ``queue_timeout`` for one gets the fault answer. What peers do to it (resets,
 garbage, timeouts, refusals) is logged once per ``log_interval`` per kind, with a count of
-the ones suppressed, so a flood never becomes a flood of log lines or tracebacks.
+the ones suppressed, so a flood never becomes a flood of log lines or tracebacks. Each
+decision is one line of the decision log (:mod:`tbes.adapters._decision_log`); a daemon
+swaps in a reloaded configuration with :meth:`PolicyService.replace` and stops with
+:meth:`PolicyService.drain`, which lets each connection finish the answer in hand.
 """
 
 from __future__ import annotations
@@ -36,16 +39,19 @@ import logging
 import math
 import resource
 import weakref
-from collections.abc import Awaitable, Iterable, Iterator
+from collections.abc import Awaitable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import attrs
 
+from tbes.adapters import _metrics
+from tbes.adapters._decision_log import fault_decision, log_fault, run_check
 from tbes.adapters._ratelimit import RateLimitedLogger
 from tbes.adapters.config import AdapterConfig, Checker
+from tbes.adapters.listen import ListenAddress, parse_listen_address, start_server
 from tbes.decision import Action, Decision
-from tbes.enforcer import FAIL_CLOSED_REPLY
+from tbes.enforcer import FAIL_CLOSED_REPLY, Connection
 from tbes.errors import PolicyProtocolError
 
 __all__ = [
@@ -213,28 +219,31 @@ def _fault_action(config: AdapterConfig) -> str:
     return str(FAIL_CLOSED_REPLY) if config.fail_closed else DUNNO
 
 
-def _decide(request: PolicyRequest, checker: Checker, config: AdapterConfig) -> str:
-    conn = config.connection(
+def _connection(request: PolicyRequest, config: AdapterConfig) -> Connection:
+    return config.connection(
         peer_ip=request.get("client_address"),
         peer_host=request.get("client_name"),
         tls_subject=request.get("ccert_subject"),
     )
-    # No headers at this stage: the state stored for this server decides (SPEC 9).
-    return action_for(checker.check(conn, ()))
 
 
-def decide_request(request: PolicyRequest, checker: Checker, config: AdapterConfig) -> str:
-    """The action for one request, failing open (or closed, if configured) on any fault."""
-    try:
-        return _decide(request, checker, config)
-    except Exception:
-        _log.warning(
-            "tbes policy: deciding for client %r failed; answering %s",
-            request.get("client_address"),
-            _fault_action(config),
-            exc_info=True,
-        )
-        return _fault_action(config)
+def decide_request(
+    request: PolicyRequest,
+    checker: Checker,
+    config: AdapterConfig,
+    faults: RateLimitedLogger | None = None,
+) -> str:
+    """The action for one request, failing open (or closed, if configured) on any fault.
+
+    No headers at this stage: the state stored for this server decides (SPEC 9). The
+    decision is logged (:func:`~tbes.adapters._decision_log.run_check`).
+    """
+
+    def ask() -> tuple[Connection, Sequence[str]]:
+        return _connection(request, config), ()
+
+    peer = request.get("client_address")
+    return action_for(run_check("policy", checker, config, ask, peer=peer, faults=faults))
 
 
 def _count(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -289,17 +298,46 @@ class PolicyService:
     threads and the rate-limited log. :meth:`client` is the connection handler to serve."""
 
     def __init__(self, checker: Checker, config: AdapterConfig, limits: PolicyLimits) -> None:
-        self._checker = checker
-        self._config = config
+        # One tuple, replaced whole on a reload (see replace()).
+        self.current: tuple[AdapterConfig, Checker] = (config, checker)
         self._limits = limits
         self._clients = 0
+        self._draining = False
+        # Open connections, each with whether it is answering a request now.
+        self._writers: dict[asyncio.StreamWriter, bool] = {}
         self._executor = ThreadPoolExecutor(limits.max_checks, thread_name_prefix="tbes-policy")
         # The semaphore, not the executor's queue, is where requests wait: a wait there can
         # be abandoned (queue_timeout) without leaving work behind.
         self._slots = asyncio.Semaphore(limits.max_checks)
         self._log = RateLimitedLogger(_log, limits.log_interval)
 
+    @property
+    def open_connections(self) -> int:
+        """How many client connections are open."""
+        return len(self._writers)
+
+    def replace(self, config: AdapterConfig, checker: Checker) -> None:
+        """Use ``config`` and ``checker`` from the next request on (a reload); open
+        connections stay, and a request being checked ends with what it started with."""
+        self.current = (config, checker)
+
+    def drain(self) -> None:
+        """Close each connection once it has answered the request in hand (on shutdown)."""
+        self._draining = True
+        for writer, answering in list(self._writers.items()):
+            if not answering:
+                writer.transport.close()
+
+    async def start(self, address: str | ListenAddress) -> asyncio.Server:
+        """Listen on ``address`` (see :mod:`tbes.adapters.listen`) and return the server."""
+        if isinstance(address, str):
+            address = parse_listen_address(address)
+        return await start_server(address, self.client)
+
     def close(self) -> None:
+        """Abort the connections left and shut down the check threads."""
+        for writer in list(self._writers):
+            writer.transport.abort()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -314,7 +352,12 @@ class PolicyService:
             )
             writer.transport.abort()
             return
+        if self._draining:
+            writer.transport.abort()
+            return
         self._clients += 1
+        self._writers[writer] = False
+        _metrics.active().connections("policy", 1)
         try:
             await self._serve(reader, writer)
         except asyncio.CancelledError:
@@ -323,6 +366,8 @@ class PolicyService:
             pass
         finally:
             self._clients -= 1
+            del self._writers[writer]
+            _metrics.active().connections("policy", -1)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         limits = self._limits
@@ -356,9 +401,13 @@ class PolicyService:
                 arrived = loop.time()
                 requests = parser.feed(data)
                 for request in requests:
+                    self._writers[writer] = True
                     writer.write(format_response(await self._answer(request)))
                     # A peer that does not read its answers must not hold them, or us, either.
                     await self._before(loop.time(), writer.drain())
+                    self._writers[writer] = False
+                if self._draining:
+                    return
                 if parser.idle:
                     started = None
                 elif requests or started is None:
@@ -412,7 +461,8 @@ class PolicyService:
             raise _RequestDeadline from None
 
     async def _answer(self, request: PolicyRequest) -> str:
-        fault = _fault_action(self._config)
+        config, checker = self.current
+        fault = _fault_action(config)
         try:
             async with asyncio.timeout(self._limits.queue_timeout):
                 await self._slots.acquire()
@@ -426,26 +476,19 @@ class PolicyService:
                 self._limits.queue_timeout,
                 fault,
             )
+            try:
+                conn: Connection | None = _connection(request, config)
+            except Exception:  # logged as a fault when a check meets it
+                conn = None
+            log_fault("policy", config, conn, "busy", fault_decision(config, "no check thread"))
             return fault
         try:
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._executor, self._check, request, fault)
+            return await loop.run_in_executor(
+                self._executor, decide_request, request, checker, config, self._log
+            )
         finally:
             self._slots.release()
-
-    def _check(self, request: PolicyRequest, fault: str) -> str:
-        try:
-            return _decide(request, self._checker, self._config)
-        except Exception:
-            self._log.log(
-                "fault",
-                logging.WARNING,
-                "tbes policy: deciding for client %r failed; answering %s",
-                request.get("client_address"),
-                fault,
-                exc_info=True,
-            )
-            return fault
 
 
 # Descriptors the process needs besides its clients: stdio, the listener, store, logs.
@@ -511,3 +554,12 @@ def run_policy_server(
             await server.serve_forever()
 
     asyncio.run(_main())
+
+
+def __getattr__(name: str) -> Any:
+    # ``tbes policy`` is built on first use so that importing this module needs no click.
+    if name == "command":
+        from tbes.adapters import _daemon
+
+        return _daemon.policy_command()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

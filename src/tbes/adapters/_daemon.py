@@ -1,0 +1,433 @@
+"""Running tbes as a daemon: ``tbes policy``, ``tbes milter`` and ``tbes serve``.
+
+One process, one event loop, one store and one enforcer shared by every service it runs.
+What an administrator expects of a mail daemon, as of postgrey or policyd-spf:
+
+* **Start**: the configuration, the catalog and the store (a SQLite file, or a
+  ``postgresql://`` URL) are opened, then every address is bound; only when all are bound
+  does the daemon log that it listens. An address in use or refused is one line on stderr
+  and exit code 2, as is any other error at start: never a traceback.
+* **SIGHUP** reloads the configuration (connectors, own_hosts, policy, catalog, ...): the
+  new configuration and a new enforcer over the same store are built off the loop, then
+  swapped into every service as one tuple, so a check sees the old pair or the new, never
+  a mix; open connections stay. A configuration that does not load is one ERROR line
+  naming the file and the reason, and the running one stays.
+* **SIGTERM/SIGINT** stop accepting, let each connection finish the answer in hand for up
+  to :data:`DRAIN_SECONDS`, close the rest and exit 0.
+
+Log lines go where ``--log-target`` says, formatted by :mod:`tbes.adapters._log_output`;
+``--metrics HOST:PORT`` serves Prometheus metrics (:mod:`tbes.adapters._metrics`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sqlite3
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from tbes.adapters import _metrics
+from tbes.adapters._decision_log import EventLogNotifier
+from tbes.adapters._log_output import (
+    DEFAULT_SYSLOG_SOCKET,
+    FORMATS,
+    TARGETS,
+    configure_logging,
+    restore_logging,
+)
+from tbes.adapters._store_watch import WatchedStore
+from tbes.adapters.config import AdapterConfig, Checker, load_config, make_enforcer
+from tbes.adapters.listen import FORMS, ListenAddress, parse_listen_address
+from tbes.errors import TbesError
+
+__all__ = ["DRAIN_SECONDS", "Daemon", "DaemonError", "open_store"]
+
+_log = logging.getLogger("tbes.daemon")
+
+DRAIN_SECONDS = 5.0
+"""How long a stopping daemon waits for its connections to finish the answer in hand."""
+
+_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+class DaemonError(TbesError):
+    """The daemon cannot start: the message is the one line an administrator reads."""
+
+
+def open_store(db: str) -> Any:
+    """The store ``--db`` names: a ``postgresql://`` URL, else a SQLite file path."""
+    if db.startswith(_POSTGRES_SCHEMES):
+        from tbes.store.postgres import PostgresStore
+
+        return PostgresStore(db)
+    from tbes.store.sqlite import SQLiteStore
+
+    return SQLiteStore(Path(db))
+
+
+@attrs.frozen
+class _Source:
+    """Where the configuration comes from, read again on each reload."""
+
+    config_path: Path
+    catalog_path: Path | None  # `tbes --catalog FILE` wins over the config's catalog
+
+    def load(self, store: Any) -> tuple[AdapterConfig, Checker]:
+        from tbes.catalog import Catalog
+
+        config = load_config(self.config_path)
+        catalog = (
+            config.load_catalog() if self.catalog_path is None else Catalog.load(self.catalog_path)
+        )
+        enforcer = make_enforcer(config, store, catalog=catalog, notifier=EventLogNotifier())
+        return config, enforcer
+
+
+class Daemon:
+    """The milter and/or the policy service of one process (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        config_path: Path,
+        db: str,
+        catalog_path: Path | None = None,
+        milter: str | None = None,
+        policy: str | None = None,
+        metrics: str | None = None,
+    ) -> None:
+        self._source = _Source(config_path, catalog_path)
+        self._db = db
+        self._milter_at = None if milter is None else parse_listen_address(milter)
+        self._policy_at = None if policy is None else parse_listen_address(policy)
+        self._metrics_at = None if metrics is None else _metrics.parse_metrics_address(metrics)
+        self._store: Any = None
+        self._loaded: tuple[AdapterConfig, Checker] | None = None
+        self._reloading: asyncio.Task[None] | None = None
+
+    def open(self) -> None:
+        """Open the store and load the configuration; DaemonError naming what failed."""
+        if self._metrics_at is not None:
+            try:
+                _metrics.enable()
+            except ImportError as error:
+                raise DaemonError(
+                    "--metrics needs prometheus-client: pip install 'tbes[metrics]'"
+                ) from error
+        try:
+            self._store = WatchedStore(open_store(self._db))
+        except (TbesError, ValueError, OSError, sqlite3.Error) as error:
+            raise DaemonError(_reason(error)) from error
+        try:
+            self._loaded = self._source.load(self._store)
+        except (TbesError, ValueError, OSError) as error:
+            self._store.close()
+            raise DaemonError(_reason(error)) from error
+
+    def run(self) -> None:
+        """Bind, serve until SIGTERM/SIGINT (reloading on SIGHUP), drain; after :meth:`open`."""
+        assert self._loaded is not None, "open() first"
+        try:
+            asyncio.run(self._serve(*self._loaded))
+        finally:
+            self._store.close()
+
+    async def _serve(self, config: AdapterConfig, checker: Checker) -> None:
+        from tbes.adapters.milter import MilterLimits, MilterService
+        from tbes.adapters.postfix_policy import PolicyLimits, PolicyService
+
+        milter = MilterService(checker, config, limits=MilterLimits())
+        policy = PolicyService(checker, config, PolicyLimits())
+        servers: list[asyncio.Server] = []
+        metrics_server: Any = None
+        try:
+            # Bind everything first: "listening" is said only once it is true.
+            if self._milter_at is not None:
+                servers.append(await _bind(self._milter_at, milter.start))
+            if self._policy_at is not None:
+                servers.append(await _bind(self._policy_at, policy.start))
+            if self._metrics_at is not None:
+                metrics_server = _bind_metrics(self._metrics_at)
+        except BaseException:
+            for server in servers:
+                server.close()
+            milter.close()
+            policy.close()
+            raise
+        try:
+            for name, at in (
+                ("milter", self._milter_at),
+                ("policy service", self._policy_at),
+                ("metrics", self._metrics_at),
+            ):
+                if at is not None:
+                    _log.info("tbes %s listening on %s", name, at)
+            await self._until_stopped(milter, policy)
+        finally:
+            for server in servers:
+                server.close()
+            milter.drain()
+            policy.drain()
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + DRAIN_SECONDS
+            while (milter.connections or policy.open_connections) and loop.time() < deadline:
+                await asyncio.sleep(0.02)
+            milter.close()
+            policy.close()
+            if metrics_server is not None:
+                metrics_server.shutdown()
+                metrics_server.server_close()
+            _log.info("tbes stopped")
+
+    async def _until_stopped(self, milter: Any, policy: Any) -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        for signum in signals[:2]:
+            loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload_soon, milter, policy)
+        try:
+            await stop.wait()
+        finally:
+            for signum in signals:
+                loop.remove_signal_handler(signum)
+            if self._reloading is not None:
+                self._reloading.cancel()
+
+    def _reload_soon(self, *services: Any) -> None:
+        if self._reloading is not None and not self._reloading.done():
+            _log.warning("tbes: SIGHUP while a reload runs; reload again once it is done")
+            return
+        self._reloading = asyncio.get_running_loop().create_task(self._reload(services))
+
+    async def _reload(self, services: tuple[Any, ...]) -> None:
+        try:
+            config, checker = await asyncio.to_thread(self._source.load, self._store)
+        except Exception as error:  # any failure keeps the running configuration
+            _metrics.active().reload(False)
+            _log.error(
+                "tbes: reloading %s failed, keeping the running configuration: %s",
+                self._source.config_path,
+                _reason(error),
+            )
+            return
+        for service in services:
+            service.replace(config, checker)
+        _metrics.active().reload(True)
+        _log.info("tbes: reloaded %s", self._source.config_path)
+
+
+def _os_reason(error: OSError) -> str:
+    # asyncio's bind error repeats the address; the system's words are enough. A name
+    # that does not resolve (gaierror) has its own words and a negative number.
+    if isinstance(error, socket.gaierror) or not error.errno or error.errno < 0:
+        return error.strerror or str(error)
+    return os.strerror(error.errno)
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        where = f": {error.filename}" if error.filename else ""
+        return f"{error.strerror}{where}"
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+async def _bind(
+    address: ListenAddress, start: Callable[[ListenAddress], Awaitable[asyncio.Server]]
+) -> asyncio.Server:
+    try:
+        return await start(address)
+    except OSError as error:
+        raise DaemonError(f"cannot listen on {address}: {_os_reason(error)}") from None
+
+
+def _bind_metrics(address: ListenAddress) -> Any:
+    try:
+        return _metrics.serve_metrics(_metrics.active(), address)
+    except OSError as error:
+        raise DaemonError(f"cannot listen on {address}: {_os_reason(error)}") from None
+
+
+# ---- commands ------------------------------------------------------------------------------
+
+# What the commands share; kept so that systemd units can rely on them.
+_HELP_DB = "The store: a SQLite file (created if missing) or a postgresql:// URL."
+
+
+def _fail(message: str) -> Any:
+    import click
+
+    class _Fail(click.ClickException):
+        exit_code = 2
+
+        def show(self, file: Any = None) -> None:
+            from tbes.adapters._log_output import escape
+
+            click.echo(f"tbes: error: {escape(self.format_message())[1:-1]}", err=True)
+
+    return _Fail(" ".join(message.split()))
+
+
+def _options(function: Any) -> Any:
+    import click
+
+    decorators = [
+        click.option(
+            "--config",
+            "config_path",
+            required=True,
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="The adapter configuration (TOML); SIGHUP reads it again.",
+        ),
+        click.option("--db", required=True, metavar="PATH|URL", help=_HELP_DB),
+        click.option(
+            "--log-format",
+            type=click.Choice(FORMATS),
+            default="text",
+            show_default=True,
+            help="text: key=value pairs; json: one object per line.",
+        ),
+        click.option(
+            "--log-target",
+            type=click.Choice(TARGETS),
+            default="stderr",
+            show_default=True,
+            help="Where log lines go.",
+        ),
+        click.option(
+            "--syslog-socket",
+            default=DEFAULT_SYSLOG_SOCKET,
+            show_default=True,
+            metavar="PATH",
+            help="The syslog socket (--log-target syslog).",
+        ),
+        click.option(
+            "--syslog-facility",
+            default="mail",
+            show_default=True,
+            metavar="NAME",
+            help="The syslog facility (--log-target syslog).",
+        ),
+        click.option(
+            "--metrics",
+            "metrics_at",
+            default=None,
+            metavar="HOST:PORT",
+            help="Serve Prometheus metrics at http://HOST:PORT/metrics (extra 'metrics').",
+        ),
+    ]
+    for decorator in reversed(decorators):
+        function = decorator(function)
+    return function
+
+
+def run_command(
+    *,
+    config_path: Path,
+    db: str,
+    log_format: str,
+    log_target: str,
+    syslog_socket: str,
+    syslog_facility: str,
+    metrics_at: str | None,
+    milter: str | None = None,
+    policy: str | None = None,
+) -> None:
+    """What each daemon command does once click parsed it: every failure is one line, exit 2."""
+    import click
+
+    root = click.get_current_context().find_root().params
+    try:
+        daemon = Daemon(
+            db=db,
+            config_path=config_path,
+            catalog_path=root.get("catalog_path"),
+            milter=milter,
+            policy=policy,
+            metrics=metrics_at,
+        )
+    except (TbesError, ValueError) as error:
+        raise _fail(_reason(error)) from None
+    logger = logging.getLogger()
+    previous, level = list(logger.handlers), logger.level
+    try:
+        handler = configure_logging(
+            fmt=log_format, target=log_target, syslog_socket=syslog_socket, facility=syslog_facility
+        )
+    except (ValueError, OSError) as error:
+        raise _fail(f"cannot log to {log_target}: {_reason(error)}") from None
+    # A reload asked for while the store is still opening (systemd's ExecReload right after
+    # start) must not kill the daemon, SIGHUP's default; the event loop handles it later.
+    hangup = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        # Opened once the log lines have their form: its warnings are lines like the rest.
+        daemon.open()
+    except DaemonError as error:
+        signal.signal(signal.SIGHUP, hangup)
+        restore_logging(handler, previous, level)
+        raise _fail(str(error)) from None
+    try:
+        daemon.run()
+    except DaemonError as error:
+        raise _fail(str(error)) from None
+
+
+def milter_command() -> Any:
+    """``tbes milter --listen SOCKET ...``."""
+    import click
+
+    @click.command("milter")
+    @click.option(
+        "--listen", required=True, metavar="SOCKET", help=f"Where the MTA connects: {FORMS}."
+    )
+    @_options
+    def milter(listen: str, **options: Any) -> None:
+        """Run the milter for Postfix or Sendmail until SIGTERM (SIGHUP: reload)."""
+        run_command(milter=listen, **options)
+
+    return milter
+
+
+def policy_command() -> Any:
+    """``tbes policy --listen SOCKET ...``."""
+    import click
+
+    @click.command("policy")
+    @click.option(
+        "--listen", required=True, metavar="SOCKET", help=f"Where Postfix connects: {FORMS}."
+    )
+    @_options
+    def policy(listen: str, **options: Any) -> None:
+        """Run the Postfix policy service until SIGTERM (SIGHUP: reload)."""
+        run_command(policy=listen, **options)
+
+    return policy
+
+
+def serve_command() -> Any:
+    """``tbes serve --milter SOCKET --policy SOCKET ...``."""
+    import click
+
+    @click.command("serve")
+    @click.option("--milter", "milter_at", metavar="SOCKET", help=f"Serve the milter on: {FORMS}.")
+    @click.option(
+        "--policy",
+        "policy_at",
+        metavar="SOCKET",
+        help=f"Serve the Postfix policy service on: {FORMS}.",
+    )
+    @_options
+    def serve(milter_at: str | None, policy_at: str | None, **options: Any) -> None:
+        """Run the milter and/or the Postfix policy service, one enforcer, until SIGTERM."""
+        if milter_at is None and policy_at is None:
+            raise click.UsageError("give --milter SOCKET, --policy SOCKET or both")
+        run_command(milter=milter_at, policy=policy_at, **options)
+
+    return serve
