@@ -18,7 +18,13 @@ from tbes.catalog import Baseline, Catalog
 from tbes.policy import Policy
 from tbes.render._common import printable
 from tbes.selfcheck import Phase, compose, policy_phases, suppressed
-from tbes.store.counters import Limit, MemoryCounters, SQLiteCounters
+from tbes.store.counters import (
+    Limit,
+    MemoryCounters,
+    PostgresCounters,
+    SQLiteCounters,
+    open_counters,
+)
 
 NOW = dt.datetime(2026, 12, 3, 10, 0, tzinfo=dt.UTC)
 EX2013_HOP = (
@@ -240,3 +246,22 @@ def test_counters_are_a_table_beside_the_schema_and_expire(tmp_path: Path) -> No
         rows = conn.execute("SELECT key, expires, count FROM tbes_counters").fetchall()
     conn.close()
     assert rows == [("sender:a", 2200.0, 1)]
+
+
+def test_a_long_chain_of_hops_is_cut_but_the_sender_hop_still_named() -> None:
+    own = "from a.contoso.example (a.contoso.example [10.9.9.9]) by b.contoso.example with ESMTP"
+    text = reply_text([], [own] * 40 + [EX2013_HOP], own_hosts=["contoso.example"])
+    assert "  30. from a.contoso.example" in text
+    assert "  31. " not in text
+    assert "... and 11 older hop(s), not shown." in text
+    assert "Sender hop: hop 41" in text
+    assert "UNSUPPORTED" in text
+
+
+def test_open_counters_chooses_by_the_name(tmp_path: Path) -> None:
+    assert isinstance(open_counters(None), MemoryCounters)
+    # A postgresql:// URL opens PostgreSQL counters; they connect only on first use.
+    assert isinstance(open_counters("postgresql://tbes@127.0.0.1:1/x"), PostgresCounters)
+    opened = open_counters(tmp_path / "c.db")
+    assert isinstance(opened, SQLiteCounters)
+    opened.close()

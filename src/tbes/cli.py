@@ -1607,11 +1607,12 @@ def forget(server: str, db: Path, yes: bool) -> None:
 )
 @click.option(
     "--db",
-    type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="SQLite file whose tbes_counters table the rate limits share (default: in memory).",
+    metavar="FILE|URL",
+    help="SQLite file or postgresql:// URL whose tbes_counters table the rate limits share "
+    "(default: in memory).",
 )
-def responder(listen: str, config_path: Path, reply_via: str, db: Path | None) -> None:
+def responder(listen: str, config_path: Path, reply_via: str, db: str | None) -> None:
     """Answer mail to the check addresses with what tbes reads from it (docs/self-check.md).
 
     Needs the smtp extra (aiosmtpd). Replies go to the envelope sender through --reply-via;
@@ -1626,13 +1627,13 @@ def responder(listen: str, config_path: Path, reply_via: str, db: Path | None) -
     except ImportError:
         raise _Fail("tbes responder needs aiosmtpd: pip install 'tbes[smtp]'") from None
     from tbes.adapters import responder as service
-    from tbes.store.counters import Counters, MemoryCounters, SQLiteCounters
+    from tbes.store.counters import open_counters
 
     address = _guard(lambda: parse_listen_address(listen))
     via = _guard(lambda: parse_listen_address(reply_via))
     if via.port is None or via.host is None:
         raise _Fail(f"--reply-via must be HOST:PORT, got {reply_via!r}")
     config = _guard(lambda: service.load_responder_config(config_path))
-    counters: Counters = MemoryCounters() if db is None else SQLiteCounters(db)
+    counters = _guard(lambda: open_counters(db))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     service.serve(address, config, counters, via)

@@ -42,6 +42,7 @@ _BULK = frozenset({"bulk", "list", "junk"})
 # A header shown back is cut here: the reply stays small whatever the message carries.
 _MAX_SHOWN = 300
 _MAX_SUBJECT = 120
+_MAX_HOPS = 30  # hops shown; the sender hop is named whatever its position
 _MAX_IDS = 900
 # Printable ASCII without space or angle brackets: the id goes back into a header.
 _MSG_ID = re.compile(r"<[\x21-\x3b\x3d\x3f-\x7e]{1,250}>")
@@ -180,11 +181,13 @@ def _hops_section(
     if not received:
         return ["Received hops: none (the message has no Received: headers)."]
     lines = ["Received hops, newest first, as tbes parsed them:"]
-    for number, value in enumerate(received, start=1):
+    for number, value in enumerate(received[:_MAX_HOPS], start=1):
         hop = parse_received(value)
         mark = "  <- sender hop" if evidence is not None and evidence.index == number - 1 else ""
         lines.append(f"  {number}. {_hop_line(hop, escape)}{mark}")
         lines.append(f"     raw: {_cut(escape(_unfold(value)), _MAX_SHOWN)}")
+    if len(received) > _MAX_HOPS:
+        lines.append(f"  ... and {len(received) - _MAX_HOPS} older hop(s), not shown.")
     lines.append("")
     if evidence is None:
         lines.append(

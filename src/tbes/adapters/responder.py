@@ -6,8 +6,8 @@ service accepts mail only for the configured addresses (any other recipient: ``5
 so it can never relay, and only up to ``max_size`` bytes (SMTP ``SIZE``). It never becomes a
 backscatter source: no reply to a null sender, to automatic, bulk or list mail (RFC 3834),
 to a check address itself, and at most one reply per sender per ``per_sender_seconds`` and
-``per_minute`` replies in all. Those counts live in the store's database
-(:mod:`tbes.store.counters`), so that several responders share them. The reply is sent
+``per_minute`` replies in all. Those counts live in the store's database, SQLite or
+PostgreSQL (:mod:`tbes.store.counters`), so that several responders share them. The reply is sent
 with a null envelope sender (RFC 3834 section 3.3) through the configured MTA with
 :mod:`smtplib`, in a worker thread, off the event loop. Every message gets ``250`` once it
 is in, whether a reply goes out or not: the sender learns nothing from the status, and a

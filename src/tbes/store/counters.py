@@ -8,24 +8,34 @@ than by a schema migration, because the counters are disposable (losing them onl
 the limits) and must not change the schema version that ``tbes store copy`` and older
 readers check. :meth:`SQLiteCounters.take` checks and counts every limit of one reply in
 one ``BEGIN IMMEDIATE`` transaction, so two processes can never both take the last slot;
-expired rows are deleted in the same transaction. :class:`MemoryCounters` is the same for
-one process. Server rows and ledgers are never touched.
+expired rows are deleted in the same transaction. :class:`PostgresCounters` does the same
+in PostgreSQL with row locks (``SELECT ... FOR UPDATE``, keys in order, so takes never wait
+in a circle; expired rows of others are skipped while locked). :class:`MemoryCounters` is
+the same for one process. Server rows and ledgers are never touched.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import attrs
 
 from tbes.errors import InvalidValueError, StoreError
 
-__all__ = ["Counters", "Limit", "MemoryCounters", "SQLiteCounters"]
+__all__ = [
+    "Counters",
+    "Limit",
+    "MemoryCounters",
+    "PostgresCounters",
+    "SQLiteCounters",
+    "open_counters",
+]
 
 _TABLE = """CREATE TABLE IF NOT EXISTS tbes_counters (
     key TEXT PRIMARY KEY,
@@ -175,3 +185,101 @@ class SQLiteCounters:
             if self._conn is not None and self._pid == os.getpid():
                 self._conn.close()
             self._conn = None
+
+
+_PG_TABLE = """CREATE TABLE IF NOT EXISTS tbes_counters (
+    key text PRIMARY KEY,
+    expires double precision NOT NULL,
+    count integer NOT NULL
+)"""
+# Any constant: serialises CREATE TABLE IF NOT EXISTS, which races on a new database.
+_PG_CREATE_LOCK = 0x7B35C0
+_PG_TAKE = (
+    "INSERT INTO tbes_counters (key, expires, count) VALUES (%s, 0, 0) ON CONFLICT DO NOTHING"
+)
+
+
+class PostgresCounters:
+    """:class:`Counters` in the table ``tbes_counters`` of the PostgreSQL database ``dsn``.
+
+    One connection per process (psycopg, extra ``postgres``), opened on first use. Every
+    statement and lock wait is bounded by ``timeout`` seconds; a failure raises
+    :class:`~tbes.errors.StoreError` (without the DSN) and the next take reconnects.
+    """
+
+    def __init__(self, dsn: str, *, timeout: float = 2.0) -> None:
+        if not isinstance(dsn, str) or not dsn:
+            raise InvalidValueError("dsn must be a non-empty str")
+        self._dsn = dsn
+        self._ms = int(timeout * 1000)
+        self._lock = threading.Lock()
+        self._conn: Any = None
+        self._pid = 0
+
+    def _connection(self) -> Any:
+        import psycopg
+
+        if self._conn is None or self._pid != os.getpid() or self._conn.closed:
+            conn = psycopg.connect(self._dsn, connect_timeout=max(1, self._ms // 1000))
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_CREATE_LOCK,))
+                conn.execute(_PG_TABLE)
+            self._conn, self._pid = conn, os.getpid()
+        return self._conn
+
+    def take(self, limits: Sequence[Limit], now: float) -> bool:
+        """See :meth:`Counters.take`."""
+        import psycopg
+
+        keys = sorted({limit.key for limit in limits})
+        with self._lock:
+            try:
+                conn = self._connection()
+                with conn.transaction():
+                    conn.execute(f"SET LOCAL lock_timeout = {self._ms}")
+                    conn.execute(f"SET LOCAL statement_timeout = {self._ms}")
+                    for key in keys:
+                        conn.execute(_PG_TAKE, (key,))
+                    found = conn.execute(
+                        "SELECT key, expires, count FROM tbes_counters WHERE key = ANY(%s) "
+                        "ORDER BY key FOR UPDATE",
+                        (keys,),
+                    ).fetchall()
+                    updated = _decide({k: (e, c) for k, e, c in found}, limits, now)
+                    for key, (expires, count) in (updated or {}).items():
+                        conn.execute(
+                            "UPDATE tbes_counters SET expires = %s, count = %s WHERE key = %s",
+                            (expires, count, key),
+                        )
+                    conn.execute(
+                        "DELETE FROM tbes_counters WHERE key IN (SELECT key FROM tbes_counters "
+                        "WHERE expires <= %s FOR UPDATE SKIP LOCKED)",
+                        (now,),
+                    )
+            except psycopg.Error as exc:
+                self._drop()
+                raise StoreError(f"PostgreSQL counters: {type(exc).__name__}") from None
+        return updated is not None
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def close(self) -> None:
+        """Close this process's connection."""
+        with self._lock:
+            if self._pid == os.getpid():
+                self._drop()
+            self._conn = None
+
+
+def open_counters(where: str | os.PathLike[str] | None) -> Counters:
+    """The counters at ``where``: a ``postgresql://`` URL, a SQLite file, or None (memory)."""
+    if where is None:
+        return MemoryCounters()
+    text = str(where)
+    if text.startswith(("postgresql://", "postgres://")):
+        return PostgresCounters(text)
+    return SQLiteCounters(where)
