@@ -313,6 +313,7 @@ def test_replies_never_change_the_stores_server_rows(
     )
     store.put(state, expected_version=None)
     before = [(s, store.get(s.server_id)) for s in store.states()]
+    schema = store.schema_version()
     handler, port = sink
     counters = SQLiteCounters(db)
     with Responder(port, config(), counters) as responder:
@@ -321,7 +322,7 @@ def test_replies_never_change_the_stores_server_rows(
     counters.close()
     assert len(handler.received) == 2
     assert [(s, store.get(s.server_id)) for s in store.states()] == before
-    assert store.schema_version() == 2
+    assert store.schema_version() == schema  # the counters' table is no migration
     store.close()
 
 

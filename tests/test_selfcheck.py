@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tbes.catalog import Baseline, Catalog
+from tbes.errors import InvalidValueError
 from tbes.policy import Policy
 from tbes.render._common import printable
 from tbes.selfcheck import Phase, compose, policy_phases, suppressed
@@ -55,6 +56,9 @@ def reply_text(headers: list[tuple[str, str]], received: list[str], **kw: Any) -
         ("a@b.example", [("Precedence", "list")], "list"),
         ("a@b.example", [("Precedence", "junk")], "junk"),
         ("a@b.example", [("List-Id", "<x.example>")], "List-Id"),
+        ("owner-admins@b.example", [], "software"),
+        ("admins-request@b.example", [], "software"),
+        ("MAILER-DAEMON@b.example", [], "software"),
     ],
 )
 def test_no_reply_to_null_automatic_or_list_mail(
@@ -265,3 +269,20 @@ def test_open_counters_chooses_by_the_name(tmp_path: Path) -> None:
     opened = open_counters(tmp_path / "c.db")
     assert isinstance(opened, SQLiteCounters)
     opened.close()
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Limit("", 1, 1.0),
+        lambda: Limit("k", 0, 1.0),
+        lambda: Limit("k", 1, 0),
+        lambda: Limit("k", 1, True),
+        lambda: SQLiteCounters("c.db", timeout=-1),
+        lambda: PostgresCounters("postgresql://x/y", timeout=float("inf")),
+        lambda: PostgresCounters(""),
+    ],
+)
+def test_bad_counter_arguments_are_refused(make: Any) -> None:
+    with pytest.raises(InvalidValueError):
+        make()

@@ -90,12 +90,16 @@ def policy_phases(policy: Policy, now: dt.datetime) -> tuple[Phase, ...]:
 def suppressed(sender: str | None, headers: Sequence[tuple[str, str]]) -> str | None:
     """Why a message must get no automatic reply, or None if it may get one (RFC 3834).
 
-    No reply to a null or missing envelope sender, to a message with ``Auto-Submitted``
+    No reply to a null or missing envelope sender, to list or mail system software
+    (``owner-*``, ``*-request``, ``MAILER-DAEMON``), to a message with ``Auto-Submitted``
     other than ``no``, with ``Precedence: bulk``, ``list`` or ``junk``, or with a
     ``List-Id`` header. ``headers`` are ``(name, value)`` pairs as the message has them.
     """
     if not sender or not sender.strip() or sender.strip() == "<>":
         return "the envelope sender is null"
+    local = sender.strip().strip("<>").rpartition("@")[0].lower()
+    if local.startswith("owner-") or local.endswith("-request") or local == "mailer-daemon":
+        return "the envelope sender is list or mail system software (RFC 3834 section 2)"
     for name, value in headers:
         key, text = name.strip().lower(), _unfold(value).strip().lower()
         if key == "auto-submitted" and text.split(";", 1)[0].strip() != "no":

@@ -45,10 +45,11 @@ from typing import Any
 
 import attrs
 
+from tbes._checks import of_type
 from tbes.adapters.listen import ListenAddress
 from tbes.catalog import Catalog
 from tbes.enforcer import utc_now
-from tbes.errors import AdapterConfigError
+from tbes.errors import AdapterConfigError, InvalidValueError
 from tbes.policy import Policy
 from tbes.received import MAX_RECEIVED, received_values
 from tbes.render._common import printable
@@ -111,18 +112,35 @@ def _whole(value: object, what: str, low: int, high: int) -> int:
     return number
 
 
+def _check_addresses(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, frozenset) or not value:
+        raise InvalidValueError(f"addresses must be a non-empty frozenset, got {value!r:.80}")
+    for each in value:
+        _check_sender(instance, attribute, each)
+
+
+def _check_sender(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, str) or not _ADDRESS.fullmatch(value) or value != value.lower():
+        raise InvalidValueError(f"{attribute.name}: not a lower-case address: {value!r:.80}")
+
+
+def _check_positive(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise InvalidValueError(f"{attribute.name} must be a number > 0, got {value!r:.80}")
+
+
 @attrs.frozen
 class ResponderConfig:
     """The responder's settings (module docstring); :func:`load_responder_config` builds it."""
 
-    addresses: frozenset[str]
-    sender: str
-    policy: Policy
-    catalog: Catalog
-    own_hosts: tuple[str, ...] = ()
-    per_sender_seconds: float = 600.0
-    per_minute: int = 30
-    max_size: int = 1_000_000
+    addresses: frozenset[str] = attrs.field(validator=_check_addresses)
+    sender: str = attrs.field(validator=_check_sender)
+    policy: Policy = attrs.field(validator=of_type(Policy))
+    catalog: Catalog = attrs.field(validator=of_type(Catalog))
+    own_hosts: tuple[str, ...] = attrs.field(default=(), validator=of_type(tuple))
+    per_sender_seconds: float = attrs.field(default=600.0, validator=_check_positive)
+    per_minute: int = attrs.field(default=30, validator=_check_positive)
+    max_size: int = attrs.field(default=1_000_000, validator=_check_positive)
 
 
 def load_responder_config(path: str | Path) -> ResponderConfig:

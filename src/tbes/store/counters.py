@@ -44,9 +44,13 @@ _TABLE = """CREATE TABLE IF NOT EXISTS tbes_counters (
 )"""
 
 
-def _positive_seconds(instance: object, attribute: attrs.Attribute[float], value: object) -> None:
+def _seconds(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e9:
-        raise InvalidValueError(f"{attribute.name} must be a number of seconds > 0, got {value!r}")
+        raise InvalidValueError(f"{name} must be a number of seconds > 0, got {value!r:.80}")
+
+
+def _positive_seconds(instance: object, attribute: attrs.Attribute[float], value: object) -> None:
+    _seconds(attribute.name, value)
 
 
 def _positive_count(instance: object, attribute: attrs.Attribute[int], value: object) -> None:
@@ -130,6 +134,7 @@ class SQLiteCounters:
     def __init__(self, path: str | os.PathLike[str], *, timeout: float = 2.0) -> None:
         if not isinstance(path, str | os.PathLike) or not str(path):
             raise InvalidValueError(f"path must be a non-empty str or path, got {path!r:.80}")
+        _seconds("timeout", timeout)
         self.path = Path(path)
         self._timeout = timeout
         self._lock = threading.Lock()
@@ -210,6 +215,7 @@ class PostgresCounters:
     def __init__(self, dsn: str, *, timeout: float = 2.0) -> None:
         if not isinstance(dsn, str) or not dsn:
             raise InvalidValueError("dsn must be a non-empty str")
+        _seconds("timeout", timeout)
         self._dsn = dsn
         self._ms = int(timeout * 1000)
         self._lock = threading.Lock()
