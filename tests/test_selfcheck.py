@@ -286,3 +286,14 @@ def test_open_counters_chooses_by_the_name(tmp_path: Path) -> None:
 def test_bad_counter_arguments_are_refused(make: Any) -> None:
     with pytest.raises(InvalidValueError):
         make()
+
+
+def test_a_schedule_with_no_step_after_now_has_no_later_phase() -> None:
+    later = dt.datetime(2027, 7, 1, tzinfo=dt.UTC)
+    policy = _ScheduledPolicy()
+    assert policy_phases(policy, later) == (Phase(later, Baseline.exchange_online_2026()),)
+    text = compose(
+        [], [EX2013_HOP], now=later, policy=policy, catalog=CATALOG, escape=printable
+    ).text
+    assert "Verdict today under the policy in force: UNSUPPORTED" in text
+    assert "Later phases: none" in text

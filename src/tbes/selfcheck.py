@@ -257,7 +257,7 @@ def _verdict_section(
             f"Verdict from {_day(phase.effective_from)}: {later.status.value}. {later.reason}"
         )
     if len(phases) == 1:
-        lines.append("Later phases: none (the policy in force has no dated schedule).")
+        lines.append("Later phases: none (the policy schedules no later baseline).")
     lines.append("")
     lines.extend(_timeline(today, now, policy))
     lines.append("")
