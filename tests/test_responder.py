@@ -35,7 +35,7 @@ from tbes.adapters.responder import (
     parse_responder_config,
 )
 from tbes.catalog import Catalog, Compliance
-from tbes.errors import AdapterConfigError
+from tbes.errors import AdapterConfigError, StoreError
 from tbes.policy import Policy
 from tbes.state import ServerState
 from tbes.store.counters import MemoryCounters, SQLiteCounters
@@ -436,3 +436,31 @@ def test_the_demo_mentions_the_self_check(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["demo", "--db", str(db), "--report", str(report)])
     assert result.exit_code == 0, result.output
     assert "tbes responder" in result.output
+
+
+class _BrokenCounters:
+    def take(self, limits: Any, now: float) -> bool:
+        raise StoreError("the database is gone")
+
+    def close(self) -> None:
+        pass
+
+
+def test_without_its_counters_it_sends_no_reply_and_still_accepts(
+    sink: tuple[Sink, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    handler, port = sink
+    with Responder(port, config(), _BrokenCounters()) as responder:
+        responder.send(message())  # smtplib raises unless the answer is 250
+    assert handler.received == []
+    assert "answering a check message failed" in caplog.text
+
+
+def test_undecodable_header_bytes_do_not_stop_the_reply(sink: tuple[Sink, int]) -> None:
+    handler, port = sink
+    raw = message(subject="caf\udcc3\udca9 \udcff")  # raw bytes c3 a9 ff
+    with Responder(port, config()) as responder:
+        responder.send(raw)
+    reply = handler.received[0][2]
+    assert reply["Subject"].startswith("Auto: tbes self-check - caf")
+    assert "Exchange 2013 CU23 Mar23SU" in text_of(reply)
