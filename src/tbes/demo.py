@@ -247,6 +247,10 @@ def run(
                 store, policy, catalog, clock=clock, notifier=CallbackNotifier(on_event)
             )
             checks = _replay(enforcer, clock, stats, on_note, on_progress)
+            on_note(
+                END,
+                "Senders can check themselves by mail: see tbes responder (docs/self-check.md).",
+            )
             stored = store.get_ledger(TENANT)
             states = list(store.states())
         finally:
