@@ -34,7 +34,8 @@ from tbes.adapters.responder import (
     load_responder_config,
     parse_responder_config,
 )
-from tbes.catalog import Catalog, Compliance
+from tbes.catalog import Catalog
+from tbes.compliance import Compliance
 from tbes.errors import AdapterConfigError, StoreError
 from tbes.policy import Policy
 from tbes.state import ServerState

@@ -9,15 +9,16 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tbes.catalog import Baseline, Catalog
+from tbes.baseline import Baseline
+from tbes.catalog import Catalog
 from tbes.errors import InvalidValueError
 from tbes.policy import Policy
 from tbes.render._common import printable
+from tbes.schedule import Schedule
 from tbes.selfcheck import Phase, compose, policy_phases, suppressed
 from tbes.store.counters import (
     Limit,
@@ -102,36 +103,20 @@ def test_an_outdated_2019_build_is_named_with_its_cu_line() -> None:
 
 def test_a_policy_with_one_baseline_has_one_phase() -> None:
     policy = Policy.exchange_online_2026()
-    assert policy_phases(policy, NOW) == (Phase(NOW, policy.baseline),)
+    assert policy_phases(policy, NOW) == (Phase(NOW, policy.baseline_at(NOW)),)
     assert "Later phases: none" in reply_text([], [EX2013_HOP])
 
 
-@attrs.frozen
-class _Step:
-    effective_from: dt.datetime
-    baseline: Baseline
-
-
-@attrs.frozen
-class _Schedule:
-    steps: tuple[_Step, ...]
-
-
-class _ScheduledPolicy(Policy):
-    """A stand-in for the dated schedule being added to Policy: what policy_phases reads."""
-
-    @property
-    def schedule(self) -> _Schedule:
-        return _Schedule(
-            (
-                _Step(dt.datetime(2023, 6, 23, tzinfo=dt.UTC), Baseline.exchange_online_2023()),
-                _Step(dt.datetime(2027, 6, 1, tzinfo=dt.UTC), Baseline.exchange_online_2026()),
-            )
+def _ScheduledPolicy() -> Policy:
+    """A policy whose schedule tightens on 2027-06-01."""
+    return Policy(
+        baseline=Schedule(
+            [
+                (dt.datetime(2023, 6, 23, tzinfo=dt.UTC), Baseline.exchange_online_2023()),
+                (dt.datetime(2027, 6, 1, tzinfo=dt.UTC), Baseline.exchange_online_2026()),
+            ]
         )
-
-    def baseline_at(self, instant: dt.datetime) -> Baseline:
-        later = instant >= dt.datetime(2027, 6, 1, tzinfo=dt.UTC)
-        return Baseline.exchange_online_2026() if later else Baseline.exchange_online_2023()
+    )
 
 
 def test_a_dated_schedule_gives_todays_phase_and_each_later_one() -> None:

@@ -21,12 +21,13 @@ import datetime as dt
 import html
 import re
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
 
 import attrs
 
 from tbes._instants import as_utc
-from tbes.catalog import Assessment, Baseline, Catalog, Compliance, assess
+from tbes.baseline import Baseline
+from tbes.catalog import Catalog
+from tbes.compliance import Assessment, Compliance, assess
 from tbes.decision import decide
 from tbes.errors import InvalidValueError
 from tbes.policy import Policy
@@ -69,21 +70,14 @@ class Phase:
 def policy_phases(policy: Policy, now: dt.datetime) -> tuple[Phase, ...]:
     """The baseline in force at ``now``, then each later phase of ``policy``'s schedule.
 
-    A policy with a single baseline has one phase, from ``now``. A policy that carries a
-    dated schedule (``policy.schedule.steps``, each an ``effective_from`` instant and a
-    baseline; ``policy.baseline_at(instant)``) gives one phase per step after ``now``.
-    This is the one function that reads a schedule, so the reply follows it when it lands.
+    A policy with a single baseline has one phase, from ``now``; a dated schedule
+    (:attr:`~tbes.policy.Policy.schedule`) gives one more phase per step after ``now``.
     """
     now = as_utc(now, "now")
-    schedule: Any = getattr(policy, "schedule", None)
-    baseline_at: Any = getattr(policy, "baseline_at", None)
-    if schedule is None or baseline_at is None:
-        return (Phase(now, policy.baseline),)
-    phases = [Phase(now, baseline_at(now))]
-    for step in schedule.steps:
-        start = as_utc(step.effective_from, "effective_from")
-        if start > now:
-            phases.append(Phase(start, baseline_at(start)))
+    phases = [Phase(now, policy.baseline_at(now))]
+    for step in policy.schedule.steps:
+        if step.effective_from > now:
+            phases.append(Phase(step.effective_from, policy.baseline_at(step.effective_from)))
     return tuple(phases)
 
 
