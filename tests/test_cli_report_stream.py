@@ -104,3 +104,15 @@ def test_on_standard_output_the_rows_read_before_a_failure_are_out(db: Path) -> 
     records = list(csv.reader(io.StringIO(result.stdout, newline="")))
     assert [record[0] for record in records[1:]] == SERVERS[:2]
     assert "disk I/O error" in result.stderr
+
+
+def test_output_through_a_symbolic_link_replaces_the_file_it_names(db: Path, outdir: Path) -> None:
+    target = outdir / "latest-2026.csv"
+    target.write_text("old\n", encoding="utf-8")
+    link = outdir / "latest.csv"
+    link.symlink_to(target.name)
+    result = run("report", "--db", str(db), "--format", "csv", "--at", AT, "-o", str(link))
+    assert result.exit_code == 0, result.output
+    assert link.is_symlink()
+    assert target.read_text(encoding="utf-8").startswith("server,tenant,")
+    assert sorted(path.name for path in outdir.iterdir()) == ["latest-2026.csv", "latest.csv"]

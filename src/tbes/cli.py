@@ -724,11 +724,14 @@ class _Tally:
 def _write_whole(output: Path, write: Callable[[Sink], None]) -> None:
     """Run ``write`` on a temporary file beside ``output`` and rename it over ``output`` only
     once it succeeded: a failed report never leaves half a file. A FILE that is no regular
-    file (``/dev/stdout``, a pipe) is written directly, as it cannot be replaced."""
+    file (``/dev/stdout``, a pipe) is written directly, as it cannot be replaced; a symbolic
+    link keeps pointing where it did, and the file it names is replaced."""
     if output.exists() and not output.is_file():
         with output.open("w", encoding="utf-8", newline="") as out:
             write(out)
         return
+    if output.is_symlink():
+        output = output.resolve()
     fd, name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".part", dir=output.parent)
     temporary = Path(name)
     try:
