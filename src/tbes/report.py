@@ -440,9 +440,10 @@ class _RowMaker:
         stage = decision.stage
         following = None if stage is None else self._following[stage.number]
         # Once compliant, nothing lies ahead: the history a forecast keeps is not the schedule.
+        # Without an episode the timeline is empty, horizon or not.
         spans = (
             _timeline(state, policy, _horizon(state, policy, now))
-            if state.compliant_since is None
+            if state.compliant_since is None and state.first_detected is not None
             else []
         )
         throttle_from, block_from, full_from = self._milestones
