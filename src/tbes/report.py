@@ -407,7 +407,16 @@ def _stage_from(table: StageTable, offset: dt.timedelta | None) -> int | None:
 class _RowMaker:
     """:func:`report_row` for one instant, policy and catalog, with what they fix worked out."""
 
-    __slots__ = ("_catalog", "_following", "_milestones", "_now", "_policy", "_recommended")
+    __slots__ = (
+        "_catalog",
+        "_following",
+        "_milestones",
+        "_now",
+        "_policy",
+        "_recommended",
+        "_template",
+        "_terminal",
+    )
 
     def __init__(self, now: dt.datetime, policy: Policy, catalog: Catalog) -> None:
         self._now, self._policy, self._catalog = now, policy, catalog
@@ -420,6 +429,9 @@ class _RowMaker:
         )
         self._following = {stage.number: _next_stage(stage, policy) for stage in table.stages}
         self._recommended: dict[ExchangeBuild, tuple[ExchangeBuild, ...]] = {}
+        self._terminal = table.start_of(len(table))
+        # The timeline of an episode without pauses, relative to its first detection.
+        self._template: list[tuple[dt.timedelta, Stage | None, bool]] | None = None
 
     def row(self, state: ServerState) -> ReportRow:
         now, policy = self._now, self._policy
@@ -439,17 +451,10 @@ class _RowMaker:
         decision = decide(state, now, policy)
         stage = decision.stage
         following = None if stage is None else self._following[stage.number]
-        # Once compliant, nothing lies ahead: the history a forecast keeps is not the schedule.
-        # Without an episode the timeline is empty, horizon or not.
-        spans = (
-            _timeline(state, policy, _horizon(state, policy, now))
-            if state.compliant_since is None and state.first_detected is not None
-            else []
-        )
         throttle_from, block_from, full_from = self._milestones
         throttle = block = full = next_start = paused_until = None
         next_number = None if following is None else following.number
-        for start, _end, span_stage, paused in spans:
+        for start, span_stage, paused in self._changes(state):
             number = 0 if span_stage is None else span_stage.number
             if next_number is not None and next_start is None and number >= next_number:
                 next_start = start
@@ -481,3 +486,28 @@ class _RowMaker:
             next_stage_start=next_start,
             paused_until=paused_until,
         )
+
+    def _changes(self, state: ServerState) -> list[tuple[dt.datetime, Stage | None, bool]]:
+        """Where each segment of the state's timeline up to the horizon starts, and what it
+        holds: (start, stage, paused)."""
+        first = state.first_detected
+        # Once compliant, nothing lies ahead: the history a forecast keeps is not the
+        # schedule. Without an episode the timeline is empty.
+        if first is None or state.compliant_since is not None:
+            return []
+        if not state.pauses and self._terminal + _DAY <= END - first:
+            # Without pauses decide() sees only the time since the first detection, so
+            # every such timeline is one timeline shifted; the horizon lies past the
+            # terminal stage's start (no calendar's end near), so no cut differs.
+            template = self._template
+            if template is None:
+                template = self._template = [
+                    (start - first, stage, paused) for start, stage, paused in self._computed(state)
+                ]
+            return [(first + offset, stage, paused) for offset, stage, paused in template]
+        return self._computed(state)
+
+    def _computed(self, state: ServerState) -> list[tuple[dt.datetime, Stage | None, bool]]:
+        horizon = _horizon(state, self._policy, self._now)
+        spans = _timeline(state, self._policy, horizon)
+        return [(start, stage, paused) for start, _end, stage, paused in spans]
