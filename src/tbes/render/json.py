@@ -20,9 +20,10 @@ from tbes.serde import converter
 
 __all__ = ["dumps", "render_json", "write_json"]
 
+# One level of dumps()' indentation: a row of the streamed array is shifted by it.
+_INDENT = "  "
 # JSON escapes C0 controls itself; DEL, C1 controls (\x9b acts as ESC [ on some terminals),
 # line separators and lone surrogates it writes raw unless everything non-ASCII is escaped.
-_INDENT = "  "
 _RAW = re.compile("[\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 
