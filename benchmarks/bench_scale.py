@@ -6,8 +6,12 @@ rows through the store's own :meth:`~tbes.store.SQLiteStore.put_many` (one trans
 
 * a baseline: every row read with raw :mod:`sqlite3` and decoded by :func:`json.loads`,
   the least any report must do;
-* the report: every state from :meth:`~tbes.store.SQLiteStore.states` turned into a
-  :func:`~tbes.report.report_row`, with the process's peak memory before and after;
+* the store's own read: every state from :meth:`~tbes.store.SQLiteStore.states`, decoded
+  and checked, and nothing else (the least a report through the store must do);
+* the report: what ``tbes report --format csv`` does, every state from
+  :meth:`~tbes.store.SQLiteStore.states` streamed through
+  :func:`~tbes.render.write_report` into a file (``os.devnull``), with the process's peak
+  memory before and after;
 * :meth:`~tbes.enforcer.Enforcer.check` and :meth:`~tbes.store.SQLiteStore.get` latency
   for random servers, which should not grow with the store beyond its index lookup.
 
@@ -19,12 +23,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -34,7 +40,8 @@ from benchmarks.workload import NOW, OWN_HOSTS, connection, received_for, scale_
 from tbes.catalog import Catalog
 from tbes.enforcer import Enforcer
 from tbes.policy import DEFAULT_POLICY
-from tbes.report import report_row
+from tbes.render import write_report
+from tbes.state import ServerState
 from tbes.store import SQLiteStore, StateWrite
 
 __all__ = ["build", "main", "measure", "run"]
@@ -69,19 +76,37 @@ def _raw_scan(db: Path) -> tuple[int, float]:
     return rows, elapsed
 
 
+class _Counted:
+    """The states of an iterator, counted as they pass."""
+
+    def __init__(self, states: Iterator[ServerState]) -> None:
+        self._states = states
+        self.count = 0
+
+    def __iter__(self) -> Iterator[ServerState]:
+        for state in self._states:
+            self.count += 1
+            yield state
+
+
 def measure(size: int, db: Path, checks: int) -> dict[str, object]:
     """Report every row of the store at ``db`` and time checks; see the module docstring."""
     catalog, policy = Catalog.default(), DEFAULT_POLICY
     raw_rows, raw_s = _raw_scan(db)
     with SQLiteStore(db) as store:
+        start = time.perf_counter()
+        read = sum(1 for _ in store.states())
+        states_s = time.perf_counter() - start
         before = peak_rss_mib()
+        counted = _Counted(store.states())
         start, cpu = time.perf_counter(), time.process_time()
-        rows = 0
-        for state in store.states():
-            report_row(state, NOW, policy, catalog)
-            rows += 1
+        with open(os.devnull, "w", encoding="utf-8", newline="") as sink:
+            write_report(counted, "csv", sink, now=NOW, policy=policy, catalog=catalog)
         report_s, report_cpu_s = time.perf_counter() - start, time.process_time() - cpu
         after = peak_rss_mib()
+        rows = counted.count
+        if read != size:
+            raise AssertionError(f"store of {size} servers read {read} states")
         if rows != size or raw_rows != size:
             raise AssertionError(f"store of {size} servers reported {rows} rows ({raw_rows} raw)")
         rng = random.Random(size)
@@ -108,6 +133,7 @@ def measure(size: int, db: Path, checks: int) -> dict[str, object]:
     return {
         "size": size,
         "raw_scan_s": raw_s,
+        "states_s": states_s,
         "report_s": report_s,
         "report_cpu_s": report_cpu_s,
         "rss_before_mib": before,

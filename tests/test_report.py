@@ -7,15 +7,16 @@ day 60 and blocks fully from day 90; a pause freezes the clock for its length.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 
 import pytest
 
 from report_support import JAN_1, fabrikam_state
 from tbes.catalog import Catalog
 from tbes.compliance import Compliance
-from tbes.errors import NaiveDatetimeError
+from tbes.errors import InvalidValueError, NaiveDatetimeError
 from tbes.policy import Policy
-from tbes.report import ReportRow, Segment, forecast, horizon, report_row
+from tbes.report import END, ReportRow, Segment, forecast, horizon, report_row, report_rows
 from tbes.serde import dumps, loads
 from tbes.stages import DEFAULT_STAGE_TABLE
 from tbes.state import ServerState
@@ -253,3 +254,52 @@ def test_report_row_serialises_builds_as_short_strings_and_instants_with_offset(
     text = dumps(report_row(state(), at(1, 15), POLICY, CATALOG))
     assert '"build":"15.1.2507.39"' in text
     assert '"throttle_enabled":"2026-01-31T00:00:00+00:00"' in text
+
+
+# ---- report_rows: many rows at once ---------------------------------------------------------
+
+
+def test_report_rows_near_the_calendars_end_are_report_rows_rows() -> None:
+    # Servers without pauses share one timeline, shifted; near the calendar's end the
+    # timeline is cut, so those rows must be worked out afresh, not shifted.
+    firsts = [
+        dt.datetime(2026, 1, 1, tzinfo=UTC),
+        dt.datetime(2026, 2, 3, 4, 5, tzinfo=UTC),
+        END - dt.timedelta(days=200),
+        END - dt.timedelta(days=100),
+        END - dt.timedelta(days=40),
+        END - dt.timedelta(hours=1),
+    ]
+    states = [
+        fabrikam_state(f"ex{index}.fabrikam.example", "15.1.2507.39", first)
+        for index, first in enumerate(firsts)
+    ]
+    for now in (at(3, 1), END - dt.timedelta(days=50), END):
+        fast = list(report_rows(states, now, POLICY, CATALOG))
+        assert fast == [report_row(each, now, POLICY, CATALOG) for each in states]
+    late = report_row(states[4], END, POLICY, CATALOG)
+    assert late.full_block is None  # beyond the calendar: the shifted timeline would have one
+
+
+def test_report_rows_are_made_as_they_are_asked_for() -> None:
+    def states() -> Iterator[ServerState]:
+        yield state(at(1, 1))
+        raise RuntimeError("the second state is never asked for")
+
+    rows = report_rows(states(), at(3, 1), POLICY, CATALOG)
+    assert next(rows).server == SERVER
+
+
+def test_report_rows_refuses_wrong_arguments_naming_them() -> None:
+    with pytest.raises(InvalidValueError, match="catalog"):
+        report_rows([], at(3, 1), POLICY, object())  # type: ignore[arg-type]
+    with pytest.raises(InvalidValueError, match="policy"):
+        report_rows([], at(3, 1), object(), CATALOG)  # type: ignore[arg-type]
+    with pytest.raises(InvalidValueError, match="states"):
+        report_rows(42, at(3, 1), POLICY, CATALOG)  # type: ignore[arg-type]
+    with pytest.raises(NaiveDatetimeError):
+        report_rows([], dt.datetime(2026, 3, 1), POLICY, CATALOG)
+    rows = report_rows([state(at(1, 1)), "ex16"], at(3, 1), POLICY, CATALOG)  # type: ignore[list-item]
+    next(rows)
+    with pytest.raises(InvalidValueError, match="state must be a ServerState"):
+        next(rows)

@@ -14,9 +14,11 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import importlib
+import os
 import re
 import sqlite3
 import sys
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
@@ -38,7 +40,7 @@ from tbes.events import Event
 from tbes.ledger import Pause, PauseLedger
 from tbes.policy import Policy
 from tbes.received import Hop, SenderEvidence, find_sender, parse_received, received_values
-from tbes.render import FORMATS, render_report
+from tbes.render import FORMATS, Sink, write_report
 from tbes.render._common import instant, minutes, printable, stage_cell
 from tbes.render.json import dumps
 from tbes.report import END, ReportRow, Segment, forecast, horizon, report_row
@@ -680,30 +682,79 @@ def report(
 ) -> int | None:
     """Report every server in the database, one row per server.
 
-    A row that cannot be read is left out and named on stderr, and the exit status is 1.
+    The table, JSON and CSV are written as the rows are read, in constant memory. A row
+    that cannot be read is left out and named on stderr, and the exit status is 1. With
+    --output the report goes to a temporary file renamed over FILE at the end, so a report
+    that fails leaves no partial file.
     """
     at = at or utc_now()
     policy = _policy(ctx, policy_name, at)
     catalog = _catalog(ctx)
-    store = _open_store(db, read_only=True)
-    try:
-        entries = _guard(lambda: list(store.entries(tenant)))
-    finally:
-        store.close()
-    states = [entry for entry in entries if isinstance(entry, ServerState)]
-    unreadable = [entry for entry in entries if isinstance(entry, UnreadableRow)]
     subtitle = f"as of {_utc(at)} · policy {policy_name}" + (
         f" · tenant {tenant}" if tenant else ""
     )
-    text = render_report(states, fmt, now=at, policy=policy, catalog=catalog, subtitle=subtitle)
-    if output is None:
-        click.echo(text, nl=False)
-    else:
-        _guard(lambda: output.write_text(text, encoding="utf-8", newline=""))
-        click.echo(printable(f"Wrote the {fmt} report of {len(states)} servers to {output}."))
-    for row in unreadable:
-        click.echo(_unreadable_line(row), err=True)
-    return 1 if unreadable else None
+    tally = _Tally()
+    store = _open_store(db, read_only=True)
+    try:
+
+        def render_to(out: Sink) -> None:
+            states = tally.readable(store.entries(tenant))
+            write_report(
+                states, fmt, out, now=at, policy=policy, catalog=catalog, subtitle=subtitle
+            )
+
+        if output is None:
+            _guard(lambda: render_to(sys.stdout))
+        else:
+            _guard(lambda: _write_whole(output, render_to))
+    finally:
+        store.close()
+    if output is not None:
+        click.echo(printable(f"Wrote the {fmt} report of {tally.states} servers to {output}."))
+    return 1 if tally.unreadable else None
+
+
+class _Tally:
+    """Counts what a report reads, and marks each unreadable row on stderr as it passes."""
+
+    def __init__(self) -> None:
+        self.states = 0
+        self.unreadable = 0
+
+    def readable(self, entries: Iterable[ServerState | UnreadableRow]) -> Iterator[ServerState]:
+        for entry in entries:
+            if isinstance(entry, UnreadableRow):
+                self.unreadable += 1
+                click.echo(_unreadable_line(entry), err=True)
+            else:
+                self.states += 1
+                yield entry
+
+
+def _write_whole(output: Path, write: Callable[[Sink], None]) -> None:
+    """Run ``write`` on a temporary file beside ``output`` and rename it over ``output`` only
+    once it succeeded: a failed report never leaves half a file. A FILE that is no regular
+    file (``/dev/stdout``, a pipe) is written directly, as it cannot be replaced; a symbolic
+    link keeps pointing where it did, and the file it names is replaced."""
+    if output.exists() and not output.is_file():
+        with output.open("w", encoding="utf-8", newline="") as out:
+            write(out)
+        return
+    if output.is_symlink():
+        output = output.resolve()
+    fd, name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".part", dir=output.parent)
+    temporary = Path(name)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
+            write(out)
+        # mkstemp makes the file private; the report gets the mode a new file would have.
+        umask = os.umask(0)
+        os.umask(umask)
+        temporary.chmod(0o666 & ~umask)
+        temporary.replace(output)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 # ---- tbes quota ---------------------------------------------------------------------------

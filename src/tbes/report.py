@@ -18,22 +18,23 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import attrs
 
 from tbes._checks import of_type
 from tbes._instants import as_utc, require_aware
+from tbes._slots import slot_filler
 from tbes.catalog import Catalog
 from tbes.compliance import Compliance, assess
 from tbes.decision import decide
 from tbes.errors import InvalidBuildError, InvalidValueError
 from tbes.policy import Policy
-from tbes.stages import Stage
+from tbes.stages import Stage, StageTable
 from tbes.state import ServerState
 from tbes.version import ExchangeBuild, Product
 
-__all__ = ["END", "ReportRow", "Segment", "forecast", "horizon", "report_row"]
+__all__ = ["END", "ReportRow", "Segment", "forecast", "horizon", "report_row", "report_rows"]
 
 END = dt.datetime.max.replace(tzinfo=dt.UTC)
 """The calendar's end, where forecasts and horizons stop."""
@@ -172,14 +173,24 @@ def forecast(state: ServerState, policy: Policy, *, until: dt.datetime) -> tuple
     """
     until = _clamped_utc(until, "until")
     _require_inputs(state, policy)
+    return tuple(Segment(*span) for span in _timeline(state, policy, until))
+
+
+# A segment as (start, end, stage, paused): the report's fast path reads its milestones from
+# these and never needs the checked Segment.
+_Span = tuple[dt.datetime, dt.datetime, Stage | None, bool]
+
+
+def _timeline(state: ServerState, policy: Policy, until: dt.datetime) -> list[_Span]:
+    """:func:`forecast`'s segments as tuples; ``until`` in UTC, arguments checked already."""
     start = state.first_detected
     if start is None or until <= start:
-        return ()
+        return []
     healed = state.compliant_since
     running = state if healed is None else attrs.evolve(state, compliant_since=None)
     cut = until if healed is None else min(until, max(healed, start))
     edges = _edges(state, start, cut)
-    pieces: list[Segment] = []
+    pieces: list[_Span] = []
     for lo, hi in itertools.pairwise(edges):
         pieces.extend(_pieces(running, policy, lo, hi))
     if cut < until:
@@ -200,7 +211,7 @@ def _edges(state: ServerState, start: dt.datetime, until: dt.datetime) -> list[d
 
 def _pieces(
     state: ServerState, policy: Policy, lo: dt.datetime, hi: dt.datetime
-) -> Iterable[Segment]:
+) -> Iterable[_Span]:
     """Segments of ``[lo, hi)``, a span in which the paused flag cannot change."""
     at = lo
     while at < hi:
@@ -213,20 +224,19 @@ def _pieces(
             following = policy.stage_table.next_start(decision.elapsed)
             if following is not None:
                 end = min(hi, _later(at, following - decision.elapsed))
-        yield Segment(at, end, decision.stage, decision.paused)
+        yield (at, end, decision.stage, decision.paused)
         at = end
 
 
-def _merged(pieces: list[Segment]) -> tuple[Segment, ...]:
+def _merged(pieces: list[_Span]) -> list[_Span]:
     """Join neighbours with the same stage and paused flag."""
-    merged: list[Segment] = []
+    merged: list[_Span] = []
     for piece in pieces:
-        last = merged[-1] if merged else None
-        if last is not None and (last.stage, last.paused) == (piece.stage, piece.paused):
-            merged[-1] = attrs.evolve(last, end=piece.end)
+        if merged and merged[-1][2:] == piece[2:]:
+            merged[-1] = (merged[-1][0], piece[1], piece[2], piece[3])
         else:
             merged.append(piece)
-    return tuple(merged)
+    return merged
 
 
 def report_row(state: ServerState, now: dt.datetime, policy: Policy, catalog: Catalog) -> ReportRow:
@@ -282,6 +292,11 @@ def horizon(state: ServerState, policy: Policy, now: dt.datetime) -> dt.datetime
     """
     now = _clamped_utc(now, "now")
     _require_inputs(state, policy)
+    return _horizon(state, policy, now)
+
+
+def _horizon(state: ServerState, policy: Policy, now: dt.datetime) -> dt.datetime:
+    """:func:`horizon` for arguments checked already, ``now`` in UTC."""
     last_pause = max((pause.end_instant for pause in state.pauses), default=now)
     latest = max(now, last_pause)
     first = state.first_detected
@@ -327,3 +342,147 @@ def _next_stage(stage: Stage | None, policy: Policy) -> Stage | None:
 def _paused_until(timeline: tuple[Segment, ...], now: dt.datetime) -> dt.datetime | None:
     """Start of the first unpaused segment after ``now``."""
     return _first(timeline, lambda s: s.start > now and not s.paused)
+
+
+# ---- many rows at once: the report's fast path -------------------------------------------
+
+_BUILDS = 1024
+"""How many builds' recommendations one :func:`report_rows` call keeps (a store has few)."""
+
+# Rows made by the fast path are valid by construction (every value comes from a checked
+# state, policy or row); the property tests hold them equal to report_row's.
+_make_row = slot_filler(ReportRow)
+
+
+def report_rows(
+    states: Iterable[ServerState], now: dt.datetime, policy: Policy, catalog: Catalog
+) -> Iterator[ReportRow]:
+    """:func:`report_row` of each of ``states`` in turn, made as the iterator is consumed.
+
+    The rows are those :func:`report_row` gives, for less work each: the arguments are
+    checked once, and the builds to recommend are worked out once per build (the policy's
+    baseline and the catalog are fixed for one call). Nothing is kept per state, so a
+    report of any size runs in constant memory. Errors as for :func:`report_row`; a state
+    of the wrong type raises when its turn comes.
+    """
+    now = _clamped_utc(now, "now")
+    if not isinstance(catalog, Catalog):
+        raise InvalidValueError(f"catalog must be a Catalog, got {catalog!r:.80}")
+    if not isinstance(policy, Policy):
+        raise InvalidValueError(f"policy must be a Policy, got {policy!r:.80}")
+    if not isinstance(states, Iterable) or isinstance(states, str | bytes):
+        raise InvalidValueError(f"states must be an iterable of states, got {states!r:.80}")
+    return map(_RowMaker(now, policy, catalog).row, states)
+
+
+def _stage_from(table: StageTable, offset: dt.timedelta | None) -> int | None:
+    return None if offset is None else table.stage_at(offset).number
+
+
+class _RowMaker:
+    """:func:`report_row` for one instant, policy and catalog, with what they fix worked out."""
+
+    __slots__ = (
+        "_catalog",
+        "_following",
+        "_milestones",
+        "_now",
+        "_policy",
+        "_recommended",
+        "_template",
+        "_terminal",
+    )
+
+    def __init__(self, now: dt.datetime, policy: Policy, catalog: Catalog) -> None:
+        self._now, self._policy, self._catalog = now, policy, catalog
+        table = policy.stage_table
+        # The stage numbers where throttling, blocking and the full block begin.
+        self._milestones = (
+            _stage_from(table, table.first_throttle),
+            _stage_from(table, table.first_block),
+            _stage_from(table, table.full_block),
+        )
+        self._following = {stage.number: _next_stage(stage, policy) for stage in table.stages}
+        self._recommended: dict[ExchangeBuild, tuple[ExchangeBuild, ...]] = {}
+        self._terminal = table.start_of(len(table))
+        # The timeline of an episode without pauses, relative to its first detection.
+        self._template: list[tuple[dt.timedelta, Stage | None, bool]] | None = None
+
+    def row(self, state: ServerState) -> ReportRow:
+        now, policy = self._now, self._policy
+        if not isinstance(state, ServerState):
+            raise InvalidValueError(f"state must be a ServerState, got {state!r:.80}")
+        build = state.build
+        recommended: tuple[ExchangeBuild, ...] | None = ()
+        if build is not None:
+            recommended = self._recommended.get(build)
+            if recommended is None:
+                # A build's first row is report_row's own, so the recommendation is its
+                # assessment exactly, whatever report_row asks the catalog.
+                made = report_row(state, now, policy, self._catalog)
+                if len(self._recommended) < _BUILDS:
+                    self._recommended[build] = made.recommended
+                return made
+        decision = decide(state, now, policy)
+        stage = decision.stage
+        following = None if stage is None else self._following[stage.number]
+        throttle_from, block_from, full_from = self._milestones
+        throttle = block = full = next_start = paused_until = None
+        next_number = None if following is None else following.number
+        for start, span_stage, paused in self._changes(state):
+            number = 0 if span_stage is None else span_stage.number
+            if next_number is not None and next_start is None and number >= next_number:
+                next_start = start
+            if paused:
+                continue
+            if throttle is None and throttle_from is not None and number >= throttle_from:
+                throttle = start
+            if block is None and block_from is not None and number >= block_from:
+                block = start
+            if full is None and full_from is not None and number >= full_from:
+                full = start
+            if paused_until is None and decision.paused and start > now:
+                paused_until = start
+        return _make_row(
+            server=state.server_id,
+            tenant=state.tenant,
+            build=build,
+            product=None if build is None else build.product,
+            status=state.status,
+            first_detected=state.first_detected,
+            last_seen=state.last_seen,
+            recommended=recommended,
+            throttle_enabled=throttle,
+            blocking_enabled=block,
+            full_block=full,
+            stage=stage,
+            next_stage_throttle=None if following is None else following.throttle_minutes,
+            next_stage_block=None if following is None else following.block_minutes,
+            next_stage_start=next_start,
+            paused_until=paused_until,
+        )
+
+    def _changes(self, state: ServerState) -> list[tuple[dt.datetime, Stage | None, bool]]:
+        """Where each segment of the state's timeline up to the horizon starts, and what it
+        holds: (start, stage, paused)."""
+        first = state.first_detected
+        # Once compliant, nothing lies ahead: the history a forecast keeps is not the
+        # schedule. Without an episode the timeline is empty.
+        if first is None or state.compliant_since is not None:
+            return []
+        if not state.pauses and self._terminal + _DAY <= END - first:
+            # Without pauses decide() sees only the time since the first detection, so
+            # every such timeline is one timeline shifted; the horizon lies past the
+            # terminal stage's start (no calendar's end near), so no cut differs.
+            template = self._template
+            if template is None:
+                template = self._template = [
+                    (start - first, stage, paused) for start, stage, paused in self._computed(state)
+                ]
+            return [(first + offset, stage, paused) for offset, stage, paused in template]
+        return self._computed(state)
+
+    def _computed(self, state: ServerState) -> list[tuple[dt.datetime, Stage | None, bool]]:
+        horizon = _horizon(state, self._policy, self._now)
+        spans = _timeline(state, self._policy, horizon)
+        return [(start, stage, paused) for start, _end, stage, paused in spans]

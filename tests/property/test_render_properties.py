@@ -1,5 +1,6 @@
 """Properties of the text table and the CSV over arbitrary text in server ids and tenants:
-one line (one CSV record) per server, no raw control character, no formula-like cell."""
+one line (one CSV record) per server, no raw control character, no formula-like cell; and
+the streaming writers give the same text as the whole-list renderers."""
 
 from __future__ import annotations
 
@@ -12,10 +13,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tbes.compliance import Compliance
-from tbes.render import render_csv, render_html, render_json, render_text
+from tbes.render import (
+    render_csv,
+    render_html,
+    render_json,
+    render_text,
+    write_csv,
+    write_json,
+    write_text,
+)
 from tbes.render.csv import COLUMNS
+from tbes.render.json import dumps
 from tbes.report import ReportRow
-from tbes.serde import loads
+from tbes.serde import converter, loads
 from tbes.version import ExchangeBuild
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -102,3 +112,54 @@ def test_json_reads_back_as_the_same_rows_and_writes_no_raw_control_character(
     text = render_json(report)
     assert loads(text, list[ReportRow]) == report
     assert RAW_CONTROL.search(text.replace("\n", "")) is None
+
+
+class Recorder:
+    """A sink that keeps each write apart, to see what was written when."""
+
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return len(text)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.writes)
+
+
+@given(rows)
+def test_streamed_json_is_the_whole_list_dumped_as_one_document(report: list[ReportRow]) -> None:
+    sink = Recorder()
+    write_json(iter(report), sink)
+    # The reference is json.dumps of the whole list at once, as the report was made before
+    # it streamed.
+    assert sink.text == dumps(converter.unstructure(report, list[ReportRow])) + "\n"
+    assert sink.text == render_json(report)
+    assert len(sink.writes) == len(report) + 1  # one write per row, one to close the array
+
+
+@given(rows)
+def test_streamed_csv_is_the_whole_list_rendered(report: list[ReportRow]) -> None:
+    sink = Recorder()
+    write_csv(iter(report), sink)
+    assert sink.text == render_csv(report)
+    assert len(sink.writes) == 1 + len(report)  # the header, then one write per row
+
+
+@given(rows, st.integers(0, 6))
+def test_streamed_text_table_keeps_every_cell_and_one_line_per_row(
+    report: list[ReportRow], widths_from: int
+) -> None:
+    sink = Recorder()
+    write_text(iter(report), sink, widths_from=widths_from)
+    if widths_from >= len(report):
+        assert sink.text == render_text(report)
+    lines = sink.text.splitlines()
+    assert len(lines) == 2 + len(report)
+    whole = render_text(report).splitlines()
+    assert set(lines[1]) <= {"-", " "}  # the rule under the headings
+    for streamed, aligned in zip(lines[:1] + lines[2:], whole[:1] + whole[2:], strict=True):
+        # The same cells in the same order; only the padding between them may differ.
+        assert streamed.split() == aligned.split()

@@ -10,12 +10,23 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from typing import Protocol
 
 from tbes.report import ReportRow
 from tbes.stages import Stage
 
 NONE = "-"
 """What an empty cell shows."""
+
+
+class Sink(Protocol):
+    """Where a streaming renderer writes: anything with ``write(str)``, such as an open text
+    file, :data:`sys.stdout` or an :class:`io.StringIO`."""
+
+    def write(self, text: str, /) -> object:
+        """Write ``text``."""
+        ...
+
 
 # Control characters (C0, DEL, C1), line and paragraph separators (str.splitlines() breaks
 # on them), bidi controls (they reorder what follows on screen) and lone surrogates (no

@@ -15,12 +15,12 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
-from tbes.render._common import printable
+from tbes.render._common import Sink, printable
 from tbes.report import ReportRow
 
-__all__ = ["COLUMNS", "FORMULA_STARTS", "render_csv"]
+__all__ = ["COLUMNS", "FORMULA_STARTS", "render_csv", "write_csv"]
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 """What a cell may not start with: a spreadsheet would read it as a formula."""
@@ -51,17 +51,30 @@ COLUMNS: tuple[str, ...] = (
 def render_csv(rows: Sequence[ReportRow]) -> str:
     """The rows as CSV text with a header line (CRLF line ends, as RFC 4180 has them)."""
     out = io.StringIO()
+    write_csv(rows, out)
+    return out.getvalue()
+
+
+def write_csv(rows: Iterable[ReportRow], out: Sink) -> None:
+    """Write the rows to ``out`` as :func:`render_csv` renders them, each as it comes.
+
+    Nothing is kept per row, so a report of any size takes constant memory. A file ``out``
+    should be opened with ``newline=""``, or its line ends may be translated.
+    """
     writer = csv.writer(out)
     writer.writerow(COLUMNS)
-    writer.writerows(tuple(map(_cell, _values(row))) for row in rows)
-    return out.getvalue()
+    for row in rows:
+        writer.writerow(_values(row))
 
 
 def _values(row: ReportRow) -> tuple[str, ...]:
     stage = row.stage
+    # Only the server id and the tenant are foreign text; every other cell is written by
+    # tbes (numbers, builds, enum names, ISO instants) and can hold neither a control
+    # character nor a formula's first character, so it skips the escape.
     return (
-        row.server,
-        row.tenant,
+        _cell(row.server),
+        _cell(row.tenant),
         _text(row.build),
         "" if row.product is None else row.product.value,
         row.status.value,

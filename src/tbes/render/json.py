@@ -8,16 +8,20 @@ it is, except what could act on a terminal (see :func:`dumps`).
 
 from __future__ import annotations
 
+import io
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
+from tbes.render._common import Sink
 from tbes.report import ReportRow
 from tbes.serde import converter
 
-__all__ = ["dumps", "render_json"]
+__all__ = ["dumps", "render_json", "write_json"]
 
+# One level of dumps()' indentation: a row of the streamed array is shifted by it.
+_INDENT = "  "
 # JSON escapes C0 controls itself; DEL, C1 controls (\x9b acts as ESC [ on some terminals),
 # line separators and lone surrogates it writes raw unless everything non-ASCII is escaped.
 _RAW = re.compile("[\x7f-\x9f\u2028\u2029\ud800-\udfff]")
@@ -37,5 +41,22 @@ def dumps(data: Any) -> str:
 
 def render_json(rows: Sequence[ReportRow]) -> str:
     """The rows as an indented JSON array, ending in a newline."""
-    data = converter.unstructure(list(rows), list[ReportRow])
-    return dumps(data) + "\n"
+    out = io.StringIO()
+    write_json(rows, out)
+    return out.getvalue()
+
+
+def write_json(rows: Iterable[ReportRow], out: Sink) -> None:
+    """Write the rows to ``out`` as :func:`render_json` renders them, each as it comes.
+
+    The output is one JSON array, the same text as ``dumps`` of the whole list: each row is
+    rendered alone and indented one level, so nothing is kept per row.
+    """
+    opening = "[\n"
+    for row in rows:
+        text = dumps(converter.unstructure(row, ReportRow))
+        # JSON escapes a newline inside a string, so every raw one here is a line break.
+        out.write(opening + _INDENT + text.replace("\n", "\n" + _INDENT))
+        opening = ",\n"
+    # json.dumps writes an empty list as [] on one line.
+    out.write("[]\n" if opening == "[\n" else "\n]\n")
