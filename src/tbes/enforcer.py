@@ -41,7 +41,7 @@ from tbes.errors import (
 )
 from tbes.ledger import PauseLedger
 from tbes.policy import ConnectorKind, Policy, SmtpReply
-from tbes.received import SenderEvidence, find_sender
+from tbes.received import SenderEvidence, SenderFinder
 from tbes.stages import Stage
 from tbes.state import ServerState, observe
 from tbes.store._deadline import DEFAULT_CHECK_TIMEOUT, check_deadline, expired
@@ -283,7 +283,7 @@ class Enforcer:
         self.fail_closed = fail_closed
         self._clock = clock
         self._retries = retries
-        self._own_hosts = _host_names(own_hosts)
+        self._finder = SenderFinder(own_hosts)  # own_hosts checked and prepared once
         self._seen_resolution = seen_resolution
         self._check_timeout = float(check_timeout)
         # Verdicts per build, each with the baseline and catalog it was judged against: a
@@ -314,9 +314,9 @@ class Enforcer:
             return _accept(f"{conn.kind.value} connections are not enforced by the policy.")
         with check_deadline(self._check_timeout):
             now = self._now()
-            evidence = find_sender(
-                received, own_hosts=self._own_hosts, client=conn.peer_ip or conn.peer_host
-            )
+            # received was checked above, at this boundary: not checked again.
+            client = conn.peer_ip or conn.peer_host
+            evidence = self._finder.find_checked(received, client=client)
             observation = None if evidence is None else self._observation(conn, evidence, now)
             try:
                 return self._settle(conn, now, observation)
@@ -613,21 +613,6 @@ def _is_store(store: object) -> bool:
     if inspect.getattr_static(store, "__getattr__", _MISSING) is not _MISSING:
         return True
     return all(inspect.getattr_static(store, name, _MISSING) is not _MISSING for name in _STORE_API)
-
-
-def _host_names(own_hosts: object) -> tuple[str, ...]:
-    """``own_hosts`` as a tuple: one name (a ``str``) or an iterable of names."""
-    if isinstance(own_hosts, str):
-        return (own_hosts,)
-    if isinstance(own_hosts, bytes) or not isinstance(own_hosts, Iterable):
-        raise InvalidValueError(
-            f"own_hosts must be a str or an iterable of str, got {own_hosts!r:.80}"
-        )
-    names = tuple(own_hosts)
-    for name in names:
-        if not isinstance(name, str):
-            raise InvalidValueError(f"own_hosts must hold only str names, got {name!r:.80}")
-    return names
 
 
 def _check_received(received: object) -> None:
