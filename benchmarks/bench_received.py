@@ -89,10 +89,10 @@ def check() -> None:
     if len(ours) != 8 or len(theirs) != 8:
         raise AssertionError(f"expected 8 Received values, got {len(ours)} and {len(theirs)}")
     for block in corpus():
-        found = len(received_values(block))
+        count = len(received_values(block))
         expected = len(_PARSER.parsestr(block).get_all("Received") or [])
-        if found < 2 or found != expected:
-            raise AssertionError(f"a corpus block gave {found} Received values, not {expected}")
+        if count < 2 or count != expected:
+            raise AssertionError(f"a corpus block gave {count} Received values, not {expected}")
 
 
 def _time_stdlib(loops: int, block: str) -> float:
