@@ -73,14 +73,15 @@ def _header_end(text: _Text, newline: _Text, carriage_return: _Text) -> int:
 # "received" in any case: only the ASCII letters lower-case to its letters (a test checks
 # every code point), so this is exactly the old test name.lower() == "received".
 _RECEIVED_NAME = r"[Rr][Ee][Cc][Ee][Ii][Vv][Ee][Dd][^\S\n]*:"
-# A line that matters: a Received field (group 1 set), or a line that may end the header
-# section, one that neither continues a field (white space first) nor plainly starts one (a
-# printable ASCII name, then ":"). Suspects are few (the empty line that ends the section
-# always is one) and each is then judged exactly.
-_NOTABLE_LINE = rf"\n(?:({_RECEIVED_NAME})|(?![ \t]|[!-9;-~]+:))"
 # A field's value: its first line's rest, then its continuation lines and the CR-only lines
 # between them, which say nothing.
 _VALUE = r".*(?:\n(?:\r\r+\n)*[ \t].*)*"
+# A line that matters: a Received field, with its value (group 1, set only for one), or a
+# line that may end the header section, one that neither continues a field (white space
+# first) nor plainly starts one (a printable ASCII name, then ":"). Suspects are few (the
+# empty line that ends the section always is one) and each is then judged exactly. One
+# match per Received field takes its value too, so the scan goes over the section once.
+_NOTABLE_LINE = rf"\n(?:{_RECEIVED_NAME}({_VALUE})|(?![ \t]|[!-9;-~]+:))"
 # The characters [^\S\n] matches in a str (white space but LF; a test checks every code
 # point): in bytes, their UTF-8 forms, so that bytes are cut exactly as their decoded text.
 SPACE_BUT_NEWLINE = (
@@ -127,8 +128,8 @@ def _received_fields(head: _Text, syntax: _Syntax[_Text], limit: int | None) -> 
     if len(values) == limit:
         return values
     for line in notable.finditer(head):
-        if line.group(1) is not None:
-            values.append(_unfold(_decoded(value.match(head, line.end()).group())))  # type: ignore[union-attr]
+        if (found := line.group(1)) is not None:
+            values.append(_unfold(_decoded(found)))
             if len(values) == limit:
                 break  # before the next line is searched for
             continue

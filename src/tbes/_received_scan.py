@@ -75,7 +75,14 @@ class Scan:
         self._bounds: dict[str, tuple[int, int]] | None = None  # found on first use
         self._date: int | None = None
         self._tokens: list[str] | None = None
-        self._build: ExchangeBuild | None = _UNREAD
+        # Only a protocol spelling "Microsoft ..." or "mapi" carries a build, and lower-casing
+        # works letter by letter, so a text whose lower case holds neither names none: most
+        # hops are told so without cutting their clauses (a property test holds the two
+        # ways to the same build).
+        lowered = value.lower()
+        self._build: ExchangeBuild | None = (
+            _UNREAD if "microsoft" in lowered or "mapi" in lowered else None
+        )
         self.by_host = host_named(_clause_name(self._words, "by"))
 
     def _cut(self) -> dict[str, tuple[int, int]]:

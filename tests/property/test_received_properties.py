@@ -672,3 +672,44 @@ def test_the_writer_and_client_names_are_those_of_the_clauses_cut_in_full(value:
     scan = Scan(value)
     assert scan.by_host == host_named(first_word(scan.clause("by")))
     assert scan.client_host() == host_named(first_word(scan.clause("from")))
+
+
+# ---- the build shortcut: a hop told "no build" from its lower-cased text --------------------
+
+_build_protocols = st.sampled_from(
+    [
+        *("Microsoft SMTP Server", "MICROSOFT smtp SERVER", "microsoft\r\n SMTP  Server"),
+        *("mapi", "MAPI", "mApI", "Microsoft SMTPSVC", "ESMTP", "Micro\u017ffot SMTP Server"),
+    ]
+)
+
+
+@given(
+    st.one_of(
+        received_texts,
+        st.text(),
+        st.tuples(st.text(max_size=30), _build_protocols, st.text(max_size=30)).map(
+            lambda parts: (
+                f"from a.example by b.example{parts[0]} with {parts[1]}{parts[2]} id 15.1.2507.23"
+            )
+        ),
+    )
+)
+def test_the_build_shortcut_never_hides_a_protocol_that_carries_a_build(value: str) -> None:
+    # The protocol is read from the clauses, which the shortcut does not use: whenever it
+    # is one of Exchange's, the lower-cased text holds "microsoft" or "mapi", so the build
+    # is still read from the clauses.
+    hop = parse_received(value)
+    if hop.protocol is not None and hop.protocol.lower() in ("microsoft smtp server", "mapi"):
+        lowered = value.lower()
+        assert "microsoft" in lowered or "mapi" in lowered
+
+
+@given(
+    _build_protocols.filter(
+        lambda name: " ".join(name.split()).lower() in ("microsoft smtp server", "mapi")
+    )
+)
+def test_every_spelling_of_an_exchange_protocol_still_gives_its_build(protocol: str) -> None:
+    hop = parse_received(f"from a.example by b.example with {protocol} id 15.1.2507.23")
+    assert hop.build == ExchangeBuild.parse("15.1.2507.23")
