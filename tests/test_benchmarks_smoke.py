@@ -26,7 +26,7 @@ from tbes.received import find_sender, received_values
 
 RUNNER = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
 CORPUS = RUNNER.parent / "corpus"
-MIN_CORPUS = 32
+MIN_CORPUS = 40
 _EXPECTED: list[dict[str, Any]] = json.loads((CORPUS / "expected.json").read_text())["expectations"]
 
 
