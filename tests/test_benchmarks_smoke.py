@@ -3,20 +3,31 @@
 Nothing here judges a timing (benchmarks are not tests). What is checked is that every
 benchmark runs, that each checks its own workload first (the header block's sender, worked
 out by hand in ``benchmarks/workload.py``; every decide action; every stored row reported),
-and that the page it writes names the machine, the Python and the date.
+that the page it writes names the machine, the Python and the date, and that the corpus of
+real header blocks is what ``benchmarks/corpus/SOURCES.md`` says it is.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import email.parser
+import email.policy
 import json
 import os
 import platform
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tbes.received import find_sender, received_values
 
 RUNNER = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
+CORPUS = RUNNER.parent / "corpus"
+MIN_CORPUS = 40
+_EXPECTED: list[dict[str, Any]] = json.loads((CORPUS / "expected.json").read_text())["expectations"]
 
 
 def _run(*args: str) -> None:
@@ -36,6 +47,8 @@ def test_smoke_run_measures_every_benchmark_and_describes_the_machine(tmp_path: 
         "received-tbes",
         "received-values",
         "received-hops",
+        "received-corpus-stdlib",
+        "received-corpus-tbes",
     }
     assert set(results["decide"]) == {"decide", "decide-trivial"}
     assert set(results["enforcer"]["cases"]) == {
@@ -64,3 +77,49 @@ def test_smoke_run_measures_every_benchmark_and_describes_the_machine(tmp_path: 
     again = tmp_path / "again.md"
     _run("--from-json", str(raw), "--output", str(again))
     assert again.read_text() == text
+
+
+# ---- the corpus of real header blocks ----------------------------------------------------------
+
+
+def _blocks() -> list[Path]:
+    return sorted(CORPUS.glob("*.eml"))
+
+
+def test_the_corpus_holds_enough_blocks_each_with_its_source_named() -> None:
+    blocks = _blocks()
+    assert len(blocks) >= MIN_CORPUS
+    sources = (CORPUS / "SOURCES.md").read_text()
+    for block in blocks:
+        assert f"| `{block.name}` |" in sources
+
+
+@pytest.mark.parametrize("path", _blocks(), ids=lambda path: path.name)
+def test_each_block_is_a_multi_hop_header_section_read_alike_by_the_stdlib_and_tbes(
+    path: Path,
+) -> None:
+    data = path.read_bytes()
+    message = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(data)
+    stdlib = [str(value) for value in message.get_all("Received") or []]
+    assert len(stdlib) >= 2
+    # Unfolded, the standard library's values are tbes's.
+    assert received_values(data) == [
+        value.replace("\r", "").replace("\n", "").strip() for value in stdlib
+    ]
+
+
+@pytest.mark.parametrize("case", _EXPECTED, ids=lambda case: f"{case['file']}-{case['build']}")
+def test_the_sender_of_the_exchange_blocks_is_the_one_worked_out_by_hand(
+    case: dict[str, Any],
+) -> None:
+    values = received_values((CORPUS / case["file"]).read_bytes())
+    found = find_sender(
+        values,
+        own_hosts=case["own_hosts"],
+        skip_exchange_online=case["skip_exchange_online"],
+    )
+    if case["build"] is None:
+        assert found is None
+    else:
+        assert found is not None
+        assert (str(found.build), found.index) == (case["build"], case["index"])

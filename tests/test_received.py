@@ -15,7 +15,14 @@ import pytest
 
 from support import load_vectors
 from tbes.errors import InvalidValueError, NaiveDatetimeError
-from tbes.received import Hop, SenderEvidence, find_sender, parse_received, received_values
+from tbes.received import (
+    Hop,
+    SenderEvidence,
+    SenderFinder,
+    find_sender,
+    parse_received,
+    received_values,
+)
 from tbes.version import ExchangeBuild
 
 DATA = Path(__file__).parent / "data" / "received"
@@ -787,3 +794,41 @@ def test_adversarial_mebibyte_is_parsed_without_blowing_up(value: str) -> None:
     hop = parse_received(value)
     assert hop.build is None
     assert hop.date is None
+
+
+# ---- SenderFinder: the receiver's settings checked once -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("make", "name"),
+    [
+        (lambda: SenderFinder([None]), "own_hosts"),  # type: ignore[list-item]
+        (lambda: SenderFinder(b"receiver.example"), "own_hosts"),  # type: ignore[arg-type]
+        (lambda: SenderFinder(5), "own_hosts"),  # type: ignore[arg-type]
+        (lambda: SenderFinder(skip_exchange_online=1), "skip_exchange_online"),  # type: ignore[arg-type]
+    ],
+)
+def test_a_sender_finder_refuses_bad_settings_when_built(make: Any, name: str) -> None:
+    with pytest.raises(InvalidValueError, match=name):
+        make()
+
+
+@pytest.mark.parametrize(
+    ("call", "name"),
+    [
+        (lambda finder: finder.find(EX16), "received"),
+        (lambda finder: finder.find([EX16, b"by x"]), "received"),
+        (lambda finder: finder.find([EX16], client=5), "client"),
+    ],
+)
+def test_a_sender_finder_refuses_bad_messages(call: Any, name: str) -> None:
+    with pytest.raises(InvalidValueError, match=name):
+        call(SenderFinder(["receiver.example"]))
+
+
+def test_a_sender_finder_drops_the_receivers_hops_of_every_message() -> None:
+    finder = SenderFinder("receiver.example")
+    for _ in range(2):
+        found = finder.find([by("mx.receiver.example"), EX16])
+        assert found is not None
+        assert (str(found.build), found.index) == ("15.1.2507.23", 1)

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-import tbes.received as received_module
+import tbes._header_section as header_section
 from tbes.adapters import milter
 from tbes.errors import InvalidValueError
 from tbes.received import MAX_RECEIVED, received_values
@@ -46,10 +46,10 @@ class _CountingPattern:
 
 def scanned(monkeypatch: pytest.MonkeyPatch, message: bytes, **options: Any) -> list[int]:
     """The offsets of the lines the header scan visits while reading ``message``."""
-    name, notable, value, newline = received_module._BYTES_SYNTAX
+    name, notable, value, newline = header_section.BYTES_SYNTAX
     counting = _CountingPattern(notable)
     with monkeypatch.context() as patch:
-        patch.setattr(received_module, "_BYTES_SYNTAX", (name, counting, value, newline))
+        patch.setattr(header_section, "BYTES_SYNTAX", (name, counting, value, newline))
         received_values(message, **options)
     return counting.starts
 
@@ -112,7 +112,7 @@ def test_bytes_are_cut_at_the_white_space_their_text_is_cut_at() -> None:
     # The bytes scan spells out in UTF-8 the characters that [^\S\n] matches in a str.
     pattern = re.compile(r"[^\S\n]")
     expected = "".join(c for c in map(chr, range(0x110000)) if pattern.fullmatch(c))
-    assert expected == received_module._SPACE_BUT_NEWLINE
+    assert expected == header_section.SPACE_BUT_NEWLINE
     for space in expected:
         text = f"Received{space}: v\r\n\r\n"
         assert received_values(text.encode()) == received_values(text) == ["v"]

@@ -15,13 +15,11 @@ from hypothesis import strategies as st
 from strategies import builds, instants, received_texts
 
 from tbes import serde
+from tbes._received_scan import Scan, first_word, host_named, split_comments
 from tbes.received import (
     Hop,
     SenderEvidence,
-    _first_word,
-    _host_named,
-    _Scan,
-    _split_comments,
+    SenderFinder,
     find_sender,
     parse_received,
     received_values,
@@ -98,7 +96,7 @@ def _reference_split(value: str) -> tuple[list[str], list[str]]:
 
 @given(st.one_of(received_texts, st.text(alphabet="()\\ a;")))
 def test_comment_splitting_matches_a_plain_scanner(value: str) -> None:
-    assert _split_comments(value) == _reference_split(value)
+    assert split_comments(value) == _reference_split(value)
 
 
 # --- a well-formed Exchange header reads back exactly what was written --------------------------
@@ -626,6 +624,23 @@ def test_matched_compares_the_sender_hop_with_its_client(
     assert found.matched == (same_host or same_ip)
 
 
+@given(
+    messages=st.lists(st.lists(st.sampled_from(_HOP_POOL), max_size=6), max_size=4),
+    own=st.sampled_from([(), ("receiver.example",), "Receiver.Example.", ["gw.northwind.example"]]),
+    skip=st.booleans(),
+    client=st.none() | st.sampled_from(["192.0.2.1", "ex16.fabrikam.example"]),
+)
+def test_one_sender_finder_finds_for_every_message_what_find_sender_finds(
+    messages: list[list[str]], own: object, skip: bool, client: str | None
+) -> None:
+    # Built once and reused: nothing of one message is kept for the next.
+    finder = SenderFinder(own, skip_exchange_online=skip)  # type: ignore[arg-type]
+    for values in messages:
+        expected = find_sender(values, own_hosts=own, skip_exchange_online=skip, client=client)  # type: ignore[arg-type]
+        assert finder.find(values, client=client) == expected
+        assert finder.find_checked(values, client=client) == expected
+
+
 # ---- the shortcuts find_sender takes agree with the clauses cut in full ----------------------
 
 
@@ -654,6 +669,47 @@ _clause_texts = st.lists(
 @example("from (c) a.example by b.example ; x")
 @given(st.one_of(_clause_texts, received_texts, st.text()))
 def test_the_writer_and_client_names_are_those_of_the_clauses_cut_in_full(value: str) -> None:
-    scan = _Scan(value)
-    assert scan.by_host == _host_named(_first_word(scan._clause("by")))
-    assert scan.client_host() == _host_named(_first_word(scan._clause("from")))
+    scan = Scan(value)
+    assert scan.by_host == host_named(first_word(scan.clause("by")))
+    assert scan.client_host() == host_named(first_word(scan.clause("from")))
+
+
+# ---- the build shortcut: a hop told "no build" from its lower-cased text --------------------
+
+_build_protocols = st.sampled_from(
+    [
+        *("Microsoft SMTP Server", "MICROSOFT smtp SERVER", "microsoft\r\n SMTP  Server"),
+        *("mapi", "MAPI", "mApI", "Microsoft SMTPSVC", "ESMTP", "Micro\u017ffot SMTP Server"),
+    ]
+)
+
+
+@given(
+    st.one_of(
+        received_texts,
+        st.text(),
+        st.tuples(st.text(max_size=30), _build_protocols, st.text(max_size=30)).map(
+            lambda parts: (
+                f"from a.example by b.example{parts[0]} with {parts[1]}{parts[2]} id 15.1.2507.23"
+            )
+        ),
+    )
+)
+def test_the_build_shortcut_never_hides_a_protocol_that_carries_a_build(value: str) -> None:
+    # The protocol is read from the clauses, which the shortcut does not use: whenever it
+    # is one of Exchange's, the lower-cased text holds "microsoft" or "mapi", so the build
+    # is still read from the clauses.
+    hop = parse_received(value)
+    if hop.protocol is not None and hop.protocol.lower() in ("microsoft smtp server", "mapi"):
+        lowered = value.lower()
+        assert "microsoft" in lowered or "mapi" in lowered
+
+
+@given(
+    _build_protocols.filter(
+        lambda name: " ".join(name.split()).lower() in ("microsoft smtp server", "mapi")
+    )
+)
+def test_every_spelling_of_an_exchange_protocol_still_gives_its_build(protocol: str) -> None:
+    hop = parse_received(f"from a.example by b.example with {protocol} id 15.1.2507.23")
+    assert hop.build == ExchangeBuild.parse("15.1.2507.23")
