@@ -679,7 +679,7 @@ def test_a_subcommand_whose_extra_is_missing_says_what_to_install(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setitem(
-        tbes.cli._LAZY_COMMANDS, "smtpd", ("tbes_no_such_module", "command", "smtp")
+        tbes.cli._app._LAZY_COMMANDS, "smtpd", ("tbes_no_such_module", "command", "smtp")
     )
     listed = run("--help")
     assert re.search(

@@ -600,7 +600,7 @@ def test_a_unix_socket_serves_and_a_stale_one_is_replaced(tmp_path: Path) -> Non
 
 def test_tbes_milter_command_refuses_a_bad_socket_without_starting(tmp_path: Path) -> None:
     click_testing = pytest.importorskip("click.testing", reason="the cli extra is not installed")
-    from tbes.adapters.milter import command
+    from tbes.cli.daemons import milter as command
 
     config = tmp_path / "adapters.toml"
     config.write_text('tenant = "contoso"\n', encoding="utf-8")
@@ -612,7 +612,7 @@ def test_tbes_milter_command_refuses_a_bad_socket_without_starting(tmp_path: Pat
 
 def test_tbes_milter_command_names_a_bad_configuration(tmp_path: Path) -> None:
     click_testing = pytest.importorskip("click.testing", reason="the cli extra is not installed")
-    from tbes.adapters.milter import command
+    from tbes.cli.daemons import milter as command
 
     config = tmp_path / "adapters.toml"
     config.write_text("fail_closed = 1\n", encoding="utf-8")
@@ -624,7 +624,7 @@ def test_tbes_milter_command_names_a_bad_configuration(tmp_path: Path) -> None:
 
 def test_tbes_serve_needs_something_to_serve(tmp_path: Path) -> None:
     click_testing = pytest.importorskip("click.testing", reason="the cli extra is not installed")
-    from tbes.adapters.milter import serve_command
+    from tbes.cli.daemons import serve as serve_command
 
     config = tmp_path / "adapters.toml"
     config.write_text('tenant = "contoso"\n', encoding="utf-8")
@@ -642,7 +642,7 @@ def test_tbes_serve_runs_milter_and_policy_in_one_process_until_sigterm(tmp_path
     config = tmp_path / "adapters.toml"
     config.write_text('tenant = "contoso"\n', encoding="utf-8")
     milter_port, policy_port = free_port(), free_port()
-    main = "import sys; from tbes.adapters.milter import serve_command; serve_command.main()"
+    main = "import sys; from tbes.cli.daemons import serve; serve.main()"
     args = ["--milter", f"inet:{milter_port}@127.0.0.1", "--policy", f"127.0.0.1:{policy_port}"]
     args += ["--db", str(tmp_path / "t.db"), "--config", str(config)]
     process = subprocess.Popen(

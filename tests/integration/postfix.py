@@ -279,10 +279,8 @@ def _wait_exit(pid: int, *, timeout: float) -> bool:
 
 # What `tbes milter --listen ... --db ... --config ...` and `tbes serve ...` run (the CLI
 # registers these commands).
-_MILTER_MAIN = "import sys; from tbes.adapters.milter import command; command.main(sys.argv[1:])"
-_SERVE_MAIN = (
-    "import sys; from tbes.adapters.milter import serve_command; serve_command.main(sys.argv[1:])"
-)
+_MILTER_MAIN = "import sys; from tbes.cli.daemons import milter; milter.main(sys.argv[1:])"
+_SERVE_MAIN = "import sys; from tbes.cli.daemons import serve; serve.main(sys.argv[1:])"
 
 
 class TbesProcess:

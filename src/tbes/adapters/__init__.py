@@ -11,8 +11,9 @@ in its MTA's terms; a fault fails open unless the configuration says ``fail_clos
 * :mod:`tbes.adapters.postfix_policy` — Postfix policy delegation, from stored state.
 * :mod:`tbes.adapters.listen` — the listen addresses every daemon accepts.
 
-``tbes milter``, ``tbes policy`` and ``tbes serve`` (reload on SIGHUP, drain on SIGTERM,
-decision logs, metrics) are built in the private ``_daemon`` module; every adapter decides
+The daemons behind ``tbes milter``, ``tbes policy`` and ``tbes serve`` (reload on SIGHUP,
+drain on SIGTERM, decision logs, metrics) run in the private ``_daemon`` module (their
+commands are in :mod:`tbes.cli.daemons`); every adapter decides
 through the one check path of ``_decision_log``, which logs each decision once.
 
 This package imports none of them, so that each extra stays optional.

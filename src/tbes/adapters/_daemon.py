@@ -35,19 +35,12 @@ import attrs
 
 from tbes.adapters import _metrics
 from tbes.adapters._decision_log import EventLogNotifier
-from tbes.adapters._log_output import (
-    DEFAULT_SYSLOG_SOCKET,
-    FORMATS,
-    TARGETS,
-    configure_logging,
-    restore_logging,
-)
 from tbes.adapters._store_watch import WatchedStore
 from tbes.adapters.config import AdapterConfig, Checker, load_config, make_enforcer
-from tbes.adapters.listen import FORMS, ListenAddress, parse_listen_address
+from tbes.adapters.listen import ListenAddress, parse_listen_address
 from tbes.errors import TbesError
 
-__all__ = ["DRAIN_SECONDS", "Daemon", "DaemonError", "open_store"]
+__all__ = ["DRAIN_SECONDS", "Daemon", "DaemonError", "open_store", "reason"]
 
 _log = logging.getLogger("tbes.daemon")
 
@@ -124,12 +117,12 @@ class Daemon:
         try:
             self._store = WatchedStore(open_store(self._db))
         except (TbesError, ValueError, OSError, sqlite3.Error) as error:
-            raise DaemonError(_reason(error)) from error
+            raise DaemonError(reason(error)) from error
         try:
             self._loaded = self._source.load(self._store)
         except (TbesError, ValueError, OSError) as error:
             self._store.close()
-            raise DaemonError(_reason(error)) from error
+            raise DaemonError(reason(error)) from error
 
     def run(self) -> None:
         """Bind, serve until SIGTERM/SIGINT (reloading on SIGHUP), drain; after :meth:`open`."""
@@ -215,7 +208,7 @@ class Daemon:
             _log.error(
                 "tbes: reloading %s failed, keeping the running configuration: %s",
                 self._source.config_path,
-                _reason(error),
+                reason(error),
             )
             return
         for service in services:
@@ -224,7 +217,7 @@ class Daemon:
         _log.info("tbes: reloaded %s", self._source.config_path)
 
 
-def _os_reason(error: OSError) -> str:
+def _osreason(error: OSError) -> str:
     # asyncio's bind error repeats the address; the system's words are enough. A name
     # that does not resolve (gaierror) has its own words and a negative number.
     if isinstance(error, socket.gaierror) or not error.errno or error.errno < 0:
@@ -232,7 +225,7 @@ def _os_reason(error: OSError) -> str:
     return os.strerror(error.errno)
 
 
-def _reason(error: BaseException) -> str:
+def reason(error: BaseException) -> str:
     if isinstance(error, OSError) and error.strerror:
         where = f": {error.filename}" if error.filename else ""
         return f"{error.strerror}{where}"
@@ -245,189 +238,11 @@ async def _bind(
     try:
         return await start(address)
     except OSError as error:
-        raise DaemonError(f"cannot listen on {address}: {_os_reason(error)}") from None
+        raise DaemonError(f"cannot listen on {address}: {_osreason(error)}") from None
 
 
 def _bind_metrics(address: ListenAddress) -> Any:
     try:
         return _metrics.serve_metrics(_metrics.active(), address)
     except OSError as error:
-        raise DaemonError(f"cannot listen on {address}: {_os_reason(error)}") from None
-
-
-# ---- commands ------------------------------------------------------------------------------
-
-# What the commands share; kept so that systemd units can rely on them.
-_HELP_DB = "The store: a SQLite file (created if missing) or a postgresql:// URL."
-
-
-def _fail(message: str) -> Any:
-    import click
-
-    class _Fail(click.ClickException):
-        exit_code = 2
-
-        def show(self, file: Any = None) -> None:
-            from tbes.adapters._log_output import escape
-
-            click.echo(f"tbes: error: {escape(self.format_message())[1:-1]}", err=True)
-
-    return _Fail(" ".join(message.split()))
-
-
-def _options(function: Any) -> Any:
-    import click
-
-    decorators = [
-        click.option(
-            "--config",
-            "config_path",
-            required=True,
-            type=click.Path(dir_okay=False, path_type=Path),
-            help="The adapter configuration (TOML); SIGHUP reads it again.",
-        ),
-        click.option("--db", required=True, metavar="PATH|URL", help=_HELP_DB),
-        click.option(
-            "--log-format",
-            type=click.Choice(FORMATS),
-            default="text",
-            show_default=True,
-            help="text: key=value pairs; json: one object per line.",
-        ),
-        click.option(
-            "--log-target",
-            type=click.Choice(TARGETS),
-            default="stderr",
-            show_default=True,
-            help="Where log lines go.",
-        ),
-        click.option(
-            "--syslog-socket",
-            default=DEFAULT_SYSLOG_SOCKET,
-            show_default=True,
-            metavar="PATH",
-            help="The syslog socket (--log-target syslog).",
-        ),
-        click.option(
-            "--syslog-facility",
-            default="mail",
-            show_default=True,
-            metavar="NAME",
-            help="The syslog facility (--log-target syslog).",
-        ),
-        click.option(
-            "--metrics",
-            "metrics_at",
-            default=None,
-            metavar="HOST:PORT",
-            help="Serve Prometheus metrics at http://HOST:PORT/metrics (extra 'metrics').",
-        ),
-    ]
-    for decorator in reversed(decorators):
-        function = decorator(function)
-    return function
-
-
-def run_command(
-    *,
-    config_path: Path,
-    db: str,
-    log_format: str,
-    log_target: str,
-    syslog_socket: str,
-    syslog_facility: str,
-    metrics_at: str | None,
-    milter: str | None = None,
-    policy: str | None = None,
-) -> None:
-    """What each daemon command does once click parsed it: every failure is one line, exit 2."""
-    import click
-
-    root = click.get_current_context().find_root().params
-    try:
-        daemon = Daemon(
-            db=db,
-            config_path=config_path,
-            catalog_path=root.get("catalog_path"),
-            milter=milter,
-            policy=policy,
-            metrics=metrics_at,
-        )
-    except (TbesError, ValueError) as error:
-        raise _fail(_reason(error)) from None
-    logger = logging.getLogger()
-    previous, level = list(logger.handlers), logger.level
-    try:
-        handler = configure_logging(
-            fmt=log_format, target=log_target, syslog_socket=syslog_socket, facility=syslog_facility
-        )
-    except (ValueError, OSError) as error:
-        raise _fail(f"cannot log to {log_target}: {_reason(error)}") from None
-    # A reload asked for while the store is still opening (systemd's ExecReload right after
-    # start) must not kill the daemon, SIGHUP's default; the event loop handles it later.
-    hangup = signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    try:
-        # Opened once the log lines have their form: its warnings are lines like the rest.
-        daemon.open()
-    except DaemonError as error:
-        signal.signal(signal.SIGHUP, hangup)
-        restore_logging(handler, previous, level)
-        raise _fail(str(error)) from None
-    try:
-        daemon.run()
-    except DaemonError as error:
-        raise _fail(str(error)) from None
-
-
-def milter_command() -> Any:
-    """``tbes milter --listen SOCKET ...``."""
-    import click
-
-    @click.command("milter")
-    @click.option(
-        "--listen", required=True, metavar="SOCKET", help=f"Where the MTA connects: {FORMS}."
-    )
-    @_options
-    def milter(listen: str, **options: Any) -> None:
-        """Run the milter for Postfix or Sendmail until SIGTERM (SIGHUP: reload)."""
-        run_command(milter=listen, **options)
-
-    return milter
-
-
-def policy_command() -> Any:
-    """``tbes policy --listen SOCKET ...``."""
-    import click
-
-    @click.command("policy")
-    @click.option(
-        "--listen", required=True, metavar="SOCKET", help=f"Where Postfix connects: {FORMS}."
-    )
-    @_options
-    def policy(listen: str, **options: Any) -> None:
-        """Run the Postfix policy service until SIGTERM (SIGHUP: reload)."""
-        run_command(policy=listen, **options)
-
-    return policy
-
-
-def serve_command() -> Any:
-    """``tbes serve --milter SOCKET --policy SOCKET ...``."""
-    import click
-
-    @click.command("serve")
-    @click.option("--milter", "milter_at", metavar="SOCKET", help=f"Serve the milter on: {FORMS}.")
-    @click.option(
-        "--policy",
-        "policy_at",
-        metavar="SOCKET",
-        help=f"Serve the Postfix policy service on: {FORMS}.",
-    )
-    @_options
-    def serve(milter_at: str | None, policy_at: str | None, **options: Any) -> None:
-        """Run the milter and/or the Postfix policy service, one enforcer, until SIGTERM."""
-        if milter_at is None and policy_at is None:
-            raise click.UsageError("give --milter SOCKET, --policy SOCKET or both")
-        run_command(milter=milter_at, policy=policy_at, **options)
-
-    return serve
+        raise DaemonError(f"cannot listen on {address}: {_osreason(error)}") from None

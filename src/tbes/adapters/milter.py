@@ -68,7 +68,6 @@ from tbes.errors import AdapterConfigError
 from tbes.policy import SmtpReply
 from tbes.received import MAX_RECEIVED  # the cap every adapter shares
 
-# ``command`` and ``serve_command`` (click commands) are built on first access; see __getattr__.
 __all__ = [
     "MAX_RECEIVED",
     "MilterLimits",
@@ -558,14 +557,3 @@ def run_milter(
     limits = MilterLimits(idle_timeout=float(timeout))
     _log.info("tbes milter %r starting", name)
     asyncio.run(serve_until_stopped(checker, config, milter=socket, limits=limits))
-
-
-def __getattr__(name: str) -> Any:
-    # The commands are built on first use so that importing this module needs no click.
-    from tbes.adapters import _daemon
-
-    if name == "command":
-        return _daemon.milter_command()
-    if name == "serve_command":
-        return _daemon.serve_command()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

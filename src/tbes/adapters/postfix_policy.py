@@ -554,12 +554,3 @@ def run_policy_server(
             await server.serve_forever()
 
     asyncio.run(_main())
-
-
-def __getattr__(name: str) -> Any:
-    # ``tbes policy`` is built on first use so that importing this module needs no click.
-    if name == "command":
-        from tbes.adapters import _daemon
-
-        return _daemon.policy_command()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
