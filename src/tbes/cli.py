@@ -30,7 +30,7 @@ from rich.text import Text
 
 from tbes import demo as scenario
 from tbes.catalog import Assessment, Catalog, Release, assess
-from tbes.decision import Decision, decide
+from tbes.decision import Decision, decide, monitored
 from tbes.enforcer import Enforcer, utc_now
 from tbes.errors import TbesError
 from tbes.events import Event
@@ -311,6 +311,25 @@ def _db_option(function: Callable[..., Any]) -> Callable[..., Any]:
         required=True,
         help="The tbes SQLite database.",
     )(function)
+
+
+def _config_option(function: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--config",
+        "config_file",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        default=None,
+        help="The adapter configuration (TOML): show its exemptions and monitor mode.",
+    )(function)
+
+
+def _controls(config_file: Path | None) -> Any:
+    """The adapter configuration whose operator controls to show, or ``None``."""
+    if config_file is None:
+        return None
+    from tbes.adapters.config import load_config
+
+    return _guard(lambda: load_config(config_file))
 
 
 def _open_store(path: Path, *, read_only: bool = False) -> SQLiteStore:
@@ -665,6 +684,7 @@ def _stages_table(segments: Sequence[Segment], until: dt.datetime) -> Table:
 )
 @_at_option("Report as of this instant (default: now).")
 @_policy_option
+@_config_option
 @click.pass_context
 def report(
     ctx: click.Context,
@@ -674,12 +694,15 @@ def report(
     output: Path | None,
     at: dt.datetime | None,
     policy_name: str,
+    config_file: Path | None,
 ) -> int | None:
     """Report every server in the database, one row per server.
 
     A row that cannot be read is left out and named on stderr, and the exit status is 1.
+    With --config, the status shows each server's exemption or monitor mode.
     """
     at = at or utc_now()
+    config = _controls(config_file)
     policy = _policy(ctx, policy_name, at)
     catalog = _catalog(ctx)
     store = _open_store(db, read_only=True)
@@ -692,7 +715,12 @@ def report(
     subtitle = f"as of {_utc(at)} · policy {policy_name}" + (
         f" · tenant {tenant}" if tenant else ""
     )
-    text = render_report(states, fmt, now=at, policy=policy, catalog=catalog, subtitle=subtitle)
+    controls: dict[str, Any] = (
+        {} if config is None else {"exemptions": config.exemptions_for, "monitors": config.monitors}
+    )
+    text = render_report(
+        states, fmt, now=at, policy=policy, catalog=catalog, subtitle=subtitle, **controls
+    )
     if output is None:
         click.echo(text, nl=False)
     else:
@@ -1480,12 +1508,22 @@ def server_group() -> None:
 @_db_option
 @_at_option("Show the server as of this instant (default: now).")
 @_policy_option
+@_config_option
 @click.pass_context
 def server_show(
-    ctx: click.Context, server: str, db: Path, at: dt.datetime | None, policy_name: str
+    ctx: click.Context,
+    server: str,
+    db: Path,
+    at: dt.datetime | None,
+    policy_name: str,
+    config_file: Path | None,
 ) -> None:
-    """Show SERVER's stored state, stage, blocked and throttled minutes, next change, pauses."""
+    """Show SERVER's stored state, stage, blocked and throttled minutes, next change, pauses.
+
+    With --config, also its exemptions and whether its connector is in monitor mode.
+    """
     at = at or utc_now()
+    config = _controls(config_file)
     policy = _policy(ctx, policy_name, at)
     store = _open_store(db, read_only=True)
     try:
@@ -1495,7 +1533,10 @@ def server_show(
     if stored is None:
         raise _Fail(f"no stored state for server {server!r} in {db}")
     state = stored.value
-    decision = _guard(lambda: decide(state, at, policy))
+    exemptions = () if config is None else config.exemptions_for(state.server_id)
+    decision = _guard(lambda: decide(state, at, policy, exemptions))
+    if config is not None and config.monitors(state.server_id):
+        decision = monitored(decision)
     console = _console()
     console.print(
         _line(
@@ -1514,6 +1555,15 @@ def server_show(
         console.print(_line(_minutes_line(state.server_id, decision.stage, decision.paused)))
     change = "never" if decision.next_change is None else _utc(decision.next_change)
     console.print(_line(f"Next change: {change}."))
+    if config is not None:
+        mode = "monitor" if config.monitors(state.server_id) else "enforce"
+        console.print(_line(f"Mode: {mode}."))
+        for each in exemptions:
+            since = "" if each.since is None else f" (from {each.since.isoformat()})"
+            ended = " (ended)" if at >= each.end else ""
+            console.print(_line(f"Exemption: {each.describe()}{since}{ended}."))
+        if not exemptions:
+            console.print("No exemptions.")
     if not state.pauses:
         console.print("No pauses.")
         return

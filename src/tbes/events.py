@@ -54,6 +54,7 @@ class EventKind(enum.Enum):
     PAUSED = "PAUSED"
     RESUMED = "RESUMED"
     REMEDIATED = "REMEDIATED"
+    EXEMPTION_ENDING = "EXEMPTION_ENDING"
 
 
 def _check_stage(instance: object, attribute: attrs.Attribute[int | None], value: object) -> None:

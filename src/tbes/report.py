@@ -25,8 +25,9 @@ import attrs
 from tbes._checks import of_type
 from tbes._instants import as_utc, require_aware
 from tbes.catalog import Catalog, Compliance, assess
-from tbes.decision import decide
+from tbes.decision import Decision, decide
 from tbes.errors import InvalidBuildError, InvalidValueError
+from tbes.exemption import Exemption
 from tbes.policy import Policy
 from tbes.stages import Stage
 from tbes.state import ServerState
@@ -91,8 +92,8 @@ class Segment:
     """A span ``[start, end)`` of a server's timeline with one stage and one paused flag.
 
     ``stage`` is ``None`` where nothing is enforced (the server is compliant again);
-    ``paused`` is true while a pause holds enforcement off. ``start`` and ``end`` are
-    normalised to UTC (naive ones raise :class:`~tbes.errors.NaiveDatetimeError`).
+    ``paused`` is true while a pause or an exemption holds enforcement off. ``start`` and
+    ``end`` are normalised to UTC (naive ones raise :class:`~tbes.errors.NaiveDatetimeError`).
     """
 
     start: dt.datetime = attrs.field(converter=_start_utc)
@@ -137,7 +138,9 @@ class ReportRow:
     compliant again). ``stage`` is the stage in force at the report's instant;
     ``next_stage_throttle`` and ``next_stage_block`` are the next stage's minutes per hour
     and ``next_stage_start`` when it begins. ``paused_until`` is when the pause in force at
-    the report's instant ends.
+    the report's instant ends. ``control`` says how the operator's controls change the
+    answer at the report's instant: ``exempt until 2027-03-01: migration partner``, or in
+    monitor mode ``monitor: would block 60 min/h``; ``None`` when enforced as it stands.
     """
 
     server: str = attrs.field(validator=of_type(str))
@@ -156,9 +159,16 @@ class ReportRow:
     next_stage_block: int | None = attrs.field(validator=_minutes_or_none)
     next_stage_start: dt.datetime | None = attrs.field(validator=_aware_or_none)
     paused_until: dt.datetime | None = attrs.field(validator=_aware_or_none)
+    control: str | None = attrs.field(default=None, validator=of_type(str, optional=True))
 
 
-def forecast(state: ServerState, policy: Policy, *, until: dt.datetime) -> tuple[Segment, ...]:
+def forecast(
+    state: ServerState,
+    policy: Policy,
+    *,
+    until: dt.datetime,
+    exemptions: tuple[Exemption, ...] = (),
+) -> tuple[Segment, ...]:
     """The server's timeline from its first detection to ``until``, as contiguous segments.
 
     Each segment carries what :func:`~tbes.decision.decide` answers anywhere inside it (the
@@ -167,7 +177,8 @@ def forecast(state: ServerState, policy: Policy, *, until: dt.datetime) -> tuple
     compliant again, the segments before ``compliant_since`` are what ``decide`` answered
     while the episode ran (the same state without ``compliant_since``) and one unenforced
     segment (stage ``None``) follows, as ``decide`` answers for the state itself.
-    Arguments of the wrong type raise :class:`~tbes.errors.InvalidValueError`.
+    ``exemptions`` are the server's (see :func:`~tbes.decision.decide`): their spans are
+    ``paused`` segments. Arguments of the wrong type raise :class:`~tbes.errors.InvalidValueError`.
     """
     until = _clamped_utc(until, "until")
     _require_inputs(state, policy)
@@ -177,42 +188,48 @@ def forecast(state: ServerState, policy: Policy, *, until: dt.datetime) -> tuple
     healed = state.compliant_since
     running = state if healed is None else attrs.evolve(state, compliant_since=None)
     cut = until if healed is None else min(until, max(healed, start))
-    edges = _edges(state, start, cut)
+    edges = _edges(state, start, cut, exemptions)
     pieces: list[Segment] = []
     for lo, hi in itertools.pairwise(edges):
-        pieces.extend(_pieces(running, policy, lo, hi))
+        pieces.extend(_pieces(running, policy, lo, hi, exemptions))
     if cut < until:
-        pieces.extend(_pieces(state, policy, cut, until))
+        pieces.extend(_pieces(state, policy, cut, until, exemptions))
     return _merged(pieces)
 
 
-def _edges(state: ServerState, start: dt.datetime, until: dt.datetime) -> list[dt.datetime]:
-    """``start``, ``until`` and every pause edge between them, in order."""
-    inner = {
-        edge
-        for pause in state.pauses
-        for edge in (pause.start_instant, pause.end_instant)
-        if start < edge < until
-    }
+def _edges(
+    state: ServerState,
+    start: dt.datetime,
+    until: dt.datetime,
+    exemptions: tuple[Exemption, ...] = (),
+) -> list[dt.datetime]:
+    """``start``, ``until`` and every pause (and exemption) edge between them, in order."""
+    spans = [(p.start_instant, p.end_instant) for p in state.pauses]
+    spans.extend((e.start, e.end) for e in exemptions)
+    inner = {edge for span in spans for edge in span if start < edge < until}
     return [start, *sorted(inner), until]
 
 
 def _pieces(
-    state: ServerState, policy: Policy, lo: dt.datetime, hi: dt.datetime
+    state: ServerState,
+    policy: Policy,
+    lo: dt.datetime,
+    hi: dt.datetime,
+    exemptions: tuple[Exemption, ...] = (),
 ) -> Iterable[Segment]:
     """Segments of ``[lo, hi)``, a span in which the paused flag cannot change."""
     at = lo
     while at < hi:
-        decision = decide(state, at, policy)
+        decision = decide(state, at, policy, exemptions)
         end = hi
-        clock_runs = not (decision.paused and policy.pause_freezes_clock)
+        clock_runs = not ((decision.paused and policy.pause_freezes_clock) or decision.exempt)
         if decision.stage is not None and clock_runs:
             # Elapsed time grows one-for-one here, so the next stage starts exactly when
             # elapsed reaches the stage table's next start.
             following = policy.stage_table.next_start(decision.elapsed)
             if following is not None:
                 end = min(hi, _later(at, following - decision.elapsed))
-        yield Segment(at, end, decision.stage, decision.paused)
+        yield Segment(at, end, decision.stage, decision.paused or decision.exempt)
         at = end
 
 
@@ -228,8 +245,19 @@ def _merged(pieces: list[Segment]) -> tuple[Segment, ...]:
     return tuple(merged)
 
 
-def report_row(state: ServerState, now: dt.datetime, policy: Policy, catalog: Catalog) -> ReportRow:
+def report_row(
+    state: ServerState,
+    now: dt.datetime,
+    policy: Policy,
+    catalog: Catalog,
+    *,
+    exemptions: tuple[Exemption, ...] = (),
+    monitor: bool = False,
+) -> ReportRow:
     """The report line for ``state`` as of ``now``: status, timeline instants, next stage.
+
+    ``exemptions`` (the server's) and ``monitor`` (its connector is in monitor mode) make
+    the row's ``control``; exempt days hold the timeline as paused ones do.
 
     A naive ``now`` raises :class:`~tbes.errors.NaiveDatetimeError`, arguments of the wrong
     type :class:`~tbes.errors.InvalidValueError`. Near the calendar's end the timeline stops
@@ -239,10 +267,19 @@ def report_row(state: ServerState, now: dt.datetime, policy: Policy, catalog: Ca
     if not isinstance(catalog, Catalog):
         raise InvalidValueError(f"catalog must be a Catalog, got {catalog!r:.80}")
     _require_inputs(state, policy)
-    decision = decide(state, now, policy)
+    decision = decide(state, now, policy, exemptions)
     # Once compliant, nothing lies ahead: the history a forecast keeps is not the schedule.
     ahead = state.compliant_since is None
-    timeline = forecast(state, policy, until=horizon(state, policy, now)) if ahead else ()
+    timeline = (
+        forecast(
+            state,
+            policy,
+            until=horizon(state, policy, now, exemptions=exemptions),
+            exemptions=exemptions,
+        )
+        if ahead
+        else ()
+    )
     recommended = (
         ()
         if state.build is None
@@ -267,10 +304,37 @@ def report_row(state: ServerState, now: dt.datetime, policy: Policy, catalog: Ca
         next_stage_block=None if following is None else following.block_minutes,
         next_stage_start=_start_of(timeline, following),
         paused_until=_paused_until(timeline, now) if decision.paused else None,
+        control=_control(decision, exemptions, monitor, now),
     )
 
 
-def horizon(state: ServerState, policy: Policy, now: dt.datetime) -> dt.datetime:
+def _control(
+    decision: Decision, exemptions: tuple[Exemption, ...], monitor: bool, now: dt.datetime
+) -> str | None:
+    """What the operator's controls do to the answer at ``now``, in the report's words."""
+    holding = [each for each in exemptions if each.covers(now)]
+    if decision.exempt and holding:
+        return max(holding, key=lambda each: each.end).describe()
+    if not monitor:
+        return None
+    stage = decision.stage
+    if stage is None or decision.paused:
+        return "monitor"
+    parts = []
+    if stage.throttle_minutes:
+        parts.append(f"throttle {stage.throttle_minutes}")
+    if stage.block_minutes:
+        parts.append(f"block {stage.block_minutes}")
+    return "monitor: would " + ", ".join(parts) + " min/h" if parts else "monitor"
+
+
+def horizon(
+    state: ServerState,
+    policy: Policy,
+    now: dt.datetime,
+    *,
+    exemptions: tuple[Exemption, ...] = (),
+) -> dt.datetime:
     """An instant after ``now`` and the state's last pause by which nothing is left to change.
 
     During an episode that is also after the terminal stage starts: paused time delays a
@@ -281,13 +345,16 @@ def horizon(state: ServerState, policy: Policy, now: dt.datetime) -> dt.datetime
     """
     now = _clamped_utc(now, "now")
     _require_inputs(state, policy)
-    last_pause = max((pause.end_instant for pause in state.pauses), default=now)
-    latest = max(now, last_pause)
+    spans = [(p.start_instant, p.end_instant) for p in state.pauses]
     first = state.first_detected
+    # An exemption counts from the first detection (one without since covers all before it).
+    spans.extend((max(e.start, first or now), e.end) for e in exemptions)
+    last_pause = max((end for _, end in spans), default=now)
+    latest = max(now, last_pause)
     if first is not None and state.compliant_since is None:
         terminal = policy.stage_table.start_of(len(policy.stage_table))
-        paused = sum((p.end_instant - p.start_instant for p in state.pauses), dt.timedelta())
-        latest = max(latest, _later(first, terminal + paused))
+        paused = sum((max(end - start, dt.timedelta()) for start, end in spans), dt.timedelta())
+        latest = max(latest, END if paused > END - first else _later(first, terminal + paused))
     return _later(latest, _DAY)
 
 

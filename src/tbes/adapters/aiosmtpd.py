@@ -79,6 +79,7 @@ class EnforcingHandler:
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         """Throttle or block with the decision's reply; otherwise hand over to ``inner``."""
+        conn: Connection | None = None
         try:
             conn = self.connection(server, session)
             content = envelope.original_content or envelope.content or b""
@@ -91,7 +92,12 @@ class EnforcingHandler:
                 "deferring" if self._config.fail_closed else "accepting",
                 exc_info=True,
             )
-            if self._config.fail_closed:
+            # Monitor mode never refuses, not even on a fault.
+            if conn is None or conn.connector is None:
+                monitored = self._config.mode == "monitor"
+            else:
+                monitored = conn.connector in self._config.monitor_connectors
+            if self._config.fail_closed and not monitored:
                 return str(FAIL_CLOSED_REPLY)
         else:
             if decision.action is not Action.ACCEPT and decision.reply is not None:

@@ -209,8 +209,19 @@ def action_for(decision: Decision) -> str:
     return str(decision.reply)
 
 
-def _fault_action(config: AdapterConfig) -> str:
-    return str(FAIL_CLOSED_REPLY) if config.fail_closed else DUNNO
+def _fault_action(config: AdapterConfig, request: PolicyRequest | None = None) -> str:
+    closes = (
+        config.fail_closed
+        if request is None
+        else config.fails_closed(
+            peer_ip=request.get("client_address"),
+            peer_host=request.get("client_name"),
+            tls_subject=request.get("ccert_subject"),
+        )
+    )
+    if config.mode == "monitor" and request is None:
+        closes = False  # monitor mode never refuses
+    return str(FAIL_CLOSED_REPLY) if closes else DUNNO
 
 
 def _decide(request: PolicyRequest, checker: Checker, config: AdapterConfig) -> str:
@@ -231,10 +242,10 @@ def decide_request(request: PolicyRequest, checker: Checker, config: AdapterConf
         _log.warning(
             "tbes policy: deciding for client %r failed; answering %s",
             request.get("client_address"),
-            _fault_action(config),
+            _fault_action(config, request),
             exc_info=True,
         )
-        return _fault_action(config)
+        return _fault_action(config, request)
 
 
 def _count(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:

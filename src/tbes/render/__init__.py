@@ -8,10 +8,11 @@ server states to any of the formats in one call.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from tbes.catalog import Catalog
 from tbes.errors import InvalidValueError
+from tbes.exemption import Exemption
 from tbes.policy import Policy
 from tbes.render.csv import render_csv
 from tbes.render.html import render_html
@@ -38,28 +39,50 @@ def render_report(
     catalog: Catalog,
     title: str = "Exchange enforcement report",
     subtitle: str = "",
+    exemptions: Callable[[str], tuple[Exemption, ...]] = lambda server_id: (),
+    monitors: Callable[[str], bool] = lambda server_id: False,
 ) -> str:
     """The report on ``states`` as of ``now`` in format ``fmt`` (one of :data:`FORMATS`).
 
     Rows come in order of tenant and server id. ``title`` and ``subtitle`` are used by the
-    HTML page only. An unknown format raises :class:`ValueError` naming the valid ones.
+    HTML page only. ``exemptions`` and ``monitors`` give, per server id, its exemptions and
+    whether it is in monitor mode (the adapter configuration knows:
+    :meth:`~tbes.adapters.config.AdapterConfig.exemptions_for`, ``monitors``). An unknown
+    format raises :class:`ValueError` naming the valid ones.
     """
     if fmt not in FORMATS:
         raise InvalidValueError(
             f"unknown report format {fmt!r}: choose one of {', '.join(FORMATS)}"
         )
     ordered = sorted(states, key=lambda state: (state.tenant, state.server_id))
-    rows = [report_row(state, now, policy, catalog) for state in ordered]
+    held = {state.server_id: exemptions(state.server_id) for state in ordered}
+    rows = [
+        report_row(
+            state,
+            now,
+            policy,
+            catalog,
+            exemptions=held[state.server_id],
+            monitor=monitors(state.server_id),
+        )
+        for state in ordered
+    ]
     if fmt == "table":
         return render_text(rows)
     if fmt == "json":
         return render_json(rows)
     if fmt == "csv":
         return render_csv(rows)
-    last = max((horizon(state, policy, now) for state in ordered), default=now)
+    last = max(
+        (horizon(state, policy, now, exemptions=held[state.server_id]) for state in ordered),
+        default=now,
+    )
     # The tail stops at the calendar's end, as the forecasts do.
     until = END if last > END - _TAIL else last + _TAIL
-    timelines = {state.server_id: forecast(state, policy, until=until) for state in ordered}
+    timelines = {
+        state.server_id: forecast(state, policy, until=until, exemptions=held[state.server_id])
+        for state in ordered
+    }
     return render_html(
         rows, timelines, now=now, title=title, subtitle=subtitle, stage_table=policy.stage_table
     )
