@@ -535,3 +535,24 @@ def test_report_and_server_show_name_exemptions_and_monitor_mode(tmp_path: Path)
         catch_exceptions=False,
     )
     assert "Exemption: exempt until 2026-06-01: migration partner." in show.output
+
+
+def test_an_exempt_server_announces_only_the_stages_its_held_clock_reaches() -> None:
+    # Exempt days 10..39 (30 days) of the episode: stage 2 starts on day 60, not day 30.
+    first = T0.replace(hour=0)
+    exemption = Exemption(
+        "migration partner",
+        connector=CONNECTOR,
+        since=(first + 10 * DAY).date(),
+        until=(first + 40 * DAY).date(),
+    )
+    store, clock, told = MemoryStore(), Clock(first), list[Event]()
+    checker = enforcer(store, clock, told, exemptions=[exemption])
+    for day in range(0, 65):
+        clock.now = first + day * DAY + dt.timedelta(hours=12)
+        checker.check(conn(), [hop(OUTDATED)])
+    stages = [(e.kind, e.stage, e.at.date()) for e in told if e.kind is EventKind.STAGE_CHANGED]
+    assert stages == [(EventKind.STAGE_CHANGED, 2, (first + 60 * DAY).date())]
+    (detected,) = [e for e in told if e.kind is EventKind.DETECTED]
+    # The next change it names is the delayed start of stage 2.
+    assert detected.next_change == detected.episode_start + 60 * DAY  # type: ignore[operator]

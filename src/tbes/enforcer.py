@@ -299,7 +299,9 @@ class Enforcer:
             if ledger_read is not None:
                 observed = ledger_read[0]
             decision = self._decide(observed, now, exemptions, conn)
-            told = announcement(old, observed, self.policy, now, connector=conn.connector)
+            told = announcement(
+                old, observed, self.policy, now, connector=conn.connector, exemptions=exemptions
+            )
             new, events = told.state, told.events
             if new == old or (not events and _only_seen(old, new, self._seen_resolution)):
                 return decision  # nothing to store or announce
@@ -380,6 +382,7 @@ class Enforcer:
                 detail,
                 connector=conn.connector,
                 occasion=occasion,
+                exemptions=exemptions,
             )
             if event.id in self._warned:
                 continue
