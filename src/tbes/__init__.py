@@ -30,6 +30,7 @@ from tbes.errors import (
     UnseenServerError,
 )
 from tbes.events import Event, EventKind
+from tbes.exemption import Exemption
 from tbes.ledger import Pause, PauseLedger, TenantPause
 from tbes.notifiers import CallbackNotifier, LoggingNotifier, Notifier
 from tbes.policy import DEFAULT_POLICY, ConnectorKind, Policy, SmtpReply
@@ -63,6 +64,7 @@ __all__ = [
     "Event",
     "EventKind",
     "ExchangeBuild",
+    "Exemption",
     "Hop",
     "InvalidBuildError",
     "InvalidPauseError",
