@@ -556,3 +556,19 @@ def test_an_exempt_server_announces_only_the_stages_its_held_clock_reaches() -> 
     (detected,) = [e for e in told if e.kind is EventKind.DETECTED]
     # The next change it names is the delayed start of stage 2.
     assert detected.next_change == detected.episode_start + 60 * DAY  # type: ignore[operator]
+
+
+def test_config_check_shows_monitor_mode_and_exemptions(tmp_path: Path) -> None:
+    config = tmp_path / "adapters.toml"
+    config.write_text(EXEMPTIONS_TOML, encoding="utf-8")
+    result = CliRunner().invoke(cli, ["config", "check", str(config)], catch_exceptions=False)
+    lines = result.output.splitlines()
+    (fabrikam,) = [line for line in lines if line.startswith("  1. fabrikam-edge")]
+    assert "monitor mode" in fabrikam
+    (northwind,) = [line for line in lines if line.startswith("  2. northwind")]
+    assert "monitor" not in northwind
+    assert (
+        "  1. connector fabrikam-edge, server mail.fabrikam.example: "
+        "exempt until 2027-03-01: migration partner" in lines
+    )
+    assert "  2. network 198.51.100.0/29: exempt: lab" in lines
