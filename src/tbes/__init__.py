@@ -36,6 +36,7 @@ from tbes.errors import (
     UnseenServerError,
 )
 from tbes.events import Event, EventKind
+from tbes.exemption import Exemption
 from tbes.ledger import Pause, PauseLedger, TenantPause
 from tbes.notifiers import CallbackNotifier, LoggingNotifier, Notifier
 from tbes.policy import DEFAULT_POLICY, ConnectorKind, Policy, SmtpReply
@@ -78,6 +79,7 @@ __all__ = [  # noqa: RUF022 - grouped by use, not sorted
     "Catalog",
     "Baseline",
     "Schedule",
+    "Exemption",
     "Compliance",
     "Assessment",
     "assess",

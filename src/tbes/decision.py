@@ -5,7 +5,10 @@
 the UTC hour decides, at a server-specific offset taken from SHA-256 of the server id, so every
 process and every node of a cluster answers alike (the built-in ``hash()`` is salted per
 process) while servers spread over the hour. And pauses freeze the clock, so the stages after a
-pause start as many days later as it lasted.
+pause start as many days later as it lasted; an exemption (:mod:`tbes.exemption`) freezes it
+the same way, without a quota. A decision that is not *enforced* (monitor mode, an exemption)
+always accepts and says what enforcement would have answered (``would_action``,
+``would_reply``), so an adapter that answers ``action``/``reply`` can never refuse it.
 """
 
 from __future__ import annotations
@@ -21,12 +24,13 @@ from tbes._instants import as_utc
 from tbes._slots import slot_filler
 from tbes.compliance import Compliance
 from tbes.errors import InvalidValueError
+from tbes.exemption import Exemption, exempt_spans
 from tbes.ledger import Pause, Span, clock_reaches, covering_end, pause_spans, paused_between
 from tbes.policy import DEFAULT_POLICY, Policy, SmtpReply, StagePlan
 from tbes.stages import Stage
 from tbes.state import ServerState
 
-__all__ = ["Action", "Decision", "decide", "minute_offset"]
+__all__ = ["Action", "Decision", "decide", "minute_offset", "monitored"]
 
 _MINUTES = 60
 _ZERO = dt.timedelta(0)
@@ -67,7 +71,7 @@ def _what_is_broken(decision: Decision) -> str:
         wrong = type(value) is not bool if kind is bool else not isinstance(value, kind)
         if value is not None and wrong:
             return f"{name} must be a {kind.__name__}, got {value!r:.80}"
-    for name in ("report", "paused", "elapsed", "reason"):
+    for name in ("report", "paused", "elapsed", "reason", "enforced", "exempt"):
         if getattr(decision, name) is None:
             return f"{name} must not be None"
     if action is Action.ACCEPT and decision.reply is not None:
@@ -76,6 +80,16 @@ def _what_is_broken(decision: Decision) -> str:
         return f"a {action.value} decision needs a reply, got None"
     if decision.paused:
         return f"a paused server is accepted, got {action.value}"
+    if not isinstance(decision.would_action, Action):
+        return f"would_action must be an Action, got {decision.would_action!r:.80}"
+    if not decision.enforced and action is not Action.ACCEPT:
+        return f"a decision that is not enforced accepts, got {action.value}"
+    if decision.exempt and decision.enforced:
+        return "an exempt decision is not enforced"
+    if decision.enforced and (
+        decision.would_action is not action or decision.would_reply != decision.reply
+    ):
+        return "an enforced decision would answer what it answers: would_* must equal action/reply"
     return f"elapsed must be >= 0, got {decision.elapsed!r}"
 
 
@@ -88,6 +102,8 @@ _FIELD_TYPES = (
     ("elapsed", dt.timedelta),
     ("next_change", dt.datetime),
     ("reason", str),
+    ("enforced", bool),
+    ("exempt", bool),
 )
 
 
@@ -103,6 +119,13 @@ class Decision:
     excluded when the policy freezes the clock). ``next_change`` is the earliest later
     instant at which the decision changes (its action, its stage, or whether the server is
     paused), ``None`` if it never will for this state; ``reason`` says why, in a sentence.
+
+    ``enforced`` is false in monitor mode and under an exemption (``exempt``): the decision
+    then always accepts (``action`` ``ACCEPT``, ``reply`` ``None``) and ``would_action`` and
+    ``would_reply`` are what enforcement would have answered. For an enforced decision they
+    equal ``action`` and ``reply`` (their defaults). Adapters answer ``action``/``reply``
+    only, so a decision that is not enforced can never become a 4xx or 5xx; logs and
+    reports show ``would_*``.
 
     A Decision is made by :func:`decide` (and the enforcer's fixed replies), on the hot
     path, so construction checks only what one cheap test can:
@@ -120,6 +143,12 @@ class Decision:
     elapsed: dt.timedelta
     next_change: dt.datetime | None
     reason: str
+    enforced: bool = True
+    would_action: Action = attrs.field(default=attrs.Factory(lambda self: self.action, True))
+    would_reply: SmtpReply | None = attrs.field(
+        default=attrs.Factory(lambda self: self.reply, True)
+    )
+    exempt: bool = False
 
     def __attrs_post_init__(self) -> None:
         # Checked here, in one cheap test, rather than by a validator per field: decide()
@@ -138,6 +167,17 @@ class Decision:
                 or not self.elapsed >= _ZERO  # TypeError unless a timedelta
                 or type(self.reason) is not str
                 or type(self.report) is not bool
+                or type(self.exempt) is not bool
+                or type(self.enforced) is not bool
+                or type(self.would_action) is not Action
+                # enforced: answers what enforcement answers; else accepts, saying what it would
+                or (
+                    self.exempt
+                    or self.would_action is not self.action
+                    or self.would_reply != self.reply
+                    if self.enforced
+                    else not accept
+                )
             )
             change = self.next_change
             if not broken and change is not None and change.tzinfo is not dt.UTC:
@@ -181,15 +221,19 @@ def _next_change(
     r: int,
     paused: bool,
     spans: tuple[Span, ...],
+    frozen: tuple[Span, ...],
 ) -> dt.datetime | None:
-    """The earliest instant after ``now`` with another action, stage or pause status."""
+    """The earliest instant after ``now`` with another action, stage or pause status.
+
+    ``spans`` are where the pause (or exemption) status changes, ``frozen`` where the clock
+    stands still."""
     soonest = None if paused else _window_edge(now, r, plan)
     # A window edge is at most an hour away, and pauses only delay a stage start: skip
     # finding the next start when it is more than an hour off.
     if plan.next_start is not None and (soonest is None or elapsed >= plan.near_start):
         first = state.first_detected
         assert first is not None  # decide only asks during an episode
-        start = clock_reaches(spans if policy.pause_freezes_clock else (), first, plan.next_start)
+        start = clock_reaches(frozen, first, plan.next_start)
         if start is not None and (soonest is None or start < soonest):
             soonest = start
     for start, end in spans:
@@ -219,10 +263,19 @@ def _outside(state: ServerState) -> Decision:
         elapsed=_ZERO,
         next_change=None,
         reason=reason,
+        enforced=True,
+        would_action=Action.ACCEPT,
+        would_reply=None,
+        exempt=False,
     )
 
 
-def decide(state: ServerState, now: dt.datetime, policy: Policy = DEFAULT_POLICY) -> Decision:
+def decide(
+    state: ServerState,
+    now: dt.datetime,
+    policy: Policy = DEFAULT_POLICY,
+    exemptions: tuple[Exemption, ...] = (),
+) -> Decision:
     """Decide what to do with a connection from ``state``'s server at the instant ``now``.
 
     Total and deterministic: outside an episode, accept; otherwise the
@@ -231,6 +284,11 @@ def decide(state: ServerState, now: dt.datetime, policy: Policy = DEFAULT_POLICY
     by the server's SHA-256 offset, picks block, throttle or accept. A naive ``now`` raises
     :class:`~tbes.errors.NaiveDatetimeError`; arguments of the wrong type raise
     :class:`~tbes.errors.InvalidValueError` naming the argument.
+
+    ``exemptions`` are the server's exemptions (the caller picks those that apply to it):
+    each stops the clock over its days as a pause does (whatever the policy says of
+    pauses), and while one holds the decision accepts, ``exempt`` and not ``enforced``,
+    with what the stage where the clock stands would answer as ``would_*``.
     """
     if type(now) is not dt.datetime or now.tzinfo is not dt.UTC:  # else already in UTC
         now = as_utc(now, "now")
@@ -241,6 +299,8 @@ def decide(state: ServerState, now: dt.datetime, policy: Policy = DEFAULT_POLICY
     first = state.first_detected
     if first is None or state.compliant_since is not None:
         return _outside(state)
+    if exemptions:
+        return _exempted(state, now, policy, first, _checked(exemptions))
     pauses = state.pauses
     spans = _spans(pauses) if pauses else ()
     elapsed = now - first
@@ -251,7 +311,10 @@ def decide(state: ServerState, now: dt.datetime, policy: Policy = DEFAULT_POLICY
     plan = policy.plan_at(elapsed)
     paused_until = covering_end(spans, now) if spans else None
     r = (now.minute - minute_offset(state.server_id)) % _MINUTES
-    change = _next_change(state, now, elapsed, policy, plan, r, paused_until is not None, spans)
+    frozen = spans if policy.pause_freezes_clock else ()
+    change = _next_change(
+        state, now, elapsed, policy, plan, r, paused_until is not None, spans, frozen
+    )
     if paused_until is not None:
         return _paused(state, plan.stage, elapsed, change, paused_until)
     return _by_minute(state, plan, elapsed, change, r, now.minute)
@@ -277,6 +340,10 @@ def _paused(
         elapsed=elapsed,
         next_change=change,
         reason=reason,
+        enforced=True,
+        would_action=Action.ACCEPT,
+        would_reply=None,
+        exempt=False,
     )
 
 
@@ -305,4 +372,107 @@ def _by_minute(
         elapsed=elapsed,
         next_change=change,
         reason=reason,
+        enforced=True,
+        would_action=action,
+        would_reply=reply,
+        exempt=False,
+    )
+
+
+def _checked(exemptions: object) -> tuple[Exemption, ...]:
+    if not isinstance(exemptions, tuple) or not all(
+        isinstance(each, Exemption) for each in exemptions
+    ):
+        raise InvalidValueError(f"exemptions must be a tuple of Exemption, got {exemptions!r:.80}")
+    return exemptions
+
+
+def _merged(spans: tuple[Span, ...]) -> tuple[Span, ...]:
+    merged: list[Span] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
+        else:
+            merged.append((start, end))
+    return tuple(merged)
+
+
+def _exempted(
+    state: ServerState,
+    now: dt.datetime,
+    policy: Policy,
+    first: dt.datetime,
+    exemptions: tuple[Exemption, ...],
+) -> Decision:
+    """decide() for a server with exemptions: off the hot path, which has none."""
+    pauses = _spans(state.pauses) if state.pauses else ()
+    held = exempt_spans(exemptions)
+    frozen = _merged((*(pauses if policy.pause_freezes_clock else ()), *held))
+    elapsed = max(now - first - paused_between(frozen, first, now), _ZERO)
+    plan = policy.plan_at(elapsed)
+    r = (now.minute - minute_offset(state.server_id)) % _MINUTES
+    paused_until = covering_end(pauses, now) if pauses else None
+    holding = [each for each in exemptions if each.covers(now)]
+    edges = _merged((*pauses, *held))
+    change = _next_change(
+        state,
+        now,
+        elapsed,
+        policy,
+        plan,
+        r,
+        bool(holding) or paused_until is not None,
+        edges,
+        frozen,
+    )
+    if not holding:
+        if paused_until is not None:
+            return _paused(state, plan.stage, elapsed, change, paused_until)
+        return _by_minute(state, plan, elapsed, change, r, now.minute)
+    # The latest-ending exemption holding now is the one that says how long it lasts.
+    exemption = max(holding, key=lambda each: each.end)
+    enforced = _by_minute(state, plan, elapsed, change, r, now.minute)
+    reason = (
+        f"{state.server_id} is in stage {plan.stage.number} (day {elapsed.days + 1}), but "
+        f"{exemption.describe()}."
+    )
+    would = Action.ACCEPT if paused_until is not None else enforced.action
+    return _decision(
+        action=Action.ACCEPT,
+        stage=plan.stage,
+        reply=None,
+        report=True,
+        paused=paused_until is not None,
+        elapsed=elapsed,
+        next_change=change,
+        reason=reason,
+        enforced=False,
+        would_action=would,
+        would_reply=None if would is Action.ACCEPT else enforced.reply,
+        exempt=True,
+    )
+
+
+def monitored(decision: Decision) -> Decision:
+    """``decision`` in monitor mode: accepted, not enforced, saying what it would have been.
+
+    A decision already not enforced (an exemption) is returned as it is.
+    """
+    if not decision.enforced:
+        return decision
+    action, reply = decision.action, decision.reply
+    would = "" if reply is None else f", would {action.value.lower()} ({reply.code})"
+    return _decision(
+        action=Action.ACCEPT,
+        stage=decision.stage,
+        reply=None,
+        report=decision.report,
+        paused=decision.paused,
+        elapsed=decision.elapsed,
+        next_change=decision.next_change,
+        reason=f"monitor mode{would}: {decision.reason}",
+        enforced=False,
+        would_action=action,
+        would_reply=decision.reply,
+        exempt=False,
     )

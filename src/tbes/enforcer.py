@@ -33,7 +33,7 @@ from tbes._instants import as_utc
 from tbes.baseline import Baseline
 from tbes.catalog import Catalog
 from tbes.compliance import Assessment, Compliance, assess
-from tbes.decision import Action, Decision, decide
+from tbes.decision import Action, Decision, decide, monitored
 from tbes.errors import (
     InvalidPauseError,
     InvalidValueError,
@@ -43,6 +43,7 @@ from tbes.errors import (
     UnseenServerError,
 )
 from tbes.events import Event, EventKind, announcement, state_event
+from tbes.exemption import ENDING_NOTICE, Exemption
 from tbes.ledger import PauseLedger
 from tbes.notifiers import Notifier
 from tbes.policy import ConnectorKind, Policy, SmtpReply
@@ -116,7 +117,14 @@ class Enforcer:
     cost one synchronous write per message. ``check_timeout`` (seconds, default 2) bounds
     each :meth:`check`, retries included: past it the check stops retrying and fails like
     any store fault, so a stalled or contended store never holds the MTA past its own
-    timeout. ``policy`` and ``catalog`` may be replaced at any time (a configuration
+    timeout. ``monitor`` (all connections) and ``monitor_connectors`` (connector names)
+    select monitor mode: everything is observed, stored and announced as in enforcement,
+    but the decision returned always accepts (:func:`~tbes.decision.monitored`), and a store
+    fault never fails closed. ``exemptions`` (:class:`~tbes.exemption.Exemption`) accept the
+    servers they cover and stop their clock, with no quota charged; an ``EXEMPTION_ENDING``
+    event warns once, at the first check within seven days of the end.
+    ``policy``, ``catalog``, ``monitor``, ``monitor_connectors`` and ``exemptions`` may be
+    replaced at any time (a configuration
     reload); the verdict per build that the enforcer keeps (at most 1,024 builds) is never
     used under another policy or catalog than its own. An argument of the wrong kind (a
     store without the :class:`~tbes.store.StateStore` methods, a policy that is no
@@ -138,6 +146,9 @@ class Enforcer:
         own_hosts: Iterable[str] = (),
         seen_resolution: dt.timedelta = _SEEN_RESOLUTION,
         check_timeout: float = DEFAULT_CHECK_TIMEOUT,
+        monitor: bool = False,
+        monitor_connectors: Iterable[str] = (),
+        exemptions: Iterable[Exemption] = (),
     ) -> None:
         _require(type(retries) is int and retries >= 0, "retries", "an int >= 0", retries)
         _require(
@@ -160,11 +171,20 @@ class Enforcer:
             notifier is None or isinstance(notifier, Notifier), "notifier", "a Notifier", notifier
         )
         _require(type(fail_closed) is bool, "fail_closed", "a bool", fail_closed)
+        _require(type(monitor) is bool, "monitor", "a bool", monitor)
+        monitor_connectors = frozenset(_items(monitor_connectors, str, "monitor_connectors"))
+        exemptions = tuple(_items(exemptions, Exemption, "exemptions"))
         self.store = store
         self.policy = policy
         self.catalog = catalog
         self.notifier = notifier
         self.fail_closed = fail_closed
+        self.monitor = monitor
+        self.monitor_connectors = monitor_connectors
+        self.exemptions = exemptions
+        # EXEMPTION_ENDING ids this process has sent: the id itself is deterministic, so
+        # other processes (and restarts) send the same id, which notifiers can deduplicate.
+        self._warned: set[str] = set()
         self._clock = clock
         self._retries = retries
         self._finder = SenderFinder(own_hosts)
@@ -202,10 +222,13 @@ class Enforcer:
             evidence = self._finder.find(received, client=conn.peer_ip or conn.peer_host)
             now = self._now()
             observation = None if evidence is None else self._observation(conn, evidence, now)
+            monitor = self._monitors(conn)
+            exemptions = self._exemptions_of(conn)
             try:
-                return self._settle(conn, now, observation)
+                decision = self._settle(conn, now, observation, exemptions)
             except StoreError as exc:
-                return self._store_fault(conn, exc)
+                return self._store_fault(conn, exc, monitor)
+            return monitored(decision) if monitor else decision
 
     def _observation(
         self, conn: Connection, evidence: SenderEvidence, now: dt.datetime
@@ -227,6 +250,7 @@ class Enforcer:
         conn: Connection,
         now: dt.datetime,
         observation: Callable[[ServerState | None], ServerState] | None,
+        exemptions: tuple[Exemption, ...] = (),
     ) -> Decision:
         """Read, observe (if there is evidence), announce, compare-and-swap; retry a lost race.
 
@@ -255,7 +279,7 @@ class Enforcer:
                         old.tenant,
                         conn.tenant,
                     )
-                    return decide(old, now, self.policy)
+                    return self._decide(old, now, exemptions, conn)
                 _log.warning(
                     "tbes: %s moves from tenant %s to %s, the connection's; its episode "
                     "continues and its granted pauses stay charged to %s",
@@ -276,8 +300,10 @@ class Enforcer:
             ledger_read = self._tenant_pauses_into(observed) if joined else None
             if ledger_read is not None:
                 observed = ledger_read[0]
-            decision = decide(observed, now, self.policy)
-            told = announcement(old, observed, self.policy, now, connector=conn.connector)
+            decision = self._decide(observed, now, exemptions, conn)
+            told = announcement(
+                old, observed, self.policy, now, connector=conn.connector, exemptions=exemptions
+            )
             new, events = told.state, told.events
             if new == old or (not events and _only_seen(old, new, self._seen_resolution)):
                 return decision  # nothing to store or announce
@@ -311,7 +337,85 @@ class Enforcer:
         self._verdicts[build] = (baseline, catalog, verdict)
         return verdict
 
-    def _store_fault(self, conn: Connection, exc: StoreError) -> Decision:
+    def _monitors(self, conn: Connection) -> bool:
+        return self.monitor or (
+            conn.connector is not None and conn.connector in self.monitor_connectors
+        )
+
+    def _exemptions_of(self, conn: Connection) -> tuple[Exemption, ...]:
+        if not self.exemptions:
+            return ()
+        return tuple(
+            each
+            for each in self.exemptions
+            if each.applies(conn.server_id, connector=conn.connector, peer_ip=conn.peer_ip)
+        )
+
+    def _decide(
+        self,
+        state: ServerState,
+        now: dt.datetime,
+        exemptions: tuple[Exemption, ...],
+        conn: Connection,
+    ) -> Decision:
+        """decide(), and the warning that an exemption of the server ends within a week."""
+        decision = decide(state, now, self.policy, exemptions)
+        if decision.exempt:
+            self._warn_ending(state, now, exemptions, conn)
+        return decision
+
+    def _warn_ending(
+        self,
+        state: ServerState,
+        now: dt.datetime,
+        exemptions: tuple[Exemption, ...],
+        conn: Connection,
+    ) -> None:
+        for each in exemptions:
+            if each.until is None or not each.covers(now) or each.end - now > ENDING_NOTICE:
+                continue
+            # The end and the reason name the exemption: one id per server and exemption.
+            occasion = f"{each.until.isoformat()}/{each.reason}"
+            detail = f"{each.describe()}; enforcement resumes on {each.until.isoformat()}"
+            event = state_event(
+                EventKind.EXEMPTION_ENDING,
+                state,
+                self.policy,
+                now,
+                detail,
+                connector=conn.connector,
+                occasion=occasion,
+                exemptions=exemptions,
+            )
+            if event.id in self._warned:
+                continue
+            if len(self._warned) >= _MAX_VERDICTS:
+                self._warned.clear()
+            self._warned.add(event.id)
+            self._emit([event])
+
+    def _store_fault(self, conn: Connection, exc: StoreError, monitor: bool = False) -> Decision:
+        if monitor:
+            # Monitor mode never refuses, so it never fails closed either.
+            _log.warning(
+                "tbes: store failed for %s; accepting (monitor mode): %s", conn.server_id, exc
+            )
+            reason = f"{conn.server_id}: monitor mode, the store failed, so accepted: {exc}"
+            if not self.fail_closed:
+                return monitored(_accept(reason))
+            return Decision(
+                Action.ACCEPT,
+                None,
+                None,
+                False,
+                False,
+                _ZERO,
+                None,
+                reason,
+                enforced=False,
+                would_action=Action.THROTTLE,
+                would_reply=FAIL_CLOSED_REPLY,
+            )
         if self.fail_closed:
             _log.warning(
                 "tbes: store failed for %s; deferring (fail closed): %s", conn.server_id, exc
@@ -626,6 +730,17 @@ _MISSING = object()
 def _require(ok: bool, name: str, what: str, value: object) -> None:
     if not ok:
         raise InvalidValueError(f"{name} must be {what}, got {value!r:.80}")
+
+
+def _items(values: object, kind: type[_T], name: str) -> list[_T]:
+    if isinstance(values, str | bytes) or not isinstance(values, Iterable):
+        raise InvalidValueError(
+            f"{name} must be an iterable of {kind.__name__}, got {values!r:.80}"
+        )
+    items = list(values)
+    for item in items:
+        _require(isinstance(item, kind), name, f"made of {kind.__name__} values", item)
+    return items
 
 
 def _is_timeout(value: object) -> bool:

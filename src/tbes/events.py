@@ -24,7 +24,8 @@ from tbes._checks import id_field, of_type, require_id, require_type
 from tbes._instants import as_utc, as_utc_or_none
 from tbes.decision import decide
 from tbes.errors import InvalidValueError
-from tbes.ledger import clock_reaches, pause_spans
+from tbes.exemption import Exemption, exempt_spans
+from tbes.ledger import Span, clock_reaches, pause_spans
 from tbes.policy import Policy
 from tbes.stages import Stage
 from tbes.state import ServerState
@@ -54,6 +55,7 @@ class EventKind(enum.Enum):
     PAUSED = "PAUSED"
     RESUMED = "RESUMED"
     REMEDIATED = "REMEDIATED"
+    EXEMPTION_ENDING = "EXEMPTION_ENDING"
 
 
 def _check_stage(instance: object, attribute: attrs.Attribute[int | None], value: object) -> None:
@@ -165,6 +167,7 @@ def announcement(
     now: dt.datetime,
     *,
     connector: str | None = None,
+    exemptions: tuple[Exemption, ...] = (),
 ) -> Announcement:
     """The events a write from ``old`` (``None``: no stored state) to ``new`` makes at ``now``.
 
@@ -175,13 +178,15 @@ def announcement(
     compared is the one in force at the later of ``now`` and ``new.last_seen``, so a slow
     clock announces no stage behind the stored one), and REMEDIATED fires when people were
     last told that enforcement runs. ``connector`` names the connector in every event.
+    ``exemptions`` are the server's (:func:`~tbes.decision.decide`): the stages compared are
+    those of the clock they hold still, so an exempt server announces no stage it is not in.
     Arguments of the wrong type raise :class:`~tbes.errors.InvalidValueError` naming them.
     """
     require_type(old, ServerState, "old", optional=True)
     require_type(new, ServerState, "new")
     require_type(policy, Policy, "policy")
     require_type(connector, str, "connector", optional=True)
-    teller = _Teller(new, policy, as_utc(now, "now"), connector)
+    teller = _Teller(new, policy, as_utc(now, "now"), connector, exemptions)
     state, events = teller.announce(old)
     return Announcement(state, events)
 
@@ -207,20 +212,21 @@ def state_event(
     *,
     connector: str | None = None,
     occasion: str = "",
+    exemptions: tuple[Exemption, ...] = (),
 ) -> Event:
     """The event ``kind`` about ``state`` as it stands at ``now`` (a pause, its early end).
 
     Its stage and next change are those in force at ``now``; ``occasion`` goes into its id
-    (see :func:`event_id`). Arguments of the wrong type raise
-    :class:`~tbes.errors.InvalidValueError` naming them.
+    (see :func:`event_id`); ``exemptions`` as for :func:`announcement`. Arguments of the
+    wrong type raise :class:`~tbes.errors.InvalidValueError` naming them.
     """
     require_type(state, ServerState, "state")
     require_type(policy, Policy, "policy")
     require_type(connector, str, "connector", optional=True)
     now = as_utc(now, "now")
-    stage = decide(state, now, policy).stage
+    stage = decide(state, now, policy, exemptions).stage
     number = None if stage is None else stage.number
-    return _Teller(state, policy, now, connector).event(kind, number, detail, occasion)
+    return _Teller(state, policy, now, connector, exemptions).event(kind, number, detail, occasion)
 
 
 @attrs.frozen
@@ -231,6 +237,7 @@ class _Teller:
     policy: Policy
     now: dt.datetime
     connector: str | None
+    exemptions: tuple[Exemption, ...] = ()
 
     def event(
         self,
@@ -242,7 +249,11 @@ class _Teller:
         new = self.new
         start = new.first_detected
         # Worked out only here: most writes announce nothing, and this is their hot path.
-        change = None if stage is None else _next_start(new, _latest(new, self.now), self.policy)
+        change = (
+            None
+            if stage is None
+            else _next_start(new, _latest(new, self.now), self.policy, self.exemptions)
+        )
         return Event(
             kind,
             new.server_id,
@@ -261,7 +272,7 @@ class _Teller:
         new, policy = self.new, self.policy
         if not new.in_episode:
             return self._stop(old)
-        stage = _stage_number(new, _latest(new, self.now), policy)
+        stage = _stage_number(new, _latest(new, self.now), policy, self.exemptions)
         status = new.status.value.lower()
         if old is None or old.first_detected != new.first_detected:
             detail = f"build {new.build} is {status}: enforcement episode started"
@@ -272,7 +283,7 @@ class _Teller:
                 return self._stage(stage, old.notified_stage)
             # Written before RELAPSED existed: the episode resumed silently, and people were
             # last told of its remediation, at the stage in force at ``last_seen``.
-            told = _stage_number(old, old.last_seen, policy)
+            told = _stage_number(old, old.last_seen, policy, self.exemptions)
             if stage > told:
                 prefix = "enforcement resumed after remediation; "
                 return self._stage(stage, told, prefix=prefix)
@@ -326,7 +337,8 @@ class _Teller:
             # Resumed silently (before RELAPSED existed): people still believe the last
             # remediation. Keep the stage they last heard for the next resumption.
             return attrs.evolve(
-                new, notified_stage=_stage_number(old, old.last_seen, self.policy)
+                new,
+                notified_stage=_stage_number(old, old.last_seen, self.policy, self.exemptions),
             ), ()
         detail = f"build {new.build} is compliant; enforcement stopped"
         since = new.compliant_since
@@ -334,13 +346,18 @@ class _Teller:
         return new, (self.event(EventKind.REMEDIATED, None, detail, occasion),)
 
 
-def _next_start(state: ServerState, at: dt.datetime, policy: Policy) -> dt.datetime | None:
+def _next_start(
+    state: ServerState,
+    at: dt.datetime,
+    policy: Policy,
+    exemptions: tuple[Exemption, ...] = (),
+) -> dt.datetime | None:
     """The instant the stage after the one in force at ``at`` starts; ``None`` if none will.
 
     ``None`` outside an episode and in the terminal stage. Pauses delay it when the policy
     freezes the clock.
     """
-    decision = decide(state, at, policy)
+    decision = decide(state, at, policy, exemptions)
     first = state.first_detected
     if decision.stage is None or first is None:
         return None
@@ -348,7 +365,19 @@ def _next_start(state: ServerState, at: dt.datetime, policy: Policy) -> dt.datet
     if start is None:
         return None
     spans = pause_spans(state.pauses) if policy.pause_freezes_clock else ()
+    if exemptions:  # an exemption holds the clock as a pause does
+        spans = _union((*spans, *exempt_spans(exemptions)))
     return clock_reaches(spans, first, start)
+
+
+def _union(spans: tuple[Span, ...]) -> tuple[Span, ...]:
+    merged: list[Span] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
+        else:
+            merged.append((start, end))
+    return tuple(merged)
 
 
 def _latest(state: ServerState, now: dt.datetime) -> dt.datetime:
@@ -357,11 +386,16 @@ def _latest(state: ServerState, now: dt.datetime) -> dt.datetime:
     return now if seen is None or now >= seen else seen
 
 
-def _stage_number(state: ServerState, at: dt.datetime | None, policy: Policy) -> int:
+def _stage_number(
+    state: ServerState,
+    at: dt.datetime | None,
+    policy: Policy,
+    exemptions: tuple[Exemption, ...] = (),
+) -> int:
     """The stage in force at ``at`` for a state in an episode (stage 1 without ``at``)."""
     if at is None:
         return 1
-    stage = decide(state, at, policy).stage
+    stage = decide(state, at, policy, exemptions).stage
     return 1 if stage is None else stage.number
 
 

@@ -27,8 +27,9 @@ from tbes._instants import as_utc, require_aware
 from tbes._slots import slot_filler
 from tbes.catalog import Catalog
 from tbes.compliance import Compliance, assess
-from tbes.decision import decide
+from tbes.decision import Decision, decide
 from tbes.errors import InvalidBuildError, InvalidValueError
+from tbes.exemption import Exemption
 from tbes.policy import Policy
 from tbes.stages import Stage, StageTable
 from tbes.state import ServerState
@@ -93,8 +94,8 @@ class Segment:
     """A span ``[start, end)`` of a server's timeline with one stage and one paused flag.
 
     ``stage`` is ``None`` where nothing is enforced (the server is compliant again);
-    ``paused`` is true while a pause holds enforcement off. ``start`` and ``end`` are
-    normalised to UTC (naive ones raise :class:`~tbes.errors.NaiveDatetimeError`).
+    ``paused`` is true while a pause or an exemption holds enforcement off. ``start`` and
+    ``end`` are normalised to UTC (naive ones raise :class:`~tbes.errors.NaiveDatetimeError`).
     """
 
     start: dt.datetime = attrs.field(converter=_start_utc)
@@ -139,7 +140,9 @@ class ReportRow:
     compliant again). ``stage`` is the stage in force at the report's instant;
     ``next_stage_throttle`` and ``next_stage_block`` are the next stage's minutes per hour
     and ``next_stage_start`` when it begins. ``paused_until`` is when the pause in force at
-    the report's instant ends.
+    the report's instant ends. ``control`` says how the operator's controls change the
+    answer at the report's instant: ``exempt until 2027-03-01: migration partner``, or in
+    monitor mode ``monitor: would block 60 min/h``; ``None`` when enforced as it stands.
     """
 
     server: str = attrs.field(validator=of_type(str))
@@ -158,9 +161,16 @@ class ReportRow:
     next_stage_block: int | None = attrs.field(validator=_minutes_or_none)
     next_stage_start: dt.datetime | None = attrs.field(validator=_aware_or_none)
     paused_until: dt.datetime | None = attrs.field(validator=_aware_or_none)
+    control: str | None = attrs.field(default=None, validator=of_type(str, optional=True))
 
 
-def forecast(state: ServerState, policy: Policy, *, until: dt.datetime) -> tuple[Segment, ...]:
+def forecast(
+    state: ServerState,
+    policy: Policy,
+    *,
+    until: dt.datetime,
+    exemptions: tuple[Exemption, ...] = (),
+) -> tuple[Segment, ...]:
     """The server's timeline from its first detection to ``until``, as contiguous segments.
 
     Each segment carries what :func:`~tbes.decision.decide` answers anywhere inside it (the
@@ -169,11 +179,12 @@ def forecast(state: ServerState, policy: Policy, *, until: dt.datetime) -> tuple
     compliant again, the segments before ``compliant_since`` are what ``decide`` answered
     while the episode ran (the same state without ``compliant_since``) and one unenforced
     segment (stage ``None``) follows, as ``decide`` answers for the state itself.
-    Arguments of the wrong type raise :class:`~tbes.errors.InvalidValueError`.
+    ``exemptions`` are the server's (see :func:`~tbes.decision.decide`): their spans are
+    ``paused`` segments. Arguments of the wrong type raise :class:`~tbes.errors.InvalidValueError`.
     """
     until = _clamped_utc(until, "until")
     _require_inputs(state, policy)
-    return tuple(Segment(*span) for span in _timeline(state, policy, until))
+    return tuple(Segment(*span) for span in _timeline(state, policy, until, exemptions))
 
 
 # A segment as (start, end, stage, paused): the report's fast path reads its milestones from
@@ -181,7 +192,12 @@ def forecast(state: ServerState, policy: Policy, *, until: dt.datetime) -> tuple
 _Span = tuple[dt.datetime, dt.datetime, Stage | None, bool]
 
 
-def _timeline(state: ServerState, policy: Policy, until: dt.datetime) -> list[_Span]:
+def _timeline(
+    state: ServerState,
+    policy: Policy,
+    until: dt.datetime,
+    exemptions: tuple[Exemption, ...] = (),
+) -> list[_Span]:
     """:func:`forecast`'s segments as tuples; ``until`` in UTC, arguments checked already."""
     start = state.first_detected
     if start is None or until <= start:
@@ -189,42 +205,48 @@ def _timeline(state: ServerState, policy: Policy, until: dt.datetime) -> list[_S
     healed = state.compliant_since
     running = state if healed is None else attrs.evolve(state, compliant_since=None)
     cut = until if healed is None else min(until, max(healed, start))
-    edges = _edges(state, start, cut)
+    edges = _edges(state, start, cut, exemptions)
     pieces: list[_Span] = []
     for lo, hi in itertools.pairwise(edges):
-        pieces.extend(_pieces(running, policy, lo, hi))
+        pieces.extend(_pieces(running, policy, lo, hi, exemptions))
     if cut < until:
-        pieces.extend(_pieces(state, policy, cut, until))
+        pieces.extend(_pieces(state, policy, cut, until, exemptions))
     return _merged(pieces)
 
 
-def _edges(state: ServerState, start: dt.datetime, until: dt.datetime) -> list[dt.datetime]:
-    """``start``, ``until`` and every pause edge between them, in order."""
-    inner = {
-        edge
-        for pause in state.pauses
-        for edge in (pause.start_instant, pause.end_instant)
-        if start < edge < until
-    }
+def _edges(
+    state: ServerState,
+    start: dt.datetime,
+    until: dt.datetime,
+    exemptions: tuple[Exemption, ...] = (),
+) -> list[dt.datetime]:
+    """``start``, ``until`` and every pause (and exemption) edge between them, in order."""
+    spans = [(p.start_instant, p.end_instant) for p in state.pauses]
+    spans.extend((e.start, e.end) for e in exemptions)
+    inner = {edge for span in spans for edge in span if start < edge < until}
     return [start, *sorted(inner), until]
 
 
 def _pieces(
-    state: ServerState, policy: Policy, lo: dt.datetime, hi: dt.datetime
+    state: ServerState,
+    policy: Policy,
+    lo: dt.datetime,
+    hi: dt.datetime,
+    exemptions: tuple[Exemption, ...] = (),
 ) -> Iterable[_Span]:
     """Segments of ``[lo, hi)``, a span in which the paused flag cannot change."""
     at = lo
     while at < hi:
-        decision = decide(state, at, policy)
+        decision = decide(state, at, policy, exemptions)
         end = hi
-        clock_runs = not (decision.paused and policy.pause_freezes_clock)
+        clock_runs = not ((decision.paused and policy.pause_freezes_clock) or decision.exempt)
         if decision.stage is not None and clock_runs:
             # Elapsed time grows one-for-one here, so the next stage starts exactly when
             # elapsed reaches the stage table's next start.
             following = policy.stage_table.next_start(decision.elapsed)
             if following is not None:
                 end = min(hi, _later(at, following - decision.elapsed))
-        yield (at, end, decision.stage, decision.paused)
+        yield (at, end, decision.stage, decision.paused or decision.exempt)
         at = end
 
 
@@ -239,8 +261,19 @@ def _merged(pieces: list[_Span]) -> list[_Span]:
     return merged
 
 
-def report_row(state: ServerState, now: dt.datetime, policy: Policy, catalog: Catalog) -> ReportRow:
+def report_row(
+    state: ServerState,
+    now: dt.datetime,
+    policy: Policy,
+    catalog: Catalog,
+    *,
+    exemptions: tuple[Exemption, ...] = (),
+    monitor: bool = False,
+) -> ReportRow:
     """The report line for ``state`` as of ``now``: status, timeline instants, next stage.
+
+    ``exemptions`` (the server's) and ``monitor`` (its connector is in monitor mode) make
+    the row's ``control``; exempt days hold the timeline as paused ones do.
 
     A naive ``now`` raises :class:`~tbes.errors.NaiveDatetimeError`, arguments of the wrong
     type :class:`~tbes.errors.InvalidValueError`. Near the calendar's end the timeline stops
@@ -250,10 +283,19 @@ def report_row(state: ServerState, now: dt.datetime, policy: Policy, catalog: Ca
     if not isinstance(catalog, Catalog):
         raise InvalidValueError(f"catalog must be a Catalog, got {catalog!r:.80}")
     _require_inputs(state, policy)
-    decision = decide(state, now, policy)
+    decision = decide(state, now, policy, exemptions)
     # Once compliant, nothing lies ahead: the history a forecast keeps is not the schedule.
     ahead = state.compliant_since is None
-    timeline = forecast(state, policy, until=horizon(state, policy, now)) if ahead else ()
+    timeline = (
+        forecast(
+            state,
+            policy,
+            until=horizon(state, policy, now, exemptions=exemptions),
+            exemptions=exemptions,
+        )
+        if ahead
+        else ()
+    )
     recommended = (
         ()
         if state.build is None
@@ -278,10 +320,37 @@ def report_row(state: ServerState, now: dt.datetime, policy: Policy, catalog: Ca
         next_stage_block=None if following is None else following.block_minutes,
         next_stage_start=_start_of(timeline, following),
         paused_until=_paused_until(timeline, now) if decision.paused else None,
+        control=_control(decision, exemptions, monitor, now),
     )
 
 
-def horizon(state: ServerState, policy: Policy, now: dt.datetime) -> dt.datetime:
+def _control(
+    decision: Decision, exemptions: tuple[Exemption, ...], monitor: bool, now: dt.datetime
+) -> str | None:
+    """What the operator's controls do to the answer at ``now``, in the report's words."""
+    holding = [each for each in exemptions if each.covers(now)]
+    if decision.exempt and holding:
+        return max(holding, key=lambda each: each.end).describe()
+    if not monitor:
+        return None
+    stage = decision.stage
+    if stage is None or decision.paused:
+        return "monitor"
+    parts = []
+    if stage.throttle_minutes:
+        parts.append(f"throttle {stage.throttle_minutes}")
+    if stage.block_minutes:
+        parts.append(f"block {stage.block_minutes}")
+    return "monitor: would " + ", ".join(parts) + " min/h" if parts else "monitor"
+
+
+def horizon(
+    state: ServerState,
+    policy: Policy,
+    now: dt.datetime,
+    *,
+    exemptions: tuple[Exemption, ...] = (),
+) -> dt.datetime:
     """An instant after ``now`` and the state's last pause by which nothing is left to change.
 
     During an episode that is also after the terminal stage starts: paused time delays a
@@ -292,18 +361,23 @@ def horizon(state: ServerState, policy: Policy, now: dt.datetime) -> dt.datetime
     """
     now = _clamped_utc(now, "now")
     _require_inputs(state, policy)
-    return _horizon(state, policy, now)
+    return _horizon(state, policy, now, exemptions)
 
 
-def _horizon(state: ServerState, policy: Policy, now: dt.datetime) -> dt.datetime:
+def _horizon(
+    state: ServerState, policy: Policy, now: dt.datetime, exemptions: tuple[Exemption, ...] = ()
+) -> dt.datetime:
     """:func:`horizon` for arguments checked already, ``now`` in UTC."""
-    last_pause = max((pause.end_instant for pause in state.pauses), default=now)
-    latest = max(now, last_pause)
+    spans = [(p.start_instant, p.end_instant) for p in state.pauses]
     first = state.first_detected
+    # An exemption counts from the first detection (one without since covers all before it).
+    spans.extend((max(e.start, first or now), e.end) for e in exemptions)
+    last_pause = max((end for _, end in spans), default=now)
+    latest = max(now, last_pause)
     if first is not None and state.compliant_since is None:
         terminal = policy.stage_table.start_of(len(policy.stage_table))
-        paused = sum((p.end_instant - p.start_instant for p in state.pauses), dt.timedelta())
-        latest = max(latest, _later(first, terminal + paused))
+        paused = sum((max(end - start, dt.timedelta()) for start, end in spans), dt.timedelta())
+        latest = max(latest, END if paused > END - first else _later(first, terminal + paused))
     return _later(latest, _DAY)
 
 
@@ -355,7 +429,13 @@ _make_row = slot_filler(ReportRow)
 
 
 def report_rows(
-    states: Iterable[ServerState], now: dt.datetime, policy: Policy, catalog: Catalog
+    states: Iterable[ServerState],
+    now: dt.datetime,
+    policy: Policy,
+    catalog: Catalog,
+    *,
+    exemptions: Callable[[str], tuple[Exemption, ...]] | None = None,
+    monitors: Callable[[str], bool] | None = None,
 ) -> Iterator[ReportRow]:
     """:func:`report_row` of each of ``states`` in turn, made as the iterator is consumed.
 
@@ -363,7 +443,9 @@ def report_rows(
     checked once, and the builds to recommend are worked out once per build (the policy's
     baseline and the catalog are fixed for one call). Nothing is kept per state, so a
     report of any size runs in constant memory. Errors as for :func:`report_row`; a state
-    of the wrong type raises when its turn comes.
+    of the wrong type raises when its turn comes. ``exemptions`` and ``monitors`` give, per
+    server id, what :func:`report_row` takes as ``exemptions`` and ``monitor``; a row they
+    touch is :func:`report_row`'s own.
     """
     now = _clamped_utc(now, "now")
     if not isinstance(catalog, Catalog):
@@ -372,7 +454,7 @@ def report_rows(
         raise InvalidValueError(f"policy must be a Policy, got {policy!r:.80}")
     if not isinstance(states, Iterable) or isinstance(states, str | bytes):
         raise InvalidValueError(f"states must be an iterable of states, got {states!r:.80}")
-    return map(_RowMaker(now, policy, catalog).row, states)
+    return map(_RowMaker(now, policy, catalog, exemptions, monitors).row, states)
 
 
 def _stage_from(table: StageTable, offset: dt.timedelta | None) -> int | None:
@@ -384,8 +466,10 @@ class _RowMaker:
 
     __slots__ = (
         "_catalog",
+        "_exemptions",
         "_following",
         "_milestones",
+        "_monitors",
         "_now",
         "_policy",
         "_recommended",
@@ -393,8 +477,16 @@ class _RowMaker:
         "_terminal",
     )
 
-    def __init__(self, now: dt.datetime, policy: Policy, catalog: Catalog) -> None:
+    def __init__(
+        self,
+        now: dt.datetime,
+        policy: Policy,
+        catalog: Catalog,
+        exemptions: Callable[[str], tuple[Exemption, ...]] | None,
+        monitors: Callable[[str], bool] | None,
+    ) -> None:
         self._now, self._policy, self._catalog = now, policy, catalog
+        self._exemptions, self._monitors = exemptions, monitors
         table = policy.stage_table
         # The stage numbers where throttling, blocking and the full block begin.
         self._milestones = (
@@ -412,6 +504,10 @@ class _RowMaker:
         now, policy = self._now, self._policy
         if not isinstance(state, ServerState):
             raise InvalidValueError(f"state must be a ServerState, got {state!r:.80}")
+        held = () if self._exemptions is None else self._exemptions(state.server_id)
+        monitor = False if self._monitors is None else self._monitors(state.server_id)
+        if held or monitor:  # the operator's controls: report_row's own row
+            return report_row(state, now, policy, self._catalog, exemptions=held, monitor=monitor)
         build = state.build
         recommended: tuple[ExchangeBuild, ...] | None = ()
         if build is not None:
@@ -460,6 +556,7 @@ class _RowMaker:
             next_stage_block=None if following is None else following.block_minutes,
             next_stage_start=next_start,
             paused_until=paused_until,
+            control=None,
         )
 
     def _changes(self, state: ServerState) -> list[tuple[dt.datetime, Stage | None, bool]]:

@@ -125,9 +125,14 @@ class Attempt:
             return True
 
 
-def fault_decision(config: AdapterConfig, why: str) -> Decision:
-    """The decision a fault makes: accept (fail open), or ``451 4.3.0`` with ``fail_closed``."""
-    if config.fail_closed:
+def fault_decision(config: AdapterConfig, why: str, conn: Connection | None = None) -> Decision:
+    """The decision a fault makes: accept (fail open), or ``451 4.3.0`` with ``fail_closed``
+    unless ``conn``'s connector (or, without one, the configuration) is in monitor mode."""
+    if conn is not None and conn.connector is not None:
+        monitored = conn.connector in config.monitor_connectors
+    else:
+        monitored = config.mode == "monitor"
+    if config.fail_closed and not monitored:
         return Decision(Action.THROTTLE, None, FAIL_CLOSED_REPLY, False, False, _ZERO, None, why)
     return Decision(Action.ACCEPT, None, None, False, False, _ZERO, None, why)
 
@@ -166,10 +171,12 @@ def run_check(
             "tbes %s: deciding for %r failed; %s the message",
             adapter,
             peer,
-            "deferring" if config.fail_closed else "accepting",
+            "accepting"
+            if fault_decision(config, "", conn).action is Action.ACCEPT
+            else "deferring",
             exc_info=True,
         )
-        decision = fault_decision(config, "the check failed")
+        decision = fault_decision(config, "the check failed", conn)
     seconds = time.perf_counter() - started
     seen = take()
     if seen.failed and fault is None:

@@ -12,6 +12,12 @@ matches is never enforced: it gets the connector kind ``INTERNET``, which no pol
 enforces. (v1's ``unmatched_kind`` is gone: it enforced peers named after their reverse DNS
 or address, so a server that changed either started again at stage 1.)
 
+``mode = "monitor"`` (at the top level for every connector, or in a ``[[connector]]``)
+observes, stores, reports and announces everything as ``mode = "enforce"`` (the default)
+does, but accepts every connection. ``[[exemption]]`` entries accept the servers they name
+(by ``connector``, ``server`` or ``network``) with a ``reason`` and an optional ``until``
+(and ``since``) date, outside the pause quota (docs/operator-controls.md).
+
 The file format is TOML read by :mod:`tomllib`; unknown keys are errors, because a typo in a
 security setting must not pass silently. ``[testing] fixed_time`` freezes the clock, so that
 tests (and demonstrations) can place a server in any stage at any minute; it is not meant
@@ -51,13 +57,21 @@ import attrs
 from tbes.catalog import Catalog
 from tbes.decision import Decision
 from tbes.enforcer import Connection, Enforcer, utc_now
-from tbes.errors import AdapterConfigError, CatalogError, NaiveDatetimeError, PolicyError
+from tbes.errors import (
+    AdapterConfigError,
+    CatalogError,
+    InvalidValueError,
+    NaiveDatetimeError,
+    PolicyError,
+)
+from tbes.exemption import Exemption
 from tbes.notifiers import Notifier
 from tbes.policy import ConnectorKind, Policy
 from tbes.store._deadline import DEFAULT_CHECK_TIMEOUT
 from tbes.store.protocol import StateStore
 
 __all__ = [
+    "MODES",
     "AdapterConfig",
     "AdapterConfigError",
     "Checker",
@@ -75,6 +89,10 @@ _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 # What MTAs write for a client whose name they could not verify.
 _NO_NAME = frozenset({"", "unknown"})
+
+MODES = ("enforce", "monitor")
+"""The modes of a connector: ``enforce`` answers what enforcement decides, ``monitor``
+observes and reports alike but accepts every connection."""
 
 
 class Checker(Protocol):
@@ -183,6 +201,11 @@ def _optional_text(instance: object, attribute: attrs.Attribute[Any], value: obj
         _non_empty_text(instance, attribute, value)
 
 
+def _mode(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value not in MODES:
+        raise AdapterConfigError(f"mode = {value!r}: write one of {', '.join(map(repr, MODES))}")
+
+
 def _has_criterion(rule: ConnectorRule) -> None:
     if not (rule.networks or rule.hosts or rule.tls_subjects):
         raise AdapterConfigError(
@@ -218,7 +241,9 @@ class ConnectorRule:
     enough). ``name`` is the connector's identity, unique among the rules (default: a v1
     ``server_id``; a rule with neither raises :class:`AdapterConfigError`). The server a
     connection through the rule comes from is ``server_id`` when set, else ``name``: never
-    the peer's reverse DNS name or address, which change.
+    the peer's reverse DNS name or address, which change. ``mode`` (``"enforce"`` or
+    ``"monitor"``) overrides the configuration's ``mode`` for this connector; ``None``
+    follows it.
     """
 
     kind: ConnectorKind = attrs.field(validator=attrs.validators.instance_of(ConnectorKind))
@@ -228,6 +253,7 @@ class ConnectorRule:
     hosts: tuple[str, ...] = attrs.field(default=(), converter=_to_hosts)
     tls_subjects: tuple[str, ...] = attrs.field(default=(), converter=_to_subjects)
     name: str = attrs.field(default=attrs.Factory(_v1_name, takes_self=True), validator=_check_name)
+    mode: str | None = attrs.field(default=None, validator=attrs.validators.optional(_mode))
 
     def __attrs_post_init__(self) -> None:
         _has_criterion(self)
@@ -286,6 +312,14 @@ def _rules(values: Iterable[ConnectorRule]) -> tuple[ConnectorRule, ...]:
     return rules
 
 
+def _exemptions(values: Iterable[Exemption]) -> tuple[Exemption, ...]:
+    exemptions = tuple(values)
+    for each in exemptions:
+        if not isinstance(each, Exemption):
+            raise AdapterConfigError(f"exemptions must be Exemption values, got {each!r}")
+    return exemptions
+
+
 def _timeout(instance: object, attribute: attrs.Attribute[float], value: object) -> None:
     if (
         isinstance(value, bool)
@@ -318,7 +352,10 @@ class AdapterConfig:
     retries included; ``policy``/``policy_on`` name a :meth:`Policy.named`
     preset; ``catalog`` is the path of a catalog written by ``tbes catalog import`` (the
     packaged one when unset), used for assessment and the ``supported_only`` baseline;
-    ``fixed_time`` (testing only) freezes the clock.
+    ``fixed_time`` (testing only) freezes the clock. ``mode`` is the default mode of the
+    connectors (:data:`MODES`); ``exemptions`` are the :class:`~tbes.exemption.Exemption`
+    entries. An exemption naming a connector no rule has, or a server by host name
+    without its connector, raises :class:`AdapterConfigError`.
     """
 
     connectors: tuple[ConnectorRule, ...] = attrs.field(default=(), converter=_rules)
@@ -334,6 +371,59 @@ class AdapterConfig:
     catalog: str | None = attrs.field(
         default=None, validator=attrs.validators.optional(_non_empty_text)
     )
+    mode: str = attrs.field(default="enforce", validator=_mode)
+    exemptions: tuple[Exemption, ...] = attrs.field(default=(), converter=_exemptions)
+
+    def __attrs_post_init__(self) -> None:
+        names = {rule.name.casefold() for rule in self.connectors}
+        identities = {rule.identity for rule in self.connectors}
+        for number, each in enumerate(self.exemptions, start=1):
+            where = f"[[exemption]] number {number} ({each.reason!r})"
+            if each.connector is not None and each.connector.casefold() not in names:
+                raise AdapterConfigError(
+                    f"{where} names connector {each.connector!r}, which no [[connector]] has"
+                )
+            server = each.server
+            by_host = server is not None and "/" not in server and server not in identities
+            if by_host and each.connector is None:
+                # A host name comes from a header: only with the connector the connection
+                # came through does it name a server nobody can impersonate.
+                raise AdapterConfigError(
+                    f"{where} names server {server!r} by host name: add the connector it "
+                    f'comes through (connector = "..."), or give its id (NAME/HOST)'
+                )
+
+    @property
+    def monitor_connectors(self) -> frozenset[str]:
+        """The names of the connectors in monitor mode."""
+        return frozenset(
+            rule.name for rule in self.connectors if (rule.mode or self.mode) == "monitor"
+        )
+
+    def connector_of(self, server_id: str) -> str | None:
+        """The name of the connector whose servers ``server_id`` names, if a rule has it."""
+        for rule in self.connectors:
+            if server_id == rule.identity or server_id.startswith(rule.name + "/"):
+                return rule.name
+        return None
+
+    def monitors(self, server_id: str) -> bool:
+        """Whether the server ``server_id`` is in monitor mode (by its connector)."""
+        connector = self.connector_of(server_id)
+        if connector is None:
+            return self.mode == "monitor"
+        return connector in self.monitor_connectors
+
+    def exemptions_for(
+        self, server_id: str, *, peer_ip: str | None = None
+    ) -> tuple[Exemption, ...]:
+        """The exemptions covering ``server_id`` (network ones only with ``peer_ip``)."""
+        connector = self.connector_of(server_id)
+        return tuple(
+            each
+            for each in self.exemptions
+            if each.applies(server_id, connector=connector, peer_ip=peer_ip)
+        )
 
     def connection(
         self, *, peer_ip: str | None, peer_host: str | None, tls_subject: str | None
@@ -366,6 +456,25 @@ class AdapterConfig:
             peer_host=host,
             tls_subject=subject,
         )
+
+    def fails_closed(
+        self,
+        *,
+        peer_ip: str | None = None,
+        peer_host: str | None = None,
+        tls_subject: str | None = None,
+    ) -> bool:
+        """Whether a fault answers ``451 4.3.0`` for this peer: ``fail_closed``, unless the
+        peer's connector (or, for a peer no rule matches, the configuration) is in monitor
+        mode, which never refuses."""
+        if not self.fail_closed:
+            return False
+        connector = self.connection(
+            peer_ip=peer_ip, peer_host=peer_host, tls_subject=tls_subject
+        ).connector
+        if connector is None:
+            return self.mode != "monitor"
+        return connector not in self.monitor_connectors
 
     def clock(self) -> dt.datetime:
         """The current instant: ``fixed_time`` when set (testing), else the UTC wall clock."""
@@ -417,13 +526,24 @@ def make_enforcer(
         fail_closed=config.fail_closed,
         own_hosts=config.own_hosts,
         check_timeout=config.check_timeout,
+        monitor_connectors=config.monitor_connectors,
+        exemptions=config.exemptions,
     )
 
 
 # ---- TOML ----------------------------------------------------------------------------------
 
 _TOP_KEYS = frozenset(
-    {"tenant", "own_hosts", "fail_closed", "check_timeout", "policy", "policy_on", "catalog"}
+    {
+        "tenant",
+        "own_hosts",
+        "fail_closed",
+        "check_timeout",
+        "policy",
+        "policy_on",
+        "catalog",
+        "mode",
+    }
 )
 _REMOVED_UNMATCHED = (
     "unmatched_kind was removed: a connection no [[connector]] rule matches is never "
@@ -431,8 +551,11 @@ _REMOVED_UNMATCHED = (
     "would restart enforcement at stage 1; delete the key, and add a [[connector]] rule with "
     "a name for each server to enforce"
 )
-_TABLE_KEYS = frozenset({"connector", "testing"})
-_RULE_KEYS = frozenset({"kind", "tenant", "server_id", "networks", "hosts", "tls_subjects", "name"})
+_TABLE_KEYS = frozenset({"connector", "testing", "exemption"})
+_RULE_KEYS = frozenset(
+    {"kind", "tenant", "server_id", "networks", "hosts", "tls_subjects", "name", "mode"}
+)
+_EXEMPTION_KEYS = frozenset({"connector", "server", "network", "reason", "until", "since"})
 _TESTING_KEYS = frozenset({"fixed_time"})
 
 
@@ -472,6 +595,7 @@ def _from_mapping(data: Mapping[str, Any]) -> AdapterConfig:
     rules = _get(data, "connector", list, [])
     testing = _get(data, "testing", dict, {})
     _no_unknown_keys("[testing]", testing, _TESTING_KEYS)
+    exemptions = _get(data, "exemption", list, [])
     return AdapterConfig(
         connectors=tuple(_rule(item, index, tenant) for index, item in enumerate(rules)),
         tenant=tenant,
@@ -482,7 +606,29 @@ def _from_mapping(data: Mapping[str, Any]) -> AdapterConfig:
         policy=_get(data, "policy", str, "exchange_online"),
         fixed_time=_instant(testing.get("fixed_time")),
         catalog=_get(data, "catalog", str, None),
+        mode=_get(data, "mode", str, "enforce"),
+        exemptions=tuple(_exemption(item, index) for index, item in enumerate(exemptions)),
     )
+
+
+def _exemption(item: object, index: int) -> Exemption:
+    where = f"[[exemption]] number {index + 1}"
+    if not isinstance(item, dict):
+        raise AdapterConfigError(f"{where} must be a table, got {item!r}")
+    _no_unknown_keys(where, item, _EXEMPTION_KEYS)
+    try:
+        if "reason" not in item:
+            raise AdapterConfigError('needs reason = "..." (reports and events show it)')
+        return Exemption(
+            reason=_get(item, "reason", str, ""),
+            until=_get(item, "until", dt.date, None),
+            since=_get(item, "since", dt.date, None),
+            connector=_get(item, "connector", str, None),
+            server=_get(item, "server", str, None),
+            network=_get(item, "network", str, None),
+        )
+    except (AdapterConfigError, InvalidValueError) as error:
+        raise AdapterConfigError(f"{where}: {error}") from None
 
 
 def _rule(item: object, index: int, tenant: str) -> ConnectorRule:
@@ -501,6 +647,7 @@ def _rule(item: object, index: int, tenant: str) -> ConnectorRule:
             hosts=_string_list(item, "hosts"),
             tls_subjects=_string_list(item, "tls_subjects"),
             name=_get(item, "name", str, _get(item, "server_id", str, "")),
+            mode=_get(item, "mode", str, None),
         )
     except AdapterConfigError as error:
         raise AdapterConfigError(f"{where}: {error}") from None

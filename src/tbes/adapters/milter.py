@@ -147,9 +147,17 @@ def _reply(reply: SmtpReply) -> bytes:
     return encode_reply(reply.code, reply.enhanced, reply.text)
 
 
-def fault_reply(config: AdapterConfig) -> bytes:
-    """What a fault answers: accept (fail open) or ``451 4.3.0`` (``fail_closed``)."""
-    if not config.fail_closed:
+def fault_reply(config: AdapterConfig, check: Check | None = None) -> bytes:
+    """What a fault answers: accept (fail open) or ``451 4.3.0`` (``fail_closed``, unless
+    the peer of ``check`` is in monitor mode: see :meth:`AdapterConfig.fails_closed`)."""
+    closes = (
+        config.fail_closed and config.mode != "monitor"
+        if check is None
+        else config.fails_closed(
+            peer_ip=check.peer_ip, peer_host=check.peer_host, tls_subject=check.tls_subject
+        )
+    )
+    if not closes:
         return ACCEPT
     try:
         return _reply(FAIL_CLOSED_REPLY)
@@ -404,7 +412,7 @@ class _MilterConnection(asyncio.Protocol):
                 )
             except Exception:  # named in the check's own warning, if it ever ends
                 conn = None
-            log_fault("milter", config, conn, "timeout", fault_decision(config, "timed out"))
+            log_fault("milter", config, conn, "timeout", fault_decision(config, "timed out", conn))
         self._service.log.warning(
             "check-timeout",
             "tbes milter: deciding for %r took over %.1f s; %s the message",
@@ -412,7 +420,7 @@ class _MilterConnection(asyncio.Protocol):
             self._service.limits.check_timeout,
             "deferring" if config.fail_closed else "accepting",
         )
-        self._finish(fault_reply(config))
+        self._finish(fault_reply(config, check))
 
     def _finish(self, reply: bytes) -> None:
         self._checking = 0

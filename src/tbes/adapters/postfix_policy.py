@@ -215,8 +215,19 @@ def action_for(decision: Decision) -> str:
     return str(decision.reply)
 
 
-def _fault_action(config: AdapterConfig) -> str:
-    return str(FAIL_CLOSED_REPLY) if config.fail_closed else DUNNO
+def _fault_action(config: AdapterConfig, request: PolicyRequest | None = None) -> str:
+    closes = (
+        config.fail_closed
+        if request is None
+        else config.fails_closed(
+            peer_ip=request.get("client_address"),
+            peer_host=request.get("client_name"),
+            tls_subject=request.get("ccert_subject"),
+        )
+    )
+    if config.mode == "monitor" and request is None:
+        closes = False  # monitor mode never refuses
+    return str(FAIL_CLOSED_REPLY) if closes else DUNNO
 
 
 def _connection(request: PolicyRequest, config: AdapterConfig) -> Connection:
@@ -480,7 +491,9 @@ class PolicyService:
                 conn: Connection | None = _connection(request, config)
             except Exception:  # logged as a fault when a check meets it
                 conn = None
-            log_fault("policy", config, conn, "busy", fault_decision(config, "no check thread"))
+            log_fault(
+                "policy", config, conn, "busy", fault_decision(config, "no check thread", conn)
+            )
             return fault
         try:
             loop = asyncio.get_running_loop()

@@ -303,6 +303,25 @@ def db_option(function: Callable[..., Any]) -> Callable[..., Any]:
     )(function)
 
 
+def config_option(function: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--config",
+        "config_file",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        default=None,
+        help="The adapter configuration (TOML): show its exemptions and monitor mode.",
+    )(function)
+
+
+def controls(config_file: Path | None) -> Any:
+    """The adapter configuration whose operator controls to show, or ``None``."""
+    if config_file is None:
+        return None
+    from tbes.adapters.config import load_config
+
+    return guarded(lambda: load_config(config_file))
+
+
 def open_store(path: Path, *, read_only: bool = False) -> SQLiteStore:
     # Reading commands open read-only: they never add tables to, or change the journal mode
     # of, whatever file --db names, and they work on a read-only file.

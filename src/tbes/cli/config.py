@@ -64,19 +64,24 @@ def config_check(
         console.print(
             text_line(f"[testing] fixed_time = {instant(config.fixed_time)} UTC: tests only!")
         )
-    for line in _rules_lines(config.connectors, policy):
+    for line in _rules_lines(config.connectors, policy, config.monitor_connectors):
+        console.print(line)
+    for line in _exemption_lines(config.exemptions):
         console.print(line)
     console.print(_schedule_table(policy))
     if peer is not None:
         console.print(_peer_line(config, policy, peer, peer_name, tls_subject))
 
 
-def _rules_lines(rules: Sequence[Any], policy: Policy) -> list[Text]:
+def _rules_lines(
+    rules: Sequence[Any], policy: Policy, monitored: frozenset[str] = frozenset()
+) -> list[Text]:
     """One line per connector rule, in order: greppable, never folded like a table cell."""
     lines = [text_line(f"Connector rules ({len(rules)}, first match wins):")]
     for number, rule in enumerate(rules, start=1):
         kind = rule.kind.value.lower()
         kind += "" if rule.kind in policy.connectors else " (not enforced)"
+        kind += " (monitor mode: accepts every connection)" if rule.name in monitored else ""
         criteria = "; ".join(
             f"{label} {', '.join(str(v) for v in values)}"
             for label, values in (
@@ -92,6 +97,26 @@ def _rules_lines(rules: Sequence[Any], policy: Policy) -> list[Text]:
                 f"{rule.identity}; {criteria}"
             )
         )
+    return lines
+
+
+def _exemption_lines(exemptions: Sequence[Any]) -> list[Text]:
+    """One line per exemption: whom it names, its days and its reason."""
+    if not exemptions:
+        return []
+    lines = [text_line(f"Exemptions ({len(exemptions)}, outside the pause quota):")]
+    for number, each in enumerate(exemptions, start=1):
+        named = ", ".join(
+            f"{label} {value}"
+            for label, value in (
+                ("connector", each.connector),
+                ("server", each.server),
+                ("network", each.network),
+            )
+            if value is not None
+        )
+        since = "" if each.since is None else f" from {each.since.isoformat()}"
+        lines.append(text_line(f"  {number}. {named}{since}: {each.describe()}"))
     return lines
 
 

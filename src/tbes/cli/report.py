@@ -8,6 +8,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -15,6 +16,8 @@ from tbes.cli._app import (
     at_option,
     catalog_of,
     cli,
+    config_option,
+    controls,
     db_option,
     guarded,
     open_store,
@@ -52,6 +55,7 @@ from tbes.store import UnreadableRow
 )
 @at_option("Report as of this instant (default: now).")
 @policy_option
+@config_option
 @click.pass_context
 def report(
     ctx: click.Context,
@@ -61,15 +65,21 @@ def report(
     output: Path | None,
     at: dt.datetime | None,
     policy_name: str,
+    config_file: Path | None,
 ) -> int | None:
     """Report every server in the database, one row per server.
 
     The table, JSON and CSV are written as the rows are read, in constant memory. A row
     that cannot be read is left out and named on stderr, and the exit status is 1. With
     --output the report goes to a temporary file renamed over FILE at the end, so a report
-    that fails leaves no partial file.
+    that fails leaves no partial file. With --config, the status shows each server's
+    exemption or monitor mode.
     """
     at = at or utc_now()
+    config = controls(config_file)
+    operator: dict[str, Any] = (
+        {} if config is None else {"exemptions": config.exemptions_for, "monitors": config.monitors}
+    )
     policy = policy_of(ctx, policy_name, at)
     catalog = catalog_of(ctx)
     subtitle = f"as of {utc_text(at)} · policy {policy_name}" + (
@@ -82,7 +92,14 @@ def report(
         def render_to(out: Sink) -> None:
             states = tally.readable(store.entries(tenant))
             write_report(
-                states, fmt, out, now=at, policy=policy, catalog=catalog, subtitle=subtitle
+                states,
+                fmt,
+                out,
+                now=at,
+                policy=policy,
+                catalog=catalog,
+                subtitle=subtitle,
+                **operator,
             )
 
         if output is None:

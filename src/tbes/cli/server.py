@@ -12,6 +12,8 @@ from tbes.cli._app import (
     Fail,
     at_option,
     cli,
+    config_option,
+    controls,
     db_option,
     guarded,
     make_console,
@@ -23,7 +25,7 @@ from tbes.cli._app import (
     text_line,
     utc_text,
 )
-from tbes.decision import decide
+from tbes.decision import decide, monitored
 from tbes.enforcer import utc_now
 
 # ---- tbes server show ---------------------------------------------------------------------
@@ -39,12 +41,22 @@ def server_group() -> None:
 @db_option
 @at_option("Show the server as of this instant (default: now).")
 @policy_option
+@config_option
 @click.pass_context
 def server_show(
-    ctx: click.Context, server: str, db: Path, at: dt.datetime | None, policy_name: str
+    ctx: click.Context,
+    server: str,
+    db: Path,
+    at: dt.datetime | None,
+    policy_name: str,
+    config_file: Path | None,
 ) -> None:
-    """Show SERVER's stored state, stage, blocked and throttled minutes, next change, pauses."""
+    """Show SERVER's stored state, stage, blocked and throttled minutes, next change, pauses.
+
+    With --config, also its exemptions and whether its connector is in monitor mode.
+    """
     at = at or utc_now()
+    config = controls(config_file)
     policy = policy_of(ctx, policy_name, at)
     store = open_store(db, read_only=True)
     try:
@@ -54,7 +66,10 @@ def server_show(
     if stored is None:
         raise Fail(f"no stored state for server {server!r} in {db}")
     state = stored.value
-    decision = guarded(lambda: decide(state, at, policy))
+    exemptions = () if config is None else config.exemptions_for(state.server_id)
+    decision = guarded(lambda: decide(state, at, policy, exemptions))
+    if config is not None and config.monitors(state.server_id):
+        decision = monitored(decision)
     console = make_console()
     console.print(
         text_line(
@@ -74,6 +89,15 @@ def server_show(
         console.print(text_line(_minutes_line(state.server_id, decision.stage, decision.paused)))
     change = "never" if decision.next_change is None else utc_text(decision.next_change)
     console.print(text_line(f"Next change: {change}."))
+    if config is not None:
+        mode = "monitor" if config.monitors(state.server_id) else "enforce"
+        console.print(text_line(f"Mode: {mode}."))
+        for each in exemptions:
+            since = "" if each.since is None else f" (from {each.since.isoformat()})"
+            ended = " (ended)" if at >= each.end else ""
+            console.print(text_line(f"Exemption: {each.describe()}{since}{ended}."))
+        if not exemptions:
+            console.print("No exemptions.")
     if not state.pauses:
         console.print("No pauses.")
         return

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from tbes.catalog import Catalog
 from tbes.errors import InvalidValueError
+from tbes.exemption import Exemption
 from tbes.policy import Policy
 from tbes.render._common import Sink
 from tbes.render.csv import render_csv, write_csv
@@ -62,11 +63,16 @@ def render_report(
     catalog: Catalog,
     title: str = "Exchange enforcement report",
     subtitle: str = "",
+    exemptions: Callable[[str], tuple[Exemption, ...]] = lambda server_id: (),
+    monitors: Callable[[str], bool] = lambda server_id: False,
 ) -> str:
     """The report on ``states`` as of ``now`` in format ``fmt`` (one of :data:`FORMATS`).
 
     Rows come in order of tenant and server id. ``title`` and ``subtitle`` are used by the
-    HTML page only. An unknown format raises :class:`ValueError` naming the valid ones.
+    HTML page only. ``exemptions`` and ``monitors`` give, per server id, its exemptions and
+    whether it is in monitor mode (the adapter configuration knows:
+    :meth:`~tbes.adapters.config.AdapterConfig.exemptions_for`, ``monitors``). An unknown
+    format raises :class:`ValueError` naming the valid ones.
     """
     _require_format(fmt)
     out = io.StringIO()
@@ -81,6 +87,8 @@ def render_report(
         title=title,
         subtitle=subtitle,
         widths_from=len(ordered),
+        exemptions=exemptions,
+        monitors=monitors,
     )
     return out.getvalue()
 
@@ -96,6 +104,8 @@ def write_report(
     title: str = "Exchange enforcement report",
     subtitle: str = "",
     widths_from: int = PAGE,
+    exemptions: Callable[[str], tuple[Exemption, ...]] = lambda server_id: (),
+    monitors: Callable[[str], bool] = lambda server_id: False,
 ) -> None:
     """Write the report on ``states`` as of ``now`` in format ``fmt`` to ``out``.
 
@@ -104,11 +114,13 @@ def write_report(
     store's iterator over any number of servers. The table's columns are sized by its
     first ``widths_from`` rows (see :func:`~tbes.render.text.write_text`). The HTML page
     reads every state first (its time axis spans them all) and is written at the end.
-    ``title`` and ``subtitle`` are used by the HTML page only. An error raised by
-    ``states`` propagates, with the rows before it already written.
+    ``title`` and ``subtitle`` are used by the HTML page only; ``exemptions`` and
+    ``monitors`` as for :func:`render_report`. An error raised by ``states`` propagates,
+    with the rows before it already written.
     """
     _require_format(fmt)
-    rows = report_rows(states, now, policy, catalog)  # checks the arguments, for HTML too
+    # Checks the arguments, for HTML too.
+    rows = report_rows(states, now, policy, catalog, exemptions=exemptions, monitors=monitors)
     if fmt == "table":
         write_text(rows, out, widths_from=widths_from)
     elif fmt == "json":
@@ -116,7 +128,7 @@ def write_report(
     elif fmt == "csv":
         write_csv(rows, out)
     else:
-        out.write(_html(list(states), now, policy, catalog, title, subtitle))
+        out.write(_html(list(states), now, policy, catalog, title, subtitle, exemptions, monitors))
 
 
 def _require_format(fmt: str) -> None:
@@ -133,12 +145,21 @@ def _html(
     catalog: Catalog,
     title: str,
     subtitle: str,
+    exemptions: Callable[[str], tuple[Exemption, ...]],
+    monitors: Callable[[str], bool],
 ) -> str:
-    rows = list(report_rows(states, now, policy, catalog))
-    last = max((horizon(state, policy, now) for state in states), default=now)
+    rows = list(report_rows(states, now, policy, catalog, exemptions=exemptions, monitors=monitors))
+    held = {state.server_id: exemptions(state.server_id) for state in states}
+    last = max(
+        (horizon(state, policy, now, exemptions=held[state.server_id]) for state in states),
+        default=now,
+    )
     # The tail stops at the calendar's end, as the forecasts do.
     until = END if last > END - _TAIL else last + _TAIL
-    timelines = {state.server_id: forecast(state, policy, until=until) for state in states}
+    timelines = {
+        state.server_id: forecast(state, policy, until=until, exemptions=held[state.server_id])
+        for state in states
+    }
     return render_html(
         rows, timelines, now=now, title=title, subtitle=subtitle, stage_table=policy.stage_table
     )

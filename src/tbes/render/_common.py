@@ -100,6 +100,14 @@ def next_stage_cell(row: ReportRow) -> str:
     return (", ".join(parts) + " min/h") if parts else "report only"
 
 
+def status_cell(row: ReportRow) -> str:
+    """The status, with the operator's control when one applies: ``OUTDATED (monitor: would
+    block 60 min/h)``."""
+    if row.control is None:
+        return row.status.value
+    return f"{row.status.value} ({row.control})"
+
+
 def build_cell(row: ReportRow) -> str:
     """The build's short form, or :data:`NONE`."""
     return NONE if row.build is None else str(row.build)
@@ -139,7 +147,7 @@ def cells(row: ReportRow) -> tuple[str, ...]:
         row.server,
         build_cell(row),
         product_cell(row),
-        row.status.value,
+        status_cell(row),
         stage_cell(row.stage),
         instant(row.first_detected),
         instant(row.throttle_enabled),

@@ -44,6 +44,7 @@ COLUMNS: tuple[str, ...] = (
     "next_stage_block",
     "next_stage_start",
     "paused_until",
+    "control",
 )
 """The CSV header, in column order."""
 
@@ -91,6 +92,7 @@ def _values(row: ReportRow) -> tuple[str, ...]:
         _text(row.next_stage_block),
         _instant(row.next_stage_start),
         _instant(row.paused_until),
+        _text(row.control),
     )
 
 

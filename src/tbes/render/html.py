@@ -115,6 +115,7 @@ def _table(rows: Sequence[ReportRow]) -> str:
 
 def _table_row(row: ReportRow) -> str:
     status = _STATUS_CLASS[row.status]
+    control = "" if row.control is None else f"<small>{_esc(row.control)}</small>"
     following = next_stage_cell(row)
     if row.next_stage_start is not None:
         following = f"{_esc(following)}<small>from {_esc(instant(row.next_stage_start))}</small>"
@@ -123,7 +124,7 @@ def _table_row(row: ReportRow) -> str:
     tds = (
         f'<td class="server">{_esc(row.server)}</td>',
         f"<td>{_esc(build_cell(row))}<small>{_esc(product_cell(row))}</small></td>",
-        f'<td><span class="badge {status}">{_esc(row.status.value)}</span></td>',
+        f'<td><span class="badge {status}">{_esc(row.status.value)}</span>{control}</td>',
         _stage_td(row),
         *(
             f"<td>{_esc(instant(value))}</td>"
