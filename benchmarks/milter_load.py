@@ -102,7 +102,7 @@ async def main():
 
 asyncio.run(main())
 """
-_COMMAND_MAIN = "import sys; from tbes.adapters.milter import command; command.main(sys.argv[1:])"
+_COMMAND_MAIN = "import sys; from tbes.cli.daemons import milter; milter.main(sys.argv[1:])"
 
 
 def _packet(command: bytes, payload: bytes = b"") -> bytes:
