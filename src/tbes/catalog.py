@@ -38,7 +38,7 @@ _PREVIEW_NAME = re.compile(r"Preview\b.*")
 _KB = re.compile(r"KB\d+")
 _MAX_NAME = 100
 
-# Microsoft's lifecycle dates (SPEC section 3); SE follows the Modern Lifecycle Policy.
+# Microsoft's lifecycle dates (docs/catalog.md); SE follows the Modern Lifecycle Policy.
 _END_OF_SUPPORT: Mapping[Product, _dt.date] = {
     Product.EXCHANGE_2000: _dt.date(2011, 1, 11),
     Product.EXCHANGE_2003: _dt.date(2014, 4, 8),

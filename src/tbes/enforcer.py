@@ -288,7 +288,7 @@ class Enforcer:
                     conn.tenant,
                     old.tenant,
                 )
-                # SPEC section 10, "tenant follows the connection": a mistyped pause or a
+                # docs/enforcement.md, "tenant follows the connection": a mistyped pause or a
                 # renamed tenant must never freeze the server's state.
                 observed = observation(attrs.evolve(old, tenant=conn.tenant))
             else:

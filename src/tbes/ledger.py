@@ -9,7 +9,7 @@ is valid and an operation that fails leaves the caller's ledger as it was. The a
 a clock that stands still while paused (merged pause spans, paused time between two instants,
 when a frozen clock reaches a value) lives here too, beside the pauses it is about.
 
-A ledger holds two kinds of pause (SPEC section 10, "tenant pauses"): a :class:`Pause` of one
+A ledger holds two kinds of pause (docs/pauses.md, "Tenant pauses"): a :class:`Pause` of one
 server, and a :class:`TenantPause` of every server of the tenant, including servers first
 seen while it runs. A tenant pause is its own type, not a ``Pause`` with no server: every
 ``Pause`` names a server (states hold them, ``pauses_for`` selects by them, rows store them),

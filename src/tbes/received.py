@@ -3,7 +3,7 @@
 A ``Received`` header is written by every server a message passes through; the newest is on
 top. :func:`parse_received` reads one header value into a :class:`Hop`, and
 :func:`find_sender` walks the hops to the one written by the server that handed the message
-to the receiver (SPEC section 2). The build found there is only what that server *claims*:
+to the receiver (docs/received.md). The build found there is only what that server *claims*:
 headers can be forged, so the enforcer takes the sender's identity from the connection and
 uses the headers for the build alone.
 
@@ -33,8 +33,7 @@ Decisions that shaped this module:
   Sendmail and Exchange write it) wins over an address literal used as the name (which the
   client merely claimed in its greeting).
 * **Clauses.** Each clause (``from``, ``by``, ``with``, ``id``, ``via``, ``for``; keywords
-  are case-insensitive) counts the first time it appears. Clauses are positional (SPEC
-  section 10): the word right after ``from`` is the from-domain (the name the *client* chose
+  are case-insensitive) counts the first time it appears. Clauses are positional: the word right after ``from`` is the from-domain (the name the *client* chose
   in EHLO) and the word right after ``by`` the by-domain, whatever they spell (``with``,
   ``BY``, ``id``, ...); only keywords after those positions open clauses, so a client cannot
   hide the writer or the build of the hop that records it. A comment right after the
@@ -51,7 +50,7 @@ Decisions that shaped this module:
   ``mapi`` (case-insensitive) with an ``id`` that :meth:`ExchangeBuild.parse` accepts. A hop
   whose lower-cased text holds neither ``microsoft`` nor ``mapi`` names none, so the sender
   rule learns that of most hops without cutting them into clauses.
-* **The sender rule** follows SPEC section 2 as amended in section 10: a hop without
+* **The sender rule** follows docs/received.md: a hop without
   ``by_host`` (no ``by`` part, or one that is only an address) goes with the hop below it
   and is never the sender hop, which is the first hop left that has a ``by_host``; a hop
   without a writer cannot stand in for the sender's with a forged build, nor hide it.
@@ -107,7 +106,7 @@ The one cap of every adapter (milter, aiosmtpd) and of :func:`received_values`: 
 hop is near the top, and a message with a million Received lines must not hold the MTA up.
 """
 
-# Hosts under these names belong to Exchange Online (SPEC section 2, step 1).
+# Hosts under these names belong to Exchange Online (docs/received.md, step 1).
 _EXCHANGE_ONLINE_SUFFIXES = (
     "outlook.com",
     "office365.com",
@@ -312,7 +311,7 @@ class _LazyHops:
 
 
 def _first_foreign(hops: _LazyHops, owners: _Domains, skip_online: bool) -> int | None:
-    # SPEC section 10 (section 2 amended): a hop without by_host belongs to the writer of the
+    # docs/received.md: a hop without by_host belongs to the writer of the
     # hop below it and is never the sender hop, so the sender hop is the first hop that has a
     # by_host not written by the receiver. Walking down parses only as far as that hop.
     for index in range(len(hops)):

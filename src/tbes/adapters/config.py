@@ -2,7 +2,7 @@
 
 An MTA adapter knows only the connection: the peer's IP address, its verified host name
 and the subject of its TLS client certificate. The operator's configuration maps these to a
-connector kind, a server id and a tenant (SPEC section 9: identity comes from the
+connector kind, a server id and a tenant (docs/postfix.md: identity comes from the
 connection, never from headers). Rules are tried in order; the first whose every given
 criterion matches wins. Each rule has a unique ``name``, the connector's identity, chosen by
 the operator so that it never changes under the server's feet: it is the server id a

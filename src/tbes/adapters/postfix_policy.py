@@ -246,7 +246,7 @@ def decide_request(
 ) -> str:
     """The action for one request, failing open (or closed, if configured) on any fault.
 
-    No headers at this stage: the state stored for this server decides (SPEC 9). The
+    No headers at this stage: the state stored for this server decides (docs/postfix.md). The
     decision is logged (:func:`~tbes.adapters._decision_log.run_check`).
     """
 

@@ -265,7 +265,7 @@ def unpause(
 
 
 def _resumes(ledger: PauseLedger, server: str, at: dt.datetime) -> str:
-    # A pause that has begun keeps today (SPEC section 5): enforcement resumes at midnight.
+    # A pause that has begun keeps today (docs/pauses.md): enforcement resumes at midnight.
     started = any(p.start <= at.date() < p.end for p in ledger.pauses_for(server))
     if started:
         return f"{at.date() + dt.timedelta(days=1)} 00:00 UTC"

@@ -165,7 +165,7 @@ class SQLiteStore(SQLStore[sqlite3.Connection]):
     def _bounded(self, conn: sqlite3.Connection, wait: float) -> sqlite3.Connection:
         """``conn`` with its busy timeout set to at most ``wait`` seconds."""
         # Rounded down to a step, so that consecutive checks (each starting with about the
-        # same time left) find it already set: setting it compiles a statement (~10 us).
+        # same time left) find it already set: setting it compiles a statement.
         ms = int(wait * 1000) // _BUSY_STEP_MS * _BUSY_STEP_MS
         if self._busy.get(id(conn)) != ms:
             conn.execute(f"PRAGMA busy_timeout = {ms}")
