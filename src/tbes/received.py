@@ -33,9 +33,10 @@ Decisions that shaped this module:
   Sendmail and Exchange write it) wins over an address literal used as the name (which the
   client merely claimed in its greeting).
 * **Clauses.** Each clause (``from``, ``by``, ``with``, ``id``, ``via``, ``for``; keywords
-  are case-insensitive) counts the first time it appears. Clauses are positional: the word right after ``from`` is the from-domain (the name the *client* chose
-  in EHLO) and the word right after ``by`` the by-domain, whatever they spell (``with``,
-  ``BY``, ``id``, ...); only keywords after those positions open clauses, so a client cannot
+  are case-insensitive) counts the first time it appears. Clauses are positional: the
+  word right after ``from`` is the from-domain (the name the *client* chose in EHLO) and
+  the word right after ``by`` the by-domain, whatever they spell (``with``, ``BY``,
+  ``id``, ...); only keywords after those positions open clauses, so a client cannot
   hide the writer or the build of the hop that records it. A comment right after the
   keyword (no name) leaves the first word after it to be the name unless it is a keyword.
   ``protocol`` and ``via`` are the
