@@ -1,7 +1,8 @@
 """Schedules of baselines, the rolling baseline and Microsoft's dated phases (issue 15 item 3).
 
 Expected verdicts come from Microsoft's announcements and the observed report of May 2024
-(``../shared/reference/microsoft-tbes.md``), never from the code under test.
+(the project's reference page on Microsoft's system, ``microsoft-tbes.md``), never from the
+code under test.
 """
 
 from __future__ import annotations
