@@ -8,16 +8,16 @@ end; exits 1 with Hypothesis's falsifying example on the first finding.
 
 from __future__ import annotations
 
-import argparse
 import sys
-import time
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent / "tests" / "property")]
+sys.path[:0] = [str(Path(__file__).resolve().parent.parent)]
 
+from fuzz.loop import fuzz_for  # noqa: E402
 from milter_contract import check_stream  # noqa: E402
 from milter_strategies import chunked, packets, streams  # noqa: E402
 
@@ -47,22 +47,7 @@ def _round(data: st.DataObject, stream: bytes) -> None:
 
 def main() -> int:
     """Fuzz until the time is up; report executions, exit 1 on a finding."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=60.0, help="how long to fuzz")
-    seconds = parser.parse_args().seconds
-    started = time.monotonic()
-    rounds = 0
-    while time.monotonic() - started < seconds:
-        try:
-            _round()
-        except Exception:
-            print(f"FINDING after {_executions} executions", file=sys.stderr)
-            raise
-        rounds += 1
-    elapsed = time.monotonic() - started
-    summary = f"{_executions} executions, {rounds} rounds, {elapsed:.0f} s"
-    print(f"hypothesis_milter: {summary}, 0 findings")
-    return 0
+    return fuzz_for("hypothesis_milter", __doc__.splitlines()[0], _round, lambda: _executions)
 
 
 if __name__ == "__main__":

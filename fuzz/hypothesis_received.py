@@ -8,9 +8,7 @@ executions at the end; exits 1 with Hypothesis's falsifying example on the first
 
 from __future__ import annotations
 
-import argparse
 import sys
-import time
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
@@ -20,6 +18,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent.parent / "tests" / "property
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent)]
 
 from fuzz.contract import check_hop, check_sender  # noqa: E402
+from fuzz.loop import fuzz_for  # noqa: E402
 from strategies import received_texts  # noqa: E402
 
 _ROUND = 200  # examples per round; the time limit is checked between rounds
@@ -58,22 +57,7 @@ def _round(values: list[str], own_hosts: list[str], client: str | None, skip_onl
 
 def main() -> int:
     """Fuzz until the time is up; report executions, exit 1 on a finding."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=60.0, help="how long to fuzz")
-    seconds = parser.parse_args().seconds
-    started = time.monotonic()
-    rounds = 0
-    while time.monotonic() - started < seconds:
-        try:
-            _round()
-        except Exception:
-            print(f"FINDING after {_executions} executions", file=sys.stderr)
-            raise
-        rounds += 1
-    elapsed = time.monotonic() - started
-    summary = f"{_executions} executions, {rounds} rounds, {elapsed:.0f} s"
-    print(f"hypothesis_received: {summary}, 0 findings")
-    return 0
+    return fuzz_for("hypothesis_received", __doc__.splitlines()[0], _round, lambda: _executions)
 
 
 if __name__ == "__main__":
