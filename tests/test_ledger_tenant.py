@@ -330,3 +330,24 @@ def test_decide_freezes_the_clock_under_a_tenant_pause_as_under_a_server_pause(
         assert under_tenant.elapsed == dt.datetime(2024, 3, 1, tzinfo=UTC) - DETECTED
     elif now.date() >= D(2024, 3, 11):
         assert under_tenant.elapsed == now - DETECTED - dt.timedelta(days=10)
+
+
+# --- what a refused ledger says ----------------------------------------------------------
+
+
+def test_a_ledger_refused_at_construction_names_the_days_not_a_python_repr() -> None:
+    # Reaches people through a store holding a ledger written by hand or by another version.
+    with pytest.raises(PauseConflictError) as overlap:
+        PauseLedger(
+            "contoso", 90, (Pause("EX01", D(2024, 3, 1), 5), Pause("EX01", D(2024, 3, 3), 5))
+        )
+    assert str(overlap.value) == (
+        "pauses of EX01 overlap: from 2024-03-01 to 2024-03-05 and from 2024-03-03 to 2024-03-07"
+    )
+    with pytest.raises(PauseConflictError) as shared:
+        PauseLedger(
+            "contoso", 90, (Pause("EX01", D(2024, 3, 1), 5),), (TenantPause(D(2024, 3, 5), 2),)
+        )
+    assert "Pause(" not in str(shared.value)
+    assert "EX01 from 2024-03-01 to 2024-03-05" in str(shared.value)
+    assert "tenant pause of contoso from 2024-03-05 to 2024-03-06" in str(shared.value)

@@ -76,6 +76,11 @@ def _days(count: int) -> str:
     return f"{count} day" if count == 1 else f"{count} days"
 
 
+def _span(pause: _Days) -> str:
+    """How messages name a pause's days: ``from 2026-11-01 to 2026-12-30``."""
+    return f"from {pause.start} to {pause.last_day}"
+
+
 def _check_start(instance: object, attribute: attrs.Attribute[dt.date], value: dt.date) -> None:
     _require_date(value, "start")
 
@@ -247,7 +252,9 @@ def _check_pauses(instance: PauseLedger, attribute: object, pauses: tuple[Pause,
     by_server = sorted(pauses, key=lambda p: (p.server_id, p.start))
     for before, after in itertools.pairwise(by_server):
         if before.server_id == after.server_id and after.start < before.end:
-            raise PauseConflictError(f"pauses of {after.server_id} overlap: {before} and {after}")
+            raise PauseConflictError(
+                f"pauses of {after.server_id} overlap: {_span(before)} and {_span(after)}"
+            )
 
 
 def _check_tenant_pauses(
@@ -258,7 +265,8 @@ def _check_tenant_pauses(
         for tenant_pause in tenant_pauses:
             if _share_a_day(pause, tenant_pause):
                 raise PauseConflictError(
-                    f"pause {pause} shares a day with the tenant pause of {instance.tenant} "
+                    f"pause of {pause.server_id} {_span(pause)} shares a day with the "
+                    f"tenant pause of {instance.tenant} "
                     f"from {tenant_pause.start} to {tenant_pause.last_day}"
                 )
     for year, used in sorted(_usage((*instance.pauses, *tenant_pauses)).items()):

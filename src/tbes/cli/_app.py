@@ -390,8 +390,13 @@ def milestones(row: ReportRow, title: str | None = None) -> Table:
     return table
 
 
+def day_count(days: int) -> str:
+    """``1 day``, ``2 days``: how the commands count days."""
+    return f"{days} day" if days == 1 else f"{days} days"
+
+
 def quota_line(ledger: PauseLedger, year: int, *, returned: int = 0) -> Text:
-    back = f" ({returned} days returned)" if returned else ""
+    back = f" ({day_count(returned)} returned)" if returned else ""
     return text_line(
         f"Quota of {ledger.tenant} in {year}: {ledger.used(year)} of {ledger.quota_days} days "
         f"used, {ledger.remaining(year)} remaining{back}."

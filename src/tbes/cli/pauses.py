@@ -15,6 +15,7 @@ from tbes.cli._app import (
     at_option,
     catalog_of,
     cli,
+    day_count,
     db_option,
     guarded,
     make_console,
@@ -154,14 +155,21 @@ def pause(
         return
     if server is None or days is None:
         raise click.UsageError(f"Missing argument '{'SERVER' if server is None else 'DAYS'}'.")
-    with _enforcer(ctx, db, policy_name, at) as (enforcer, _):
+    with _enforcer(ctx, db, policy_name, at) as (enforcer, store):
         ledger = guarded(lambda: enforcer.pause(tenant, server, days, first, force=force))
+        enforced = _enforced(store, server)
     last = first + dt.timedelta(days=days - 1)
+    ends = f"{last + dt.timedelta(days=1)} 00:00 UTC"
     console = make_console()
     console.print(
         text_line(
-            f"Paused {server} (tenant {tenant}) for {days} days: {first} to {last} (UTC days); "
-            f"enforcement resumes {last + dt.timedelta(days=1)} 00:00 UTC."
+            f"Paused {server} (tenant {tenant}) for {day_count(days)}: {first} to {last} "
+            f"(UTC days); "
+            + (
+                f"enforcement resumes {ends}."
+                if enforced
+                else f"{_NOT_ENFORCED}; the pause holds until {ends}."
+            )
         )
     )
     for year in range(first.year, last.year + 1):
@@ -186,8 +194,8 @@ def _pause_tenant(
     console = make_console()
     console.print(
         text_line(
-            f"Paused every server of tenant {tenant} for {days} days: {first} to {last} (UTC "
-            f"days); enforcement resumes {ends} 00:00 UTC."
+            f"Paused every server of tenant {tenant} for {day_count(days)}: {first} to {last} "
+            f"(UTC days); enforcement resumes {ends} 00:00 UTC."
         )
     )
     for year in range(first.year, last.year + 1):
@@ -233,9 +241,11 @@ def unpause(
         before = _stored_ledger(store, tenant, enforcer.policy.pause_quota_days)
         if server is None:
             after = guarded(lambda: enforcer.unpause_tenant(tenant))
+            enforced = True
         else:
             named = server
             after = guarded(lambda: enforcer.end_pause(tenant, named))
+            enforced = _enforced(store, server)
     today = at.date()
     returned = {
         year: before.used(year) - after.used(year)
@@ -254,12 +264,15 @@ def unpause(
         console.print(
             text_line(f"Ended the tenant pause of {tenant}; enforcement resumes {resumes}.")
         )
-    else:
+    elif enforced:
         console.print(
             text_line(
                 f"Ended the pauses of {who}; enforcement resumes {_resumes(before, server, at)}."
             )
         )
+    else:
+        # Nothing is enforced on a server outside an episode: no enforcement to resume.
+        console.print(text_line(f"Ended the pauses of {who}; {_NOT_ENFORCED}."))
     for year in returned:
         console.print(quota_line(after, year, returned=returned[year]))
 
@@ -270,6 +283,15 @@ def _resumes(ledger: PauseLedger, server: str, at: dt.datetime) -> str:
     if started:
         return f"{at.date() + dt.timedelta(days=1)} 00:00 UTC"
     return "now"
+
+
+_NOT_ENFORCED = "it is compliant (no enforcement episode), so nothing is enforced on it"
+
+
+def _enforced(store: SQLiteStore, server: str) -> bool:
+    """Whether ``server`` is in an enforcement episode; True when unknown (never seen)."""
+    stored = guarded(lambda: store.get(server))
+    return stored is None or stored.value.in_episode
 
 
 def _stored_ledger(store: SQLiteStore, tenant: str, quota_days: int) -> PauseLedger:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
+from collections import Counter
 from collections.abc import Iterable, Sequence
 
 import click
@@ -15,6 +17,7 @@ from tbes.cli._app import (
     at_option,
     catalog_of,
     cli,
+    day_count,
     guarded,
     make_console,
     make_table,
@@ -27,7 +30,8 @@ from tbes.cli._app import (
 )
 from tbes.compliance import Assessment, assess
 from tbes.decision import decide
-from tbes.ledger import Pause, PauseLedger
+from tbes.errors import PauseConflictError, QuotaExceededError
+from tbes.ledger import Pause
 from tbes.policy import Policy
 from tbes.render._common import instant, minutes
 from tbes.report import END, Segment, forecast, horizon, report_row
@@ -101,8 +105,7 @@ def _what_if(
 ) -> ServerState:
     """A fresh server's state with the given pauses, checked against the pause quota."""
     granted = tuple(Pause(server, day, days) for day, days in pauses)
-    # The ledger refuses overlapping pauses and years above the quota, as a real one would.
-    PauseLedger("what-if", policy.pause_quota_days, granted)
+    _check_what_if(granted, policy.pause_quota_days)
     state = observe(
         None,
         server_id=server,
@@ -124,20 +127,61 @@ def _what_if(
     )
 
 
+def _check_what_if(pauses: tuple[Pause, ...], quota_days: int) -> None:
+    """Refuse overlapping pauses and years above the quota, as a tenant's ledger would.
+
+    Checked here rather than by a :class:`~tbes.ledger.PauseLedger`, whose errors name a
+    tenant: a forecast has none, and its errors name the ``--pause`` options instead.
+    """
+    ordered = sorted(pauses, key=lambda pause: pause.start)
+    for before, after in itertools.pairwise(ordered):
+        if after.start < before.end:
+            raise PauseConflictError(
+                f"--pause {_spec(before)} and --pause {_spec(after)} overlap: "
+                "a server has one pause a day"
+            )
+    used: Counter[int] = Counter()
+    for pause in pauses:
+        for year in pause.years():
+            used[year] += pause.days_in_year(year)
+    for year, days in sorted(used.items()):
+        if days > quota_days:
+            raise QuotaExceededError(
+                f"the --pause options use {day_count(days)} in {year}, above the pause quota "
+                f"of {day_count(quota_days)} a year"
+            )
+
+
+def _spec(pause: Pause) -> str:
+    return f"{pause.start}:{pause.days}"
+
+
+def _length(duration: dt.timedelta) -> str:
+    """A stage's length in whole days, hours and minutes: ``16d 14h 24min``, ``10d``."""
+    minutes_total = int(duration.total_seconds() // 60)
+    days, rest = divmod(minutes_total, 24 * 60)
+    hours, mins = divmod(rest, 60)
+    parts = [
+        f"{days}d" if days else "",
+        f"{hours}h" if hours else "",
+        f"{mins}min" if mins else "",
+    ]
+    return " ".join(part for part in parts if part) or "0min"
+
+
 def _stages_table(segments: Sequence[Segment], until: dt.datetime) -> Table:
     table = make_table(
-        "stage", "from (UTC)", "until (UTC)", "days", "throttle min/h", "block min/h", "each hour"
+        "stage", "from (UTC)", "until (UTC)", "length", "throttle min/h", "block min/h", "each hour"
     )
     for segment in segments:
         stage = segment.stage
         # The terminal stage, or any stage the calendar's end cuts short, has no end.
         open_ended = segment.end == until and stage is not None and (stage.terminal or until == END)
-        days = segment.duration / dt.timedelta(days=1)
         table.add_row(
             text_cell(None if stage is None else stage.number),
             text_cell(instant(segment.start)),
             text_cell("-" if open_ended else instant(segment.end)),
-            text_cell("-" if open_ended else f"{days:g}"),
+            text_cell("-" if open_ended else _length(segment.duration)),
             text_cell(None if stage is None else stage.throttle_minutes),
             text_cell(None if stage is None else stage.block_minutes),
             text_cell("paused" if segment.paused else "" if stage is None else minutes(stage)),
