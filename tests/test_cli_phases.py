@@ -45,6 +45,28 @@ def test_inspect_judges_the_seed_message_by_the_phase_of_its_instant(
         assert f"below the minimum {minimum}" in assessment["reason"]
 
 
+@pytest.mark.parametrize(
+    ("day", "phase", "against"),
+    [
+        ("2023-04-21", "Phase: none before 2023-06-23 00:00 UTC, so nothing is enforced.", None),
+        ("2024-05-10", "Phase: from 2024-03-01 00:00 UTC", "15.1.2507.31 (Aug23SU)"),
+        ("2026-10-01", "Phase: from 2026-09-08 00:00 UTC", "15.1.2507.61 (Oct25SU)"),
+    ],
+)
+def test_inspect_says_which_phase_judges_and_against_which_update(
+    day: str, phase: str, against: str | None
+) -> None:
+    text = " ".join(run("inspect", SEED, "--at", day).output.split())
+    assert phase in text
+    if against is not None:
+        assert f"below the minimum {against}" in text
+
+
+def test_inspect_under_a_fixed_baseline_names_no_phase() -> None:
+    result = run("inspect", SEED, "--at", "2026-10-01", "--policy", "exchange_online_2026")
+    assert "Phase:" not in result.output
+
+
 def test_inspect_names_the_phases_policy_as_its_default() -> None:
     assert "[default: exchange_online]" in " ".join(run("inspect", "--help").output.split())
 

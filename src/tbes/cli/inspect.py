@@ -33,6 +33,7 @@ from tbes.received import Hop, SenderEvidence, find_sender, parse_received, rece
 from tbes.render._common import instant
 from tbes.render.json import dumps
 from tbes.report import ReportRow, report_row
+from tbes.schedule import EARLIEST
 from tbes.serde import converter
 from tbes.state import observe
 
@@ -84,7 +85,19 @@ def inspect(
         return
     console = make_console()
     console.print(_hops_table(hops))
-    _print_sender(console, evidence, found, policy_name)
+    _print_sender(console, evidence, found, policy_name, _phase(policy, at))
+
+
+def _phase(policy: Policy, at: dt.datetime) -> str | None:
+    """Which phase of a dated schedule judges at ``at``; ``None`` for a fixed baseline."""
+    schedule = policy.schedule
+    if len(schedule.steps) == 1 and schedule.steps[0].effective_from == EARLIEST:
+        return None
+    step = schedule.step_at(at)
+    if step is None:
+        first = schedule.steps[0].effective_from
+        return f"none before {first:%Y-%m-%d %H:%M} UTC, so nothing is enforced"
+    return f"from {step.effective_from:%Y-%m-%d %H:%M} UTC (tbes catalog phases lists them)"
 
 
 def _inspect_sender(
@@ -158,6 +171,7 @@ def _print_sender(
     evidence: SenderEvidence | None,
     found: tuple[Assessment, Decision, ReportRow] | None,
     policy_name: str,
+    phase: str | None,
 ) -> None:
     if evidence is None or found is None:
         console.print(
@@ -173,6 +187,7 @@ def _print_sender(
         f"Sender: hop {evidence.index}, {where}, build {evidence.build}{release}; "
         f"matches the hop above: {matched}",
         f"Assessment under {policy_name}: {assessment.status.value}. {assessment.reason}",
+        *([] if phase is None else [f"Phase: {phase}."]),
         "Recommended: " + (" ".join(str(b) for b in assessment.recommended) or "-"),
         f"Decision: {decision.action.value}"
         + ("" if decision.stage is None else f" in stage {decision.stage.number}")
