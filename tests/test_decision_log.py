@@ -57,6 +57,9 @@ KEYS = [
     "stage",
     "action",
     "code",
+    "enforced",
+    "would",
+    "would_code",
     "fault",
     "micros",
 ]

@@ -12,6 +12,7 @@ import asyncio
 import csv
 import datetime as dt
 import io
+import logging
 import types
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tbes.adapters import _metrics
 from tbes.adapters._milter_protocol import ACCEPT, Check
 from tbes.adapters.aiosmtpd import EnforcingHandler
 from tbes.adapters.config import AdapterConfig, ConnectorRule, make_enforcer, parse_config
@@ -273,6 +275,32 @@ def test_adapters_accept_in_monitor_mode_even_failing_closed() -> None:
     assert data(_blocking_enforcer(config), config).startswith("250")
     assert data(_Raising(), config).startswith("250")
     assert data(_Raising(), enforcing).startswith("451")
+
+
+def test_logs_and_metrics_show_both_the_answer_and_what_enforcement_would_have_given(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = parse_config(MONITOR_TOML)
+    enforcing = attrs.evolve(config, mode="enforce")
+    metrics = _metrics.enable()
+    registry = metrics.registry  # type: ignore[attr-defined]
+
+    def not_enforced() -> float:
+        labels = {"adapter": "milter", "would_action": "BLOCK", "stage": "8"}
+        return registry.get_sample_value("tbes_decisions_not_enforced_total", labels) or 0.0
+
+    check = Check("127.0.0.2", None, None, (hop(OUTDATED),))
+    before = not_enforced()
+    with caplog.at_level(logging.INFO, logger="tbes.decisions"):
+        assert decide_check(check, _blocking_enforcer(config), config) == ACCEPT
+        assert not_enforced() == before + 1
+        assert b"550 5.7.230" in decide_check(check, _blocking_enforcer(enforcing), enforcing)
+        assert not_enforced() == before + 1  # an enforced block is no monitored one
+    watched, enforced = [r.tbes for r in caplog.records if r.name == "tbes.decisions"]  # type: ignore[attr-defined]
+    assert (watched["action"], watched["code"], watched["enforced"]) == ("ACCEPT", None, False)
+    assert (watched["would"], watched["would_code"], watched["stage"]) == ("BLOCK", 550, 8)
+    assert (enforced["action"], enforced["code"], enforced["enforced"]) == ("BLOCK", 550, True)
+    assert (enforced["would"], enforced["would_code"]) == ("BLOCK", 550)
 
 
 # ---- exemptions in the pure core -----------------------------------------------------------

@@ -10,9 +10,12 @@ times the check, turns any fault into the fault decision (accept, or ``451 4.3.0
 as the check left them in the store, seen through
 :class:`~tbes.adapters._store_watch.WatchedStore`; without a watched store, the sender
 hop's; ``-`` without one), ``stage``, ``action``, ``code`` (the reply code, ``-`` for
-accept), ``fault`` (``store``, ``timeout``, ``busy`` or ``error``; ``-`` for none) and
-``micros``, the check's time. No header body or message text beyond the sender hop's build
-is logged, and :mod:`tbes.adapters._log_output` escapes every value.
+accept), ``enforced`` (``False`` in monitor mode and under an exemption), ``would`` and
+``would_code`` (the action and reply code enforcement would have given: those of
+``action`` and ``code`` when enforced), ``fault`` (``store``, ``timeout``, ``busy`` or
+``error``; ``-`` for none) and ``micros``, the check's time. No header body or message
+text beyond the sender hop's build is logged, and :mod:`tbes.adapters._log_output`
+escapes every value.
 
 An adapter that answers before the check ends (a timeout) holds an :class:`Attempt`: the
 first of the check and the timeout to settle it logs, so a message gets one line.
@@ -77,6 +80,9 @@ KEYS = (
     "stage",
     "action",
     "code",
+    "enforced",
+    "would",
+    "would_code",
     "fault",
     "micros",
 )
@@ -101,6 +107,9 @@ class DecisionRecord:
     stage: int | None
     action: str
     code: int | None
+    enforced: bool
+    would: str
+    would_code: int | None
     fault: str | None
     micros: int | None
 
@@ -206,7 +215,13 @@ def _emit(
     seconds: float | None,
 ) -> None:
     stage = None if decision.stage is None else decision.stage.number
-    _metrics.active().decision(adapter, decision.action.value, stage, fault)
+    _metrics.active().decision(
+        adapter,
+        decision.action.value,
+        stage,
+        fault,
+        would=None if decision.enforced else decision.would_action.value,
+    )
     if not _decisions.isEnabledFor(logging.INFO):
         return
     try:
@@ -253,6 +268,9 @@ def _record(
         stage=None if decision.stage is None else decision.stage.number,
         action=decision.action.value,
         code=None if decision.reply is None else decision.reply.code,
+        enforced=decision.enforced,
+        would=decision.would_action.value,
+        would_code=None if decision.would_reply is None else decision.would_reply.code,
         fault=fault,
         micros=None if seconds is None else round(seconds * 1e6),
     )

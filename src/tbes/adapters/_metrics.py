@@ -24,8 +24,20 @@ _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 class Metrics:
     """The sink the adapters report to; this base class records nothing."""
 
-    def decision(self, adapter: str, action: str, stage: int | None, fault: str | None) -> None:
-        """One decision answered (with the fault that made it, if any)."""
+    def decision(
+        self,
+        adapter: str,
+        action: str,
+        stage: int | None,
+        fault: str | None,
+        *,
+        would: str | None = None,
+    ) -> None:
+        """One decision answered (with the fault that made it, if any).
+
+        ``would`` is the action enforcement would have given a decision that is not
+        enforced (monitor mode, an exemption); ``None`` for an enforced one.
+        """
 
     def latency(self, adapter: str, seconds: float) -> None:
         """How long one check took."""
@@ -54,6 +66,13 @@ class _Prometheus(Metrics):
         self._decisions = prom.Counter(
             "tbes_decisions", "Decisions answered", ["adapter", "action", "stage"], registry=r
         )
+        self._not_enforced = prom.Counter(
+            "tbes_decisions_not_enforced",
+            "Decisions accepted without enforcing (monitor mode, exemptions), by the action "
+            "enforcement would have given",
+            ["adapter", "would_action", "stage"],
+            registry=r,
+        )
         self._faults = prom.Counter(
             "tbes_faults",
             "Decisions made by a fault (fail open or closed)",
@@ -77,8 +96,19 @@ class _Prometheus(Metrics):
             self._reloads.labels(result)
         self._store_errors.inc(0)
 
-    def decision(self, adapter: str, action: str, stage: int | None, fault: str | None) -> None:
-        self._decisions.labels(adapter, action, "none" if stage is None else str(stage)).inc()
+    def decision(
+        self,
+        adapter: str,
+        action: str,
+        stage: int | None,
+        fault: str | None,
+        *,
+        would: str | None = None,
+    ) -> None:
+        number = "none" if stage is None else str(stage)
+        self._decisions.labels(adapter, action, number).inc()
+        if would is not None:
+            self._not_enforced.labels(adapter, would, number).inc()
         if fault is not None:
             self._faults.labels(adapter, fault).inc()
 
