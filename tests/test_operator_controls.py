@@ -13,6 +13,8 @@ import csv
 import datetime as dt
 import io
 import logging
+import signal
+import socket
 import types
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +25,14 @@ from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
+from daemon_support import (
+    BLOCK_PREFIX,
+    Daemon,
+    ask_policy,
+    config_text,
+    free_port,
+    seed_exchange_2007,
+)
 from tbes.adapters import _metrics
 from tbes.adapters._milter_protocol import ACCEPT, Check
 from tbes.adapters.aiosmtpd import EnforcingHandler
@@ -601,3 +611,34 @@ def test_config_check_shows_monitor_mode_and_exemptions(tmp_path: Path) -> None:
         "exempt until 2027-03-01: migration partner" in lines
     )
     assert "  2. network 198.51.100.0/29: exempt: lab" in lines
+
+
+# ---- reloads: exemptions and modes are configuration ---------------------------------------
+
+
+def test_a_reload_follows_the_exemptions_and_modes_of_the_configuration(tmp_path: Path) -> None:
+    config = tmp_path / "adapters.toml"
+    plain = config_text(with_rule=True)
+    config.write_text(plain, encoding="utf-8")
+    db = tmp_path / "t.db"
+    seed_exchange_2007(db)
+    port = free_port()
+    args = ["policy", "--listen", f"127.0.0.1:{port}", "--db", str(db), "--config", str(config)]
+    exempt = plain + '\n[[exemption]]\nconnector = "fabrikam-edge"\nreason = "migration"\n'
+    monitored = plain.replace('tenant = "contoso"\n', 'tenant = "contoso"\nmode = "monitor"\n', 1)
+    with Daemon(tmp_path, args, [port]) as daemon:
+        answers = []
+        for reloads, text in enumerate([exempt, monitored, plain], start=1):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                answers.append(ask_policy(sock))
+            config.write_text(text, encoding="utf-8")
+            daemon.signal(signal.SIGHUP)
+            daemon.wait_for_log("tbes: reloaded", count=reloads)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            answers.append(ask_policy(sock))
+        assert daemon.stop() == 0
+    blocked, dunno = BLOCK_PREFIX, b"action=DUNNO\n\n"
+    # Before the exemption, under it, in monitor mode, and once both are gone again.
+    assert answers[0].startswith(blocked)
+    assert answers[1:3] == [dunno, dunno]
+    assert answers[3].startswith(blocked)
