@@ -63,6 +63,9 @@ def test_a_one_day_pause_says_1_day(db: Path) -> None:
     tenant = one_line(run("pause", *common, "--all", "1", "--start", "2026-03-12"))
     assert "Paused every server of tenant fabrikam for 1 day: 2026-03-12 to 2026-03-12" in tenant
     assert "1 days" not in tenant
+    quota = one_line(run("quota", "--db", str(db), "--tenant", "fabrikam", "--at", AT))
+    assert "Tenant pauses in 2026: 1 day charged for 2 stored servers, 1 fewer" in quota
+    assert "1 days" not in quota
 
 
 # ---- a compliant server has no enforcement to resume ---------------------------------------

@@ -96,8 +96,8 @@ def _print_quota(console: Console, ledger: PauseLedger, year: int, servers: int)
         # The refund made visible: what the same days would cost paused server by server.
         console.print(
             text_line(
-                f"Tenant pauses in {year}: {tenant_days} days charged for {servers} stored "
-                f"servers, {tenant_days * (servers - 1)} fewer than pausing each server."
+                f"Tenant pauses in {year}: {day_count(tenant_days)} charged for {servers} "
+                f"stored servers, {tenant_days * (servers - 1)} fewer than pausing each server."
             )
         )
 
