@@ -287,6 +287,24 @@ def test_adapters_accept_in_monitor_mode_even_failing_closed() -> None:
     assert data(_Raising(), enforcing).startswith("451")
 
 
+def test_a_connector_in_monitor_mode_never_fails_closed_under_a_global_enforce() -> None:
+    # fail_closed and mode "enforce" for the configuration, "monitor" for fabrikam-edge only.
+    per_connector = MONITOR_TOML.replace('mode = "monitor"\n', "", 1).replace(
+        "networks =", 'mode = "monitor"\nnetworks ='
+    )
+    config = parse_config(per_connector)
+    assert (config.mode, config.fail_closed) == ("enforce", True)
+    monitored = Check("127.0.0.2", None, None, (hop(OUTDATED),))
+    assert decide_check(monitored, _Raising(), config) == ACCEPT
+    (request,) = PolicyParser().feed(
+        b"request=smtpd_access_policy\nprotocol_state=RCPT\nclient_address=127.0.0.2\n\n"
+    )
+    assert decide_request(request, _Raising(), config) == "DUNNO"
+    # A peer of no connector falls under the configuration's mode: it fails closed.
+    elsewhere = Check("198.51.100.9", None, None, (hop(OUTDATED),))
+    assert b"451 4.3.0" in decide_check(elsewhere, _Raising(), config)
+
+
 def test_logs_and_metrics_show_both_the_answer_and_what_enforcement_would_have_given(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
