@@ -98,3 +98,41 @@ def test_catalog_phases_shows_the_final_step_when_given_its_day() -> None:
     assert result.exit_code == 0, result.output
     assert "2027-01-04 00:00" in result.output
     assert "15.1.2507.63 (CU23 Dec25SU)" in " ".join(result.output.split())
+
+
+# ---- tbes timeline of a build the phases reach later ----------------------------------------
+
+
+def test_timeline_of_a_build_compliant_then_says_when_a_phase_reaches_it() -> None:
+    # The seed slide's build on its own day: nothing enforced until the March 2024 phase,
+    # whose nine-month window then starts in June 2023 (Jun23SU, 15.1.2507.27).
+    result = run("timeline", "--build", "15.1.2507.23", "--first-detected", "2023-04-21")
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "never" not in text
+    assert "from 2024-03-01 00:00 UTC the build is OUTDATED under exchange_online" in text
+    assert "below the minimum 15.1.2507.27" in text
+    assert "--first-detected 2024-03-01T00:00Z" in text
+
+
+def test_timeline_of_a_build_the_rolling_window_leaves_behind_names_the_month() -> None:
+    # Apr24HU (15.1.2507.39): the nine-month window leaves April 2024 behind on 1 Feb 2025,
+    # when the oldest CU23 update from May 2024 on is the Nov24SU.
+    result = run("timeline", "--build", "15.1.2507.39", "--first-detected", "2024-04-30")
+    text = " ".join(result.output.split())
+    assert "from 2025-02-01 00:00 UTC the build is OUTDATED" in text
+
+
+@pytest.mark.parametrize(
+    ("build", "policy"),
+    [
+        ("15.1.2507.61", "exchange_online"),  # the Oct25SU passes every phase announced
+        ("15.2.2562.17", "exchange_online"),  # Exchange SE is never in scope
+        ("15.1.2507.61", "exchange_online_2026"),
+    ],
+)
+def test_timeline_of_a_build_no_phase_reaches_says_it_is_never_enforced(
+    build: str, policy: str
+) -> None:
+    result = run("timeline", "--build", build, "--first-detected", "2026-01-01", "--policy", policy)
+    assert "Nothing is enforced: the server is never throttled or blocked." in result.output

@@ -17,7 +17,7 @@ import bisect
 import datetime as dt
 import itertools
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 import attrs
 
@@ -38,6 +38,7 @@ NOTHING_ENFORCED = Baseline(minimum={}, unsupported=frozenset())
 
 _OLD_PRODUCTS = (Product.EXCHANGE_2000, Product.EXCHANGE_2003)
 _ROLLED = frozenset({Product.EXCHANGE_2016, Product.EXCHANGE_2019})
+_DAY = dt.timedelta(days=1)
 _DAYS_CACHED = 64  # a process judges at a few instants; a report over history at a few more
 
 
@@ -101,6 +102,24 @@ class RollingBaseline:
                 found = self._days[day] = self._compute(day)
             return found
 
+    def change_days(self, after: dt.date, before: dt.date) -> Iterator[dt.date]:
+        """The days in ``(after, before)`` on which :meth:`at` may differ from the day before.
+
+        The baseline of a day depends only on the releases out by then and on the calendar
+        month its window starts in, so it can change only on a release's day or on the
+        first of a month; once the newest release is ``months`` months behind, never again.
+        Sorted, each once; a superset of the days it does change.
+        """
+        last = max((r.date for r in self.catalog.releases), default=dt.date.min)
+        stop = min(before, _months_after(last, self.months + 1))
+        releases = {r.date for r in self.catalog.releases if after < r.date < stop}
+        months = set()
+        month = _months_after(after, 1)  # the first of the month after ``after``
+        while month < stop:
+            months.add(month)
+            month = _months_after(month, 1)
+        yield from sorted(releases | months)
+
     def _compute(self, day: dt.date) -> Baseline:
         minimum: dict[Product, tuple[ExchangeBuild, ...]] = {}
         for product in self.rolled:
@@ -115,6 +134,14 @@ def _months_before(day: dt.date, months: int) -> dt.date:
     """The first day of the calendar month ``months`` months before ``day``'s month."""
     index = day.year * 12 + (day.month - 1) - months
     return dt.date(max(index // 12, 1), index % 12 + 1, 1) if index >= 12 else dt.date.min
+
+
+def _months_after(day: dt.date, months: int) -> dt.date:
+    """The first day of the calendar month ``months`` months after ``day``'s (capped at max)."""
+    index = day.year * 12 + (day.month - 1) + months
+    if index // 12 > dt.MAXYEAR:
+        return dt.date.max
+    return dt.date(index // 12, index % 12 + 1, 1)
 
 
 def _rolling_floors(
@@ -228,6 +255,32 @@ class Schedule:
         if isinstance(step.baseline, RollingBaseline):
             return step.baseline.at(instant)
         return step.baseline
+
+    def changes_after(self, instant: dt.datetime) -> Iterator[tuple[dt.datetime, Baseline]]:
+        """Each later instant at which the baseline in force may change, with that baseline.
+
+        In order: every later step's start, and within a :class:`RollingBaseline`'s step the
+        midnights of its :meth:`~RollingBaseline.change_days`. A superset of the instants
+        where :meth:`baseline_at` changes, and finite: a rolling baseline stops moving once
+        its catalog's newest release is behind its window. ``instant`` must be aware.
+        """
+        now = as_utc(instant, "instant")
+        index = bisect.bisect_right(self._starts, now) - 1
+        for position in range(max(index, 0), len(self.steps)):
+            step = self.steps[position]
+            start = self._starts[position]
+            end = self._starts[position + 1] if position + 1 < len(self.steps) else None
+            if start > now:
+                yield start, self.baseline_at(start)
+            if not isinstance(step.baseline, RollingBaseline):
+                continue
+            since = max(start, now).date()
+            last = dt.date.max if end is None else end.date()
+            until = last if last == dt.date.max else last + _DAY  # ``at < end`` trims it
+            for day in step.baseline.change_days(since, until):
+                at = midnight(day)
+                if at > now and (end is None or at < end):
+                    yield at, step.baseline.at(at)
 
     @classmethod
     def exchange_online(cls, catalog: Catalog, final_step_from: dt.date | None = None) -> Schedule:

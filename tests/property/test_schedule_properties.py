@@ -153,3 +153,48 @@ def test_no_floor_is_esu_only_and_no_build_of_an_unsupported_line_passes(
         if release.product is product and _line(release.build) in lines[:-2]:
             verdict = assess(release.build, baseline=baseline, catalog=CATALOG).status
             assert verdict is not Compliance.COMPLIANT, release.title
+
+
+# ---- the instants where the baseline in force may change ------------------------------------
+
+PHASES = Schedule.exchange_online(CATALOG, final_step_from=dt.date(2027, 1, 4))
+later = st.timedeltas(min_value=dt.timedelta(0), max_value=dt.timedelta(days=6 * 366))
+
+
+def reference_from_changes(schedule: Schedule, since: dt.datetime, t: dt.datetime) -> Baseline:
+    """The baseline at ``t`` as the last change at or before it says (``since``'s before any)."""
+    found = schedule.baseline_at(since)
+    for when, baseline in schedule.changes_after(since):
+        if when > t:
+            break
+        found = baseline
+    return found
+
+
+@given(st.datetimes(dt.datetime(2022, 1, 1), dt.datetime(2030, 1, 1)), later)
+def test_no_baseline_of_the_phases_changes_between_two_of_its_announced_changes(
+    naive: dt.datetime, delta: dt.timedelta
+) -> None:
+    since = naive.replace(tzinfo=dt.UTC)
+    t = since + delta
+    assert PHASES.baseline_at(t) == reference_from_changes(PHASES, since, t)
+
+
+@given(steps, instants, later)
+def test_a_fixed_schedule_changes_exactly_at_its_later_steps(
+    pairs: list[tuple[dt.datetime, Baseline]], since: dt.datetime, delta: dt.timedelta
+) -> None:
+    schedule = Schedule(pairs)
+    changes = list(schedule.changes_after(since))
+    expected = [(start, baseline) for start, baseline in pairs if start > since]
+    assert [(when, baseline) for when, baseline in changes] == [
+        (start.astimezone(dt.UTC), baseline) for start, baseline in expected
+    ]
+    t = since + delta
+    assert schedule.baseline_at(t) == reference_from_changes(schedule, since, t)
+
+
+def test_changes_are_sorted_and_end_once_the_rolling_window_passes_the_catalog() -> None:
+    changes = [when for when, _ in PHASES.changes_after(dt.datetime(2019, 1, 1, tzinfo=dt.UTC))]
+    assert changes == sorted(set(changes))
+    assert changes[-1] == dt.datetime(2027, 1, 4, tzinfo=dt.UTC)  # the dated final step

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 import click
 from rich.table import Table
 
+from tbes.catalog import Catalog
 from tbes.cli._app import (
     BUILD,
     INSTANT,
@@ -28,7 +29,7 @@ from tbes.cli._app import (
     text_line,
     utc_text,
 )
-from tbes.compliance import Assessment, assess
+from tbes.compliance import Assessment, Compliance, assess
 from tbes.decision import decide
 from tbes.errors import PauseConflictError, QuotaExceededError
 from tbes.ledger import Pause
@@ -81,7 +82,20 @@ def timeline(
     )
     console.print(text_line(assessment.reason))
     if state.first_detected is None:
-        console.print("Nothing is enforced: the server is never throttled or blocked.")
+        later = _first_enforced(build, first_detected, policy, catalog)
+        if later is None:
+            console.print("Nothing is enforced: the server is never throttled or blocked.")
+            return
+        when, verdict = later
+        # A dated policy widens its scope: say when this build falls out of it, not "never".
+        console.print(
+            text_line(
+                f"Nothing is enforced at {utc_text(first_detected)}, but from "
+                f"{utc_text(when)} the build is {verdict.status.value} under {policy_name}: "
+                f"{verdict.reason} For its timeline: tbes timeline --build {build} "
+                f"--first-detected {when:%Y-%m-%dT%H:%MZ}"
+            )
+        )
         return
     row = report_row(state, first_detected, policy, catalog)
     console.print(milestones(row))
@@ -93,6 +107,21 @@ def timeline(
     if at is not None:
         decision = guarded(lambda: decide(state, at, policy))
         console.print(text_line(f"At {utc_text(at)}: {decision.action.value}. {decision.reason}"))
+
+
+_ENFORCED = frozenset({Compliance.OUTDATED, Compliance.UNSUPPORTED})
+
+
+def _first_enforced(
+    build: ExchangeBuild, since: dt.datetime, policy: Policy, catalog: Catalog
+) -> tuple[dt.datetime, Assessment] | None:
+    """The first instant after ``since`` at which the policy's schedule finds ``build``
+    outdated or unsupported, with that assessment; ``None`` if none of its phases does."""
+    for when, baseline in policy.schedule.changes_after(since):
+        verdict = assess(build, baseline=baseline, catalog=catalog)
+        if verdict.status in _ENFORCED:
+            return when, verdict
+    return None
 
 
 def _what_if(
