@@ -119,6 +119,36 @@ def test_the_enforcer_names_the_connection_s_connector_and_pauses_delay_the_next
     assert paused.next_change == detected.next_change + 10 * DAY  # the clock stands 10 days
 
 
+def test_pause_events_of_a_server_behind_a_connector_name_its_connector() -> None:
+    # Every event carries its connector (issue 15 item 5): a pause has no connection, but
+    # the canonical id CONNECTOR/HOST says where the server sends from.
+    heard: list[Event] = []
+    enforcer = Enforcer(
+        MemoryStore(),
+        DEFAULT_POLICY,
+        Catalog.default(),
+        clock=lambda: T0,
+        notifier=CallbackNotifier(heard.append),
+    )
+    server = "fabrikam-edge/ex01.fabrikam.example"
+    conn = Connection(server, "contoso", ConnectorKind.ON_PREMISES, connector="fabrikam-edge")
+    hop = (
+        "from mbx.fabrikam.local (10.0.0.7) by ex01.fabrikam.example (192.0.2.10) with "
+        "Microsoft SMTP Server (version=TLS1_2) id 15.1.2507.39; Mon, 5 Jan 2026 10:00:00 +0000"
+    )
+    enforcer.check(conn, [hop])
+    enforcer.pause("contoso", server, 10, start=dt.date(2026, 1, 6))
+    enforcer.end_pause("contoso", server)
+    enforcer.pause_tenant("contoso", 5, start=dt.date(2026, 1, 6))
+    enforcer.unpause_tenant("contoso")
+    kinds = [EventKind.DETECTED, EventKind.PAUSED, EventKind.RESUMED]
+    assert [e.kind for e in heard] == [*kinds, EventKind.PAUSED, EventKind.RESUMED]
+    assert [e.connector for e in heard] == ["fabrikam-edge"] * 5
+    assert all(e.tenant == "contoso" and e.server_id == server for e in heard)
+    assert all(e.build == OUTDATED and e.stage == 1 for e in heard)
+    assert all(e.next_change is not None for e in heard)
+
+
 def test_a_configured_connector_rule_names_the_connection_s_connector() -> None:
     config = parse_config(
         '[[connector]]\nname = "fabrikam edge"\nkind = "on_premises"\ntenant = "fabrikam"\n'

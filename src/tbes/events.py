@@ -25,6 +25,7 @@ from tbes._instants import as_utc, as_utc_or_none
 from tbes.decision import decide
 from tbes.errors import InvalidValueError
 from tbes.exemption import Exemption, exempt_spans
+from tbes.identity import connector_of, host_of
 from tbes.ledger import Span, clock_reaches, pause_spans
 from tbes.policy import Policy
 from tbes.stages import Stage
@@ -217,12 +218,17 @@ def state_event(
     """The event ``kind`` about ``state`` as it stands at ``now`` (a pause, its early end).
 
     Its stage and next change are those in force at ``now``; ``occasion`` goes into its id
-    (see :func:`event_id`); ``exemptions`` as for :func:`announcement`. Arguments of the
-    wrong type raise :class:`~tbes.errors.InvalidValueError` naming them.
+    (see :func:`event_id`); ``exemptions`` as for :func:`announcement`. Without
+    ``connector``, a canonical server id (``CONNECTOR/HOST``, :mod:`tbes.identity`) names
+    its connector: no connection makes a pause's events, but the id says where it sends
+    from. Arguments of the wrong type raise :class:`~tbes.errors.InvalidValueError` naming
+    them.
     """
     require_type(state, ServerState, "state")
     require_type(policy, Policy, "policy")
     require_type(connector, str, "connector", optional=True)
+    if connector is None and host_of(state.server_id) is not None:
+        connector = connector_of(state.server_id)
     now = as_utc(now, "now")
     stage = decide(state, now, policy, exemptions).stage
     number = None if stage is None else stage.number
