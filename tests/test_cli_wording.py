@@ -153,3 +153,32 @@ def test_timeline_errors_name_the_pause_options_and_no_placeholder_tenant(
     assert "what-if" not in line
     assert "tenant" not in line
     assert "Pause(" not in line  # no Python repr reaches the terminal
+
+
+def test_unpause_all_of_a_tenant_whose_servers_are_all_compliant_says_nothing_is_enforced(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "compliant.db"
+    store = SQLiteStore(path)
+    first = dt.datetime(2026, 1, 1, tzinfo=UTC)
+    store.put(
+        fabrikam_state(
+            COMPLIANT, "15.2.1748.39", None, status=Compliance.COMPLIANT, last_seen=first
+        ),
+        expected_version=None,
+    )
+    store.close()
+    common = ["--db", str(path), "--tenant", "fabrikam", "--at", AT]
+    run("pause", *common, "--all", "5", "--start", "2026-03-10")
+    ended = one_line(run("unpause", *common, "--all"))
+    assert "Ended the tenant pause of fabrikam" in ended
+    assert "enforcement resumes" not in ended
+    assert "compliant" in ended
+
+
+def test_unpause_all_of_a_tenant_with_a_server_in_its_episode_says_when_it_resumes(
+    db: Path,
+) -> None:
+    common = ["--db", str(db), "--tenant", "fabrikam", "--at", AT]
+    run("pause", *common, "--all", "5", "--start", "2026-03-10")
+    assert "enforcement resumes now" in one_line(run("unpause", *common, "--all"))

@@ -241,7 +241,7 @@ def unpause(
         before = _stored_ledger(store, tenant, enforcer.policy.pause_quota_days)
         if server is None:
             after = guarded(lambda: enforcer.unpause_tenant(tenant))
-            enforced = True
+            enforced = guarded(lambda: any(state.in_episode for state in store.states(tenant)))
         else:
             named = server
             after = guarded(lambda: enforcer.end_pause(tenant, named))
@@ -261,9 +261,12 @@ def unpause(
     if server is None:
         started = any(p.start <= today < p.end for p in before.tenant_pauses)
         resumes = f"{today + dt.timedelta(days=1)} 00:00 UTC" if started else "now"
-        console.print(
-            text_line(f"Ended the tenant pause of {tenant}; enforcement resumes {resumes}.")
+        after_text = (
+            f"enforcement resumes {resumes}"
+            if enforced
+            else "every server of it is compliant (no enforcement episode), so nothing is enforced"
         )
+        console.print(text_line(f"Ended the tenant pause of {tenant}; {after_text}."))
     elif enforced:
         console.print(
             text_line(
