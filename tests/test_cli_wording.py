@@ -182,3 +182,16 @@ def test_unpause_all_of_a_tenant_with_a_server_in_its_episode_says_when_it_resum
     common = ["--db", str(db), "--tenant", "fabrikam", "--at", AT]
     run("pause", *common, "--all", "5", "--start", "2026-03-10")
     assert "enforcement resumes now" in one_line(run("unpause", *common, "--all"))
+
+
+@pytest.mark.parametrize("everyone", [False, True])
+def test_unpause_on_the_last_day_of_a_pause_says_it_ends_tonight_not_that_there_is_none(
+    db: Path, everyone: bool
+) -> None:
+    common = ["--db", str(db), "--tenant", "fabrikam", "--at", AT]
+    which = ["--all"] if everyone else [OUTDATED]
+    run("pause", *common, *(["--all", "1"] if everyone else [OUTDATED, "1"]))
+    text = one_line(run("unpause", *common, *which))
+    assert "no current or future" not in text
+    assert "ends with today" in text
+    assert "2026-03-03 00:00 UTC" in text

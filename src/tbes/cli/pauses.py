@@ -256,7 +256,15 @@ def unpause(
     who = f"{server} (tenant {tenant})" if server is not None else f"Tenant {tenant}"
     if not returned:
         what = "pause" if server is not None else "tenant pause"
-        console.print(text_line(f"{who} had no current or future {what}."))
+        pauses = before.pauses_for(server) if server is not None else before.tenant_pauses
+        if any(p.start <= today < p.end for p in pauses):
+            # Its last day is today, which a begun pause keeps: nothing left to end.
+            ends = f"{today + dt.timedelta(days=1)} 00:00 UTC"
+            console.print(
+                text_line(f"{who}: the {what} ends with today, which it keeps, at {ends}.")
+            )
+        else:
+            console.print(text_line(f"{who} had no current or future {what}."))
         return
     if server is None:
         started = any(p.start <= today < p.end for p in before.tenant_pauses)
