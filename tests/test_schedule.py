@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from tbes.adapters.config import parse_config
 from tbes.baseline import Baseline
 from tbes.catalog import Catalog
 from tbes.compliance import Compliance, assess
 from tbes.enforcer import Connection, Enforcer
-from tbes.errors import InvalidValueError, NaiveDatetimeError, PolicyError
+from tbes.errors import AdapterConfigError, InvalidValueError, NaiveDatetimeError, PolicyError
 from tbes.policy import PRESETS, ConnectorKind, Policy
 from tbes.schedule import RollingBaseline, Schedule, Step
 from tbes.store import MemoryStore
@@ -187,3 +188,36 @@ def test_the_enforcer_never_serves_a_verdict_of_another_days_baseline() -> None:
     state = store.get("ex01.fabrikam.example").value  # type: ignore[union-attr]
     assert state.status is OUT
     assert state.first_detected == clock[0]  # the episode starts under the baseline then in force
+
+
+# ---- the operator dates the final step in the adapters' configuration ----------------------
+
+
+def test_the_adapters_configuration_dates_the_final_step() -> None:
+    later = at("2027-02-01")
+    plain = parse_config('tenant = "contoso"\n')
+    assert plain.final_step_from is None
+    assert status(plain.make_policy(CATALOG), "15.1.2507.61", later) is OK  # off by default
+    dated = parse_config('tenant = "contoso"\nfinal_step_from = 2027-01-04\n')
+    policy = dated.make_policy(CATALOG)
+    assert policy == Policy.exchange_online(CATALOG, final_step_from=dt.date(2027, 1, 4))
+    assert status(policy, "15.1.2507.61", later) is OUT  # the Oct25SU, the last public one
+    assert status(policy, "15.1.2507.72", later) is OK  # an ESU build
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('final_step_from = "2027-01-04"', "final_step_from must be a date"),
+        ("final_step_from = 2027-01-04T00:00:00Z", "final_step_from must be a date"),
+        (
+            'policy = "exchange_online_2026"\nfinal_step_from = 2027-01-04',
+            "only policy 'exchange_online' has a final step",
+        ),
+    ],
+)
+def test_a_final_step_that_is_no_date_or_of_another_policy_is_refused(
+    toml: str, message: str
+) -> None:
+    with pytest.raises(AdapterConfigError, match=message):
+        parse_config(toml)

@@ -341,6 +341,18 @@ def _policy_name(instance: AdapterConfig, attribute: attrs.Attribute[str], value
         raise AdapterConfigError(f"policy = {value!r}: {error}") from None
 
 
+def _final_step(instance: AdapterConfig, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is None:
+        return
+    if isinstance(value, dt.datetime) or not isinstance(value, dt.date):
+        raise AdapterConfigError(f"final_step_from must be a date, got {value!r:.80}")
+    if instance.policy != "exchange_online":
+        raise AdapterConfigError(
+            f"final_step_from = {value}: only policy 'exchange_online' has a final step, "
+            f"not {instance.policy!r}"
+        )
+
+
 @attrs.frozen
 class AdapterConfig:
     """How an adapter names connections and behaves on faults (see the module docstring).
@@ -355,7 +367,9 @@ class AdapterConfig:
     ``fixed_time`` (testing only) freezes the clock. ``mode`` is the default mode of the
     connectors (:data:`MODES`); ``exemptions`` are the :class:`~tbes.exemption.Exemption`
     entries. An exemption naming a connector no rule has, or a server by host name
-    without its connector, raises :class:`AdapterConfigError`.
+    without its connector, raises :class:`AdapterConfigError`. ``final_step_from`` dates
+    the last phase of ``exchange_online`` (only ESU builds and SE pass; off by default,
+    :meth:`Policy.exchange_online <tbes.policy.Policy.exchange_online>`).
     """
 
     connectors: tuple[ConnectorRule, ...] = attrs.field(default=(), converter=_rules)
@@ -373,6 +387,7 @@ class AdapterConfig:
     )
     mode: str = attrs.field(default="enforce", validator=_mode)
     exemptions: tuple[Exemption, ...] = attrs.field(default=(), converter=_exemptions)
+    final_step_from: dt.date | None = attrs.field(default=None, validator=_final_step)
 
     def __attrs_post_init__(self) -> None:
         names = {rule.name.casefold() for rule in self.connectors}
@@ -496,6 +511,8 @@ class AdapterConfig:
         configuration names (:meth:`load_catalog`), never silently the packaged one.
         """
         known = catalog if catalog is not None else self.load_catalog()
+        if self.final_step_from is not None:  # only exchange_online has one: checked above
+            return Policy.exchange_online(known, final_step_from=self.final_step_from)
         try:
             return Policy.named(self.policy, on=self.policy_on, catalog=known)
         except PolicyError as error:
@@ -543,6 +560,7 @@ _TOP_KEYS = frozenset(
         "policy_on",
         "catalog",
         "mode",
+        "final_step_from",
     }
 )
 _REMOVED_UNMATCHED = (
@@ -608,6 +626,7 @@ def _from_mapping(data: Mapping[str, Any]) -> AdapterConfig:
         catalog=_get(data, "catalog", str, None),
         mode=_get(data, "mode", str, "enforce"),
         exemptions=tuple(_exemption(item, index) for index, item in enumerate(exemptions)),
+        final_step_from=_get(data, "final_step_from", dt.date, None),
     )
 
 

@@ -47,7 +47,13 @@ def config_check(
     enforced = ", ".join(sorted(kind.value.lower() for kind in policy.connectors)) or "none"
     console.print(
         text_line(
-            f"Policy {config.policy}: enforces {enforced} connectors; pause quota "
+            f"Policy {config.policy}"
+            + (
+                ""
+                if config.final_step_from is None
+                else f" (final step from {config.final_step_from})"
+            )
+            + f": enforces {enforced} connectors; pause quota "
             f"{policy.pause_quota_days} days a year. Catalog: "
             f"{config.catalog or 'packaged'} (as of {catalog.as_of})."
         )
