@@ -19,23 +19,40 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import attrs
 
 from tbes._checks import of_type
 from tbes._instants import as_utc, require_aware
+from tbes._lines import ON_PREMISES, line_of
 from tbes._slots import slot_filler
+from tbes.baseline import Baseline
 from tbes.catalog import Catalog
 from tbes.compliance import Compliance, assess
 from tbes.decision import Decision, decide
 from tbes.errors import InvalidBuildError, InvalidValueError
 from tbes.exemption import Exemption
+from tbes.identity import connector_of, host_of
 from tbes.policy import Policy
+from tbes.serde import converter
 from tbes.stages import Stage, StageTable
 from tbes.state import ServerState
 from tbes.version import ExchangeBuild, Product
 
-__all__ = ["END", "ReportRow", "Segment", "forecast", "horizon", "report_row", "report_rows"]
+__all__ = [
+    "END",
+    "WIRE_FIELDS",
+    "ReportRow",
+    "Segment",
+    "build_versions",
+    "exchange_server",
+    "forecast",
+    "horizon",
+    "recommended_builds",
+    "report_row",
+    "report_rows",
+]
 
 END = dt.datetime.max.replace(tzinfo=dt.UTC)
 """The calendar's end, where forecasts and horizons stop."""
@@ -162,6 +179,143 @@ class ReportRow:
     next_stage_start: dt.datetime | None = attrs.field(validator=_aware_or_none)
     paused_until: dt.datetime | None = attrs.field(validator=_aware_or_none)
     control: str | None = attrs.field(default=None, validator=of_type(str, optional=True))
+
+    @property
+    def connector(self) -> str:
+        """The connector part of the server id (the whole id for a connector-level one)."""
+        return connector_of(self.server)
+
+    @property
+    def server_fqdn(self) -> str:
+        """Microsoft's ``ServerFQDN``: the host part of the server id, or the whole id for a
+        connector-level one (no host is known)."""
+        host = host_of(self.server)
+        return self.server if host is None else host
+
+
+# ---- the report's wire form: Microsoft's field names -----------------------------------------
+
+WIRE_FIELDS: tuple[str, ...] = (
+    "ServerFQDN",
+    "Build",
+    "ExchangeServer",
+    "FirstDetectedDate",
+    "RecommendedBuildVersions",
+    "ThrottleEnabledDate",
+    "BlockingEnabledDate",
+    "NextStageThrottleRate",
+    "NextStageBlockRate",
+    "NextStageStartDate",
+    "tenant",
+    "connector",
+    "server",
+    "status",
+    "stage",
+    "paused_until",
+    "fully_blocked",
+    "last_seen",
+    "control",
+)
+"""The keys of a report row in JSON and the columns of the CSV report, in order: the fields
+of Microsoft's ``Get-OnPremServerReportInfo``, then tbes's own."""
+
+# Microsoft's ExchangeServer values (ExchangeServer2016); products off premises keep tbes's name.
+_EXCHANGE_SERVER = {
+    product: "ExchangeServer" + product.label.removeprefix("Exchange ")
+    for product in Product
+    if product.on_premises
+}
+_PRODUCT_OF_NAME = {name: product for product, name in _EXCHANGE_SERVER.items()}
+
+
+def exchange_server(product: Product) -> str:
+    """Microsoft's ``ExchangeServer`` value of ``product``: ``ExchangeServer2016``,
+    ``ExchangeServerSE`` (the enum's value for a product that is not on-premises)."""
+    return _EXCHANGE_SERVER.get(product) or product.value
+
+
+def build_versions(builds: Iterable[ExchangeBuild]) -> list[str]:
+    """Builds as Microsoft's ``RecommendedBuildVersions`` lists them: each in its short form
+    and then its long form (``15.1.2507.39``, ``15.01.2507.039``)."""
+    return [form for build in builds for form in (str(build), build.long)]
+
+
+def _instant_text(value: dt.datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _row_to_wire(row: ReportRow) -> dict[str, Any]:
+    stage = row.stage
+    return {
+        "ServerFQDN": row.server_fqdn,
+        "Build": None if row.build is None else str(row.build),
+        "ExchangeServer": None if row.product is None else exchange_server(row.product),
+        "FirstDetectedDate": _instant_text(row.first_detected),
+        "RecommendedBuildVersions": build_versions(row.recommended),
+        "ThrottleEnabledDate": _instant_text(row.throttle_enabled),
+        "BlockingEnabledDate": _instant_text(row.blocking_enabled),
+        "NextStageThrottleRate": row.next_stage_throttle,
+        "NextStageBlockRate": row.next_stage_block,
+        "NextStageStartDate": _instant_text(row.next_stage_start),
+        "tenant": row.tenant,
+        "connector": row.connector,
+        "server": row.server,
+        "status": row.status.value,
+        "stage": None if stage is None else converter.unstructure(stage, Stage),
+        "paused_until": _instant_text(row.paused_until),
+        "fully_blocked": _instant_text(row.full_block),
+        "last_seen": _instant_text(row.last_seen),
+        "control": row.control,
+    }
+
+
+def _row_from_wire(data: Any, _: type) -> ReportRow:
+    # The derived keys (ServerFQDN, connector) are the server id's parts: read, not trusted.
+    if not isinstance(data, dict):
+        raise InvalidValueError(f"a report row is a JSON object, got {data!r:.80}")
+    name = data["ExchangeServer"]
+    product = None if name is None else _PRODUCT_OF_NAME.get(name) or Product(name)
+    versions = data["RecommendedBuildVersions"]
+    if not isinstance(versions, list) or len(versions) % 2:
+        raise InvalidValueError(
+            f"RecommendedBuildVersions must list each build's short and long form, got "
+            f"{versions!r:.80}"
+        )
+    builds = [ExchangeBuild.parse(text) for text in versions]
+    if builds[0::2] != builds[1::2]:
+        raise InvalidValueError(f"RecommendedBuildVersions pairs differ: {versions!r:.80}")
+
+    def get(key: str, kind: Any) -> Any:
+        value = data[key]
+        if kind is str and not isinstance(value, str):  # cattrs would make "None" of None
+            raise InvalidValueError(f"{key} must be a string, got {value!r:.80}")
+        return converter.structure(value, kind)
+
+    return ReportRow(
+        server=get("server", str),
+        tenant=get("tenant", str),
+        build=get("Build", ExchangeBuild | None),
+        product=product,
+        status=get("status", Compliance),
+        first_detected=get("FirstDetectedDate", dt.datetime | None),
+        last_seen=get("last_seen", dt.datetime | None),
+        recommended=builds[0::2],
+        throttle_enabled=get("ThrottleEnabledDate", dt.datetime | None),
+        blocking_enabled=get("BlockingEnabledDate", dt.datetime | None),
+        full_block=get("fully_blocked", dt.datetime | None),
+        stage=get("stage", Stage | None),
+        next_stage_throttle=get("NextStageThrottleRate", int | None),
+        next_stage_block=get("NextStageBlockRate", int | None),
+        next_stage_start=get("NextStageStartDate", dt.datetime | None),
+        paused_until=get("paused_until", dt.datetime | None),
+        control=get("control", str | None),
+    )
+
+
+# The wire form belongs to the row, so it is registered where the row is defined (tbes.serde
+# cannot import this module: the catalog it reads imports tbes.serde).
+converter.register_unstructure_hook(ReportRow, _row_to_wire)
+converter.register_structure_hook(ReportRow, _row_from_wire)
 
 
 def forecast(
@@ -299,7 +453,7 @@ def report_row(
     recommended = (
         ()
         if state.build is None
-        else assess(state.build, baseline=policy.baseline_at(now), catalog=catalog).recommended
+        else recommended_builds(state.build, policy.baseline_at(now), catalog, now.date())
     )
     following = _next_stage(decision.stage, policy)
     table = policy.stage_table
@@ -322,6 +476,66 @@ def report_row(
         paused_until=_paused_until(timeline, now) if decision.paused else None,
         control=_control(decision, exemptions, monitor, now),
     )
+
+
+def recommended_builds(
+    build: ExchangeBuild, baseline: Baseline, catalog: Catalog, on: dt.date
+) -> tuple[ExchangeBuild, ...]:
+    """What Microsoft's report lists as ``RecommendedBuildVersions`` for ``build``, newest first.
+
+    Every public build of ``build``'s line (no ESU-only update, no preview) released by
+    ``on`` that ``baseline`` judges compliant. When its line has none (an unsupported
+    line the baseline no longer accepts, a phase that only ESU builds pass), the builds
+    :func:`~tbes.compliance.assess` recommends: the minimums of the accepted lines. For a
+    product out of support, the upgrade target: the minimums of the newest supported
+    product already released by ``on`` (its newest public build if it has no minimum). A
+    build that is not on-premises Exchange gets none. Arguments of the wrong type raise as
+    :func:`~tbes.compliance.assess` does; an ``on`` that is no date, InvalidValueError.
+    """
+    if not isinstance(on, dt.date):
+        raise InvalidValueError(f"on must be a date, got {on!r:.80}")
+    assessment = assess(build, baseline=baseline, catalog=catalog)
+    if assessment.status is Compliance.NOT_APPLICABLE:
+        return ()
+    if assessment.status is Compliance.UNSUPPORTED:
+        return _upgrade_target(build.product, baseline, catalog, on)
+    line = line_of(build)
+    own = [
+        release.build
+        for releases in catalog.lines(build.product)
+        if releases and line_of(releases[0].build) == line
+        for release in releases
+        if not release.esu and release.date <= on and _compliant(release.build, baseline, catalog)
+    ]
+    return tuple(sorted(own, reverse=True)) or assessment.recommended
+
+
+def _upgrade_target(
+    product: Product, baseline: Baseline, catalog: Catalog, on: dt.date
+) -> tuple[ExchangeBuild, ...]:
+    """The builds to upgrade a product out of support to: the minimums of the newest product
+    the baseline supports that had been released by ``on`` (its newest public build by
+    then when the baseline sets it no minimum)."""
+    for target in reversed(ON_PREMISES[ON_PREMISES.index(product) + 1 :]):
+        if target in baseline.unsupported:
+            continue
+        public = [
+            release.build
+            for releases in catalog.lines(target)
+            for release in releases
+            if not release.esu and release.date <= on
+        ]
+        if not public:
+            continue  # not released yet on that day (Exchange SE before July 2025)
+        floors: dict[tuple[int, ...], ExchangeBuild] = {}
+        for minimum in sorted(baseline.minimum.get(target, ()), reverse=True):
+            floors[line_of(minimum)] = minimum  # two on one line: the lower one
+        return tuple(sorted(floors.values(), reverse=True)) or (max(public),)
+    return ()
+
+
+def _compliant(build: ExchangeBuild, baseline: Baseline, catalog: Catalog) -> bool:
+    return assess(build, baseline=baseline, catalog=catalog).status is Compliance.COMPLIANT
 
 
 def _control(

@@ -1,8 +1,11 @@
 """The report as CSV (RFC 4180, via the standard library), for spreadsheets and scripts.
 
-Machine-friendly values rather than the labels of the text table: builds in their short
-form, instants in ISO 8601 with offset, the stage as its number with its minutes in their
-own columns, recommended builds separated by spaces. Empty cells mean "none".
+The columns are the JSON report's keys (:data:`~tbes.report.WIRE_FIELDS`: Microsoft's
+field names, then tbes's own), with the stage as its number and its minutes in two
+columns of their own. Machine-friendly values rather than the labels of the text table:
+builds in their short form, instants in ISO 8601 with offset, the recommended builds
+separated by spaces, each in its short and then its long form as Microsoft lists them.
+Empty cells mean "none".
 
 Cells are safe to open in a spreadsheet and to print: control characters show as escapes
 (:func:`~tbes.render._common.printable`: a newline as ``\\n``, so every row is one line),
@@ -18,33 +21,20 @@ import io
 from collections.abc import Iterable, Sequence
 
 from tbes.render._common import Sink, printable
-from tbes.report import ReportRow
+from tbes.report import WIRE_FIELDS, ReportRow, build_versions, exchange_server
 
 __all__ = ["COLUMNS", "FORMULA_STARTS", "render_csv", "write_csv"]
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 """What a cell may not start with: a spreadsheet would read it as a formula."""
 
+_STAGE = WIRE_FIELDS.index("stage") + 1
+
 COLUMNS: tuple[str, ...] = (
-    "server",
-    "tenant",
-    "build",
-    "product",
-    "status",
-    "first_detected",
-    "last_seen",
-    "recommended",
-    "throttle_enabled",
-    "blocking_enabled",
-    "full_block",
-    "stage",
+    *WIRE_FIELDS[:_STAGE],
     "stage_throttle_minutes",
     "stage_block_minutes",
-    "next_stage_throttle",
-    "next_stage_block",
-    "next_stage_start",
-    "paused_until",
-    "control",
+    *WIRE_FIELDS[_STAGE:],
 )
 """The CSV header, in column order."""
 
@@ -70,29 +60,31 @@ def write_csv(rows: Iterable[ReportRow], out: Sink) -> None:
 
 def _values(row: ReportRow) -> tuple[str, ...]:
     stage = row.stage
-    # Only the server id and the tenant are foreign text; every other cell is written by
-    # tbes (numbers, builds, enum names, ISO instants) and can hold neither a control
-    # character nor a formula's first character, so it skips the escape.
+    # Only the server id's parts and the tenant are foreign text; every other cell is
+    # written by tbes (numbers, builds, enum names, ISO instants) and can hold neither a
+    # control character nor a formula's first character, so it skips the escape.
     return (
-        _cell(row.server),
-        _cell(row.tenant),
+        _cell(row.server_fqdn),
         _text(row.build),
-        "" if row.product is None else row.product.value,
-        row.status.value,
+        "" if row.product is None else exchange_server(row.product),
         _instant(row.first_detected),
-        _instant(row.last_seen),
-        " ".join(str(build) for build in row.recommended),
+        " ".join(build_versions(row.recommended)),
         _instant(row.throttle_enabled),
         _instant(row.blocking_enabled),
-        _instant(row.full_block),
-        _text(None if stage is None else stage.number),
-        _text(None if stage is None else stage.throttle_minutes),
-        _text(None if stage is None else stage.block_minutes),
         _text(row.next_stage_throttle),
         _text(row.next_stage_block),
         _instant(row.next_stage_start),
+        _cell(row.tenant),
+        _cell(row.connector),
+        _cell(row.server),
+        row.status.value,
+        _text(None if stage is None else stage.number),
+        _text(None if stage is None else stage.throttle_minutes),
+        _text(None if stage is None else stage.block_minutes),
         _instant(row.paused_until),
-        _text(row.control),
+        _instant(row.full_block),
+        _instant(row.last_seen),
+        "" if row.control is None else _cell(row.control),  # names an operator's reason
     )
 
 
