@@ -54,6 +54,11 @@ def printable(text: str) -> str:
     return _UNPRINTABLE.sub(_escape, text)
 
 
+def is_printable(text: str) -> bool:
+    """Whether :func:`printable` leaves ``text`` as it is (so does it for every part of it)."""
+    return _UNPRINTABLE.search(text) is None
+
+
 def instant(value: dt.datetime | None) -> str:
     """An instant as ``YYYY-MM-DD HH:MM`` in UTC, or :data:`NONE`."""
     if value is None:
