@@ -372,7 +372,7 @@ def test_inspect_json_carries_hops_sender_assessment_and_decision(eml: Path) -> 
     assert data["assessment"]["status"] == "OUTDATED"
     assert data["decision"]["action"] == "ACCEPT"
     assert data["decision"]["stage"]["number"] == 1
-    assert data["report"]["throttle_enabled"] == "2026-11-14T08:13:00+00:00"
+    assert data["report"]["ThrottleEnabledDate"] == "2026-11-14T08:13:00+00:00"
 
 
 def test_inspect_a_missing_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
@@ -390,13 +390,13 @@ def test_report_table_has_one_row_per_server(db: Path) -> None:
     result = run("report", "--db", str(db), "--at", "2026-01-15T00:00:00Z")
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0].startswith("Server")
+    assert lines[0].split()[:2] == ["Tenant", "Server"]
     body = lines[2:]
     # Streamed in the store's order: by server id, whatever the tenant.
-    assert [line.split()[0] for line in body] == [
-        "ex13.tailspin.example",
-        "ex2016.fabrikam.example",
-        "ex2019.fabrikam.example",
+    assert [line.split()[:2] for line in body] == [
+        ["tailspin", "ex13.tailspin.example"],
+        ["fabrikam", "ex2016.fabrikam.example"],
+        ["fabrikam", "ex2019.fabrikam.example"],
     ]
     assert "2026-01-31 00:00" in body[1]  # throttling from
     assert "UNSUPPORTED" in body[0]
@@ -409,9 +409,9 @@ def test_report_for_one_tenant_as_csv(db: Path) -> None:
     assert result.exit_code == 0, result.output
     records = list(csv.DictReader(io.StringIO(result.stdout, newline="")))
     assert [r["server"] for r in records] == [EX16, EX19]
-    assert records[0]["throttle_enabled"] == "2026-01-31T00:00:00+00:00"
+    assert records[0]["ThrottleEnabledDate"] == "2026-01-31T00:00:00+00:00"
     assert records[0]["stage"] == "3"  # day 45
-    assert records[0]["next_stage_start"] == "2026-02-20T00:00:00+00:00"
+    assert records[0]["NextStageStartDate"] == "2026-02-20T00:00:00+00:00"
 
 
 def test_report_as_json_reads_back_as_report_rows(db: Path) -> None:
@@ -469,8 +469,8 @@ def test_pause_charges_the_quota_and_shifts_the_reported_timeline(db: Path) -> N
     report = run("report", "--db", str(db), "--format", "csv", "--at", "2026-01-15T00:00:00Z")
     (record,) = [r for r in csv.DictReader(io.StringIO(report.stdout)) if r["server"] == EX16]
     assert record["paused_until"] == "2026-01-20T00:00:00+00:00"
-    assert record["throttle_enabled"] == "2026-02-10T00:00:00+00:00"
-    assert record["full_block"] == "2026-04-11T00:00:00+00:00"
+    assert record["ThrottleEnabledDate"] == "2026-02-10T00:00:00+00:00"
+    assert record["fully_blocked"] == "2026-04-11T00:00:00+00:00"
 
 
 def test_a_pause_across_the_year_end_charges_both_years(db: Path) -> None:
@@ -648,12 +648,12 @@ def test_demo_replays_the_scenario_and_writes_the_report(tmp_path: Path) -> None
     csv_report = run("report", "--db", str(db), "--format", "csv", "--at", "2027-02-15T18:00Z")
     records = {r["server"]: r for r in csv.DictReader(io.StringIO(csv_report.stdout))}
     ex2007 = records["ex2007.fabrikam.example"]
-    first = dt.datetime.fromisoformat(ex2007["first_detected"])
+    first = dt.datetime.fromisoformat(ex2007["FirstDetectedDate"])
     assert first.date() == dt.date(2026, 10, 15)
-    assert dt.datetime.fromisoformat(ex2007["full_block"]) == first + dt.timedelta(days=90)
+    assert dt.datetime.fromisoformat(ex2007["fully_blocked"]) == first + dt.timedelta(days=90)
     assert ex2007["stage"] == "8"
     assert records["ex2016.fabrikam.example"]["status"] == "COMPLIANT"
-    assert records["ex2016.fabrikam.example"]["build"] == "15.1.2507.69"
+    assert records["ex2016.fabrikam.example"]["Build"] == "15.1.2507.69"
     assert "tailspin-partner" not in records  # cloud-only: nothing on-premises to record
     ledger = SQLiteStore(db)
     try:

@@ -114,5 +114,5 @@ def test_output_through_a_symbolic_link_replaces_the_file_it_names(db: Path, out
     result = run("report", "--db", str(db), "--format", "csv", "--at", AT, "-o", str(link))
     assert result.exit_code == 0, result.output
     assert link.is_symlink()
-    assert target.read_text(encoding="utf-8").startswith("server,tenant,")
+    assert target.read_text(encoding="utf-8").startswith("ServerFQDN,Build,")
     assert sorted(path.name for path in outdir.iterdir()) == ["latest-2026.csv", "latest.csv"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import json
 import re
 from html.parser import HTMLParser
 
@@ -63,11 +64,11 @@ def rows() -> list[ReportRow]:
 
 def test_text_table_has_a_heading_a_rule_and_one_line_per_server() -> None:
     lines = render_text(rows()).splitlines()
-    assert lines[0].startswith("Server")
+    assert lines[0].split()[:3] == ["Tenant", "Server", "Build"]
     assert set(lines[1].replace(" ", "")) == {"-"}
     assert len(lines) == 4
-    assert lines[2].startswith("ex16.fabrikam.example")
-    assert lines[3].startswith("ex19.fabrikam.example")
+    assert lines[2].split()[:2] == ["fabrikam", "ex16.fabrikam.example"]
+    assert lines[3].split()[:2] == ["fabrikam", "ex19.fabrikam.example"]
 
 
 def test_text_table_aligns_columns_under_their_headings() -> None:
@@ -79,18 +80,21 @@ def test_text_table_aligns_columns_under_their_headings() -> None:
 
 
 def test_text_table_shows_stage_status_and_pause() -> None:
-    line = render_text(rows()).splitlines()[2]
+    heading, _, line, compliant = render_text(rows()).splitlines()
     assert "OUTDATED" in line
-    assert "1: report only" in line
+    # Paused from 10 Jan for 10 days: the stage column says so instead of stage 1.
+    stage = heading.index("Stage")
+    assert line[stage:].startswith("paused until 2026-01-20 00:00  ")
     assert "throttle 5 min/h" in line  # the next stage
-    assert "2026-01-20 00:00" in line  # paused until
+    assert compliant[stage:].startswith("-  ")
 
 
 def test_text_table_shows_a_newline_in_a_server_id_as_an_escape_not_a_new_row() -> None:
     forged = server("ex16.fabrikam.example\nforged.example  EX 1", "15.1.2507.39", NOW)
     lines = render_text([report_row(forged, NOW, POLICY, CATALOG)]).splitlines()
     assert len(lines) == 3
-    assert lines[2].startswith("ex16.fabrikam.example\\nforged.example  EX 1  15.1.2507.39")
+    forged_id = "ex16.fabrikam.example\\nforged.example  EX 1"
+    assert lines[2].startswith(f"fabrikam  {forged_id}  15.1.2507.39")
 
 
 def test_text_table_shows_escape_sequences_as_visible_escapes() -> None:
@@ -107,21 +111,56 @@ def test_csv_has_a_header_and_machine_readable_values() -> None:
     records = list(csv.DictReader(io.StringIO(render_csv(rows()), newline="")))
     assert len(records) == 2
     first = records[0]
-    assert first["server"] == "ex16.fabrikam.example"
-    assert first["build"] == "15.1.2507.39"
-    assert first["product"] == "EXCHANGE_2016"
+    assert first["server"] == first["ServerFQDN"] == "ex16.fabrikam.example"
+    assert first["connector"] == "ex16.fabrikam.example"  # a connector-level id
+    assert first["Build"] == "15.1.2507.39"
+    assert first["ExchangeServer"] == "ExchangeServer2016"
     assert first["status"] == "OUTDATED"
-    assert first["throttle_enabled"] == "2026-02-10T00:00:00+00:00"
-    assert first["full_block"] == "2026-04-11T00:00:00+00:00"
+    assert first["FirstDetectedDate"] == "2026-01-01T00:00:00+00:00"
+    assert first["ThrottleEnabledDate"] == "2026-02-10T00:00:00+00:00"
+    assert first["BlockingEnabledDate"] == "2026-03-12T00:00:00+00:00"
+    assert first["fully_blocked"] == "2026-04-11T00:00:00+00:00"
     assert (first["stage"], first["stage_throttle_minutes"], first["stage_block_minutes"]) == (
         "1",
         "0",
         "0",
     )
+    # Stage 2 (throttle 5 min/h) starts once 30 unpaused days have passed: 10 Feb.
+    assert (first["NextStageThrottleRate"], first["NextStageBlockRate"]) == ("5", "0")
+    assert first["NextStageStartDate"] == "2026-02-10T00:00:00+00:00"
     assert first["paused_until"] == "2026-01-20T00:00:00+00:00"
-    assert first["recommended"] == "15.1.2507.61"
+    assert first["last_seen"] == "2026-01-15T00:00:00+00:00"
+    # Policy() holds 2016 CU23 to the Oct 2025 SU; in January 2026 it is the line's only
+    # public build at or above it (Dec 2025 SU and later went to ESU customers only).
+    assert first["RecommendedBuildVersions"] == "15.1.2507.61 15.01.2507.061"
     assert records[1]["stage"] == ""
-    assert records[1]["throttle_enabled"] == ""
+    assert records[1]["ThrottleEnabledDate"] == ""
+
+
+def test_csv_header_is_microsofts_field_names_then_tbes_own() -> None:
+    header = render_csv([]).splitlines()[0]
+    assert header == (
+        "ServerFQDN,Build,ExchangeServer,FirstDetectedDate,RecommendedBuildVersions,"
+        "ThrottleEnabledDate,BlockingEnabledDate,NextStageThrottleRate,NextStageBlockRate,"
+        "NextStageStartDate,tenant,connector,server,status,stage,stage_throttle_minutes,"
+        "stage_block_minutes,paused_until,fully_blocked,last_seen,control"
+    )
+
+
+def test_csv_splits_a_canonical_id_into_server_fqdn_and_connector() -> None:
+    state = server("edge-1/ex16.fabrikam.example", "15.1.2507.39", NOW)
+    (record,) = csv.DictReader(io.StringIO(render_csv([report_row(state, NOW, POLICY, CATALOG)])))
+    assert record["ServerFQDN"] == "ex16.fabrikam.example"
+    assert record["connector"] == "edge-1"
+    assert record["server"] == "edge-1/ex16.fabrikam.example"
+
+
+def test_csv_escapes_a_formula_in_the_host_part_of_a_server_id_in_every_column() -> None:
+    state = server("=cmd/=HYPERLINK(1)", "15.1.2507.39", NOW)
+    (record,) = csv.DictReader(io.StringIO(render_csv([report_row(state, NOW, POLICY, CATALOG)])))
+    assert record["ServerFQDN"] == "'=HYPERLINK(1)"
+    assert record["connector"] == "'=cmd"
+    assert record["server"] == "'=cmd/=HYPERLINK(1)"
 
 
 def test_csv_quotes_values_with_commas_and_quotes() -> None:
@@ -129,7 +168,7 @@ def test_csv_quotes_values_with_commas_and_quotes() -> None:
     text = render_csv([report_row(state, NOW, POLICY, CATALOG)])
     assert '"odd,""name"""' in text
     (record,) = csv.DictReader(io.StringIO(text, newline=""))
-    assert record["server"] == 'odd,"name"'
+    assert record["server"] == record["ServerFQDN"] == 'odd,"name"'
 
 
 @pytest.mark.parametrize("start", ["=", "+", "-", "@", "\t", "\r"])
@@ -162,9 +201,42 @@ def test_json_report_reads_back_into_the_same_rows() -> None:
 
 def test_json_report_uses_the_serde_forms() -> None:
     text = render_json(rows())
-    assert '"build": "15.1.2507.39"' in text
-    assert '"throttle_enabled": "2026-02-10T00:00:00+00:00"' in text
+    assert '"Build": "15.1.2507.39"' in text
+    assert '"ThrottleEnabledDate": "2026-02-10T00:00:00+00:00"' in text
     assert '"status": "OUTDATED"' in text
+
+
+def test_json_rows_have_microsofts_keys_then_tbes_own_in_a_fixed_order() -> None:
+    first, second = json.loads(render_json(rows()))
+    expected = [
+        "ServerFQDN",
+        "Build",
+        "ExchangeServer",
+        "FirstDetectedDate",
+        "RecommendedBuildVersions",
+        "ThrottleEnabledDate",
+        "BlockingEnabledDate",
+        "NextStageThrottleRate",
+        "NextStageBlockRate",
+        "NextStageStartDate",
+        "tenant",
+        "connector",
+        "server",
+        "status",
+        "stage",
+        "paused_until",
+        "fully_blocked",
+        "last_seen",
+        "control",
+    ]
+    assert list(first) == list(second) == expected
+    assert first["RecommendedBuildVersions"] == ["15.1.2507.61", "15.01.2507.061"]
+    assert (first["NextStageThrottleRate"], first["NextStageBlockRate"]) == (5, 0)
+    assert first["stage"]["number"] == 1
+    assert first["ExchangeServer"] == "ExchangeServer2016"
+    assert second["ExchangeServer"] == "ExchangeServer2019"
+    assert second["stage"] is None
+    assert second["FirstDetectedDate"] is None
 
 
 # ---- html -----------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ day 60 and blocks fully from day 90; a pause freezes the clock for its length.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -16,7 +17,16 @@ from tbes.catalog import Catalog
 from tbes.compliance import Compliance
 from tbes.errors import InvalidValueError, NaiveDatetimeError
 from tbes.policy import Policy
-from tbes.report import END, ReportRow, Segment, forecast, horizon, report_row, report_rows
+from tbes.report import (
+    END,
+    ReportRow,
+    Segment,
+    forecast,
+    horizon,
+    recommended_builds,
+    report_row,
+    report_rows,
+)
 from tbes.serde import dumps, loads
 from tbes.stages import DEFAULT_STAGE_TABLE
 from tbes.state import ServerState
@@ -144,8 +154,144 @@ def test_row_names_the_server_its_build_product_status_and_recommended_builds() 
     assert row.product is Product.EXCHANGE_2016
     assert row.status is Compliance.OUTDATED
     assert row.first_detected == JAN_1
-    # SPEC section 7: the 2026 minimum for Exchange 2016 is the October 2025 SU.
+    # SPEC section 7: the 2026 minimum for Exchange 2016 is the October 2025 SU; the CU23
+    # builds after it (Dec 2025 SU on) went to ESU customers only, so it stands alone.
     assert row.recommended == (ExchangeBuild(15, 1, 2507, 61),)
+
+
+# ---- Microsoft's report (issue 15, item 4) ------------------------------------------------
+
+EXCHANGE_ONLINE = Policy.exchange_online(CATALOG)
+MAY_10_2024 = dt.datetime(2024, 5, 10, 9, 0, tzinfo=UTC)
+
+
+def may_2024_row(
+    build: str = "15.1.2507.16", server: str = "edge/ex16.contoso.example"
+) -> ReportRow:
+    s = ServerState(
+        server_id=server,
+        tenant="contoso",
+        build=ExchangeBuild.parse(build),
+        status=Compliance.OUTDATED,
+        first_detected=dt.datetime(2024, 3, 1, tzinfo=UTC),
+        last_seen=MAY_10_2024,
+        compliant_since=None,
+    )
+    return report_row(s, MAY_10_2024, EXCHANGE_ONLINE, CATALOG)
+
+
+def test_may_2024_report_recommends_every_cu23_build_from_the_august_2023_su_newest_first() -> None:
+    # The observed report of May 2024: a 2016 at 15.1.2507.16 (Nov 2022 SU) was flagged and
+    # .31 to .39 were listed: Aug23SU .31, Aug23SUv2 .32, Oct23SU .34, Nov23SU .35, Mar24SU
+    # .37, Apr24HU .39 (the Nov 2024 SU, .43, did not exist yet).
+    row = may_2024_row()
+    assert [str(build) for build in row.recommended] == [
+        "15.1.2507.39",
+        "15.1.2507.37",
+        "15.1.2507.35",
+        "15.1.2507.34",
+        "15.1.2507.32",
+        "15.1.2507.31",
+    ]
+    wire = json.loads(dumps(row))
+    assert wire["RecommendedBuildVersions"] == [
+        "15.1.2507.39",
+        "15.01.2507.039",
+        "15.1.2507.37",
+        "15.01.2507.037",
+        "15.1.2507.35",
+        "15.01.2507.035",
+        "15.1.2507.34",
+        "15.01.2507.034",
+        "15.1.2507.32",
+        "15.01.2507.032",
+        "15.1.2507.31",
+        "15.01.2507.031",
+    ]
+
+
+def test_may_2024_row_carries_microsofts_fields_worked_out_by_hand() -> None:
+    # First detected 1 March 2024: throttling 30 days later (31 Mar), blocking 60 days later
+    # (30 Apr), fully blocked 90 days later (30 May). On 10 May, day 70, the server is in
+    # stage 6 (days 70-80: throttle 30, block 10); stage 7 (throttle 30, block 20) starts on
+    # day 80, 20 May.
+    wire = json.loads(dumps(may_2024_row()))
+    assert wire["ServerFQDN"] == "ex16.contoso.example"
+    assert wire["connector"] == "edge"
+    assert wire["server"] == "edge/ex16.contoso.example"
+    assert wire["tenant"] == "contoso"
+    assert wire["Build"] == "15.1.2507.16"
+    assert wire["ExchangeServer"] == "ExchangeServer2016"
+    assert wire["status"] == "OUTDATED"
+    assert wire["FirstDetectedDate"] == "2024-03-01T00:00:00+00:00"
+    assert wire["ThrottleEnabledDate"] == "2024-03-31T00:00:00+00:00"
+    assert wire["BlockingEnabledDate"] == "2024-04-30T00:00:00+00:00"
+    assert wire["fully_blocked"] == "2024-05-30T00:00:00+00:00"
+    assert wire["stage"]["number"] == 6
+    assert (wire["NextStageThrottleRate"], wire["NextStageBlockRate"]) == (30, 20)
+    assert wire["NextStageStartDate"] == "2024-05-20T00:00:00+00:00"
+    assert wire["paused_until"] is None
+    assert wire["last_seen"] == "2024-05-10T09:00:00+00:00"
+    assert wire["control"] is None
+
+
+def test_a_connector_level_id_is_its_own_server_fqdn_and_connector() -> None:
+    row = may_2024_row(server="edge")
+    assert (row.server_fqdn, row.connector) == ("edge", "edge")
+
+
+def test_a_compliant_build_is_recommended_its_own_line_from_the_floor_up() -> None:
+    row = may_2024_row(build="15.1.2507.35")
+    assert [str(build) for build in row.recommended][-1] == "15.1.2507.31"
+    assert str(row.recommended[0]) == "15.1.2507.39"
+
+
+def test_a_cu_line_no_longer_accepted_is_recommended_the_accepted_lines() -> None:
+    # 2016 CU22 (15.1.2375) is no longer one of the two newest lines in May 2024; the
+    # report names what the baseline accepts: CU23 from its Aug 2023 SU.
+    row = may_2024_row(build="15.1.2375.37")
+    assert row.recommended == (ExchangeBuild(15, 1, 2507, 31),)
+
+
+def test_a_product_out_of_support_is_recommended_its_upgrade_target() -> None:
+    # Exchange 2013 is unsupported from December 2023: the upgrade target is the newest
+    # supported product's accepted lines (2019 CU14 and CU13 floors in May 2024).
+    row = may_2024_row(build="15.0.1497.48", server="edge/ex13.contoso.example")
+    assert row.status is Compliance.OUTDATED  # the stored status; the row recomputes none
+    assert [str(build) for build in row.recommended] == ["15.2.1544.9", "15.2.1258.23"]
+    assert json.loads(dumps(row))["ExchangeServer"] == "ExchangeServer2013"
+
+
+def test_recommended_builds_never_lists_an_esu_only_build_nor_one_released_later() -> None:
+    # September 2026, Exchange 2016 under the Oct 2025 SU floor: .61 is public; .63 to .72
+    # went to ESU customers only.
+    policy = EXCHANGE_ONLINE
+    on = dt.datetime(2026, 9, 10, tzinfo=UTC)
+    got = recommended_builds(
+        ExchangeBuild.parse("15.1.2507.39"), policy.baseline_at(on), CATALOG, on.date()
+    )
+    assert got == (ExchangeBuild(15, 1, 2507, 61),)
+    earlier = dt.date(2024, 4, 1)  # before the Apr 2024 HU (.39, 23 April) was released
+    baseline = policy.baseline_at(dt.datetime(2024, 4, 1, tzinfo=UTC))
+    got = recommended_builds(ExchangeBuild.parse("15.1.2507.16"), baseline, CATALOG, earlier)
+    assert ExchangeBuild(15, 1, 2507, 39) not in got
+    assert got[0] == ExchangeBuild(15, 1, 2507, 37)
+
+
+def test_a_build_that_is_no_on_premises_exchange_gets_no_recommendation() -> None:
+    on = MAY_10_2024
+    online = ExchangeBuild.parse("15.20.7452.0")
+    assert recommended_builds(online, EXCHANGE_ONLINE.baseline_at(on), CATALOG, on.date()) == ()
+
+
+def test_recommended_builds_refuses_an_instant_where_a_day_belongs() -> None:
+    with pytest.raises(InvalidValueError, match="on must be a date"):
+        recommended_builds(
+            ExchangeBuild.parse("15.1.2507.16"),
+            EXCHANGE_ONLINE.baseline_at(MAY_10_2024),
+            CATALOG,
+            "2024-05-10",  # type: ignore[arg-type]
+        )
 
 
 def test_once_compliant_nothing_is_scheduled() -> None:
@@ -252,8 +398,33 @@ def test_report_row_and_segments_round_trip_through_json() -> None:
 
 def test_report_row_serialises_builds_as_short_strings_and_instants_with_offset() -> None:
     text = dumps(report_row(state(), at(1, 15), POLICY, CATALOG))
-    assert '"build":"15.1.2507.39"' in text
-    assert '"throttle_enabled":"2026-01-31T00:00:00+00:00"' in text
+    assert '"Build":"15.1.2507.39"' in text
+    assert '"ThrottleEnabledDate":"2026-01-31T00:00:00+00:00"' in text
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("RecommendedBuildVersions", ["15.1.2507.61"], "short and long form"),
+        ("RecommendedBuildVersions", ["15.1.2507.61", "15.01.2507.063"], "pairs differ"),
+        ("ExchangeServer", "ExchangeServer1999", "ExchangeServer1999"),
+        ("server", None, "server must be a string"),
+    ],
+)
+def test_a_report_row_that_does_not_add_up_does_not_load(
+    key: str, value: object, message: str
+) -> None:
+    data = json.loads(dumps(report_row(state(), at(1, 15), POLICY, CATALOG)))
+    data[key] = value
+    with pytest.raises(InvalidValueError, match=message):
+        loads(json.dumps(data), ReportRow)
+
+
+def test_a_report_row_missing_a_key_does_not_load() -> None:
+    data = json.loads(dumps(report_row(state(), at(1, 15), POLICY, CATALOG)))
+    del data["FirstDetectedDate"]
+    with pytest.raises(InvalidValueError, match="ReportRow"):
+        loads(json.dumps(data), ReportRow)
 
 
 # ---- report_rows: many rows at once ---------------------------------------------------------

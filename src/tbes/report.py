@@ -19,28 +19,47 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import attrs
 
 from tbes._checks import of_type
 from tbes._instants import as_utc, require_aware
+from tbes._lines import ON_PREMISES, line_of
 from tbes._slots import slot_filler
+from tbes.baseline import Baseline
 from tbes.catalog import Catalog
 from tbes.compliance import Compliance, assess
 from tbes.decision import Decision, decide
 from tbes.errors import InvalidBuildError, InvalidValueError
 from tbes.exemption import Exemption
+from tbes.identity import connector_of, host_of
+from tbes.ledger import clock_reaches, covering_end, pause_spans, paused_between
 from tbes.policy import Policy
+from tbes.serde import converter
 from tbes.stages import Stage, StageTable
 from tbes.state import ServerState
 from tbes.version import ExchangeBuild, Product
 
-__all__ = ["END", "ReportRow", "Segment", "forecast", "horizon", "report_row", "report_rows"]
+__all__ = [
+    "END",
+    "WIRE_FIELDS",
+    "ReportRow",
+    "Segment",
+    "build_versions",
+    "exchange_server",
+    "forecast",
+    "horizon",
+    "recommended_builds",
+    "report_row",
+    "report_rows",
+]
 
 END = dt.datetime.max.replace(tzinfo=dt.UTC)
 """The calendar's end, where forecasts and horizons stop."""
 _START = dt.datetime.min.replace(tzinfo=dt.UTC)
 _DAY = dt.timedelta(days=1)
+_ZERO = dt.timedelta(0)
 _MINUTES = 60
 
 
@@ -162,6 +181,143 @@ class ReportRow:
     next_stage_start: dt.datetime | None = attrs.field(validator=_aware_or_none)
     paused_until: dt.datetime | None = attrs.field(validator=_aware_or_none)
     control: str | None = attrs.field(default=None, validator=of_type(str, optional=True))
+
+    @property
+    def connector(self) -> str:
+        """The connector part of the server id (the whole id for a connector-level one)."""
+        return connector_of(self.server)
+
+    @property
+    def server_fqdn(self) -> str:
+        """Microsoft's ``ServerFQDN``: the host part of the server id, or the whole id for a
+        connector-level one (no host is known)."""
+        host = host_of(self.server)
+        return self.server if host is None else host
+
+
+# ---- the report's wire form: Microsoft's field names -----------------------------------------
+
+WIRE_FIELDS: tuple[str, ...] = (
+    "ServerFQDN",
+    "Build",
+    "ExchangeServer",
+    "FirstDetectedDate",
+    "RecommendedBuildVersions",
+    "ThrottleEnabledDate",
+    "BlockingEnabledDate",
+    "NextStageThrottleRate",
+    "NextStageBlockRate",
+    "NextStageStartDate",
+    "tenant",
+    "connector",
+    "server",
+    "status",
+    "stage",
+    "paused_until",
+    "fully_blocked",
+    "last_seen",
+    "control",
+)
+"""The keys of a report row in JSON and the columns of the CSV report, in order: the fields
+of Microsoft's ``Get-OnPremServerReportInfo``, then tbes's own."""
+
+# Microsoft's ExchangeServer values (ExchangeServer2016); products off premises keep tbes's name.
+_EXCHANGE_SERVER = {
+    product: "ExchangeServer" + product.label.removeprefix("Exchange ")
+    for product in Product
+    if product.on_premises
+}
+_PRODUCT_OF_NAME = {name: product for product, name in _EXCHANGE_SERVER.items()}
+
+
+def exchange_server(product: Product) -> str:
+    """Microsoft's ``ExchangeServer`` value of ``product``: ``ExchangeServer2016``,
+    ``ExchangeServerSE`` (the enum's value for a product that is not on-premises)."""
+    return _EXCHANGE_SERVER.get(product) or product.value
+
+
+def build_versions(builds: Iterable[ExchangeBuild]) -> list[str]:
+    """Builds as Microsoft's ``RecommendedBuildVersions`` lists them: each in its short form
+    and then its long form (``15.1.2507.39``, ``15.01.2507.039``)."""
+    return [form for build in builds for form in (str(build), build.long)]
+
+
+def _instant_text(value: dt.datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _row_to_wire(row: ReportRow) -> dict[str, Any]:
+    stage = row.stage
+    return {
+        "ServerFQDN": row.server_fqdn,
+        "Build": None if row.build is None else str(row.build),
+        "ExchangeServer": None if row.product is None else exchange_server(row.product),
+        "FirstDetectedDate": _instant_text(row.first_detected),
+        "RecommendedBuildVersions": build_versions(row.recommended),
+        "ThrottleEnabledDate": _instant_text(row.throttle_enabled),
+        "BlockingEnabledDate": _instant_text(row.blocking_enabled),
+        "NextStageThrottleRate": row.next_stage_throttle,
+        "NextStageBlockRate": row.next_stage_block,
+        "NextStageStartDate": _instant_text(row.next_stage_start),
+        "tenant": row.tenant,
+        "connector": row.connector,
+        "server": row.server,
+        "status": row.status.value,
+        "stage": None if stage is None else converter.unstructure(stage, Stage),
+        "paused_until": _instant_text(row.paused_until),
+        "fully_blocked": _instant_text(row.full_block),
+        "last_seen": _instant_text(row.last_seen),
+        "control": row.control,
+    }
+
+
+def _row_from_wire(data: Any, _: type) -> ReportRow:
+    # The derived keys (ServerFQDN, connector) are the server id's parts: read, not trusted.
+    if not isinstance(data, dict):
+        raise InvalidValueError(f"a report row is a JSON object, got {data!r:.80}")
+    name = data["ExchangeServer"]
+    product = None if name is None else _PRODUCT_OF_NAME.get(name) or Product(name)
+    versions = data["RecommendedBuildVersions"]
+    if not isinstance(versions, list) or len(versions) % 2:
+        raise InvalidValueError(
+            f"RecommendedBuildVersions must list each build's short and long form, got "
+            f"{versions!r:.80}"
+        )
+    builds = [ExchangeBuild.parse(text) for text in versions]
+    if builds[0::2] != builds[1::2]:
+        raise InvalidValueError(f"RecommendedBuildVersions pairs differ: {versions!r:.80}")
+
+    def get(key: str, kind: Any) -> Any:
+        value = data[key]
+        if kind is str and not isinstance(value, str):  # cattrs would make "None" of None
+            raise InvalidValueError(f"{key} must be a string, got {value!r:.80}")
+        return converter.structure(value, kind)
+
+    return ReportRow(
+        server=get("server", str),
+        tenant=get("tenant", str),
+        build=get("Build", ExchangeBuild | None),
+        product=product,
+        status=get("status", Compliance),
+        first_detected=get("FirstDetectedDate", dt.datetime | None),
+        last_seen=get("last_seen", dt.datetime | None),
+        recommended=builds[0::2],
+        throttle_enabled=get("ThrottleEnabledDate", dt.datetime | None),
+        blocking_enabled=get("BlockingEnabledDate", dt.datetime | None),
+        full_block=get("fully_blocked", dt.datetime | None),
+        stage=get("stage", Stage | None),
+        next_stage_throttle=get("NextStageThrottleRate", int | None),
+        next_stage_block=get("NextStageBlockRate", int | None),
+        next_stage_start=get("NextStageStartDate", dt.datetime | None),
+        paused_until=get("paused_until", dt.datetime | None),
+        control=get("control", str | None),
+    )
+
+
+# The wire form belongs to the row, so it is registered where the row is defined (tbes.serde
+# cannot import this module: the catalog it reads imports tbes.serde).
+converter.register_unstructure_hook(ReportRow, _row_to_wire)
+converter.register_structure_hook(ReportRow, _row_from_wire)
 
 
 def forecast(
@@ -299,7 +455,7 @@ def report_row(
     recommended = (
         ()
         if state.build is None
-        else assess(state.build, baseline=policy.baseline_at(now), catalog=catalog).recommended
+        else recommended_builds(state.build, policy.baseline_at(now), catalog, now.date())
     )
     following = _next_stage(decision.stage, policy)
     table = policy.stage_table
@@ -322,6 +478,66 @@ def report_row(
         paused_until=_paused_until(timeline, now) if decision.paused else None,
         control=_control(decision, exemptions, monitor, now),
     )
+
+
+def recommended_builds(
+    build: ExchangeBuild, baseline: Baseline, catalog: Catalog, on: dt.date
+) -> tuple[ExchangeBuild, ...]:
+    """What Microsoft's report lists as ``RecommendedBuildVersions`` for ``build``, newest first.
+
+    Every public build of ``build``'s line (no ESU-only update, no preview) released by
+    ``on`` that ``baseline`` judges compliant. When its line has none (an unsupported
+    line the baseline no longer accepts, a phase that only ESU builds pass), the builds
+    :func:`~tbes.compliance.assess` recommends: the minimums of the accepted lines. For a
+    product out of support, the upgrade target: the minimums of the newest supported
+    product already released by ``on`` (its newest public build if it has no minimum). A
+    build that is not on-premises Exchange gets none. Arguments of the wrong type raise as
+    :func:`~tbes.compliance.assess` does; an ``on`` that is no date, InvalidValueError.
+    """
+    if not isinstance(on, dt.date):
+        raise InvalidValueError(f"on must be a date, got {on!r:.80}")
+    assessment = assess(build, baseline=baseline, catalog=catalog)
+    if assessment.status is Compliance.NOT_APPLICABLE:
+        return ()
+    if assessment.status is Compliance.UNSUPPORTED:
+        return _upgrade_target(build.product, baseline, catalog, on)
+    line = line_of(build)
+    own = [
+        release.build
+        for releases in catalog.lines(build.product)
+        if releases and line_of(releases[0].build) == line
+        for release in releases
+        if not release.esu and release.date <= on and _compliant(release.build, baseline, catalog)
+    ]
+    return tuple(sorted(own, reverse=True)) or assessment.recommended
+
+
+def _upgrade_target(
+    product: Product, baseline: Baseline, catalog: Catalog, on: dt.date
+) -> tuple[ExchangeBuild, ...]:
+    """The builds to upgrade a product out of support to: the minimums of the newest product
+    the baseline supports that had been released by ``on`` (its newest public build by
+    then when the baseline sets it no minimum)."""
+    for target in reversed(ON_PREMISES[ON_PREMISES.index(product) + 1 :]):
+        if target in baseline.unsupported:
+            continue
+        public = [
+            release.build
+            for releases in catalog.lines(target)
+            for release in releases
+            if not release.esu and release.date <= on
+        ]
+        if not public:
+            continue  # not released yet on that day (Exchange SE before July 2025)
+        floors: dict[tuple[int, ...], ExchangeBuild] = {}
+        for minimum in sorted(baseline.minimum.get(target, ()), reverse=True):
+            floors[line_of(minimum)] = minimum  # two on one line: the lower one
+        return tuple(sorted(floors.values(), reverse=True)) or (max(public),)
+    return ()
+
+
+def _compliant(build: ExchangeBuild, baseline: Baseline, catalog: Catalog) -> bool:
+    return assess(build, baseline=baseline, catalog=catalog).status is Compliance.COMPLIANT
 
 
 def _control(
@@ -440,12 +656,14 @@ def report_rows(
     """:func:`report_row` of each of ``states`` in turn, made as the iterator is consumed.
 
     The rows are those :func:`report_row` gives, for less work each: the arguments are
-    checked once, and the builds to recommend are worked out once per build (the policy's
-    baseline and the catalog are fixed for one call). Nothing is kept per state, so a
-    report of any size runs in constant memory. Errors as for :func:`report_row`; a state
-    of the wrong type raises when its turn comes. ``exemptions`` and ``monitors`` give, per
-    server id, what :func:`report_row` takes as ``exemptions`` and ``monitor``; a row they
-    touch is :func:`report_row`'s own.
+    checked once, the builds to recommend are worked out once per build (the policy's
+    baseline and the catalog are fixed for one call), and the milestones come in closed
+    form from the state's pauses rather than from a timeline of decisions (see
+    :class:`_RowMaker`). Nothing is kept per state, so a report of any size runs in
+    constant memory. Errors as for :func:`report_row`; a state of the wrong type raises
+    when its turn comes. ``exemptions`` and ``monitors`` give, per server id, what
+    :func:`report_row` takes as ``exemptions`` and ``monitor``; a row they touch is
+    :func:`report_row`'s own.
     """
     now = _clamped_utc(now, "now")
     if not isinstance(catalog, Catalog):
@@ -462,7 +680,19 @@ def _stage_from(table: StageTable, offset: dt.timedelta | None) -> int | None:
 
 
 class _RowMaker:
-    """:func:`report_row` for one instant, policy and catalog, with what they fix worked out."""
+    """:func:`report_row` for one instant, policy and catalog, with what they fix worked out.
+
+    Decision: a report reads every stored server, so a row is computed in closed form rather
+    than by asking :func:`~tbes.decision.decide` along a timeline. Without exemptions the
+    timeline is simple: the stage where the clock stands rises with the clock, which runs
+    one-for-one except inside pauses (when the policy freezes it); a pause only sets the
+    paused flag. So the first instant in stage *k* or later is when the clock first shows
+    stage *k*'s start (:func:`~tbes.ledger.clock_reaches`), and the first unpaused one
+    from there is that instant or the end of the pause covering it. The stage at ``now``
+    is the policy's stage at the clock's reading, as ``decide`` reads it. Rows near the
+    calendar's end (where the timeline is cut) and rows with the operator's controls are
+    :func:`report_row`'s own; a property test holds every row equal to ``report_row``'s.
+    """
 
     __slots__ = (
         "_catalog",
@@ -471,10 +701,10 @@ class _RowMaker:
         "_milestones",
         "_monitors",
         "_now",
+        "_on",
         "_policy",
         "_recommended",
-        "_template",
-        "_terminal",
+        "_starts",
     )
 
     def __init__(
@@ -487,6 +717,7 @@ class _RowMaker:
     ) -> None:
         self._now, self._policy, self._catalog = now, policy, catalog
         self._exemptions, self._monitors = exemptions, monitors
+        self._on = now.date()
         table = policy.stage_table
         # The stage numbers where throttling, blocking and the full block begin.
         self._milestones = (
@@ -495,57 +726,77 @@ class _RowMaker:
             _stage_from(table, table.full_block),
         )
         self._following = {stage.number: _next_stage(stage, policy) for stage in table.stages}
-        self._recommended: dict[ExchangeBuild, tuple[ExchangeBuild, ...]] = {}
-        self._terminal = table.start_of(len(table))
-        # The timeline of an episode without pauses, relative to its first detection.
-        self._template: list[tuple[dt.timedelta, Stage | None, bool]] | None = None
+        # Where each stage starts on the enforcement clock, by number.
+        self._starts = {stage.number: table.start_of(stage.number) for stage in table.stages}
+        # Per build: its product and the builds to recommend.
+        self._recommended: dict[ExchangeBuild, tuple[Product, tuple[ExchangeBuild, ...]]] = {}
+
+    def _recommend(self, build: ExchangeBuild) -> tuple[Product, tuple[ExchangeBuild, ...]]:
+        known = self._recommended.get(build)
+        if known is None:
+            baseline = self._policy.baseline_at(self._now)
+            known = (build.product, recommended_builds(build, baseline, self._catalog, self._on))
+            if len(self._recommended) >= _BUILDS:
+                self._recommended.clear()
+            self._recommended[build] = known
+        return known
 
     def row(self, state: ServerState) -> ReportRow:
         now, policy = self._now, self._policy
-        if not isinstance(state, ServerState):
+        if type(state) is not ServerState:
             raise InvalidValueError(f"state must be a ServerState, got {state!r:.80}")
         held = () if self._exemptions is None else self._exemptions(state.server_id)
         monitor = False if self._monitors is None else self._monitors(state.server_id)
         if held or monitor:  # the operator's controls: report_row's own row
             return report_row(state, now, policy, self._catalog, exemptions=held, monitor=monitor)
         build = state.build
-        recommended: tuple[ExchangeBuild, ...] | None = ()
-        if build is not None:
-            recommended = self._recommended.get(build)
-            if recommended is None:
-                # A build's first row is report_row's own, so the recommendation is its
-                # assessment exactly, whatever report_row asks the catalog.
-                made = report_row(state, now, policy, self._catalog)
-                if len(self._recommended) < _BUILDS:
-                    self._recommended[build] = made.recommended
-                return made
-        decision = decide(state, now, policy)
-        stage = decision.stage
-        following = None if stage is None else self._following[stage.number]
-        throttle_from, block_from, full_from = self._milestones
+        product, recommended = (None, ()) if build is None else self._recommend(build)
+        first = state.first_detected
+        stage = following = None
         throttle = block = full = next_start = paused_until = None
-        next_number = None if following is None else following.number
-        for start, span_stage, paused in self._changes(state):
-            number = 0 if span_stage is None else span_stage.number
-            if next_number is not None and next_start is None and number >= next_number:
-                next_start = start
-            if paused:
-                continue
-            if throttle is None and throttle_from is not None and number >= throttle_from:
-                throttle = start
-            if block is None and block_from is not None and number >= block_from:
-                block = start
-            if full is None and full_from is not None and number >= full_from:
-                full = start
-            if paused_until is None and decision.paused and start > now:
-                paused_until = start
+        # Outside an episode decide() answers "no stage", and once compliant nothing lies
+        # ahead (the history a forecast keeps is not the schedule): an empty timeline.
+        if first is not None and state.compliant_since is None:
+            horizon = _horizon(state, policy, now)
+            if horizon >= END:  # the timeline is cut at the calendar's end
+                return report_row(state, now, policy, self._catalog)
+            spans = pause_spans(state.pauses) if state.pauses else ()
+            frozen = spans if policy.pause_freezes_clock else ()
+            elapsed = now - first
+            if frozen:
+                elapsed -= paused_between(frozen, first, now)
+            stage = policy.plan_at(max(elapsed, _ZERO)).stage
+            following = self._following[stage.number]
+
+            def reached(number: int | None) -> dt.datetime | None:
+                """When the clock first shows stage ``number``'s start (None: never)."""
+                if number is None:
+                    return None
+                at = clock_reaches(frozen, first, self._starts[number])
+                return None if at is None or at >= horizon else at
+
+            def unpaused(at: dt.datetime | None) -> dt.datetime | None:
+                """The first instant from ``at`` that no pause covers."""
+                if at is None or not spans:
+                    return at
+                end = covering_end(spans, at)
+                return at if end is None else end if end < horizon else None
+
+            throttle_from, block_from, full_from = self._milestones
+            throttle = unpaused(reached(throttle_from))
+            block = unpaused(reached(block_from))
+            full = unpaused(reached(full_from))
+            next_start = None if following is None else reached(following.number)
+            if spans and covering_end(spans, now) is not None:
+                # Paused now: the first unpaused instant of the timeline after now.
+                paused_until = unpaused(max(covering_end(spans, now) or now, first))
         return _make_row(
             server=state.server_id,
             tenant=state.tenant,
             build=build,
-            product=None if build is None else build.product,
+            product=product,
             status=state.status,
-            first_detected=state.first_detected,
+            first_detected=first,
             last_seen=state.last_seen,
             recommended=recommended,
             throttle_enabled=throttle,
@@ -558,28 +809,3 @@ class _RowMaker:
             paused_until=paused_until,
             control=None,
         )
-
-    def _changes(self, state: ServerState) -> list[tuple[dt.datetime, Stage | None, bool]]:
-        """Where each segment of the state's timeline up to the horizon starts, and what it
-        holds: (start, stage, paused)."""
-        first = state.first_detected
-        # Once compliant, nothing lies ahead: the history a forecast keeps is not the
-        # schedule. Without an episode the timeline is empty.
-        if first is None or state.compliant_since is not None:
-            return []
-        if not state.pauses and self._terminal + _DAY <= END - first:
-            # Without pauses decide() sees only the time since the first detection, so
-            # every such timeline is one timeline shifted; the horizon lies past the
-            # terminal stage's start (no calendar's end near), so no cut differs.
-            template = self._template
-            if template is None:
-                template = self._template = [
-                    (start - first, stage, paused) for start, stage, paused in self._computed(state)
-                ]
-            return [(first + offset, stage, paused) for offset, stage, paused in template]
-        return self._computed(state)
-
-    def _computed(self, state: ServerState) -> list[tuple[dt.datetime, Stage | None, bool]]:
-        horizon = _horizon(state, self._policy, self._now)
-        spans = _timeline(state, self._policy, horizon)
-        return [(start, stage, paused) for start, _end, stage, paused in spans]

@@ -13,6 +13,7 @@ from strategies import stage_tables
 from tbes.catalog import Catalog
 from tbes.compliance import Compliance
 from tbes.decision import decide
+from tbes.exemption import Exemption
 from tbes.ledger import Pause
 from tbes.policy import Policy
 from tbes.report import ReportRow, Segment, forecast, horizon, report_row, report_rows
@@ -343,4 +344,112 @@ def test_report_rows_gives_report_rows_rows_field_for_field(
         # the fast path forgot to fill would raise here, not compare).
         assert attrs.astuple(made, recurse=False) == attrs.astuple(expected, recurse=False)
         # And the fast path's rows pass the class's own checks.
+        assert attrs.evolve(made) == made
+
+
+# ---- report_rows against report_row on every kind of state (issue 16 part 2) ---------------
+
+EXCHANGE_ONLINE = Policy.exchange_online(CATALOG)
+ALL_BUILDS = st.sampled_from(
+    [
+        ExchangeBuild(15, 1, 2507, 16),
+        ExchangeBuild(15, 1, 2507, 39),
+        ExchangeBuild(15, 1, 2507, 61),
+        ExchangeBuild(15, 1, 2375, 37),
+        ExchangeBuild(15, 2, 1748, 39),
+        ExchangeBuild(15, 0, 1497, 48),
+        ExchangeBuild(14, 3, 513, 0),
+        ExchangeBuild(15, 2, 2562, 17),
+        None,
+    ]
+)
+INSTANTS = st.datetimes(
+    min_value=dt.datetime(2023, 1, 1),
+    max_value=dt.datetime(2030, 1, 1),
+    timezones=st.just(dt.UTC),
+)
+
+
+@st.composite
+def any_state(draw: st.DrawFn, index: int) -> ServerState:
+    """A server in any condition: never detected, in an episode, remediated, with server
+    pauses and overlapping or touching ones (a tenant pause copied into the state), or
+    detected near the calendar's end."""
+    server = f"edge/ex{index}.contoso.example"
+    near_end = draw(st.integers(0, 9)) == 0
+    first = (
+        dt.datetime(9999, 12, draw(st.integers(1, 31)), tzinfo=dt.UTC)
+        if near_end
+        else draw(INSTANTS)
+    )
+    pauses = []
+    for _ in range(draw(st.integers(0, 3))):
+        # Near the calendar's end a pause must still end inside it.
+        start = first.date() + dt.timedelta(days=draw(st.integers(-40, -1 if near_end else 120)))
+        room = (dt.date.max - start).days
+        pauses.append(Pause(server, start, draw(st.integers(1, min(60, room)))))
+    episode = draw(st.integers(0, 3)) > 0
+    healed = draw(st.none() | st.none() | st.timedeltas(dt.timedelta(0), dt.timedelta(days=200)))
+    return ServerState(
+        server_id=server,
+        tenant=draw(st.sampled_from(["contoso", "fabrikam"])),
+        build=draw(ALL_BUILDS),
+        status=draw(st.sampled_from(Compliance)),
+        first_detected=first if episode else None,
+        last_seen=first,
+        compliant_since=None if healed is None or not episode or near_end else first + healed,
+        pauses=tuple(pauses),
+    )
+
+
+@st.composite
+def any_states(draw: st.DrawFn) -> list[ServerState]:
+    return [draw(any_state(index)) for index in range(draw(st.integers(1, 6)))]
+
+
+@given(
+    any_states(),
+    st.one_of(policies, st.just(EXCHANGE_ONLINE)),
+    st.one_of(INSTANTS, st.just(dt.datetime(9999, 12, 31, 12, tzinfo=dt.UTC))),
+    st.sets(st.integers(0, 5), max_size=1),  # most rows are the fast path's own
+    st.sets(st.integers(0, 5), max_size=1),
+    st.none() | st.timedeltas(dt.timedelta(days=-10), dt.timedelta(days=160)),
+)
+def test_report_rows_equals_report_row_for_paused_exempt_monitored_and_remediated_servers(
+    states: list[ServerState],
+    policy: Policy,
+    now: dt.datetime,
+    exempt: set[int],
+    monitored: set[int],
+    since_first: dt.timedelta | None,
+) -> None:
+    first = states[0].first_detected or states[0].last_seen
+    if since_first is not None and first is not None and first.year < 9999:
+        now = first + since_first  # inside the first server's episode, where things change
+
+    def exemptions(server_id: str) -> tuple[Exemption, ...]:
+        index = int(server_id.split("ex")[1].split(".")[0])
+        if index not in exempt:
+            return ()
+        return (Exemption("migration", until=dt.date(2026, 3, 1), server=server_id),)
+
+    def monitors(server_id: str) -> bool:
+        return int(server_id.split("ex")[1].split(".")[0]) in monitored
+
+    fast = list(
+        report_rows(iter(states), now, policy, CATALOG, exemptions=exemptions, monitors=monitors)
+    )
+    slow = [
+        report_row(
+            state,
+            now,
+            policy,
+            CATALOG,
+            exemptions=exemptions(state.server_id),
+            monitor=monitors(state.server_id),
+        )
+        for state in states
+    ]
+    for made, expected in zip(fast, slow, strict=True):
+        assert attrs.astuple(made, recurse=False) == attrs.astuple(expected, recurse=False)
         assert attrs.evolve(made) == made

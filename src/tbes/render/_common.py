@@ -54,6 +54,11 @@ def printable(text: str) -> str:
     return _UNPRINTABLE.sub(_escape, text)
 
 
+def is_printable(text: str) -> bool:
+    """Whether :func:`printable` leaves ``text`` as it is (so does it for every part of it)."""
+    return _UNPRINTABLE.search(text) is None
+
+
 def instant(value: dt.datetime | None) -> str:
     """An instant as ``YYYY-MM-DD HH:MM`` in UTC, or :data:`NONE`."""
     if value is None:
@@ -123,7 +128,15 @@ def recommended_cell(row: ReportRow) -> str:
     return " ".join(str(build) for build in row.recommended) or NONE
 
 
+def stage_now_cell(row: ReportRow) -> str:
+    """The stage in force, or ``paused until 2026-02-01 00:00`` while a pause holds it."""
+    if row.paused_until is not None:
+        return f"paused until {instant(row.paused_until)}"
+    return stage_cell(row.stage)
+
+
 HEADINGS: tuple[str, ...] = (
+    "Tenant",
     "Server",
     "Build",
     "Product",
@@ -135,26 +148,26 @@ HEADINGS: tuple[str, ...] = (
     "Fully blocked",
     "Next stage",
     "Next stage from",
-    "Paused until",
     "Recommended",
 )
-"""The column headings of the human-readable reports (times are UTC)."""
+"""The column headings of the text table (times are UTC). The table shows the newest
+recommended build; the JSON and CSV reports list them all."""
 
 
 def cells(row: ReportRow) -> tuple[str, ...]:
     """A row's cells, in the order of :data:`HEADINGS`."""
     return (
+        row.tenant,
         row.server,
         build_cell(row),
         product_cell(row),
         status_cell(row),
-        stage_cell(row.stage),
+        stage_now_cell(row),
         instant(row.first_detected),
         instant(row.throttle_enabled),
         instant(row.blocking_enabled),
         instant(row.full_block),
         next_stage_cell(row),
         instant(row.next_stage_start),
-        instant(row.paused_until),
-        recommended_cell(row),
+        NONE if not row.recommended else str(row.recommended[0]),
     )

@@ -93,6 +93,7 @@ def _esc(value: object) -> str:
 
 
 _TABLE_HEADINGS = (
+    "Tenant",
     "Server",
     "Build",
     "Status",
@@ -122,6 +123,7 @@ def _table_row(row: ReportRow) -> str:
     else:
         following = _esc(following)
     tds = (
+        f"<td>{_esc(row.tenant)}</td>",
         f'<td class="server">{_esc(row.server)}</td>',
         f"<td>{_esc(build_cell(row))}<small>{_esc(product_cell(row))}</small></td>",
         f'<td><span class="badge {status}">{_esc(row.status.value)}</span>{control}</td>',

@@ -34,9 +34,9 @@ from tbes.store._rows import (
     check_key,
     check_writes,
     load_ledger,
-    load_row,
     load_state,
     plan_writes,
+    row_state,
     stored_version,
 )
 from tbes.store.protocol import LedgerWrite, StateWrite, Versioned, Write
@@ -262,7 +262,7 @@ class RowStore:
                 raise self._foreign(exc) from exc
             entry: ServerState | UnreadableRow
             try:
-                entry = load_row(server_id, row).value
+                entry = row_state(server_id, row)
             except StoreError as exc:
                 entry = UnreadableRow(server_id, str(exc))
             yield entry
