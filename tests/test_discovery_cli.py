@@ -140,3 +140,23 @@ def test_html_is_one_line_and_exit_2_and_an_empty_store_says_so(tmp_path: Path) 
     )
     result = run("report", "--db", str(path), "--discovered")
     assert result.output == "No unmapped Exchange servers discovered.\n"
+
+
+def test_the_demo_discovers_its_unmapped_exchange_2013(tmp_path: Path) -> None:
+    db = tmp_path / "demo.db"
+    result = run("demo", "--db", str(db), "--report", str(tmp_path / "r.html"))
+    assert result.exit_code == 0, result.output
+    assert "accepted, and discovered" in result.output
+    listed = run("report", "--db", str(db), "--discovered", "--format", "json")
+    data = json.loads(listed.output)
+    [northwind] = data["discovered"]
+    assert northwind["peer"] == "198.51.100.13"
+    assert northwind["verified_name"] == "mail.northwind.example"
+    assert (northwind["build"], northwind["status"]) == ("15.0.1497.2", "UNSUPPORTED")
+    assert northwind["messages"] == 18  # one a week, 15 Oct 2026 to 15 Feb 2027
+    [rule] = data["suggestions"]
+    assert rule["name"] == "northwind-example"
+    # The unmapped server is in no report row: nothing about it is enforced.
+    rows = run("report", "--db", str(db), "--format", "csv", "--at", "2027-02-15T18:00Z")
+    assert "northwind" not in rows.output
+    assert "198.51.100.13" not in rows.output
