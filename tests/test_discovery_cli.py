@@ -160,3 +160,16 @@ def test_the_demo_discovers_its_unmapped_exchange_2013(tmp_path: Path) -> None:
     rows = run("report", "--db", str(db), "--format", "csv", "--at", "2027-02-15T18:00Z")
     assert "northwind" not in rows.output
     assert "198.51.100.13" not in rows.output
+
+
+def test_config_check_says_what_discovery_does(tmp_path: Path) -> None:
+    config = tmp_path / "adapters.toml"
+    config.write_text("[discovery]\nmax_servers = 2500\nflush_seconds = 2\n", encoding="utf-8")
+    result = run("config", "check", str(config))
+    assert result.exit_code == 0, result.output
+    assert "Discovery: unmatched on-premises Exchange senders are recorded, at most 2,500, " in (
+        result.output
+    )
+    assert "written every 2 s" in result.output
+    config.write_text("[discovery]\nenabled = false\n", encoding="utf-8")
+    assert "Discovery: off." in run("config", "check", str(config)).output

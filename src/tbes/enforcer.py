@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import inspect
+import itertools
 import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -62,6 +63,7 @@ _T = TypeVar("_T")
 _ZERO = dt.timedelta(0)
 _MAX_VERDICTS = 1024
 _SEEN_RESOLUTION = dt.timedelta(minutes=1)
+_DISCOVERY_HOPS = 16
 # The stored fields that make a state what it is; last_seen is compared on its own.
 _STATE_FIELDS = tuple(
     field.name for field in attrs.fields(ServerState) if field.eq and field.name != "last_seen"
@@ -236,7 +238,9 @@ class Enforcer:
         if not enforced:
             if self.discovery is not None and conn.connector is None and conn.peer_ip:
                 # docs/discovery.md: one non-blocking put; the headers are read off the path.
-                sight = functools.partial(self._discovered, conn, tuple(received), self._now())
+                # The sender hop is among the first few: a queued message holds no more.
+                values = tuple(itertools.islice(received, _DISCOVERY_HOPS))
+                sight = functools.partial(self._discovered, conn, values, self._now())
                 self.discovery.offer(sight)
             return _accept(f"{conn.kind.value} connections are not enforced by the policy.")
         with check_deadline(self._check_timeout):
