@@ -296,6 +296,60 @@ def test_a_connection_without_a_peer_address_or_through_a_connector_offers_nothi
     assert len(offered) == 1
 
 
+def test_a_flood_of_forged_names_from_many_addresses_stays_within_the_bound() -> None:
+    # 600 addresses of one /64, each message with a different forged sender host: the store
+    # keeps the 50 seen last, whatever the names.
+    store = MemoryStore()
+    queue = DiscoveryQueue(store, max_servers=50, flush_seconds=3600)
+    config = _config()
+    now = [T0]
+    enforcer = Enforcer(
+        store, config.make_policy(), config.load_catalog(), clock=lambda: now[0], discovery=queue
+    )
+    for n in range(600):
+        now[0] = T0 + dt.timedelta(seconds=n)
+        forged = EX2013.replace("mail.fabrikam.example", f"x{n}\x1b]0;{'y' * 300}.example")
+        conn = config.connection(peer_ip=f"2001:db8::{n:x}", peer_host=None, tls_subject=None)
+        assert enforcer.check(conn, [forged]).action is Action.ACCEPT
+        if n % 97 == 0:
+            queue.flush()  # several writes, each within the bound
+            assert len(store.discovered()) <= 50
+    queue.close()
+    found = store.discovered()
+    assert [each.peer_ip for each in found] == [f"2001:db8::{n:x}" for n in range(599, 549, -1)]
+    assert all(each.sender_host is None or len(each.sender_host) <= 253 for each in found)
+
+
+def test_the_aiosmtpd_handler_discovers_an_unmapped_exchange_2013() -> None:
+    pytest.importorskip("aiosmtpd", reason="the smtp extra (aiosmtpd) is not installed")
+    from aiosmtpd.controller import Controller
+
+    from adapter_support import free_port, smtp_send
+    from tbes.adapters.aiosmtpd import EnforcingHandler
+
+    config = _config()
+    store = MemoryStore()
+    queue = DiscoveryQueue(store, flush_seconds=3600)
+    port = free_port()
+    handler = EnforcingHandler(make_enforcer(config, store, discovery=queue), config)
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        message = f"Received: {EX2013}\r\nSubject: hello\r\n\r\nbody\r\n".encode()
+        sent = smtp_send(port, message, source="127.0.0.5")
+        assert sent.line.startswith("250")
+    finally:
+        controller.stop()
+    queue.close()
+    [found] = store.discovered()
+    # aiosmtpd verifies no name: only the address and the header's host are known.
+    assert (found.peer_ip, found.verified_name, found.sender_host) == (
+        "127.0.0.5",
+        None,
+        "mail.fabrikam.example",
+    )
+
+
 # ---- the [discovery] table --------------------------------------------------------------------
 
 
