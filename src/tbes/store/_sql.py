@@ -189,6 +189,10 @@ class SQLStore(RowStore, Generic[_C]):
 
     # ---- discovered servers ----------------------------------------------------------------
 
+    def _exec(self, conn: _C, sql: str, args: tuple[object, ...]) -> _Cursor:
+        """Run one statement of a write; a back end may bound each statement's wait here."""
+        return conn.execute(sql, args)
+
     def _lock_discovered(self, conn: _C) -> None:
         """Inside :meth:`_run`: serialise merges of the discovered table (a no-op if the
         transaction already excludes other writers)."""
@@ -209,14 +213,14 @@ class SQLStore(RowStore, Generic[_C]):
             self._lock_discovered(conn)
 
             def stored(peer: str) -> str | None:
-                row = conn.execute(read, (peer,)).fetchone()
+                row = self._exec(conn, read, (peer,)).fetchone()
                 return None if row is None else str(row[0])
 
             for row in plan(records, stored):
-                conn.execute(upsert, row)
-            count = int(conn.execute("SELECT count(*) FROM tbes_discovered").fetchone()[0])
+                self._exec(conn, upsert, row)
+            count = int(self._exec(conn, "SELECT count(*) FROM tbes_discovered", ()).fetchone()[0])
             if count > max_servers:
-                conn.execute(oldest, (count - max_servers,))
+                self._exec(conn, oldest, (count - max_servers,))
 
         self._run(work)
 
