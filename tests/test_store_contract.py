@@ -725,7 +725,7 @@ def _has_tenant_index(backend: Backend) -> bool:
 
 def test_opening_an_empty_database_creates_the_latest_schema(persistent: Backend) -> None:
     persistent.open()
-    assert _sql(persistent)("SELECT version FROM tbes_schema") == [(2,)]
+    assert _sql(persistent)("SELECT version FROM tbes_schema") == [(3,)]
     assert _has_tenant_index(persistent)
 
 
@@ -739,7 +739,7 @@ def test_opening_a_version_1_database_migrates_it_and_keeps_its_rows(persistent:
     )
     assert not _has_tenant_index(persistent)
     store = persistent.open()
-    assert run("SELECT version FROM tbes_schema") == [(2,)]
+    assert run("SELECT version FROM tbes_schema") == [(3,)]
     assert _has_tenant_index(persistent)
     assert store.get("mx1.contoso.com") == Versioned(state(), 7)
     assert [s.server_id for s in store.states("contoso")] == ["mx1.contoso.com"]
@@ -748,7 +748,7 @@ def test_opening_a_version_1_database_migrates_it_and_keeps_its_rows(persistent:
 def test_opening_twice_migrates_once(persistent: Backend) -> None:
     persistent.open().put(state(), expected_version=None)
     persistent.open()
-    assert _sql(persistent)("SELECT version FROM tbes_schema") == [(2,)]
+    assert _sql(persistent)("SELECT version FROM tbes_schema") == [(3,)]
     assert persistent.open().get("mx1.contoso.com") == Versioned(state(), 1)
 
 

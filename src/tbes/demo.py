@@ -9,7 +9,8 @@ on the embedded SQLite store, with a simulated clock. On 1 December the administ
 30-day pause for the 2016 server (it crosses the year end, so both years' quotas pay), and on
 8 January the server is updated to the June 2026 SU and is remediated. Senders retry a
 throttled (450) message every 15 minutes for up to two days, as Exchange does; a blocked (550)
-message bounces.
+message bounces. An Exchange 2013 at *northwind* (:data:`UNMAPPED`) sends a message a week
+without a connector rule: accepted, and discovered (docs/discovery.md).
 
 This is shell code: it reads no clock (the clock is simulated) but writes the database; the
 randomness (minutes of sending) comes from a fixed seed, so every run replays the same mail.
@@ -39,6 +40,7 @@ from tbes.notifiers import CallbackNotifier
 from tbes.policy import ConnectorKind, Policy
 from tbes.render import render_report
 from tbes.report import ReportRow, report_row
+from tbes.store import DiscoveryQueue
 from tbes.store.sqlite import SQLiteStore
 from tbes.version import ExchangeBuild
 
@@ -50,6 +52,7 @@ __all__ = [
     "SENDERS",
     "START",
     "TENANT",
+    "UNMAPPED",
     "DemoResult",
     "Sender",
     "SenderStats",
@@ -161,6 +164,18 @@ SENDERS: tuple[Sender, ...] = (
 """The sending servers: fabrikam's four on-premises servers and a cloud-only partner."""
 
 
+UNMAPPED = Sender(
+    "mail.northwind.example",
+    "northwind",
+    ConnectorKind.INTERNET,
+    "198.51.100.13",
+    "NW-EX13.northwind.local",
+    ((START, _b("15.0.1497.2")),),  # Exchange 2013 CU23: no rule names it
+    (1, 1),
+)
+"""An Exchange 2013 that sends without a connector rule: accepted, and discovered."""
+
+
 def demo_policy() -> Policy:
     """Microsoft's 2026 rules, enforced on partner connectors as well as on-premises ones.
 
@@ -247,6 +262,7 @@ def run(
                 store, policy, catalog, clock=clock, notifier=CallbackNotifier(on_event)
             )
             checks = _replay(enforcer, clock, stats, on_note, on_progress)
+            checks += _discover_unmapped(store, policy, catalog, on_note)
             on_note(
                 END,
                 "Senders can check themselves by mail: see tbes responder (docs/self-check.md).",
@@ -377,6 +393,44 @@ def _deliver(
         counts.expired += 1
         return None
     return _Attempt(retry_at, attempt.sender, attempt.first, attempt.tries + 1)
+
+
+def _discover_unmapped(
+    store: SQLiteStore,
+    policy: Policy,
+    catalog: Catalog,
+    on_note: Callable[[dt.datetime, str], None],
+) -> int:
+    """Northwind's unmapped Exchange 2013 sends a message a week: never enforced, but
+    discovered (docs/discovery.md). Returns the number of connections checked."""
+    sender = UNMAPPED
+    clock = _Clock(START)
+    queue = DiscoveryQueue(store)
+    enforcer = Enforcer(store, policy, catalog, clock=clock, discovery=queue)
+    connection = Connection(
+        server_id=sender.ip,  # no rule, no name of the operator's: the MTA's view only
+        tenant=TENANT,
+        kind=sender.kind,
+        peer_ip=sender.ip,
+        peer_host=sender.peer_host,
+    )
+    checks = 0
+    at = START + dt.timedelta(hours=10)
+    try:
+        while at <= END:
+            clock.now = at
+            enforcer.check(connection, received_headers(sender, at))
+            checks += 1
+            at += dt.timedelta(days=7)
+    finally:
+        queue.close()  # writes the sightings
+    on_note(
+        END,
+        f"{sender.peer_host} ({sender.ip}) sent {checks} messages as Exchange 2013 without a "
+        "connector rule: accepted, and discovered; see tbes report --discovered "
+        "(docs/discovery.md).",
+    )
+    return checks
 
 
 def _buy_pause(enforcer: Enforcer, on_note: Callable[[dt.datetime, str], None]) -> None:

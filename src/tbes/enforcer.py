@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import inspect
+import itertools
 import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -34,6 +35,7 @@ from tbes.baseline import Baseline
 from tbes.catalog import Catalog
 from tbes.compliance import Assessment, Compliance, assess
 from tbes.decision import Action, Decision, decide, monitored
+from tbes.discovery import DiscoveredServer, sighting
 from tbes.errors import (
     InvalidPauseError,
     InvalidValueError,
@@ -50,6 +52,7 @@ from tbes.policy import ConnectorKind, Policy, SmtpReply
 from tbes.received import SenderEvidence, SenderFinder
 from tbes.state import ServerState, observe
 from tbes.store._deadline import DEFAULT_CHECK_TIMEOUT, check_deadline, expired
+from tbes.store._discovery_queue import DiscoveryQueue
 from tbes.store.protocol import LedgerWrite, StateStore, StateWrite, Versioned, Write
 from tbes.version import ExchangeBuild
 
@@ -60,6 +63,7 @@ _T = TypeVar("_T")
 _ZERO = dt.timedelta(0)
 _MAX_VERDICTS = 1024
 _SEEN_RESOLUTION = dt.timedelta(minutes=1)
+_DISCOVERY_HOPS = 16
 # The stored fields that make a state what it is; last_seen is compared on its own.
 _STATE_FIELDS = tuple(
     field.name for field in attrs.fields(ServerState) if field.eq and field.name != "last_seen"
@@ -123,6 +127,10 @@ class Enforcer:
     fault never fails closed. ``exemptions`` (:class:`~tbes.exemption.Exemption`) accept the
     servers they cover and stop their clock, with no quota charged; an ``EXEMPTION_ENDING``
     event warns once, at the first check within seven days of the end.
+    ``discovery`` (a :class:`~tbes.store.DiscoveryQueue`) hears of every connection no
+    connector maps (``conn.connector`` is ``None``, its kind not enforced, its ``peer_ip``
+    known): the check only queues it, and the queue's thread records it if its sender hop
+    carries an on-premises Exchange build (docs/discovery.md); the decision never changes.
     ``policy``, ``catalog``, ``monitor``, ``monitor_connectors`` and ``exemptions`` may be
     replaced at any time (a configuration
     reload); the verdict per build that the enforcer keeps (at most 1,024 builds) is never
@@ -149,6 +157,7 @@ class Enforcer:
         monitor: bool = False,
         monitor_connectors: Iterable[str] = (),
         exemptions: Iterable[Exemption] = (),
+        discovery: DiscoveryQueue | None = None,
     ) -> None:
         _require(type(retries) is int and retries >= 0, "retries", "an int >= 0", retries)
         _require(
@@ -174,6 +183,16 @@ class Enforcer:
         _require(type(monitor) is bool, "monitor", "a bool", monitor)
         monitor_connectors = frozenset(_items(monitor_connectors, str, "monitor_connectors"))
         exemptions = tuple(_items(exemptions, Exemption, "exemptions"))
+        _require(
+            discovery is None or isinstance(discovery, DiscoveryQueue),
+            "discovery",
+            "a DiscoveryQueue or None",
+            discovery,
+        )
+        self.discovery = discovery
+        # Discovery reads the hop the peer wrote, Exchange Online's too: a relayed message
+        # must not credit the peer with the build of a server behind Exchange Online.
+        self._discovery_finder = SenderFinder(own_hosts, skip_exchange_online=False)
         self.store = store
         self.policy = policy
         self.catalog = catalog
@@ -217,6 +236,12 @@ class Enforcer:
         enforced = conn.kind in self.policy.connectors
         _check_received(received, values=not enforced)
         if not enforced:
+            if self.discovery is not None and conn.connector is None and conn.peer_ip:
+                # docs/discovery.md: one non-blocking put; the headers are read off the path.
+                # The sender hop is among the first few: a queued message holds no more.
+                values = tuple(itertools.islice(received, _DISCOVERY_HOPS))
+                sight = functools.partial(self._discovered, conn, values, self._now())
+                self.discovery.offer(sight)
             return _accept(f"{conn.kind.value} connections are not enforced by the policy.")
         with check_deadline(self._check_timeout):
             evidence = self._finder.find(received, client=conn.peer_ip or conn.peer_host)
@@ -229,6 +254,22 @@ class Enforcer:
             except StoreError as exc:
                 return self._store_fault(conn, exc, monitor)
             return monitored(decision) if monitor else decision
+
+    def _discovered(
+        self, conn: Connection, received: tuple[str, ...], at: dt.datetime
+    ) -> DiscoveredServer | None:
+        """Off the mail path: the sighting of an unmapped on-premises Exchange sender, or None."""
+        evidence = self._discovery_finder.find_checked(received, client=conn.peer_ip)
+        if evidence is None or not evidence.build.product.on_premises or conn.peer_ip is None:
+            return None
+        return sighting(
+            peer_ip=conn.peer_ip,
+            verified_name=conn.peer_host,
+            sender_host=evidence.host,
+            build=evidence.build,
+            status=self._assess(evidence.build, at).status,
+            at=at,
+        )
 
     def _observation(
         self, conn: Connection, evidence: SenderEvidence, now: dt.datetime

@@ -12,6 +12,8 @@ What an administrator expects of a mail daemon, as of postgrey or policyd-spf:
   swapped into every service as one tuple, so a check sees the old pair or the new, never
   a mix; open connections stay. A configuration that does not load is one ERROR line
   naming the file and the reason, and the running one stays.
+* The discovery queue of the unmapped Exchange senders (docs/discovery.md) is written
+  out on a reload (the old one, once swapped) and on shutdown.
 * **SIGTERM/SIGINT** stop accepting, let each connection finish the answer in hand for up
   to :data:`DRAIN_SECONDS`, close the rest and exit 0.
 
@@ -36,7 +38,13 @@ import attrs
 from tbes.adapters import _metrics
 from tbes.adapters._decision_log import EventLogNotifier
 from tbes.adapters._store_watch import WatchedStore
-from tbes.adapters.config import AdapterConfig, Checker, load_config, make_enforcer
+from tbes.adapters.config import (
+    AdapterConfig,
+    Checker,
+    load_config,
+    make_discovery,
+    make_enforcer,
+)
 from tbes.adapters.listen import ListenAddress, parse_listen_address
 from tbes.errors import TbesError
 
@@ -79,7 +87,10 @@ class _Source:
         catalog = (
             config.load_catalog() if self.catalog_path is None else Catalog.load(self.catalog_path)
         )
-        enforcer = make_enforcer(config, store, catalog=catalog, notifier=EventLogNotifier())
+        discovery = make_discovery(config, store)
+        enforcer = make_enforcer(
+            config, store, catalog=catalog, notifier=EventLogNotifier(), discovery=discovery
+        )
         return config, enforcer
 
 
@@ -130,6 +141,7 @@ class Daemon:
         try:
             asyncio.run(self._serve(*self._loaded))
         finally:
+            _close_discovery(self._loaded[1])
             self._store.close()
 
     async def _serve(self, config: AdapterConfig, checker: Checker) -> None:
@@ -211,10 +223,22 @@ class Daemon:
                 reason(error),
             )
             return
+        old = self._loaded
         for service in services:
             service.replace(config, checker)
+        self._loaded = (config, checker)
+        if old is not None:
+            # The old queue writes what it holds: nothing seen before the reload is lost.
+            await asyncio.to_thread(_close_discovery, old[1])
         _metrics.active().reload(True)
         _log.info("tbes: reloaded %s", self._source.config_path)
+
+
+def _close_discovery(checker: Checker) -> None:
+    """Write what the checker's discovery queue holds and stop its thread (if it has one)."""
+    queue = getattr(checker, "discovery", None)
+    if queue is not None:
+        queue.close()
 
 
 def _osreason(error: OSError) -> str:

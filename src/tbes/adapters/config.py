@@ -16,7 +16,9 @@ or address, so a server that changed either started again at stage 1.)
 observes, stores, reports and announces everything as ``mode = "enforce"`` (the default)
 does, but accepts every connection. ``[[exemption]]`` entries accept the servers they name
 (by ``connector``, ``server`` or ``network``) with a ``reason`` and an optional ``until``
-(and ``since``) date, outside the pause quota (docs/operator-controls.md).
+(and ``since``) date, outside the pause quota (docs/operator-controls.md). ``[discovery]``
+(``enabled``, ``max_servers``, ``flush_seconds``) records the unmapped on-premises Exchange
+senders (docs/discovery.md).
 
 The file format is TOML read by :mod:`tomllib`; unknown keys are errors, because a typo in a
 security setting must not pass silently. ``[testing] fixed_time`` freezes the clock, so that
@@ -68,6 +70,11 @@ from tbes.exemption import Exemption
 from tbes.notifiers import Notifier
 from tbes.policy import ConnectorKind, Policy
 from tbes.store._deadline import DEFAULT_CHECK_TIMEOUT
+from tbes.store._discovery_queue import (
+    DEFAULT_FLUSH_SECONDS,
+    DEFAULT_MAX_SERVERS,
+    DiscoveryQueue,
+)
 from tbes.store.protocol import StateStore
 
 __all__ = [
@@ -76,7 +83,9 @@ __all__ = [
     "AdapterConfigError",
     "Checker",
     "ConnectorRule",
+    "DiscoverySettings",
     "load_config",
+    "make_discovery",
     "make_enforcer",
     "normalise_host",
     "normalise_ip",
@@ -351,6 +360,23 @@ def _final_step(instance: AdapterConfig, attribute: attrs.Attribute[Any], value:
             f"final_step_from = {value}: only policy 'exchange_online' has a final step, "
             f"not {instance.policy!r}"
         )
+def _max_servers(instance: object, attribute: attrs.Attribute[int], value: object) -> None:
+    if type(value) is not int or value < 1:
+        raise AdapterConfigError(f"max_servers must be an integer >= 1, got {value!r}")
+
+
+@attrs.frozen
+class DiscoverySettings:
+    """The ``[discovery]`` table: whether unmapped Exchange senders are recorded, and how.
+
+    ``enabled`` (default true) records them; ``max_servers`` (default 10,000) bounds the
+    stored list, the oldest by last seen dropped first; ``flush_seconds`` (default 5) is
+    how often they are written (docs/discovery.md).
+    """
+
+    enabled: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
+    max_servers: int = attrs.field(default=DEFAULT_MAX_SERVERS, validator=_max_servers)
+    flush_seconds: float = attrs.field(default=DEFAULT_FLUSH_SECONDS, validator=_timeout)
 
 
 @attrs.frozen
@@ -370,6 +396,7 @@ class AdapterConfig:
     without its connector, raises :class:`AdapterConfigError`. ``final_step_from`` dates
     the last phase of ``exchange_online`` (only ESU builds and SE pass; off by default,
     :meth:`Policy.exchange_online <tbes.policy.Policy.exchange_online>`).
+    ``discovery`` is the :class:`DiscoverySettings`.
     """
 
     connectors: tuple[ConnectorRule, ...] = attrs.field(default=(), converter=_rules)
@@ -388,6 +415,9 @@ class AdapterConfig:
     mode: str = attrs.field(default="enforce", validator=_mode)
     exemptions: tuple[Exemption, ...] = attrs.field(default=(), converter=_exemptions)
     final_step_from: dt.date | None = attrs.field(default=None, validator=_final_step)
+    discovery: DiscoverySettings = attrs.field(
+        factory=DiscoverySettings, validator=attrs.validators.instance_of(DiscoverySettings)
+    )
 
     def __attrs_post_init__(self) -> None:
         names = {rule.name.casefold() for rule in self.connectors}
@@ -525,8 +555,13 @@ def make_enforcer(
     *,
     catalog: Catalog | None = None,
     notifier: Notifier | None = None,
+    discovery: DiscoveryQueue | None = None,
 ) -> Enforcer:
-    """An :class:`~tbes.enforcer.Enforcer` over ``store`` with this configuration's settings."""
+    """An :class:`~tbes.enforcer.Enforcer` over ``store`` with this configuration's settings.
+
+    ``discovery`` (from :func:`make_discovery`, owned and closed by the caller) records
+    the unmapped Exchange senders.
+    """
     if config.fixed_time is not None:
         _log.warning(
             "tbes: [testing] fixed_time = %s freezes the clock; never use it in production",
@@ -545,7 +580,24 @@ def make_enforcer(
         check_timeout=config.check_timeout,
         monitor_connectors=config.monitor_connectors,
         exemptions=config.exemptions,
+        discovery=discovery,
     )
+
+
+def make_discovery(config: AdapterConfig, store: StateStore) -> DiscoveryQueue | None:
+    """The :class:`~tbes.store.DiscoveryQueue` ``[discovery]`` asks for over ``store``, or
+    ``None`` when it is disabled, or when ``store`` keeps no discovered servers (a custom
+    store without ``record_discovered``: logged at WARNING). The caller closes it."""
+    settings = config.discovery
+    if not settings.enabled:
+        return None
+    try:
+        return DiscoveryQueue(
+            store, max_servers=settings.max_servers, flush_seconds=settings.flush_seconds
+        )
+    except InvalidValueError as error:
+        _log.warning("tbes: discovery is off: %s", error)
+        return None
 
 
 # ---- TOML ----------------------------------------------------------------------------------
@@ -569,7 +621,8 @@ _REMOVED_UNMATCHED = (
     "would restart enforcement at stage 1; delete the key, and add a [[connector]] rule with "
     "a name for each server to enforce"
 )
-_TABLE_KEYS = frozenset({"connector", "testing", "exemption"})
+_TABLE_KEYS = frozenset({"connector", "testing", "exemption", "discovery"})
+_DISCOVERY_KEYS = frozenset({"enabled", "max_servers", "flush_seconds"})
 _RULE_KEYS = frozenset(
     {"kind", "tenant", "server_id", "networks", "hosts", "tls_subjects", "name", "mode"}
 )
@@ -614,6 +667,8 @@ def _from_mapping(data: Mapping[str, Any]) -> AdapterConfig:
     testing = _get(data, "testing", dict, {})
     _no_unknown_keys("[testing]", testing, _TESTING_KEYS)
     exemptions = _get(data, "exemption", list, [])
+    discovery = _get(data, "discovery", dict, {})
+    _no_unknown_keys("[discovery]", discovery, _DISCOVERY_KEYS)
     return AdapterConfig(
         connectors=tuple(_rule(item, index, tenant) for index, item in enumerate(rules)),
         tenant=tenant,
@@ -627,7 +682,19 @@ def _from_mapping(data: Mapping[str, Any]) -> AdapterConfig:
         mode=_get(data, "mode", str, "enforce"),
         exemptions=tuple(_exemption(item, index) for index, item in enumerate(exemptions)),
         final_step_from=_get(data, "final_step_from", dt.date, None),
+        discovery=_discovery(discovery),
     )
+
+
+def _discovery(table: Mapping[str, Any]) -> DiscoverySettings:
+    try:
+        return DiscoverySettings(
+            enabled=_get(table, "enabled", bool, True),
+            max_servers=_get(table, "max_servers", int, DEFAULT_MAX_SERVERS),
+            flush_seconds=_get(table, "flush_seconds", object, DEFAULT_FLUSH_SECONDS),
+        )
+    except AdapterConfigError as error:
+        raise AdapterConfigError(f"[discovery]: {error}") from None
 
 
 def _exemption(item: object, index: int) -> Exemption:

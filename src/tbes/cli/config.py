@@ -66,6 +66,7 @@ def config_check(
             "never enforced."
         )
     )
+    console.print(text_line(_discovery_line(config.discovery)))
     if config.fixed_time is not None:
         console.print(
             text_line(f"[testing] fixed_time = {instant(config.fixed_time)} UTC: tests only!")
@@ -77,6 +78,16 @@ def config_check(
     console.print(_schedule_table(policy))
     if peer is not None:
         console.print(_peer_line(config, policy, peer, peer_name, tls_subject))
+
+
+def _discovery_line(settings: Any) -> str:
+    if not settings.enabled:
+        return "Discovery: off."
+    return (
+        "Discovery: unmatched on-premises Exchange senders are recorded, at most "
+        f"{settings.max_servers:,}, written every {settings.flush_seconds:g} s "
+        "(tbes report --discovered)."
+    )
 
 
 def _rules_lines(

@@ -26,6 +26,7 @@ from tbes.cli._app import (
     unreadable_line,
     utc_text,
 )
+from tbes.cli._discovered import report_discovered
 from tbes.enforcer import utc_now
 from tbes.render import FORMATS, Sink, write_report
 from tbes.render._common import printable
@@ -56,6 +57,12 @@ from tbes.store import UnreadableRow
 @at_option("Report as of this instant (default: now).")
 @policy_option
 @config_option
+@click.option(
+    "--discovered",
+    is_flag=True,
+    help="List the unmapped on-premises Exchange senders seen instead, each peer network "
+    "with a [[connector]] rule to paste (table, csv or json).",
+)
 @click.pass_context
 def report(
     ctx: click.Context,
@@ -66,6 +73,7 @@ def report(
     at: dt.datetime | None,
     policy_name: str,
     config_file: Path | None,
+    discovered: bool = False,
 ) -> int | None:
     """Report every server in the database, one row per server.
 
@@ -73,10 +81,14 @@ def report(
     that cannot be read is left out and named on stderr, and the exit status is 1. With
     --output the report goes to a temporary file renamed over FILE at the end, so a report
     that fails leaves no partial file. With --config, the status shows each server's
-    exemption or monitor mode.
+    exemption or monitor mode. With --discovered, the unmapped Exchange senders instead
+    (docs/discovery.md).
     """
     at = at or utc_now()
     config = controls(config_file)
+    if discovered:
+        report_discovered(db, fmt, output, config, _write_whole)
+        return None
     operator: dict[str, Any] = (
         {} if config is None else {"exemptions": config.exemptions_for, "monitors": config.monitors}
     )

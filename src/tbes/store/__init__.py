@@ -7,6 +7,7 @@ same contract tests; a custom store built on it behaves alike. psycopg is import
 when a :class:`PostgresStore` is opened, so this package imports without it.
 """
 
+from tbes.store._discovery_queue import DiscoveryQueue
 from tbes.store.base import RowStore, UnreadableRow
 from tbes.store.memory import MemoryStore
 from tbes.store.postgres import PostgresStore
@@ -14,6 +15,7 @@ from tbes.store.protocol import LedgerWrite, StateStore, StateWrite, Versioned, 
 from tbes.store.sqlite import SQLiteStore
 
 __all__ = [
+    "DiscoveryQueue",
     "LedgerWrite",
     "MemoryStore",
     "PostgresStore",

@@ -17,7 +17,9 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
+from tbes.discovery import DiscoveredServer
 from tbes.errors import StoreError
+from tbes.store._discovered import plan
 from tbes.store.base import ROW_SCHEMA, RawRow, RowStore, RowWrite
 from tbes.store.protocol import Write
 
@@ -41,6 +43,9 @@ _TABLES = {
     "server": ("tbes_servers", "server_id", ("tenant", "version", "row_schema", "data")),
     "ledger": ("tbes_ledgers", "tenant", ("version", "row_schema", "data")),
 }
+
+
+_DISCOVERED_ROWS = "SELECT peer, data FROM tbes_discovered"
 
 
 class _Cursor(Protocol):
@@ -181,6 +186,46 @@ class SQLStore(RowStore, Generic[_C]):
         p = self._PARAM
         sql = f"DELETE FROM tbes_servers WHERE server_id = {p} AND version = {p}"
         return bool(self._run(lambda conn: conn.execute(sql, (server_id, version)).rowcount == 1))
+
+    # ---- discovered servers ----------------------------------------------------------------
+
+    def _exec(self, conn: _C, sql: str, args: tuple[object, ...]) -> _Cursor:
+        """Run one statement of a write; a back end may bound each statement's wait here."""
+        return conn.execute(sql, args)
+
+    def _lock_discovered(self, conn: _C) -> None:
+        """Inside :meth:`_run`: serialise merges of the discovered table (a no-op if the
+        transaction already excludes other writers)."""
+
+    def _record_discovered(self, records: tuple[DiscoveredServer, ...], max_servers: int) -> None:
+        p = self._PARAM
+        read = f"SELECT data FROM tbes_discovered WHERE peer = {p}"
+        upsert = (
+            f"INSERT INTO tbes_discovered (peer, last_seen, data) VALUES ({p}, {p}, {p}) "
+            "ON CONFLICT (peer) DO UPDATE SET last_seen = excluded.last_seen, data = excluded.data"
+        )
+        oldest = (
+            "DELETE FROM tbes_discovered WHERE peer IN (SELECT peer FROM tbes_discovered "
+            f"ORDER BY last_seen, peer LIMIT {p})"
+        )
+
+        def work(conn: _C) -> None:
+            self._lock_discovered(conn)
+
+            def stored(peer: str) -> str | None:
+                row = self._exec(conn, read, (peer,)).fetchone()
+                return None if row is None else str(row[0])
+
+            for row in plan(records, stored):
+                self._exec(conn, upsert, row)
+            count = int(self._exec(conn, "SELECT count(*) FROM tbes_discovered", ()).fetchone()[0])
+            if count > max_servers:
+                self._exec(conn, oldest, (count - max_servers,))
+
+        self._run(work)
+
+    def _discovered_rows(self) -> list[tuple[object, object]]:
+        return [(peer, data) for peer, data in self._fetch_all(_DISCOVERED_ROWS, ())]
 
     def _apply(self, writes: tuple[Write, ...]) -> tuple[int, ...]:
         """Apply checked compare-and-swap writes in one transaction; return their versions."""

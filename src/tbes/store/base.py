@@ -23,10 +23,12 @@ from typing import Self, TypeVar
 
 import attrs
 
+from tbes.discovery import DiscoveredServer
 from tbes.errors import InvalidValueError, StoreConflictError, StoreError
 from tbes.ledger import PauseLedger
 from tbes.state import ServerState
 from tbes.store._deadline import DEFAULT_CHECK_TIMEOUT, remaining
+from tbes.store._discovered import check_batch, decode
 from tbes.store._rows import (
     ROW_SCHEMA,
     RawRow,
@@ -83,6 +85,10 @@ class RowStore:
     * ``_server_rows(tenant)``: yield ``(server_id, raw_row)`` for every stored server
       row, or those whose last write named ``tenant``, in order of server id.
 
+    Two more are optional, for the discovered servers (docs/discovery.md):
+    ``_record_discovered(records, max_servers)`` and ``_discovered_rows()``; without them
+    :meth:`record_discovered` and :meth:`discovered` raise :class:`~tbes.errors.StoreError`.
+
     Arguments are checked before a primitive runs. A primitive raises
     :class:`~tbes.errors.StoreConflictError` for a lost race, or
     :class:`~tbes.errors.StoreError`; any other exception it raises reaches the caller as
@@ -114,6 +120,15 @@ class RowStore:
 
     def _delete_row(self, server_id: str, version: int) -> bool:
         """Delete the server row if still at ``version``; whether it was (for ``delete()``)."""
+        raise NotImplementedError
+
+    def _record_discovered(self, records: tuple[DiscoveredServer, ...], max_servers: int) -> None:
+        """Merge ``records`` into the discovered table and keep its ``max_servers`` newest
+        (optional: for ``record_discovered()``; see :meth:`record_discovered`)."""
+        raise NotImplementedError
+
+    def _discovered_rows(self) -> list[tuple[object, object]]:
+        """Every ``(peer, data)`` of the discovered table (optional: for ``discovered()``)."""
         raise NotImplementedError
 
     @staticmethod
@@ -266,6 +281,45 @@ class RowStore:
             except StoreError as exc:
                 entry = UnreadableRow(server_id, str(exc))
             yield entry
+
+    # ---- discovered servers (docs/discovery.md) -----------------------------------------
+
+    def record_discovered(self, records: Sequence[DiscoveredServer], *, max_servers: int) -> None:
+        """Merge ``records`` into the discovered servers, then keep at most ``max_servers``.
+
+        Each record is merged (:func:`tbes.discovery.merge`) with the stored one of its
+        peer, in one transaction; then the oldest by last seen are dropped
+        (:func:`tbes.discovery.evicted`). Server rows and ledgers are never touched. A store
+        whose primitive ``_record_discovered`` is not implemented raises
+        :class:`~tbes.errors.StoreError` saying so.
+        """
+        batch = check_batch(records, max_servers)
+        if batch:
+            self._optional(self._record_discovered, batch, max_servers)
+
+    def discovered(self) -> list[DiscoveredServer]:
+        """Every discovered server, the most recently seen first (then by address).
+
+        A row that cannot be read raises :class:`~tbes.errors.StoreError` naming its peer;
+        a store without the primitive ``_discovered_rows`` raises StoreError saying so.
+        """
+        rows = self._optional(self._discovered_rows)
+        records = [decode(peer, data) for peer, data in rows]
+        records.sort(key=lambda each: each.peer_ip)
+        records.sort(key=lambda each: each.last_seen, reverse=True)
+        return records
+
+    def _optional(self, primitive: Callable[..., _R], *args: object) -> _R:
+        try:
+            return self._call(primitive, *args)
+        except StoreError as error:
+            if isinstance(error.__cause__, NotImplementedError):
+                raise StoreError(
+                    f"store {type(self).__name__} keeps no discovered servers: it implements "
+                    f"no {primitive.__name__} (docs/custom-store.md), or set "
+                    "[discovery] enabled = false"
+                ) from None
+            raise
 
     def close(self) -> None:
         """Release connections and files (nothing, unless a subclass holds some)."""

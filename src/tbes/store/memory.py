@@ -12,6 +12,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
+from tbes.discovery import DiscoveredServer
+from tbes.store._discovered import plan
 from tbes.store.base import ROW_SCHEMA, RawRow, RowStore
 from tbes.store.protocol import Write
 
@@ -26,6 +28,7 @@ class MemoryStore(RowStore):
         # table -> key -> (version, schema, data); servers also remember their tenant.
         self._rows: dict[str, dict[str, RawRow]] = {"server": {}, "ledger": {}}
         self._tenants: dict[str, str] = {}
+        self._discovered: dict[str, tuple[int, str]] = {}  # peer -> (last seen in µs, JSON)
 
     def _read_row(self, table: str, key: str) -> RawRow | None:
         with self._lock:
@@ -60,3 +63,21 @@ class MemoryStore(RowStore):
                 return False
             del self._rows["server"][server_id]
             return True
+
+    def _record_discovered(self, records: tuple[DiscoveredServer, ...], max_servers: int) -> None:
+        with self._lock:
+            stored = self._discovered
+            rows = plan(records, lambda peer: stored[peer][1] if peer in stored else None)
+            for peer, last_seen, data in rows:
+                self._discovered[peer] = (last_seen, data)
+            excess = len(self._discovered) - max_servers
+            if excess > 0:
+                oldest = sorted(
+                    self._discovered, key=lambda peer: (self._discovered[peer][0], peer)
+                )
+                for peer in oldest[:excess]:
+                    del self._discovered[peer]
+
+    def _discovered_rows(self) -> list[tuple[object, object]]:
+        with self._lock:
+            return [(peer, data) for peer, (_, data) in self._discovered.items()]

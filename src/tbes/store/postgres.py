@@ -61,11 +61,24 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 2: states(tenant) reads one tenant's servers without scanning the others.
     ("CREATE INDEX tbes_servers_by_tenant ON tbes_servers (tenant, server_id)",),
+    # 3: the discovered servers (docs/discovery.md). Collation "C" orders the peers
+    # bytewise, as every other store evicts them.
+    (
+        """CREATE TABLE tbes_discovered (
+            peer text COLLATE "C" PRIMARY KEY,
+            last_seen bigint NOT NULL,
+            data text NOT NULL
+        )""",
+        "CREATE INDEX tbes_discovered_by_last_seen ON tbes_discovered (last_seen, peer)",
+    ),
 )
 """The schema's migrations in order; the database's version is how many have been applied."""
 
 # pg_advisory_xact_lock key that serialises schema migrations ("tbes" and 1).
 _MIGRATION_LOCK = 0x74626573_00000001
+
+# pg_advisory_xact_lock key that serialises merges of the discovered servers ("tbes", 3).
+_DISCOVERY_LOCK = 0x74626573_00000003
 
 # Creating or migrating the schema on opening is no check: it may build an index on a big
 # table or wait for another node's migration, so it gets its own, longer bound.
@@ -270,6 +283,10 @@ class PostgresStore(SQLStore["psycopg.Connection[Any]"]):
     def _migrate(self, conn: psycopg.Connection[Any]) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
         migrate(conn, MIGRATIONS, param=self._PARAM, newer=_too_new)
+
+    def _lock_discovered(self, conn: psycopg.Connection[Any]) -> None:
+        # Nodes merging the same peer at once would each add to the count they read.
+        self._exec(conn, "SELECT pg_advisory_xact_lock(%s)", (_DISCOVERY_LOCK,))
 
     def schema_version(self) -> int:
         """How many of :data:`MIGRATIONS` the database has had applied."""

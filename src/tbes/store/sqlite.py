@@ -61,6 +61,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 2: states(tenant) reads one tenant's servers without scanning the others.
     ("CREATE INDEX tbes_servers_by_tenant ON tbes_servers (tenant, server_id)",),
+    # 3: the discovered servers (docs/discovery.md), the oldest found by the index.
+    (
+        """CREATE TABLE tbes_discovered (
+            peer TEXT PRIMARY KEY,
+            last_seen INTEGER NOT NULL,
+            data TEXT NOT NULL
+        )""",
+        "CREATE INDEX tbes_discovered_by_last_seen ON tbes_discovered (last_seen, peer)",
+    ),
 )
 """The schema's migrations in order; the database's version is how many have been applied."""
 
@@ -279,6 +288,19 @@ class SQLiteStore(SQLStore[sqlite3.Connection]):
 
     def _fetch_all(self, sql: str, args: tuple[str, ...]) -> list[Any]:
         return self._reading(lambda conn: conn.execute(sql, args).fetchall())
+
+    def _discovered_rows(self) -> list[tuple[object, object]]:
+        # A file of an older schema opened read-only has no table yet: nothing discovered.
+        def rows(conn: sqlite3.Connection) -> list[tuple[object, object]]:
+            found = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'tbes_discovered'"
+            ).fetchone()
+            if found is None:
+                return []
+            sql = "SELECT peer, data FROM tbes_discovered"
+            return [(peer, data) for peer, data in conn.execute(sql)]
+
+        return self._reading(rows)
 
     def _store(self, conn: sqlite3.Connection, row: RowWrite) -> None:
         """Write one planned row; the transaction's write lock makes the version check hold."""
