@@ -360,6 +360,8 @@ def _final_step(instance: AdapterConfig, attribute: attrs.Attribute[Any], value:
             f"final_step_from = {value}: only policy 'exchange_online' has a final step, "
             f"not {instance.policy!r}"
         )
+
+
 def _max_servers(instance: object, attribute: attrs.Attribute[int], value: object) -> None:
     if type(value) is not int or value < 1:
         raise AdapterConfigError(f"max_servers must be an integer >= 1, got {value!r}")
