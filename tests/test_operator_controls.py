@@ -578,7 +578,7 @@ def test_report_and_server_show_name_exemptions_and_monitor_mode(tmp_path: Path)
     assert rows["northwind"]["control"] == "monitor: would block 60 min/h"
     # Exempt since ever until June: 147 days frozen, so still stage 1 on day 121.
     assert rows["fabrikam-edge"]["stage"] == "1"
-    assert rows["fabrikam-edge"]["next_stage_start"].startswith("2026-07-01")
+    assert rows["fabrikam-edge"]["NextStageStartDate"].startswith("2026-07-01")
     show = runner.invoke(
         cli,
         ["server", "show", "northwind", "--db", str(db), "--at", at, "--config", str(config)],
