@@ -695,6 +695,7 @@ class _RowMaker:
     """
 
     __slots__ = (
+        "_by_id",
         "_catalog",
         "_exemptions",
         "_following",
@@ -728,18 +729,28 @@ class _RowMaker:
         self._following = {stage.number: _next_stage(stage, policy) for stage in table.stages}
         # Where each stage starts on the enforcement clock, by number.
         self._starts = {stage.number: table.start_of(stage.number) for stage in table.stages}
-        # Per build: its product and the builds to recommend.
+        # Per build: its product and the builds to recommend, by value and, in front, by
+        # identity (the stores share one object per build; an object is kept beside its
+        # entry, so its id is not reused meanwhile).
         self._recommended: dict[ExchangeBuild, tuple[Product, tuple[ExchangeBuild, ...]]] = {}
+        self._by_id: dict[int, tuple[ExchangeBuild, Product, tuple[ExchangeBuild, ...]]] = {}
 
     def _recommend(self, build: ExchangeBuild) -> tuple[Product, tuple[ExchangeBuild, ...]]:
-        known = self._recommended.get(build)
-        if known is None:
+        known = self._by_id.get(id(build))
+        if known is not None and known[0] is build:
+            return known[1], known[2]
+        found = self._recommended.get(build)
+        if found is None:
             baseline = self._policy.baseline_at(self._now)
-            known = (build.product, recommended_builds(build, baseline, self._catalog, self._on))
+            recommended = recommended_builds(build, baseline, self._catalog, self._on)
+            found = (build.product, recommended)
             if len(self._recommended) >= _BUILDS:
                 self._recommended.clear()
-            self._recommended[build] = known
-        return known
+            self._recommended[build] = found
+        if len(self._by_id) >= _BUILDS:
+            self._by_id.clear()
+        self._by_id[id(build)] = (build, *found)
+        return found
 
     def row(self, state: ServerState) -> ReportRow:
         now, policy = self._now, self._policy

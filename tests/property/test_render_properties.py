@@ -22,6 +22,7 @@ from tbes.render import (
     write_json,
     write_text,
 )
+from tbes.render._common import printable
 from tbes.render.csv import COLUMNS
 from tbes.render.json import dumps
 from tbes.report import ReportRow
@@ -43,7 +44,7 @@ texts = st.text(
 )
 
 
-def row(server: str, tenant: str) -> ReportRow:
+def row(server: str, tenant: str, control: str | None = None) -> ReportRow:
     return ReportRow(
         server=server,
         tenant=tenant,
@@ -61,10 +62,32 @@ def row(server: str, tenant: str) -> ReportRow:
         next_stage_block=None,
         next_stage_start=None,
         paused_until=None,
+        control=control,
     )
 
 
-rows = st.lists(st.builds(row, texts, texts), max_size=5)
+# Server ids with a connector part too, as CONNECTOR/HOST.
+server_ids = texts | st.builds(lambda c, h: f"{c}/{h}", texts, texts)
+rows = st.lists(st.builds(row, server_ids, texts, st.none() | texts), max_size=5)
+
+
+@given(rows)
+def test_csv_lines_are_what_the_standard_librarys_writer_writes_for_the_same_cells(
+    report: list[ReportRow],
+) -> None:
+    text = render_csv(report)
+    records = list(csv.reader(io.StringIO(text, newline="")))
+    assert [len(record) for record in records] == [len(COLUMNS)] * (1 + len(report))
+    for record, source in zip(records[1:], report, strict=True):
+        # The foreign cells read back as they were given, escaped and quoted for a formula.
+        for column, value in (("server", source.server), ("tenant", source.tenant)):
+            shown = printable(value)
+            assert record[COLUMNS.index(column)] == (
+                "'" + shown if value.startswith(FORMULA_STARTS) else shown
+            )
+    reference = io.StringIO()
+    csv.writer(reference).writerows(records)
+    assert text == reference.getvalue()
 
 
 @given(rows)
