@@ -9,8 +9,7 @@ whatever drives it. Measured side by side in each round, rounds interleaved, so 
 hold on a busy machine (report the medians, and the ratios within each round):
 
 * ``noop``: the same asyncio server and codec with a checker that answers "accept" at once,
-  on the event loop as ``tbes milter`` runs its checks over a local store (the floor: what
-  the milter protocol costs on this library);
+  through the same check threads (the floor: what the milter protocol costs on this library);
 * ``tbes``: ``tbes milter`` as deployed (configuration, enforcer, SQLite store, decision log);
 * ``serve`` (``--postfix`` only): ``tbes serve`` with the milter and the policy service in
   one process, Postfix asking both (``smtpd_milters`` and ``check_policy_service``);
@@ -91,7 +90,7 @@ HEADERS: tuple[tuple[bytes, bytes], ...] = (
 _NOOP_MAIN = """\
 import asyncio, sys
 from tbes.adapters.config import AdapterConfig
-from tbes.adapters.milter import MilterLimits, MilterService
+from tbes.adapters.milter import MilterService
 from tbes.decision import Action, Decision
 from tbes.stages import DEFAULT_STAGE_TABLE
 import datetime as dt
@@ -105,8 +104,7 @@ class Noop:
         return ACCEPT
 
 async def main():
-    limits = MilterLimits(inline=True)
-    server = await MilterService(Noop(), AdapterConfig(), limits=limits).start(sys.argv[1])
+    server = await MilterService(Noop(), AdapterConfig()).start(sys.argv[1])
     await server.serve_forever()
 
 asyncio.run(main())

@@ -136,9 +136,7 @@ class Daemon:
         from tbes.adapters.milter import MilterLimits, MilterService
         from tbes.adapters.postfix_policy import PolicyLimits, PolicyService
 
-        # A local store's every wait ends at its deadline: its checks run on the event loop.
-        local = not self._db.startswith(_POSTGRES_SCHEMES)
-        milter = MilterService(checker, config, limits=MilterLimits(inline=local))
+        milter = MilterService(checker, config, limits=MilterLimits())
         policy = PolicyService(checker, config, PolicyLimits())
         servers: list[asyncio.Server] = []
         metrics_server: Any = None

@@ -24,8 +24,8 @@ a connection idle for ``idle_timeout`` is closed (one timer per service keeps ev
 deadline). The store is synchronous, so each check runs in a bounded thread pool and the
 event loop never waits for it: a check that takes longer than ``check_timeout`` is answered
 as a fault. Over a store whose every wait ends at its own deadline (a local one), checks may
-instead run on the event loop (``MilterLimits.inline``), which spares the thread hand-over,
-the larger part of a message's CPU besides the check itself. Any fault (configuration, store,
+instead run on the event loop (``MilterLimits.inline``), which spares the thread hand-over's
+CPU but makes the loop wait for each check. Any fault (configuration, store,
 bug, timeout) is logged at WARNING and the message accepted (fail open), or deferred with
 ``451 4.3.0`` when the configuration says ``fail_closed``. Warnings about misbehaving
 peers are rate-limited, so a flood cannot flood the log. Each decision is one line of the
@@ -108,8 +108,9 @@ class MilterLimits:
     normally fails open by itself, and below Postfix's ``milter_command_timeout``.
 
     ``inline`` decides on the event loop itself instead of in one of ``workers`` threads:
-    no hand-over between threads, which costs more CPU than a check over a local store
-    (see ``docs/milter.md``), but the loop waits for each check. Only for a checker whose
+    no hand-over between threads (less CPU per message, see ``docs/milter.md``), but the
+    loop waits for each check, and SQLite's C code no longer overlaps with it. Only for a
+    checker whose
     every call is short and bounded, such as tbes's enforcer over a
     :class:`~tbes.store.memory.MemoryStore` or a :class:`~tbes.store.sqlite.SQLiteStore`,
     whose every wait ends at the store's deadline, below ``check_timeout`` (which an inline
