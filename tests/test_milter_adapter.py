@@ -597,6 +597,27 @@ def test_an_idle_connection_is_closed() -> None:
         assert time.monotonic() - started < 0.3 + 2.0
 
 
+def test_the_check_threads_run_submitted_work_and_cancel_what_waits_at_close() -> None:
+    service = MilterService(
+        Recorder(decision(Action.ACCEPT)), CONFIG, limits=MilterLimits(workers=1)
+    )
+    started, release = threading.Event(), threading.Event()
+
+    def hold() -> bool:
+        started.set()
+        return release.wait(10)
+
+    busy = service.executor.submit(hold)
+    waiting = service.executor.submit(lambda: "never run")
+    assert started.wait(10)
+    service.close()
+    release.set()
+    assert busy.result(10) is True
+    assert waiting.cancelled()
+    with pytest.raises(RuntimeError):
+        service.executor.submit(lambda: None)
+
+
 def test_limits_are_checked() -> None:
     bad: dict[str, Any] = {"max_packet": 10, "max_connections": 0, "check_timeout": -1.0}
     for name, value in bad.items():

@@ -252,27 +252,20 @@ class _CheckThreads(concurrent.futures.Executor):
     def submit(
         self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
     ) -> concurrent.futures.Future[Any]:
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-
-        def run() -> None:
-            if not future.set_running_or_notify_cancel():
-                return
-            try:
-                future.set_result(fn(*args, **kwargs))
-            except BaseException as error:
-                future.set_exception(error)
-
-        self.post(run)
-        return future
+        job = _FutureJob(fn, args, kwargs)
+        self.post(job)
+        return job.future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self._closed = True
         if cancel_futures:
             while True:
                 try:
-                    self._jobs.get_nowait()
+                    item = self._jobs.get_nowait()
                 except queue.Empty:
                     break
+                if item is not None and isinstance(item[0], _FutureJob):
+                    item[0].future.cancel()
         for _ in self._threads:
             self._jobs.put(None)
         if wait:
@@ -287,6 +280,26 @@ class _CheckThreads(concurrent.futures.Executor):
                 job(*args)
             except BaseException:  # pragma: no cover - post()'s jobs catch their own errors
                 _log.exception("tbes milter: a check thread job failed")
+
+
+class _FutureJob:
+    """A :meth:`_CheckThreads.submit` call: its function, and the future it settles."""
+
+    __slots__ = ("args", "fn", "future", "kwargs")
+
+    def __init__(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        self.fn, self.args, self.kwargs = fn, args, kwargs
+        self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def __call__(self) -> None:
+        if not self.future.set_running_or_notify_cancel():
+            return
+        try:
+            self.future.set_result(self.fn(*self.args, **self.kwargs))
+        except BaseException as error:
+            self.future.set_exception(error)
 
 
 class MilterService:
