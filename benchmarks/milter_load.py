@@ -1,14 +1,18 @@
 """The milter's cost per message, and Postfix's throughput with and without it (issue 16).
 
-``python benchmarks/milter_load.py [--postfix] [--pymilter-python PY --pymilter-src DIR]``
+``python benchmarks/milter_load.py [--postfix] [--rounds N] [--json FILE]
+[--pymilter-python PY --pymilter-src DIR]``
 
 Each milter runs in its own process; its CPU time (user + system, from ``/proc``) is read
 before and after a load and divided by the messages, so the figure is the milter's own cost
-whatever drives it. Measured in one run, so the ratios hold on a busy machine:
+whatever drives it. Measured side by side in each round, rounds interleaved, so the ratios
+hold on a busy machine (report the medians, and the ratios within each round):
 
-* ``noop``: the same asyncio server and codec with a checker that answers "accept" at once
-  (the floor: what the milter protocol costs on this library);
-* ``tbes``: ``tbes milter`` as deployed (configuration, enforcer, SQLite store);
+* ``noop``: the same asyncio server and codec with a checker that answers "accept" at once,
+  through the same check threads (the floor: what the milter protocol costs on this library);
+* ``tbes``: ``tbes milter`` as deployed (configuration, enforcer, SQLite store, decision log);
+* ``serve`` (``--postfix`` only): ``tbes serve`` with the milter and the policy service in
+  one process, Postfix asking both (``smtpd_milters`` and ``check_policy_service``);
 * ``pymilter`` (optional): the previous implementation, the pymilter binding of libmilter,
   given a Python with pymilter and the source tree of that version.
 
@@ -16,7 +20,7 @@ Loads: ``direct`` drives each milter from this process over loopback as Postfix 
 (protocol 6, macros, connect, HELO, 12 headers, end of headers, quit: one message per
 milter connection); ``--postfix`` (root, Postfix installed) starts a private Postfix on
 loopback (the test harness) and sends with ``smtp-source`` through it, without a milter and
-with each. Nothing is asserted: it prints a Markdown table.
+with each. Nothing is asserted: it prints a Markdown table (and ``--json`` the figures).
 """
 
 from __future__ import annotations
@@ -24,10 +28,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import json
 import os
 import shutil
 import signal
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -36,6 +42,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parents[1]
 T0 = "2025-11-03T08:00:00+00:00"
@@ -103,6 +110,7 @@ async def main():
 asyncio.run(main())
 """
 _COMMAND_MAIN = "import sys; from tbes.cli.daemons import milter; milter.main(sys.argv[1:])"
+_SERVE_MAIN = "import sys; from tbes.cli.daemons import serve; serve.main(sys.argv[1:])"
 
 
 def _packet(command: bytes, payload: bytes = b"") -> bytes:
@@ -216,23 +224,34 @@ def direct(milter: Milter, messages: int, concurrency: int) -> float:
 
 
 @contextmanager
-def _postfix(milter_port: int | None) -> Iterator[int]:
+def _postfix(milter_port: int | None, policy_port: int | None = None) -> Iterator[int]:
     sys.path[:0] = [str(REPO / "tests")]
     from integration.postfix import Listener, PostfixServer
 
     main_cf = "" if milter_port is None else f"smtpd_milters = inet:127.0.0.1:{milter_port}\n"
     main_cf += "milter_protocol = 6\nmilter_default_action = tempfail\n"
     main_cf += "smtpd_client_connection_count_limit = 0\nsmtpd_client_connection_rate_limit = 0\n"
+    if policy_port is not None:
+        # As docs/postfix.md has it.
+        main_cf += (
+            "smtpd_recipient_restrictions = reject_unauth_destination,"
+            f" check_policy_service {{ inet:127.0.0.1:{policy_port}, timeout=10s,"
+            " default_action=DUNNO }\n"
+        )
     with PostfixServer(main_cf, [Listener(_free_port())]) as server:
         yield server.port
 
 
 def through_postfix(
-    milter: Milter | None, message: Path, messages: int, sessions: int
+    milter: Milter | None,
+    message: Path,
+    messages: int,
+    sessions: int,
+    policy_port: int | None = None,
 ) -> tuple[float, float | None]:
     """Messages per second through Postfix with smtp-source, and milter CPU µs per message."""
     source = shutil.which("smtp-source", path="/usr/sbin:/usr/bin") or "smtp-source"
-    with _postfix(None if milter is None else milter.port) as port:
+    with _postfix(None if milter is None else milter.port, policy_port) as port:
         argv = [source, "-s", str(sessions), "-F", str(message), "-f", "alice@fabrikam.example"]
         argv += ["-t", "postmaster@receiver.example", f"127.0.0.1:{port}"]
         subprocess.run([*argv[:1], "-m", "50", *argv[1:]], check=True, timeout=120)
@@ -244,15 +263,174 @@ def through_postfix(
     return messages / elapsed, None if cpu is None else cpu / messages * 1e6
 
 
-def main() -> int:
+def postfix_available() -> str | None:
+    """Why the Postfix part cannot run here, or None if it can."""
+    if os.geteuid() != 0:
+        return "it needs root (it starts a private Postfix)"
+    if shutil.which("postfix", path="/usr/sbin:/usr/bin") is None:
+        return "Postfix is not installed"
+    if shutil.which("smtp-source", path="/usr/sbin:/usr/bin") is None:
+        return "smtp-source (postfix's test tools) is not installed"
+    return None
+
+
+class Variant(NamedTuple):
+    """One milter process to measure: its name, how to start it, and its environment."""
+
+    name: str
+    label: str
+    main: str
+    env: dict[str, str]
+    postfix_only: bool = False
+
+
+def _start(variant: Variant, work: Path, config: Path, tag: str) -> tuple[Milter, int | None]:
+    port = _free_port()
+    argv = [sys.executable, "-c", variant.main]
+    policy_port = None
+    if variant.name == "noop":
+        argv.append(f"inet:{port}@127.0.0.1")
+    elif variant.name == "serve":
+        policy_port = _free_port()
+        argv += ["--milter", f"inet:{port}@127.0.0.1", "--policy", f"127.0.0.1:{policy_port}"]
+        argv += ["--db", str(work / f"state-{tag}.db"), "--config", str(config)]
+    else:
+        argv += ["--listen", f"inet:{port}@127.0.0.1", "--db", str(work / f"state-{tag}.db")]
+        argv += ["--config", str(config)]
+    if variant.name == "pymilter":
+        argv[0] = variant.env["TBES_BENCH_PYTHON"]
+    return Milter(variant.label, argv, port, variant.env), policy_port
+
+
+def measure(
+    variants: Sequence[Variant],
+    *,
+    messages: int,
+    concurrency: int,
+    rounds: int,
+    postfix: bool,
+    work: Path,
+    config: Path,
+    message: Path,
+) -> list[dict[str, dict[str, float | None]]]:
+    """Per round, per variant: ``direct_us``, ``postfix_rate`` and ``postfix_us``."""
+    results: list[dict[str, dict[str, float | None]]] = []
+    for number in range(rounds):
+        row: dict[str, dict[str, float | None]] = {}
+        if postfix:
+            rate, _ = through_postfix(None, message, messages, concurrency)
+            row["alone"] = {"direct_us": None, "postfix_rate": rate, "postfix_us": None}
+        for variant in variants:
+            if variant.postfix_only and not postfix:
+                continue
+            milter, policy_port = _start(variant, work, config, f"{number}-{variant.name}")
+            try:
+                figures: dict[str, float | None] = {"direct_us": None}
+                if not variant.postfix_only:
+                    figures["direct_us"] = direct(milter, messages, concurrency)
+                figures["postfix_rate"] = figures["postfix_us"] = None
+                if postfix:
+                    rate, cpu = through_postfix(milter, message, messages, concurrency, policy_port)
+                    figures["postfix_rate"], figures["postfix_us"] = rate, cpu
+                row[variant.name] = figures
+            finally:
+                milter.stop()
+        results.append(row)
+    return results
+
+
+def _median(values: Sequence[float | None]) -> float | None:
+    present = [value for value in values if value is not None]
+    return statistics.median(present) if present else None
+
+
+def _ratio(row: dict[str, dict[str, float | None]], name: str, key: str, base: str) -> float | None:
+    value, against = row.get(name, {}).get(key), row.get(base, {}).get(key)
+    return None if value is None or not against else value / against
+
+
+def summary(
+    rounds: list[dict[str, dict[str, float | None]]],
+) -> dict[str, dict[str, float | None]]:
+    """Medians per variant: CPU per message (direct, via Postfix), rate, ratios in-round.
+
+    ``ratio`` is the median over rounds of the rate over Postfix alone's in the same round;
+    ``cpu_vs_noop`` the median over rounds of the CPU per message over the noop milter's.
+    """
+    names = list(rounds[0]) if rounds else []
+    out: dict[str, dict[str, float | None]] = {}
+    for name in names:
+        rows = [each[name] for each in rounds if name in each]
+
+        out[name] = {
+            "direct_us": _median([row["direct_us"] for row in rows]),
+            "postfix_us": _median([row["postfix_us"] for row in rows]),
+            "postfix_rate": _median([row["postfix_rate"] for row in rows]),
+            "ratio": _median([_ratio(each, name, "postfix_rate", "alone") for each in rounds]),
+            "direct_vs_noop": _median([_ratio(each, name, "direct_us", "noop") for each in rounds]),
+            "postfix_vs_noop": _median(
+                [_ratio(each, name, "postfix_us", "noop") for each in rounds]
+            ),
+        }
+    return out
+
+
+LABELS = {
+    "alone": "Postfix alone",
+    "noop": "noop (same server, a checker that only accepts)",
+    "tbes": "tbes milter (enforcer, SQLite, decision log)",
+    "serve": "tbes serve: milter + policy service (one process)",
+    "pymilter": "pymilter (previous tbes milter)",
+}
+
+
+def _us(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f} µs"
+
+
+def _x(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def table(rounds: list[dict[str, dict[str, float | None]]]) -> list[str]:
+    """The Markdown table of medians and, per round, the throughput ratios."""
+    medians = summary(rounds)
+    lines = [
+        "| process | CPU per message, direct | CPU per message, via Postfix "
+        "| x noop's CPU (direct / via Postfix) | Postfix msg/s | ratio to Postfix alone |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, row in medians.items():
+        rate = "-" if row["postfix_rate"] is None else f"{row['postfix_rate']:,.0f}"
+        lines.append(
+            f"| {LABELS.get(name, name)} | {_us(row['direct_us'])} | {_us(row['postfix_us'])} "
+            f"| {_x(row['direct_vs_noop'])} / {_x(row['postfix_vs_noop'])} | {rate} "
+            f"| {_x(row['ratio'] if name != 'alone' else 1.0)} |"
+        )
+    if any("alone" in each for each in rounds):
+        lines += ["", "Ratios to Postfix alone within each round:", ""]
+        for number, each in enumerate(rounds, 1):
+            base = each["alone"]["postfix_rate"] or 1.0
+            parts = [
+                f"{name} {(figures['postfix_rate'] or 0.0) / base:.2f}"
+                for name, figures in each.items()
+                if name != "alone"
+            ]
+            lines.append(f"- round {number} (Postfix alone {base:,.0f} msg/s): " + ", ".join(parts))
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     """Measure and print the table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds")
     parser.add_argument("--postfix", action="store_true", help="also through a private Postfix")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--pymilter-python", help="a Python with pymilter, attrs, cattrs, click")
     parser.add_argument("--pymilter-src", help="the src/ of the pymilter-based tbes")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="tbes-milter-load-"))
     config = work / "adapters.toml"
     config.write_text(CONFIG, encoding="utf-8")
@@ -260,60 +438,39 @@ def main() -> int:
     lines = [name + b": " + value.replace(b"\n", b"\r\n") for name, value in HEADERS[1:]]
     message.write_bytes(b"\r\n".join(lines) + b"\r\n\r\nHello.\r\n")
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
-    variants: list[tuple[str, list[str], dict[str, str]]] = [
-        (
-            "noop (same server, a checker that only accepts)",
-            [sys.executable, "-c", _NOOP_MAIN],
-            env,
-        ),
-        ("tbes milter (enforcer, SQLite)", [sys.executable, "-c", _COMMAND_MAIN], env),
+    variants = [
+        Variant("noop", LABELS["noop"], _NOOP_MAIN, env),
+        Variant("tbes", LABELS["tbes"], _COMMAND_MAIN, env),
+        Variant("serve", LABELS["serve"], _SERVE_MAIN, env, postfix_only=True),
     ]
     if args.pymilter_python and args.pymilter_src:
         old_env = dict(os.environ, PYTHONPATH=args.pymilter_src)
-        variants.append(
-            (
-                "pymilter (previous tbes milter)",
-                [args.pymilter_python, "-c", _COMMAND_MAIN],
-                old_env,
-            )
+        old_env["TBES_BENCH_PYTHON"] = args.pymilter_python
+        variants.append(Variant("pymilter", LABELS["pymilter"], _COMMAND_MAIN, old_env))
+    try:
+        rounds = measure(
+            variants,
+            messages=args.messages,
+            concurrency=args.concurrency,
+            rounds=args.rounds,
+            postfix=args.postfix,
+            work=work,
+            config=config,
+            message=message,
         )
-    rows: list[str] = []
-    baseline_rate: float | None = None
-    if args.postfix:
-        baseline_rate, _ = through_postfix(None, message, args.messages, args.concurrency)
-        rows.append(f"| Postfix alone | - | {baseline_rate:,.0f} | 1.00 |")
-    for index, (name, argv, variant_env) in enumerate(variants):
-        port = _free_port()
-        if index == 0:
-            argv = [*argv, f"inet:{port}@127.0.0.1"]
-        else:
-            db = work / f"state-{index}.db"
-            argv = [*argv, "--listen", f"inet:{port}@127.0.0.1", "--db", str(db)]
-            argv += ["--config", str(config)]
-        milter = Milter(name, argv, port, variant_env)
-        try:
-            cost = direct(milter, args.messages, args.concurrency)
-            row = f"| {name} | {cost:,.0f} µs"
-            if args.postfix and baseline_rate is not None:
-                rate, through = through_postfix(milter, message, args.messages, args.concurrency)
-                row += (
-                    f" ({through:,.0f} µs via Postfix) | {rate:,.0f} | {rate / baseline_rate:.2f} |"
-                )
-            else:
-                row += " | | |"
-            rows.append(row)
-        finally:
-            milter.stop()
-    shutil.rmtree(work, ignore_errors=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
-    print(
+    heading = (
         f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, Python {sys.version.split()[0]}, "
-        f"{os.cpu_count()} CPUs, load average {load} at the end, "
+        f"{os.cpu_count()} CPUs, load average {load} at the end, {args.rounds} round(s) of "
         f"{args.messages} messages, {args.concurrency} at a time"
     )
-    print("| milter | milter CPU per message | Postfix msg/s | ratio to Postfix alone |")
-    print("| --- | --- | --- | --- |")
-    print("\n".join(rows))
+    print(heading)
+    print("\n".join(table(rounds)))
+    if args.json is not None:
+        data = {"heading": heading, "rounds": rounds, "medians": summary(rounds)}
+        args.json.write_text(json.dumps(data, indent=1) + "\n")
     return 0
 
 

@@ -24,7 +24,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -54,12 +54,15 @@ class Mode(NamedTuple):
     servers: int
     sizes: list[int]
     checks: int
+    milter_messages: int = 1500
+    milter_rounds: int = 3
+    milter_postfix: bool = True
 
 
 MODES = {
     "full": Mode("full", 5, ["--processes=4"], 5000, 1000, [10_000, 100_000, 1_000_000], 1000),
-    "quick": Mode("quick", 2, ["--processes=3"], 2000, 500, [10_000, 100_000], 500),
-    "smoke": Mode("smoke", 1, ["--debug-single-value"], 40, 10, [200, 1000], 10),
+    "quick": Mode("quick", 2, ["--processes=3"], 2000, 500, [10_000, 100_000], 500, 1000, 2),
+    "smoke": Mode("smoke", 1, ["--debug-single-value"], 40, 10, [200, 1000], 10, 10, 1, False),
 }
 
 
@@ -124,8 +127,23 @@ def run_all(mode: Mode, workdir: Path) -> dict[str, Any]:
         ],
         workdir / "scale.json",
     )
+    results["milter"] = _milter(mode, workdir)
     results["load_after"] = _load()
     return results
+
+
+def _milter(mode: Mode, workdir: Path) -> dict[str, Any]:
+    """The milter's CPU per message and Postfix's throughput with it (``milter_load.py``)."""
+    from benchmarks.milter_load import postfix_available
+
+    why_not = postfix_available() if mode.milter_postfix else "not in this mode"
+    args = [str(HERE / "milter_load.py"), f"--messages={mode.milter_messages}"]
+    args += [f"--rounds={mode.milter_rounds}", "--concurrency=20"]
+    if why_not is None:
+        args.append("--postfix")
+    data = _json_of(args, workdir / "milter.json")
+    data["postfix_skipped"] = why_not
+    return data
 
 
 # ---- the machine -----------------------------------------------------------------------
@@ -356,6 +374,75 @@ def _scale_section(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+MILTER_RATIO_TARGET = 0.75  # Postfix with the tbes milter against Postfix alone (aim 0.85)
+SERVE_RATIO_TARGET = 0.70  # with the milter and the policy service
+MILTER_CPU_TARGET_US = 250.0  # tbes milter CPU per message
+MILTER_NOOP_TARGET = 1.5  # tbes milter CPU per message against the do-nothing milter's
+
+
+def _milter_section(milter: dict[str, Any]) -> list[str]:
+    from benchmarks.milter_load import table
+
+    lines = [
+        "## The milter inside Postfix",
+        "",
+        "`benchmarks/milter_load.py`: each milter in its own process, its CPU time (user + "
+        "system, from `/proc`) per message; *direct* drives it over loopback as Postfix does "
+        "(one message per milter connection), *via Postfix* is a private Postfix on loopback "
+        "fed by `smtp-source -s 20`, one message per SMTP session. The variants run side by "
+        "side in each round, rounds interleaved; the figures are medians over the rounds, the "
+        "ratios are taken within each round. The *noop* milter is the same server and codec "
+        "with a checker that accepts at once. See `docs/milter.md`.",
+        "",
+        f"Run: {milter['heading']}.",
+        "",
+        *table(milter["rounds"]),
+        "",
+    ]
+    if milter.get("postfix_skipped"):
+        lines += [f"Postfix part skipped: {milter['postfix_skipped']}.", ""]
+    medians = milter["medians"]
+    tbes, serve = medians.get("tbes", {}), medians.get("serve", {})
+    cpu = tbes.get("postfix_us") or tbes.get("direct_us")
+    vs_noop = tbes.get("postfix_vs_noop") or tbes.get("direct_vs_noop")
+    targets: list[tuple[str, str, float | None, Callable[[float], bool], str]] = [
+        (
+            "Postfix + tbes milter, ratio to Postfix alone",
+            "≥ 0.75 (aim 0.85)",
+            tbes.get("ratio"),
+            lambda v: v >= MILTER_RATIO_TARGET,
+            "{:.2f}",
+        ),
+        (
+            "Postfix + milter + policy service, ratio to Postfix alone",
+            "≥ 0.70",
+            serve.get("ratio"),
+            lambda v: v >= SERVE_RATIO_TARGET,
+            "{:.2f}",
+        ),
+        (
+            "tbes milter CPU per message",
+            "≤ 250 µs",
+            cpu,
+            lambda v: v <= MILTER_CPU_TARGET_US,
+            "{:,.0f} µs",
+        ),
+        (
+            "tbes milter CPU per message against the noop milter's",
+            "≤ 1.5x",
+            vs_noop,
+            lambda v: v <= MILTER_NOOP_TARGET,
+            "{:.2f}x",
+        ),
+    ]
+    lines += ["| Target | Wanted | Measured | Met |", "|---|---|---|---|"]
+    for label, wanted, value, ok, shape in targets:
+        shown = "not measured" if value is None else shape.format(value)
+        met = "n/a" if value is None else _met(ok(value))
+        lines.append(f"| {label} | {wanted} | {shown} | {met} |")
+    return [*lines, ""]
+
+
 def render(results: dict[str, Any]) -> str:
     """The Markdown page for ``results`` (as :func:`run_all` returns them)."""
     info = results["machine"]
@@ -401,6 +488,8 @@ def render(results: dict[str, Any]) -> str:
     lines += _micro_section(results)
     lines += _enforcer_section(results)
     lines += _scale_section(results)
+    if "milter" in results:
+        lines += _milter_section(results["milter"])
     if FINDINGS.exists():
         lines += [FINDINGS.read_text().rstrip(), ""]
     return "\n".join(lines)

@@ -13,12 +13,13 @@ import datetime as dt
 import logging
 import signal
 import socket
+import sqlite3
 import struct
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,7 @@ from milter_client import (
     MtaClient,
     packet,
 )
-from tbes.adapters.config import AdapterConfig, AdapterConfigError, Checker
+from tbes.adapters.config import AdapterConfig, AdapterConfigError, Checker, make_enforcer
 from tbes.adapters.listen import ListenAddress, ListenAddressError, parse_listen_address
 from tbes.adapters.milter import (
     MAX_RECEIVED,
@@ -67,6 +68,7 @@ from tbes.decision import Action, Decision
 from tbes.enforcer import Connection, Enforcer
 from tbes.policy import ConnectorKind, Policy, SmtpReply
 from tbes.store.memory import MemoryStore
+from tbes.store.sqlite import SQLiteStore
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -125,9 +127,11 @@ def recorder() -> Recorder:
     return Recorder(decision(Action.ACCEPT))
 
 
-@pytest.fixture
-def milter(recorder: Recorder) -> Iterator[MilterThread]:
-    with MilterThread(recorder) as running:
+@pytest.fixture(params=[False, True], ids=["thread-pool", "inline"])
+def milter(recorder: Recorder, request: pytest.FixtureRequest) -> Iterator[MilterThread]:
+    # Every protocol test runs both ways a check can be made: in a worker thread, and on
+    # the event loop itself (MilterLimits.inline), where the answer is written at once.
+    with MilterThread(recorder, limits=MilterLimits(inline=request.param)) as running:
         yield running
 
 
@@ -363,6 +367,79 @@ def _send_until_eoh(client: MtaClient) -> None:
     client.send(b"N")
 
 
+def test_an_inline_check_on_a_locked_store_holds_other_connections_only_until_its_deadline(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = tmp_path / "state.db"
+    store = SQLiteStore(db)
+    config = AdapterConfig(connectors=CONFIG.connectors, check_timeout=0.5)
+    # Another process holds the file's write lock; the first message of a server must write.
+    locker = sqlite3.connect(db, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+    try:
+        milter = MilterThread(make_enforcer(config, store), config, MilterLimits(inline=True))
+        with milter, milter.client() as first, milter.client() as second:
+            _send_until_eoh(first)
+            started = time.monotonic()
+            # The event loop waits for the check, and no longer than its deadline.
+            assert second.negotiate().version == 6
+            assert first.read() == ACCEPTED  # the store failed: fail open
+            assert time.monotonic() - started < 0.5 + 1.5
+    finally:
+        locker.rollback()
+        locker.close()
+        store.close()
+    assert any("store failed for fabrikam-edge" in line for line in _warnings(caplog))
+
+
+class _Gate:
+    """A checker that holds its first check until released, and records every call."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.calls: list[list[str]] = []
+
+    def check(self, conn: Connection, received: Sequence[str]) -> Decision:
+        if not self.calls:
+            self.entered.set()
+            self.release.wait(10)
+        self.calls.append(list(received))
+        return decision(Action.ACCEPT)
+
+
+def test_what_the_mta_sends_during_a_check_waits_for_its_answer() -> None:
+    gate = _Gate()
+    # More than one packet's worth arrives during the check: the milter stops reading.
+    milter = MilterThread(gate, limits=MilterLimits(max_packet=4096))
+    with milter, milter.client() as client:
+        _send_until_eoh(client)
+        assert gate.entered.wait(10)
+        hops = [f"from h{number}.example by mx.example; {'x' * 1000}" for number in range(8)]
+        client.sock.sendall(
+            b"".join(packet(b"L", b"Received\0" + hop.encode() + b"\0") for hop in hops)
+        )
+        time.sleep(0.2)
+        gate.release.set()
+        assert client.read() == ACCEPTED
+        # Reading goes on once the answer is out.
+        client.send(b"N")
+        assert client.read() == ACCEPTED
+    assert gate.calls == [[EX2007], hops]
+
+
+def test_a_reload_names_the_next_connections_by_the_new_configuration() -> None:
+    recorder = Recorder(decision(Action.ACCEPT))
+    moved = AdapterConfig(connectors=(on_premises("fabrikam", "fabrikam-new", "203.0.113.0/24"),))
+    with MilterThread(recorder, limits=MilterLimits(inline=True)) as milter:
+        with milter.client() as client:
+            assert _v6_message(client, [("Received", EX2007)]) == ACCEPTED
+        milter.service.replace(moved, recorder)
+        with milter.client() as client:
+            assert _v6_message(client, [("Received", EX2007)]) == ACCEPTED
+    assert [conn.server_id for conn, _ in recorder.calls] == ["fabrikam-edge", "fabrikam-new"]
+
+
 # ---- several messages, abort, quit -----------------------------------------------------------
 
 
@@ -518,6 +595,27 @@ def test_an_idle_connection_is_closed() -> None:
         started = time.monotonic()
         assert client.closed_by_filter(timeout=5.0)
         assert time.monotonic() - started < 0.3 + 2.0
+
+
+def test_the_check_threads_run_submitted_work_and_cancel_what_waits_at_close() -> None:
+    service = MilterService(
+        Recorder(decision(Action.ACCEPT)), CONFIG, limits=MilterLimits(workers=1)
+    )
+    started, release = threading.Event(), threading.Event()
+
+    def hold() -> bool:
+        started.set()
+        return release.wait(10)
+
+    busy = service.executor.submit(hold)
+    waiting = service.executor.submit(lambda: "never run")
+    assert started.wait(10)
+    service.close()
+    release.set()
+    assert busy.result(10) is True
+    assert waiting.cancelled()
+    with pytest.raises(RuntimeError):
+        service.executor.submit(lambda: None)
 
 
 def test_limits_are_checked() -> None:

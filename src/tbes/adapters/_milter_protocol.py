@@ -166,27 +166,30 @@ class MilterParser:
         """Consume ``data``; return the packets it completed, in order."""
         if self._error is not None:
             raise self._error
-        buffer = self._buffer
-        buffer += data
+        if self._buffer:
+            # The rest of a packet cut by the last read: parse the two as one.
+            self._buffer += data
+            data = bytes(self._buffer)
+            self._buffer.clear()
         packets: list[tuple[int, bytes]] = []
-        start, end = 0, len(buffer)
-        try:
-            while end - start >= 4:
-                (length,) = _LENGTH.unpack_from(buffer, start)
-                if length == 0 or length > self._max_packet:
-                    raise MilterProtocolError(
-                        f"milter packet length {length} is outside 1..{self._max_packet}"
-                    )
-                stop = start + 4 + length
-                if stop > end:
-                    break
-                packets.append((buffer[start + 4], bytes(buffer[start + 5 : stop])))
-                start = stop
-        except MilterProtocolError as error:
-            self._error = error
-            buffer.clear()
-            raise
-        del buffer[:start]
+        start, end, limit = 0, len(data), self._max_packet
+        unpack = _LENGTH.unpack_from
+        while end - start >= 4:
+            (length,) = unpack(data, start)
+            if length == 0 or length > limit:
+                self._error = MilterProtocolError(
+                    f"milter packet length {length} is outside 1..{limit}"
+                )
+                raise self._error
+            stop = start + 4 + length
+            if stop > end:
+                break
+            # Slices of bytes: one copy per payload, none for the buffer in the usual case
+            # (each read ends on a packet's end).
+            packets.append((data[start + 4], data[start + 5 : stop]))
+            start = stop
+        if start < end:
+            self._buffer += data[start:]
         return packets
 
 

@@ -20,9 +20,12 @@ sent. A throttle or block is answered with the decision's own code, enhanced cod
 Bounds, so that no MTA connection can hurt another: a packet longer than
 ``max_packet`` or malformed closes that connection (the MTA applies its
 ``milter_default_action``); beyond ``max_connections`` a new connection is closed at once;
-a connection idle for ``idle_timeout`` is closed. The store is synchronous, so each check
-runs in a bounded thread pool and the event loop never waits for it: a check that takes
-longer than ``check_timeout`` is answered as a fault. Any fault (configuration, store,
+a connection idle for ``idle_timeout`` is closed (one timer per service keeps every
+deadline). The store is synchronous, so each check runs in a bounded thread pool and the
+event loop never waits for it: a check that takes longer than ``check_timeout`` is answered
+as a fault. Over a store whose every wait ends at its own deadline (a local one), checks may
+instead run on the event loop (``MilterLimits.inline``), which spares the thread hand-over's
+CPU but makes the loop wait for each check. Any fault (configuration, store,
 bug, timeout) is logged at WARNING and the message accepted (fail open), or deferred with
 ``451 4.3.0`` when the configuration says ``fail_closed``. Warnings about misbehaving
 peers are rate-limited, so a flood cannot flood the log. Each decision is one line of the
@@ -35,10 +38,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import logging
+import queue
 import signal
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import attrs
@@ -100,6 +106,15 @@ class MilterLimits:
 
     ``check_timeout`` is above the stores' own per-check deadline (2 s), so a slow store
     normally fails open by itself, and below Postfix's ``milter_command_timeout``.
+
+    ``inline`` decides on the event loop itself instead of in one of ``workers`` threads:
+    no hand-over between threads (less CPU per message, see ``docs/milter.md``), but the
+    loop waits for each check, and SQLite's C code no longer overlaps with it. Only for a
+    checker whose
+    every call is short and bounded, such as tbes's enforcer over a
+    :class:`~tbes.store.memory.MemoryStore` or a :class:`~tbes.store.sqlite.SQLiteStore`,
+    whose every wait ends at the store's deadline, below ``check_timeout`` (which an inline
+    check cannot enforce).
     """
 
     max_packet: int = attrs.field(default=DEFAULT_MAX_PACKET, validator=_positive("max_packet"))
@@ -108,8 +123,11 @@ class MilterLimits:
     check_timeout: float = attrs.field(default=5.0, validator=_positive("check_timeout"))
     workers: int = attrs.field(default=8, validator=_positive("workers"))
     log_interval: float = attrs.field(default=60.0, validator=_positive("log_interval"))
+    inline: bool = attrs.field(default=False)
 
     def __attrs_post_init__(self) -> None:
+        if not isinstance(self.inline, bool):
+            raise AdapterConfigError(f"inline must be True or False, got {self.inline!r}")
         for name in ("max_packet", "max_connections", "workers"):
             if not isinstance(getattr(self, name), int):
                 raise AdapterConfigError(f"{name} must be an int, got {getattr(self, name)!r}")
@@ -172,15 +190,23 @@ def _answer(decision: Decision) -> bytes:
 
 
 def decide_check(
-    check: Check, checker: Checker, config: AdapterConfig, attempt: Attempt | None = None
+    check: Check,
+    checker: Checker,
+    config: AdapterConfig,
+    attempt: Attempt | None = None,
+    *,
+    names: _Names | None = None,
 ) -> bytes:
     """The packet that answers one message's end of headers; never raises.
 
-    Runs in a worker thread: the configuration names the connection, the checker decides
-    (through :func:`~tbes.adapters._decision_log.run_check`, which logs the decision).
+    Runs in a worker thread: the configuration names the connection (through ``names``,
+    which remembers it per peer, when given), the checker decides (through
+    :func:`~tbes.adapters._decision_log.run_check`, which logs the decision).
     """
 
     def ask() -> tuple[Connection, Sequence[str]]:
+        if names is not None:
+            return names.connection(config, check), check.received
         conn = config.connection(
             peer_ip=check.peer_ip, peer_host=check.peer_host, tls_subject=check.tls_subject
         )
@@ -190,6 +216,90 @@ def decide_check(
 
 
 # ---- serving -------------------------------------------------------------------------------
+
+
+class _CheckThreads(concurrent.futures.Executor):
+    """The milter's thread pool: ``workers`` threads taking jobs from one queue.
+
+    :meth:`post` is the milter's own path, one queue put per check and no future: a
+    ``ThreadPoolExecutor`` would build a future, a lock and a condition per check and an
+    asyncio future chained to it, about a tenth of a message's CPU. :meth:`submit` keeps
+    the ``Executor`` interface for anything else.
+    """
+
+    def __init__(self, workers: int, name: str) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[..., object], tuple[Any, ...]] | None]
+        self._jobs = queue.SimpleQueue()
+        self._workers = workers
+        self._name = name
+        self._threads: list[threading.Thread] = []
+        self._closed = False
+
+    def post(self, job: Callable[..., object], *args: Any) -> None:
+        """Run ``job(*args)`` in a worker thread; it must not raise."""
+        if self._closed:
+            raise RuntimeError("the check threads are shut down")
+        if not self._threads:
+            # All at once, on the first check: an idle thread waiting on the queue costs nothing.
+            for number in range(self._workers):
+                thread = threading.Thread(
+                    target=self._work, name=f"{self._name}_{number}", daemon=True
+                )
+                thread.start()
+                self._threads.append(thread)
+        self._jobs.put((job, args))
+
+    def submit(
+        self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> concurrent.futures.Future[Any]:
+        job = _FutureJob(fn, args, kwargs)
+        self.post(job)
+        return job.future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._closed = True
+        if cancel_futures:
+            while True:
+                try:
+                    item = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None and isinstance(item[0], _FutureJob):
+                    item[0].future.cancel()
+        for _ in self._threads:
+            self._jobs.put(None)
+        if wait:
+            for thread in self._threads:
+                thread.join()
+
+    def _work(self) -> None:
+        jobs = self._jobs
+        while (item := jobs.get()) is not None:
+            job, args = item
+            try:
+                job(*args)
+            except BaseException:  # pragma: no cover - post()'s jobs catch their own errors
+                _log.exception("tbes milter: a check thread job failed")
+
+
+class _FutureJob:
+    """A :meth:`_CheckThreads.submit` call: its function, and the future it settles."""
+
+    __slots__ = ("args", "fn", "future", "kwargs")
+
+    def __init__(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        self.fn, self.args, self.kwargs = fn, args, kwargs
+        self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def __call__(self) -> None:
+        if not self.future.set_running_or_notify_cancel():
+            return
+        try:
+            self.future.set_result(self.fn(*self.args, **self.kwargs))
+        except BaseException as error:
+            self.future.set_exception(error)
 
 
 class MilterService:
@@ -213,11 +323,22 @@ class MilterService:
         self.draining = False
         self.limits = MilterLimits() if limits is None else limits
         self._own_executor = executor is None
-        self.executor = executor or concurrent.futures.ThreadPoolExecutor(
-            self.limits.workers, thread_name_prefix="tbes-milter"
+        self.executor: concurrent.futures.Executor = executor or _CheckThreads(
+            self.limits.workers, "tbes-milter"
         )
         self.connections: set[_MilterConnection] = set()
         self.log = _RateLimitedLog(self.limits.log_interval)
+        self.names = _Names()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Answers from the check threads, handed to the event loop in batches: one wake-up
+        # of the loop however many checks end while it is busy.
+        self._answers: collections.deque[tuple[_MilterConnection, int, bytes]] = collections.deque()
+        self._woken = False
+        # One timer for every connection's deadlines (idle, check), not one per connection.
+        self._ticker: asyncio.TimerHandle | None = None
+        self._tick = min(
+            max(min(self.limits.idle_timeout, self.limits.check_timeout) / 4, 0.01), 1.0
+        )
 
     @property
     def config(self) -> AdapterConfig:
@@ -233,6 +354,7 @@ class MilterService:
         """Use ``config`` and ``checker`` from the next check on (a reload); open
         connections stay, and a check in flight ends with what it started with."""
         self.current = (config, checker)
+        self.names = _Names()
 
     def drain(self) -> None:
         """Close each connection as soon as it has no check in flight (on shutdown)."""
@@ -244,6 +366,7 @@ class MilterService:
         """Listen on ``address`` (see :mod:`tbes.adapters.listen`) and return the server."""
         if isinstance(address, str):
             address = parse_listen_address(address)
+        self._loop = asyncio.get_running_loop()
         return await create_server(address, lambda: _MilterConnection(self))
 
     def close_connections(self) -> None:
@@ -254,33 +377,127 @@ class MilterService:
     def close(self) -> None:
         """Close the connections and shut down the thread pool this service created."""
         self.close_connections()
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
         if self._own_executor:
             self.executor.shutdown(wait=False, cancel_futures=True)
 
+    # the connections' side
+
+    def opened(self, connection: _MilterConnection, loop: asyncio.AbstractEventLoop) -> None:
+        self.connections.add(connection)
+        self._loop = loop
+        if self._ticker is None:
+            self._ticker = loop.call_later(self._tick, self._on_tick)
+
+    def check(self, connection: _MilterConnection, number: int, check: Check) -> None:
+        """Decide ``check`` in a worker thread; the answer comes to ``connection``."""
+        config, checker = self.current
+        attempt = Attempt()
+        connection.checking(number, check, config, attempt)
+        if self.limits.inline:
+            connection.checked(
+                number, decide_check(check, checker, config, attempt, names=self.names)
+            )
+            return
+        args = (connection, number, check, checker, config, attempt, self.names)
+        executor = self.executor
+        if isinstance(executor, _CheckThreads):
+            executor.post(self._decide, *args)
+        else:
+            executor.submit(self._decide, *args)
+
+    def _decide(
+        self,
+        connection: _MilterConnection,
+        number: int,
+        check: Check,
+        checker: Checker,
+        config: AdapterConfig,
+        attempt: Attempt,
+        names: _Names,
+    ) -> None:
+        # In a worker thread: decide, then hand the answer to the event loop.
+        try:
+            reply = decide_check(check, checker, config, attempt, names=names)
+        except Exception:  # pragma: no cover - decide_check never raises
+            reply = fault_reply(config, check)
+        self._answers.append((connection, number, reply))
+        if not self._woken:
+            self._woken = True
+            loop = self._loop
+            if loop is not None:
+                with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to answer
+                    loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        # Cleared before draining: an answer appended after the last pop wakes the loop again.
+        self._woken = False
+        answers = self._answers
+        while answers:
+            connection, number, reply = answers.popleft()
+            connection.checked(number, reply)
+
+    def _on_tick(self) -> None:
+        self._ticker = None
+        if not self.connections or self._loop is None:
+            return
+        now = self._loop.time()
+        for connection in list(self.connections):
+            connection.tick(now)
+        if self.connections:
+            self._ticker = self._loop.call_later(self._tick, self._on_tick)
+
+
+class _Names:
+    """The connection each peer maps to under one configuration, remembered (at most
+    :data:`_NAMES_KEPT` peers): ``AdapterConfig.connection`` parses and matches the address
+    for every message otherwise, while a mail server sees the same peers all day."""
+
+    __slots__ = ("_known",)
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[str | None, str | None, str | None], Connection] = {}
+
+    def connection(self, config: AdapterConfig, check: Check) -> Connection:
+        key = (check.peer_ip, check.peer_host, check.tls_subject)
+        known = self._known.get(key)
+        if known is None:
+            known = config.connection(
+                peer_ip=check.peer_ip, peer_host=check.peer_host, tls_subject=check.tls_subject
+            )
+            if len(self._known) >= _NAMES_KEPT:
+                self._known.clear()
+            self._known[key] = known
+        return known
+
+
+_NAMES_KEPT = 4096
+
 
 class _MilterConnection(asyncio.Protocol):
-    """One MTA connection: bytes in, packets to the session, checks to the thread pool."""
+    """One MTA connection: bytes in, packets to the session, checks to the service."""
 
     def __init__(self, service: MilterService) -> None:
         self._service = service
-        self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._parser = MilterParser(max_packet=service.limits.max_packet)
         self._session = MilterSession(max_received=MAX_RECEIVED)
-        self._pending: collections.deque[tuple[int, bytes]] = collections.deque()
+        self._pending: list[tuple[int, bytes]] = []
+        self._held = 0  # bytes read while a check is in flight
         self._checking = 0  # the number of the check in flight, 0 if none
         self._checks = 0
-        self._check_timer: asyncio.TimerHandle | None = None
-        self._idle_timer: asyncio.TimerHandle | None = None
+        self._check_due = 0.0
+        self._inflight: tuple[Check, AdapterConfig, Attempt] | None = None
+        self._paused = 0  # reasons reading is paused: _WRITING, _HOLDING
         self._last = 0.0
-        self._peer: object = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # asyncio callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        self._peer = transport.get_extra_info("peername")
         service = self._service
         if len(service.connections) >= service.limits.max_connections:
             service.log.warning(
@@ -288,13 +505,13 @@ class _MilterConnection(asyncio.Protocol):
                 "tbes milter: refusing a connection: %d MTA connections are open already",
                 len(service.connections),
             )
-            self._transport = None
             transport.close()
             return
-        service.connections.add(self)
+        self._transport = transport
+        self._loop = loop = asyncio.get_running_loop()
+        self._last = loop.time()
+        service.opened(self, loop)
         _metrics.active().connections("milter", 1)
-        self._last = self._loop.time()
-        self._idle_timer = self._loop.call_later(service.limits.idle_timeout, self._idle)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self in self._service.connections:
@@ -302,34 +519,36 @@ class _MilterConnection(asyncio.Protocol):
             _metrics.active().connections("milter", -1)
         self._transport = None
         self._checking = 0
-        for timer in (self._idle_timer, self._check_timer):
-            if timer is not None:
-                timer.cancel()
+        self._pending = []
 
     def data_received(self, data: bytes) -> None:
         if self._transport is None:
             return
-        self._last = self._loop.time()
         try:
             packets = self._parser.feed(data)
         except MilterProtocolError as error:
             self._protocol_error(error)
             return
         if self._checking:
+            # The MTA waits for the answer; whatever it sends meanwhile waits too, and past
+            # one packet's worth the connection stops reading until the answer is sent.
             self._pending.extend(packets)
-        else:
-            self._run(packets)
+            self._held += len(data)
+            if self._held > self._service.limits.max_packet:
+                self._pause(_HOLDING)
+            return
+        assert self._loop is not None
+        self._last = self._loop.time()
+        self._run(packets)
 
     def eof_received(self) -> bool | None:
         return None  # close our side too
 
     def pause_writing(self) -> None:
-        if self._transport is not None:
-            self._transport.pause_reading()
+        self._pause(_WRITING)
 
     def resume_writing(self) -> None:
-        if self._transport is not None and not self._checking:
-            self._transport.resume_reading()
+        self._resume(_WRITING)
 
     def close(self) -> None:
         """Close the connection (the MTA applies its default action)."""
@@ -343,18 +562,29 @@ class _MilterConnection(asyncio.Protocol):
 
     # work
 
+    def _pause(self, reason: int) -> None:
+        if not self._paused and self._transport is not None:
+            self._transport.pause_reading()
+        self._paused |= reason
+
+    def _resume(self, reason: int) -> None:
+        was = self._paused
+        self._paused &= ~reason
+        if was and not self._paused and self._transport is not None:
+            self._transport.resume_reading()
+
     def _run(self, packets: Iterable[tuple[int, bytes]]) -> None:
         """Handle packets in order until one needs a check; keep the rest for later."""
         transport = self._transport
-        session = self._session
+        receive = self._session.receive
         out: list[bytes] = []
         remaining = iter(packets)
         try:
             for command, payload in remaining:
-                outcome = session.receive(command, payload)
+                outcome = receive(command, payload)
                 if outcome is None:
                     continue
-                if isinstance(outcome, bytes):
+                if type(outcome) is bytes:
                     out.append(outcome)
                 elif outcome is CLOSE:
                     if transport is not None:
@@ -364,8 +594,13 @@ class _MilterConnection(asyncio.Protocol):
                     return
                 else:
                     assert isinstance(outcome, Check)
+                    if out and transport is not None:
+                        # Before the answer, which an inline check writes at once.
+                        transport.write(b"".join(out))
+                        out.clear()
                     self._pending.extend(remaining)
-                    self._start_check(outcome)
+                    self._checks += 1
+                    self._service.check(self, self._checks, outcome)
                     break
         except MilterProtocolError as error:
             self._protocol_error(error)
@@ -374,42 +609,39 @@ class _MilterConnection(asyncio.Protocol):
             if out and self._transport is not None:
                 self._transport.write(b"".join(out))
 
-    def _start_check(self, check: Check) -> None:
-        assert self._transport is not None
-        service = self._service
-        self._checks += 1
-        number = self._checking = self._checks
-        self._transport.pause_reading()
-        config, checker = service.current
-        attempt = Attempt()
-        future = self._loop.run_in_executor(
-            service.executor, decide_check, check, checker, config, attempt
-        )
-        future.add_done_callback(lambda done: self._checked(number, config, done))
-        self._check_timer = self._loop.call_later(
-            service.limits.check_timeout, self._check_timed_out, number, check, config, attempt
-        )
+    def checking(self, number: int, check: Check, config: AdapterConfig, attempt: Attempt) -> None:
+        """A check of this connection's message has started (the service's call)."""
+        assert self._loop is not None
+        self._checking = number
+        self._check_due = self._loop.time() + self._service.limits.check_timeout
+        self._inflight = (check, config, attempt)
 
-    def _checked(self, number: int, config: AdapterConfig, future: asyncio.Future[bytes]) -> None:
-        if number != self._checking:
-            return  # answered already (timeout) or the connection is gone
-        if future.cancelled() or future.exception() is not None:
-            # decide_check never raises; a cancelled future means the pool shut down.
-            reply = fault_reply(config)
-        else:
-            reply = future.result()
-        self._finish(reply)
+    def checked(self, number: int, reply: bytes) -> None:
+        """The answer to check ``number`` (the service's call, on the event loop)."""
+        if number == self._checking:
+            self._finish(reply)
+        # else: answered already (timeout) or the connection is gone
 
-    def _check_timed_out(
-        self, number: int, check: Check, config: AdapterConfig, attempt: Attempt
-    ) -> None:
-        if number != self._checking:
-            return
+    def tick(self, now: float) -> None:
+        """Enforce the deadlines (the service's timer)."""
+        if self._checking:
+            if now >= self._check_due:
+                self._check_timed_out()
+        elif now - self._last >= self._service.limits.idle_timeout and self._transport is not None:
+            self._service.log.warning(
+                "idle",
+                "tbes milter: closing the connection from %r: idle for %.0f s",
+                self._transport.get_extra_info("peername"),
+                self._service.limits.idle_timeout,
+            )
+            self._transport.close()
+
+    def _check_timed_out(self) -> None:
+        assert self._inflight is not None
+        check, config, attempt = self._inflight
         if attempt.settle():
             try:
-                conn: Connection | None = config.connection(
-                    peer_ip=check.peer_ip, peer_host=check.peer_host, tls_subject=check.tls_subject
-                )
+                conn: Connection | None = self._service.names.connection(config, check)
             except Exception:  # named in the check's own warning, if it ever ends
                 conn = None
             log_fault("milter", config, conn, "timeout", fault_decision(config, "timed out", conn))
@@ -424,51 +656,35 @@ class _MilterConnection(asyncio.Protocol):
 
     def _finish(self, reply: bytes) -> None:
         self._checking = 0
-        if self._check_timer is not None:
-            self._check_timer.cancel()
-            self._check_timer = None
+        self._inflight = None
         transport = self._transport
         if transport is None:
             return
         transport.write(self._session.answer(reply))
+        assert self._loop is not None
         self._last = self._loop.time()
         if self._service.draining:
             transport.close()
             return
-        transport.resume_reading()
+        self._held = 0
+        self._resume(_HOLDING)
         if self._pending:
-            packets = list(self._pending)
-            self._pending.clear()
+            packets, self._pending = self._pending, []
             self._run(packets)
 
-    def _idle(self) -> None:
-        # One timer per connection, moved on only when it fires: no timer work per packet.
-        transport = self._transport
-        if transport is None:
-            return
-        timeout = self._service.limits.idle_timeout
-        due = self._last + timeout
-        now = self._loop.time()
-        if self._checking or now < due:
-            self._idle_timer = self._loop.call_later(max(due - now, 0.0) or timeout, self._idle)
-            return
-        self._service.log.warning(
-            "idle",
-            "tbes milter: closing the connection from %r: idle for %.0f s",
-            self._peer,
-            timeout,
-        )
-        transport.close()
-
     def _protocol_error(self, error: MilterProtocolError) -> None:
+        peer = None if self._transport is None else self._transport.get_extra_info("peername")
         self._service.log.warning(
-            "protocol", "tbes milter: closing the connection from %r: %s", self._peer, error
+            "protocol", "tbes milter: closing the connection from %r: %s", peer, error
         )
-        self._pending.clear()
+        self._pending = []
         if self._transport is not None:
             self._transport.close()
             self._transport = None
         self._checking = 0
+
+
+_WRITING, _HOLDING = 1, 2  # why a connection stopped reading
 
 
 async def serve_milter(
