@@ -60,10 +60,21 @@ def test_smoke_run_measures_every_benchmark_and_describes_the_machine(tmp_path: 
     }
     assert results["enforcer"]["cases"]["sqlite"]["calls"] == 40
     assert [point["size"] for point in results["scale"]["curve"]] == [200, 1000]
+    policy = results["policy"]
+    assert set(policy["cpu_us"]) == {"floor", "noop", "tbes"}
+    assert all(set(loads) == {"short", "persistent"} for loads in policy["cpu_us"].values())
+    # Every request the deployed server answered is one line of its decision log.
+    assert policy["decision_lines"] == policy["answered"]["tbes"]
 
     text = page.read_text()
     assert text.startswith("# Performance\n")
-    for heading in ("## Machine", "## Micro-benchmarks", "## Enforcer.check", "## Scale"):
+    for heading in (
+        "## Machine",
+        "## Micro-benchmarks",
+        "## Enforcer.check",
+        "## Scale",
+        "## Postfix policy service",
+    ):
         assert f"\n{heading}" in text
     assert f"| Python | CPython {platform.python_version()} |" in text
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
