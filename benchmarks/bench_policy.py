@@ -33,6 +33,7 @@ import datetime as dt
 import json
 import logging
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -163,6 +164,7 @@ async def main():
 asyncio.run(main())
 """
 _COMMAND_MAIN = "import sys; from tbes.cli.daemons import policy; policy.main(sys.argv[1:])"
+_SERVE_MAIN = "import sys; from tbes.cli.daemons import serve; serve.main(sys.argv[1:])"
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -321,6 +323,75 @@ def measure(
     }
 
 
+def _smtp_source(port: int, message: Path, messages: int, sessions: int) -> float:
+    """Messages per second that ``smtp-source`` gets through Postfix on ``port``."""
+    source = shutil.which("smtp-source", path="/usr/sbin:/usr/bin") or "smtp-source"
+    argv = [source, "-s", str(sessions), "-F", str(message), "-f", "alice@fabrikam.example"]
+    argv += ["-t", "postmaster@receiver.example", f"127.0.0.1:{port}"]
+    subprocess.run([argv[0], "-m", "50", *argv[1:]], check=True, timeout=300)  # warm up
+    started = time.perf_counter()
+    subprocess.run([argv[0], "-m", str(messages), *argv[1:]], check=True, timeout=900)
+    return messages / (time.perf_counter() - started)
+
+
+def through_postfix(*, messages: int, sessions: int, rounds: int) -> dict[str, Any]:
+    """Postfix alone against Postfix with ``tbes serve`` as its milter and policy service.
+
+    A private Postfix on loopback (the integration tests' harness, as root) with the
+    discard transport; ``smtp-source`` sends one message per session, ``sessions`` at a
+    time, from the Exchange 2007 server of ``milter_load.py`` (an enforced connector, so
+    every message is observed by the milter and every recipient asked of the policy
+    service). Rounds alternate the two set-ups; the medians are reported, with the tbes
+    process's CPU per message (milter and policy service together).
+    """
+    sys.path[:0] = [str(REPO / "tests"), str(REPO)]
+    from benchmarks.milter_load import CONFIG as SERVE_CONFIG
+    from benchmarks.milter_load import HEADERS
+    from integration.postfix import Listener, PostfixServer
+
+    work = Path(tempfile.mkdtemp(prefix="tbes-bench-postfix-"))
+    config = work / "adapters.toml"
+    config.write_text(SERVE_CONFIG, encoding="utf-8")
+    message = work / "message.eml"
+    lines = [name + b": " + value.replace(b"\n", b"\r\n") for name, value in HEADERS[1:]]
+    message.write_bytes(b"\r\n".join(lines) + b"\r\n\r\nHello.\r\n")
+    milter_port, policy_port = _free_port(), _free_port()
+    base = "milter_protocol = 6\nmilter_default_action = tempfail\n"
+    base += "smtpd_client_connection_count_limit = 0\nsmtpd_client_connection_rate_limit = 0\n"
+    policy = "smtpd_recipient_restrictions = reject_unauth_destination, "
+    policy += f"check_policy_service inet:127.0.0.1:{policy_port}\n"
+    setups = {
+        "alone": base,
+        "milter+policy": base + f"smtpd_milters = inet:127.0.0.1:{milter_port}\n" + policy,
+        "policy": base + policy,
+    }
+    argv = [sys.executable, "-c", _SERVE_MAIN, "--milter", f"inet:{milter_port}@127.0.0.1"]
+    argv += ["--policy", f"127.0.0.1:{policy_port}", "--db", str(work / "serve.db")]
+    argv += ["--config", str(config)]
+    serve = Server("serve", argv, policy_port, work / "serve.log")
+    rates: dict[str, list[float]] = {name: [] for name in setups}
+    cpu: dict[str, list[float]] = {name: [] for name in setups}
+    try:
+        for _ in range(rounds):
+            for name, main_cf in setups.items():
+                with PostfixServer(main_cf, [Listener(_free_port())]) as postfix:
+                    before = serve.cpu()
+                    rates[name].append(_smtp_source(postfix.port, message, messages, sessions))
+                    cpu[name].append((serve.cpu() - before) / (messages + 50) * 1e6)
+    finally:
+        serve.stop()
+    decisions = (work / "serve.log").read_text(errors="replace").count(" msg=decision ")
+    return {
+        "messages": messages,
+        "sessions": sessions,
+        "rounds": rounds,
+        "per_s": {name: statistics.median(values) for name, values in rates.items()},
+        "tbes_cpu_us": {name: statistics.median(values) for name, values in cpu.items()},
+        "decision_lines": decisions,
+        "samples": {"per_s": rates, "tbes_cpu_us": cpu},
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line; prints (or writes with ``--json``) the results."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
@@ -330,6 +401,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=10, help="short connections at once")
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument(
+        "--postfix",
+        type=int,
+        metavar="MESSAGES",
+        help="also Postfix alone against Postfix with tbes serve (root, Postfix installed)",
+    )
     args = parser.parse_args(argv)
     results = measure(
         short=args.short,
@@ -338,6 +415,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         rounds=args.rounds,
         concurrency=args.concurrency,
     )
+    if args.postfix:
+        results["postfix"] = through_postfix(messages=args.postfix, sessions=16, rounds=2)
     text = json.dumps(results, indent=1)
     if args.json is not None:
         args.json.write_text(text + "\n")
