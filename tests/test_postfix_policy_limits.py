@@ -100,10 +100,11 @@ def _no_traceback(records: Sequence[logging.LogRecord]) -> None:
     ] == []
 
 
+@pytest.mark.parametrize("inline", [True, False])
 def test_connections_past_the_cap_are_closed_at_once_with_one_warning(
-    caplog: pytest.LogCaptureFixture,
+    inline: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    limits = attrs.evolve(RELAXED, max_clients=3)
+    limits = attrs.evolve(RELAXED, max_clients=3, inline_checks=inline)
 
     async def scenario() -> tuple[list[bool], bytes, bytes]:
         async with _server(_accept(), limits) as port:
@@ -143,10 +144,13 @@ def test_connections_past_the_cap_are_closed_at_once_with_one_warning(
     _no_traceback(caplog.records)
 
 
-def test_a_slow_drip_is_cut_at_the_request_deadline(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("inline", [True, False])
+def test_a_slow_drip_is_cut_at_the_request_deadline(
+    inline: bool, caplog: pytest.LogCaptureFixture
+) -> None:
     # The idle timeout is shorter than the drip interval's total but longer than one gap:
     # were it reset by each byte, as before, the drip would go on for the whole loop.
-    limits = PolicyLimits(request_timeout=1.0, idle_timeout=0.5)
+    limits = PolicyLimits(request_timeout=1.0, idle_timeout=0.5, inline_checks=inline)
 
     async def scenario() -> tuple[float | None, bytes]:
         async with _server(_accept(), limits) as port:
@@ -177,8 +181,11 @@ def test_a_slow_drip_is_cut_at_the_request_deadline(caplog: pytest.LogCaptureFix
     _no_traceback(caplog.records)
 
 
-def test_a_request_over_the_byte_bound_is_cut(caplog: pytest.LogCaptureFixture) -> None:
-    limits = attrs.evolve(RELAXED, max_request_bytes=2048)
+@pytest.mark.parametrize("inline", [True, False])
+def test_a_request_over_the_byte_bound_is_cut(
+    inline: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    limits = attrs.evolve(RELAXED, max_request_bytes=2048, inline_checks=inline)
     line = b"x=" + b"y" * 98 + b"\n"  # 101 bytes: each line alone is fine
 
     async def scenario() -> tuple[int, bool, bytes]:
@@ -364,9 +371,11 @@ class _Where:
     def __init__(self, store: object) -> None:
         self.store = store
         self.threads: list[str] = []
+        self.conns: list[Connection] = []
 
     def check(self, conn: Connection, received: Sequence[str]) -> Decision:
         self.threads.append(threading.current_thread().name)
+        self.conns.append(conn)
         return decision(Action.ACCEPT, None, 1)
 
 
@@ -440,4 +449,52 @@ def test_a_check_on_the_loop_holds_it_no_longer_than_the_stores_deadline(
     assert unknown == DUNNO
     assert waited <= 0.5 + 1.5
     assert after.startswith(b"action=550 5.7.230 ")  # the lock gone, the state decides
+    _no_traceback(caplog.records)
+
+
+def test_many_requests_in_one_write_are_all_answered_in_order_on_the_loop() -> None:
+    # Postfix sends one request at a time; a peer that sends many at once is answered a
+    # batch per turn of the loop, every one of them, in order.
+    checker = _Where(MemoryStore())
+    others = [REQUEST.replace(b"203.0.113.25", f"192.0.2.{n % 250}".encode()) for n in range(100)]
+
+    async def scenario() -> list[bytes]:
+        async with _server(checker, RELAXED) as port:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                writer.write(b"".join(others))
+                answers = [await asyncio.wait_for(reader.readuntil(b"\n\n"), 10) for _ in others]
+                # The connection still serves a request sent after them.
+                writer.write(REQUEST)
+                answers.append(await asyncio.wait_for(reader.readuntil(b"\n\n"), 10))
+                return answers
+            finally:
+                writer.close()
+
+    assert asyncio.run(scenario()) == [DUNNO] * 101
+    assert [conn.peer_ip for conn in checker.conns] == [
+        f"192.0.2.{n % 250}" for n in range(100)
+    ] + ["203.0.113.25"]
+
+
+@pytest.mark.parametrize("inline", [True, False])
+def test_an_idle_connection_is_closed_after_the_idle_timeout(
+    inline: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    limits = PolicyLimits(idle_timeout=0.5, request_timeout=30.0, inline_checks=inline)
+
+    async def scenario() -> tuple[bytes, bool]:
+        async with _server(_accept(), limits) as port:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(REQUEST)
+            answer = await asyncio.wait_for(reader.readuntil(b"\n\n"), 10)
+            closed = await _closed_within(reader, 0.5 + 1.5)
+            writer.close()
+            return answer, closed
+
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        answer, closed = asyncio.run(scenario())
+    assert answer == DUNNO
+    assert closed
+    assert any("idle for" in r.getMessage() for r in caplog.records)
     _no_traceback(caplog.records)

@@ -390,6 +390,7 @@ def _runs_inline(checker: Checker, limits: PolicyLimits) -> bool:
 
 
 _DUNNO_RESPONSE = format_response(DUNNO)
+_INLINE_BATCH = 16  # checks on the loop per turn for one connection
 
 
 class PolicyService:
@@ -504,6 +505,7 @@ class _PolicyConnection(asyncio.Protocol):
         self._due = math.inf
         self._peer: object = None
         self._broken = False  # the peer sent what Postfix never sends
+        self._deferred: asyncio.Handle | None = None  # the next batch of inline answers
         self._eof = False
 
     # asyncio callbacks
@@ -543,6 +545,9 @@ class _PolicyConnection(asyncio.Protocol):
             )
         self._transport = None
         self._waiting.clear()
+        if self._deferred is not None:
+            self._deferred.cancel()
+            self._deferred = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -578,7 +583,7 @@ class _PolicyConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._blocked = None
-        if self._transport is not None and self._checking is None:
+        if self._transport is not None and self._checking is None and self._deferred is None:
             self._transport.resume_reading()
 
     # control
@@ -627,18 +632,32 @@ class _PolicyConnection(asyncio.Protocol):
         transport = self._transport
         out: list[bytes] = []
         while self._waiting and transport is not None:
-            request = self._waiting.popleft()
             if not service._inline:
-                self._hand_off(request)
+                self._hand_off(self._waiting.popleft())
+                break
+            if len(out) == _INLINE_BATCH:
+                # Many requests in one read (Postfix sends one at a time): answer them a
+                # batch per turn of the loop, reading nothing more, so that the checks of
+                # one peer never hold the other connections for more than a batch.
+                transport.pause_reading()
+                self._deferred = self._loop.call_soon(self._answer_deferred)
                 break
             config, checker = service.current
-            action = decide_request(request, checker, config, service._log)
+            action = decide_request(self._waiting.popleft(), checker, config, service._log)
             out.append(_DUNNO_RESPONSE if action == DUNNO else format_response(action))
         if out and transport is not None:
             transport.write(b"".join(out) if len(out) > 1 else out[0])
             self._last = self._loop.time()
         if service._draining and self._checking is None:
             self.close_if_idle()
+
+    def _answer_deferred(self) -> None:
+        self._deferred = None
+        if self._transport is None:
+            return
+        self._answer_waiting()
+        if self._transport is not None and self._deferred is None and self._blocked is None:
+            self._transport.resume_reading()
 
     def _hand_off(self, request: PolicyRequest) -> None:
         assert self._transport is not None
