@@ -21,15 +21,18 @@ a warning (fail open), or a ``451 4.3.0`` deferral when the configuration says
 The server bounds everything a peer can make it hold (:class:`PolicyLimits`): a number of
 concurrent clients (past it a new connection is closed at once), the bytes of one request,
 the time from a request's first byte to its end (not reset by each byte, so a slow drip
-cannot hold a connection), the idle time between requests, and the number of checks
-running at once: :meth:`Enforcer.check <tbes.enforcer.Enforcer.check>` is synchronous, so
-checks run on the server's own pool of ``max_checks`` threads, and a request that waits
-longer than ``queue_timeout`` for one gets the fault answer. What peers do to it (resets,
-garbage, timeouts, refusals) is logged once per ``log_interval`` per kind, with a count of
-the ones suppressed, so a flood never becomes a flood of log lines or tracebacks. Each
-decision is one line of the decision log (:mod:`tbes.adapters._decision_log`); a daemon
-swaps in a reloaded configuration with :meth:`PolicyService.replace` and stops with
-:meth:`PolicyService.drain`, which lets each connection finish the answer in hand.
+cannot hold a connection), the idle time between requests, and the time a check may hold
+others: :meth:`Enforcer.check <tbes.enforcer.Enforcer.check>` is synchronous, so with a
+store in the process (SQLite, memory) a check runs on the event loop, bounded by the
+store's deadline and cheaper than a hand-off to a thread (docs/postfix.md has the
+figures), and with any other store on the server's own pool of ``max_checks`` threads,
+where a request that waits longer than ``queue_timeout`` gets the fault answer. What
+peers do to it (resets, garbage, timeouts, refusals) is logged once per ``log_interval``
+per kind, with a count of the ones suppressed, so a flood never becomes a flood of log
+lines or tracebacks. Each decision is one line of the decision log
+(:mod:`tbes.adapters._decision_log`); a daemon swaps in a reloaded configuration with
+:meth:`PolicyService.replace` and stops with :meth:`PolicyService.drain`, which lets each
+connection finish the answer in hand.
 """
 
 from __future__ import annotations
