@@ -60,10 +60,21 @@ def test_smoke_run_measures_every_benchmark_and_describes_the_machine(tmp_path: 
     }
     assert results["enforcer"]["cases"]["sqlite"]["calls"] == 40
     assert [point["size"] for point in results["scale"]["curve"]] == [200, 1000]
+    policy = results["policy"]
+    assert set(policy["cpu_us"]) == {"floor", "noop", "tbes"}
+    assert all(set(loads) == {"short", "persistent"} for loads in policy["cpu_us"].values())
+    # Every request the deployed server answered is one line of its decision log.
+    assert policy["decision_lines"] == policy["answered"]["tbes"]
 
     text = page.read_text()
     assert text.startswith("# Performance\n")
-    for heading in ("## Machine", "## Micro-benchmarks", "## Enforcer.check", "## Scale"):
+    for heading in (
+        "## Machine",
+        "## Micro-benchmarks",
+        "## Enforcer.check",
+        "## Scale",
+        "## Postfix policy service",
+    ):
         assert f"\n{heading}" in text
     assert f"| Python | CPython {platform.python_version()} |" in text
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -123,3 +134,37 @@ def test_the_sender_of_the_exchange_blocks_is_the_one_worked_out_by_hand(
     else:
         assert found is not None
         assert (str(found.build), found.index) == (case["build"], case["index"])
+
+
+def test_the_policy_section_sets_postfix_with_tbes_against_postfix_alone() -> None:
+    sys.path.insert(0, str(RUNNER.parent.parent))
+    from benchmarks.run import _policy_section
+
+    loads = {"short": 200.0, "persistent": 50.0}
+    policy: dict[str, Any] = {
+        "rounds": 1,
+        "short": 10,
+        "persistent": 2,
+        "requests": 5,
+        "concurrency": 2,
+        "cpu_us": {"floor": loads, "noop": loads, "tbes": {"short": 400.0, "persistent": 90.0}},
+    }
+    lines = _policy_section({"policy": policy})
+    assert "Through Postfix: not measured in this run" in "\n".join(lines)
+    assert any(
+        line.startswith("Target ≤ 100 µs") and line.endswith("yes (90 µs).") for line in lines
+    )
+    policy["postfix"] = {
+        "messages": 100,
+        "sessions": 4,
+        "rounds": 1,
+        "per_s": {"alone": 400.0, "policy": 360.0, "milter+policy": 240.0},
+        "tbes_cpu_us": {"alone": 0.0, "policy": 100.0, "milter+policy": 500.0},
+    }
+    text = "\n".join(_policy_section({"policy": policy}))
+    assert (
+        "| the tbes policy service (`check_policy_service` at RCPT) | 360 | 0.90x | 100 µs |"
+        in text
+    )
+    assert "| the tbes milter and policy service | 240 | 0.60x | 500 µs |" in text
+    assert "≥ 0.70x Postfix alone: **no**" in text

@@ -287,3 +287,136 @@ def test_server_drops_a_peer_that_is_not_postfix(caplog: pytest.LogCaptureFixtur
 def test_throttle_reply_is_the_decision_line() -> None:
     throttle = SmtpReply(450, "4.7.230", THROTTLE_5.split(" ", 2)[2])
     assert action_for(decision(Action.THROTTLE, throttle, 2)) == THROTTLE_5
+
+
+class _LineByLine:
+    """The model the parser must agree with: the policy protocol read one line at a time,
+    every limit checked on each line as it completes (the parser before it learnt to take
+    a whole request in one pass). Errors are the messages' first words, the kind of fault."""
+
+    def __init__(self, max_line: int, max_attributes: int, max_request: int) -> None:
+        self.limits = (max_line, max_attributes, max_request)
+        self.buffer = b""
+        self.pending: list[tuple[str, str]] = []
+        self.size = 0  # bytes of the pending request's whole lines
+
+    def feed(self, data: bytes) -> list[tuple[tuple[str, str], ...]]:
+        max_line, max_attributes, max_request = self.limits
+        self.buffer += data
+        done = []
+        while b"\n" in self.buffer:
+            raw, _, self.buffer = self.buffer.partition(b"\n")
+            if len(raw) > max_line:
+                raise PolicyProtocolError("line")
+            self.size += len(raw) + 1
+            if self.size > max_request:
+                raise PolicyProtocolError("request")
+            line = raw.removesuffix(b"\r")
+            if not line:
+                if not self.pending:
+                    raise PolicyProtocolError("empty")
+                done.append(tuple(self.pending))
+                self.pending, self.size = [], 0
+                continue
+            name, equals, value = line.partition(b"=")
+            if not equals or not name.strip():
+                raise PolicyProtocolError("not")
+            if len(self.pending) >= max_attributes:
+                raise PolicyProtocolError("attributes")
+            self.pending.append((name.decode(errors="replace"), value.decode(errors="replace")))
+        if len(self.buffer) > max_line:
+            raise PolicyProtocolError("line")
+        if self.size + len(self.buffer) > max_request:
+            raise PolicyProtocolError("request")
+        return done
+
+
+_KINDS = {
+    "policy request line longer": "line",
+    "policy request longer": "request",
+    "empty policy request": "empty",
+    "policy request line is not": "not",
+    "policy request has more": "attributes",
+}
+
+
+def _kind(error: PolicyProtocolError) -> str:
+    return next(kind for start, kind in _KINDS.items() if str(error).startswith(start))
+
+
+_LINES = st.sampled_from(
+    [
+        b"a=1\n",
+        b"client_address=203.0.113.25\n",
+        b"name=" + b"x" * 40 + b"\n",
+        b"\tk=v\r\n",
+        b"k= v=w \r\r\n",
+        b"\xff=\xe2\x82\n",
+        b"\n",
+        b"\r\n",
+        b"=v\n",
+        b" =v\n",
+        b"no value\n",
+    ]
+)
+
+
+@st.composite
+def _streams(draw: st.DrawFn) -> list[bytes]:
+    """A stream of mostly well-formed requests (a few broken lines, some garbage), cut
+    into chunks at arbitrary points."""
+    parts = draw(
+        st.lists(
+            st.one_of(
+                st.lists(_LINES.filter(lambda line: line.strip(b"\r\n") != b""), max_size=14).map(
+                    lambda lines: b"".join(lines) + b"\n"
+                ),
+                _LINES,
+                st.just(REQUEST),
+                st.binary(max_size=40),
+            ),
+            max_size=8,
+        )
+    )
+    stream = b"".join(parts)
+    cuts = sorted(draw(st.lists(st.integers(0, len(stream)), max_size=4)))
+    return [stream[i:j] for i, j in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+
+
+@given(
+    chunks=_streams(),
+    max_line=st.integers(1, 800),
+    max_attributes=st.integers(1, 8),
+    max_request=st.integers(1, 1000),
+)
+def test_the_parser_agrees_with_a_line_by_line_reading(
+    chunks: list[bytes], max_line: int, max_attributes: int, max_request: int
+) -> None:
+    # The parser takes a whole request in one pass when it can; whatever the cut of the
+    # stream, it must return what a line-by-line reading returns, and fail where and how
+    # that fails (the same kind of fault, on the same chunk).
+    parser = PolicyParser(max_line=max_line, max_attributes=max_attributes, max_request=max_request)
+    model = _LineByLine(max_line, max_attributes, max_request)
+    for chunk in chunks:
+        try:
+            expected = model.feed(chunk)
+        except PolicyProtocolError as error:
+            fault = str(error)
+        else:
+            assert [request.attributes for request in parser.feed(chunk)] == expected
+            assert parser.idle == (not model.buffer and not model.pending)
+            continue
+        with pytest.raises(PolicyProtocolError) as raised:
+            parser.feed(chunk)
+        assert _kind(raised.value) == fault
+        with pytest.raises(PolicyProtocolError):  # and it stays broken
+            parser.feed(b"a=1\n\n")
+        return
+
+
+def test_a_request_sent_a_byte_at_a_time_is_the_request_sent_at_once() -> None:
+    parser = PolicyParser()
+    got = [request for byte in REQUEST * 2 for request in parser.feed(bytes([byte]))]
+    assert got == PolicyParser().feed(REQUEST * 2)
+    assert len(got) == 2
+    assert parser.idle

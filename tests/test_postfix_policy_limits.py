@@ -9,12 +9,15 @@ answer, and no record may carry a traceback.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import resource
+import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import attrs
 import pytest
@@ -22,8 +25,11 @@ import pytest
 from adapter_support import Recorder, decision, on_premises
 from tbes.adapters.config import AdapterConfig, Checker
 from tbes.adapters.postfix_policy import PolicyLimits, serve_policy
+from tbes.catalog import Catalog
 from tbes.decision import Action, Decision
-from tbes.enforcer import Connection
+from tbes.enforcer import Connection, Enforcer
+from tbes.policy import Policy
+from tbes.store import MemoryStore, SQLiteStore
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -52,11 +58,22 @@ async def _server(checker: Checker, limits: PolicyLimits) -> AsyncIterator[int]:
         yield server.sockets[0].getsockname()[1]
 
 
+EX2007 = (
+    "from EXHUB01.fabrikam.local (10.1.2.3) by mail.fabrikam.example (203.0.113.25) "
+    "with Microsoft SMTP Server id 8.3.83.6; Mon, 3 Mar 2025 10:00:00 +0100"
+)
+
+
 async def _ask(port: int) -> bytes:
     """One request on a fresh connection, as Postfix would send it; its answer."""
+    return await _ask_with(port, REQUEST)
+
+
+async def _ask_with(port: int, request: bytes) -> bytes:
+    """``request`` on a fresh connection; its answer."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        writer.write(REQUEST)
+        writer.write(request)
         await writer.drain()
         return await asyncio.wait_for(reader.readuntil(b"\n\n"), 10)
     finally:
@@ -83,10 +100,11 @@ def _no_traceback(records: Sequence[logging.LogRecord]) -> None:
     ] == []
 
 
+@pytest.mark.parametrize("inline", [True, False])
 def test_connections_past_the_cap_are_closed_at_once_with_one_warning(
-    caplog: pytest.LogCaptureFixture,
+    inline: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    limits = attrs.evolve(RELAXED, max_clients=3)
+    limits = attrs.evolve(RELAXED, max_clients=3, inline_checks=inline)
 
     async def scenario() -> tuple[list[bool], bytes, bytes]:
         async with _server(_accept(), limits) as port:
@@ -126,10 +144,13 @@ def test_connections_past_the_cap_are_closed_at_once_with_one_warning(
     _no_traceback(caplog.records)
 
 
-def test_a_slow_drip_is_cut_at_the_request_deadline(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("inline", [True, False])
+def test_a_slow_drip_is_cut_at_the_request_deadline(
+    inline: bool, caplog: pytest.LogCaptureFixture
+) -> None:
     # The idle timeout is shorter than the drip interval's total but longer than one gap:
     # were it reset by each byte, as before, the drip would go on for the whole loop.
-    limits = PolicyLimits(request_timeout=1.0, idle_timeout=0.5)
+    limits = PolicyLimits(request_timeout=1.0, idle_timeout=0.5, inline_checks=inline)
 
     async def scenario() -> tuple[float | None, bytes]:
         async with _server(_accept(), limits) as port:
@@ -160,8 +181,11 @@ def test_a_slow_drip_is_cut_at_the_request_deadline(caplog: pytest.LogCaptureFix
     _no_traceback(caplog.records)
 
 
-def test_a_request_over_the_byte_bound_is_cut(caplog: pytest.LogCaptureFixture) -> None:
-    limits = attrs.evolve(RELAXED, max_request_bytes=2048)
+@pytest.mark.parametrize("inline", [True, False])
+def test_a_request_over_the_byte_bound_is_cut(
+    inline: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    limits = attrs.evolve(RELAXED, max_request_bytes=2048, inline_checks=inline)
     line = b"x=" + b"y" * 98 + b"\n"  # 101 bytes: each line alone is fine
 
     async def scenario() -> tuple[int, bool, bytes]:
@@ -308,6 +332,7 @@ def test_a_request_waiting_too_long_for_a_check_gets_the_fault_answer(
         ("idle_timeout", float("inf")),
         ("queue_timeout", float("nan")),
         ("log_interval", -1),
+        ("inline_checks", 1),
     ],
 )
 def test_limits_are_checked(field: str, value: object) -> None:
@@ -335,3 +360,141 @@ def test_a_cap_above_the_descriptor_limit_is_warned_about(
         asyncio.run(scenario(min(500, soft // 2)))
     assert len(caplog.records) == 1
     assert "ulimit -n" in caplog.records[0].getMessage()
+
+
+# ---- where checks run: on the loop for a store in the process, else on the threads --------
+
+
+class _Where:
+    """A checker over ``store`` that notes the thread each check runs on."""
+
+    def __init__(self, store: object) -> None:
+        self.store = store
+        self.threads: list[str] = []
+        self.conns: list[Connection] = []
+
+    def check(self, conn: Connection, received: Sequence[str]) -> Decision:
+        self.threads.append(threading.current_thread().name)
+        self.conns.append(conn)
+        return decision(Action.ACCEPT, None, 1)
+
+
+@pytest.mark.parametrize(
+    ("store", "inline", "on_loop"),
+    [
+        (MemoryStore(), None, True),  # a store in the process: no thread hand-off
+        (object(), None, False),  # a store that may wait on the network: the threads
+        (MemoryStore(), False, False),  # chosen explicitly, either way
+        (object(), True, True),
+    ],
+)
+def test_checks_run_on_the_loop_only_for_a_store_in_the_process(
+    store: object, inline: bool | None, on_loop: bool
+) -> None:
+    checker = _Where(store)
+    limits = attrs.evolve(RELAXED, inline_checks=inline)
+
+    async def scenario() -> tuple[list[bytes], str]:
+        async with _server(checker, limits) as port:
+            return [await _ask(port) for _ in range(3)], threading.current_thread().name
+
+    answers, loop_thread = asyncio.run(scenario())
+    assert answers == [DUNNO] * 3
+    assert len(checker.threads) == 3
+    assert all((thread == loop_thread) == on_loop for thread in checker.threads)
+
+
+def test_a_check_on_the_loop_holds_it_no_longer_than_the_stores_deadline(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A SQLite store is served on the loop. Its reads never wait, but a check that must
+    # write (here: announcing the stage the server reached) waits for the write lock,
+    # which another process holds: the check's deadline ends that wait, the request is
+    # answered as a fault (fail open), and a client queued behind it is answered as soon.
+    path = tmp_path / "state.db"
+    detected = dt.datetime(2025, 3, 3, 9, 0, tzinfo=dt.UTC)
+    clock = [detected]
+    store = SQLiteStore(path)
+    enforcer = Enforcer(
+        store,
+        Policy.exchange_online_2026(),
+        Catalog.default(),
+        clock=lambda: clock[0],
+        check_timeout=0.5,
+    )
+    conn = CONFIG.connection(peer_ip="203.0.113.25", peer_host=None, tls_subject=None)
+    enforcer.check(conn, [EX2007])  # what the milter would have recorded
+    clock[0] = detected + dt.timedelta(days=91)  # stage 8 reached: announced on next check
+    other = REQUEST.replace(b"203.0.113.25", b"192.0.2.99")  # no connector: no store
+
+    async def scenario() -> tuple[bytes, bytes, float, bytes]:
+        async with _server(enforcer, RELAXED) as port:
+            holder = sqlite3.connect(path, isolation_level=None, timeout=0)
+            holder.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+            try:
+                started = time.monotonic()
+                stored, unknown = await asyncio.gather(_ask(port), _ask_with(port, other))
+                waited = time.monotonic() - started
+            finally:
+                holder.execute("ROLLBACK")
+                holder.close()
+            return stored, unknown, waited, await _ask(port)
+
+    try:
+        with caplog.at_level(logging.WARNING):
+            stored, unknown, waited, after = asyncio.run(scenario())
+    finally:
+        store.close()
+    assert stored == DUNNO  # the store's fault, answered open
+    assert unknown == DUNNO
+    assert waited <= 0.5 + 1.5
+    assert after.startswith(b"action=550 5.7.230 ")  # the lock gone, the state decides
+    _no_traceback(caplog.records)
+
+
+def test_many_requests_in_one_write_are_all_answered_in_order_on_the_loop() -> None:
+    # Postfix sends one request at a time; a peer that sends many at once is answered a
+    # batch per turn of the loop, every one of them, in order.
+    checker = _Where(MemoryStore())
+    others = [REQUEST.replace(b"203.0.113.25", f"192.0.2.{n % 250}".encode()) for n in range(100)]
+
+    async def scenario() -> list[bytes]:
+        async with _server(checker, RELAXED) as port:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                writer.write(b"".join(others))
+                answers = [await asyncio.wait_for(reader.readuntil(b"\n\n"), 10) for _ in others]
+                # The connection still serves a request sent after them.
+                writer.write(REQUEST)
+                answers.append(await asyncio.wait_for(reader.readuntil(b"\n\n"), 10))
+                return answers
+            finally:
+                writer.close()
+
+    assert asyncio.run(scenario()) == [DUNNO] * 101
+    assert [conn.peer_ip for conn in checker.conns] == [
+        f"192.0.2.{n % 250}" for n in range(100)
+    ] + ["203.0.113.25"]
+
+
+@pytest.mark.parametrize("inline", [True, False])
+def test_an_idle_connection_is_closed_after_the_idle_timeout(
+    inline: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    limits = PolicyLimits(idle_timeout=0.5, request_timeout=30.0, inline_checks=inline)
+
+    async def scenario() -> tuple[bytes, bool]:
+        async with _server(_accept(), limits) as port:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(REQUEST)
+            answer = await asyncio.wait_for(reader.readuntil(b"\n\n"), 10)
+            closed = await _closed_within(reader, 0.5 + 1.5)
+            writer.close()
+            return answer, closed
+
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        answer, closed = asyncio.run(scenario())
+    assert answer == DUNNO
+    assert closed
+    assert any("idle for" in r.getMessage() for r in caplog.records)
+    _no_traceback(caplog.records)

@@ -19,6 +19,7 @@ import attrs
 
 from tbes._checks import id_field, of_type
 from tbes._instants import as_utc, as_utc_or_none
+from tbes._slots import slot_filler
 from tbes.compliance import Assessment, Compliance
 from tbes.errors import InvalidBuildError, InvalidValueError
 from tbes.ledger import Pause
@@ -110,6 +111,36 @@ class ServerState:
         return self.first_detected is not None and self.compliant_since is None
 
 
+_state = slot_filler(ServerState)
+
+
+def _copy(
+    state: ServerState,
+    build: ExchangeBuild | None,
+    status: Compliance,
+    first: dt.datetime | None,
+    when: dt.datetime,
+    since: dt.datetime | None,
+    notified: int | None,
+) -> ServerState:
+    # observe's hot path (every message with a build): slot by slot, not attrs.evolve,
+    # which re-runs every converter and validator of the state. Valid by construction:
+    # the rest comes from a checked state, ``build`` and the status were checked by
+    # observe, and the instants are the state's own or ``at`` in UTC; a property test
+    # holds the result to ServerState's checks.
+    return _state(
+        server_id=state.server_id,
+        tenant=state.tenant,
+        build=build,
+        status=status,
+        first_detected=first,
+        last_seen=when,
+        compliant_since=since,
+        pauses=state.pauses,
+        notified_stage=notified,
+    )
+
+
 def _fresh(
     server_id: str, tenant: str, status: Compliance, build: ExchangeBuild | None, at: dt.datetime
 ) -> ServerState:
@@ -130,23 +161,15 @@ def _non_compliant(
     if first is None or (since is not None and when - since > relapse_window):
         first, notified = when, None  # a new episode
     since = None  # running, or resumed within the relapse window
-    return attrs.evolve(
-        state,
-        build=build,
-        status=status,
-        first_detected=first,
-        last_seen=when,
-        compliant_since=since,
-        notified_stage=notified,
-    )
+    return _copy(state, build, status, first, when, since, notified)
 
 
 def _compliant(state: ServerState, build: ExchangeBuild | None, when: dt.datetime) -> ServerState:
     since = state.compliant_since
     if state.first_detected is not None and since is None:
         since = when  # the episode ends now; a later compliance keeps the first one
-    return attrs.evolve(
-        state, build=build, status=Compliance.COMPLIANT, last_seen=when, compliant_since=since
+    return _copy(
+        state, build, Compliance.COMPLIANT, state.first_detected, when, since, state.notified_stage
     )
 
 
@@ -198,4 +221,12 @@ def observe(
         return _non_compliant(state, status, build, when, policy.relapse_window)
     if status is Compliance.COMPLIANT:
         return _compliant(state, build, when)
-    return attrs.evolve(state, last_seen=when)
+    return _copy(
+        state,
+        state.build,
+        state.status,
+        state.first_detected,
+        when,
+        state.compliant_since,
+        state.notified_stage,
+    )

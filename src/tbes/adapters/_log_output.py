@@ -82,7 +82,14 @@ class TextFormatter(logging.Formatter):
         parts.append(f"level={record.levelname}")
         parts.append(f"logger={escape(record.name)}")
         parts.append(f"msg={escape(record.getMessage())}")
-        parts.extend(f"{escape(key)}={escape(value)}" for key, value in _fields(record).items())
+        fields = _fields(record)
+        keys = [str(key) for key in fields]
+        texts = ["-" if value is None else str(value) for value in fields.values()]
+        if all(keys) and all(texts) and _PLAIN.fullmatch("".join(keys) + "".join(texts)):
+            # Every key and value a plain word (a decision line, mostly): one match for all.
+            parts.extend(f"{key}={text}" for key, text in zip(keys, texts, strict=True))
+        else:
+            parts.extend(f"{escape(key)}={escape(value)}" for key, value in fields.items())
         if record.exc_info:
             parts.append(f"exc={escape(self.formatException(record.exc_info))}")
         return " ".join(parts)

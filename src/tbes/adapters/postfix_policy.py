@@ -21,35 +21,41 @@ a warning (fail open), or a ``451 4.3.0`` deferral when the configuration says
 The server bounds everything a peer can make it hold (:class:`PolicyLimits`): a number of
 concurrent clients (past it a new connection is closed at once), the bytes of one request,
 the time from a request's first byte to its end (not reset by each byte, so a slow drip
-cannot hold a connection), the idle time between requests, and the number of checks
-running at once: :meth:`Enforcer.check <tbes.enforcer.Enforcer.check>` is synchronous, so
-checks run on the server's own pool of ``max_checks`` threads, and a request that waits
-longer than ``queue_timeout`` for one gets the fault answer. What peers do to it (resets,
-garbage, timeouts, refusals) is logged once per ``log_interval`` per kind, with a count of
-the ones suppressed, so a flood never becomes a flood of log lines or tracebacks. Each
-decision is one line of the decision log (:mod:`tbes.adapters._decision_log`); a daemon
-swaps in a reloaded configuration with :meth:`PolicyService.replace` and stops with
-:meth:`PolicyService.drain`, which lets each connection finish the answer in hand.
+cannot hold a connection), the idle time between requests, and the time a check may hold
+others: :meth:`Enforcer.check <tbes.enforcer.Enforcer.check>` is synchronous, so with a
+store in the process (SQLite, memory) a check runs on the event loop, bounded by the
+store's deadline and cheaper than a hand-off to a thread (docs/postfix.md has the
+figures), and with any other store on the server's own pool of ``max_checks`` threads,
+where a request that waits longer than ``queue_timeout`` gets the fault answer. What
+peers do to it (resets, garbage, timeouts, refusals) is logged once per ``log_interval``
+per kind, with a count of the ones suppressed, so a flood never becomes a flood of log
+lines or tracebacks. Each decision is one line of the decision log
+(:mod:`tbes.adapters._decision_log`); a daemon swaps in a reloaded configuration with
+:meth:`PolicyService.replace` and stops with :meth:`PolicyService.drain`, which lets each
+connection finish the answer in hand.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import math
+import re
 import resource
 import weakref
-from collections.abc import Awaitable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any
 
 import attrs
 
+from tbes._slots import slot_filler
 from tbes.adapters import _metrics
 from tbes.adapters._decision_log import fault_decision, log_fault, run_check
 from tbes.adapters._ratelimit import RateLimitedLogger
 from tbes.adapters.config import AdapterConfig, Checker
-from tbes.adapters.listen import ListenAddress, parse_listen_address, start_server
+from tbes.adapters.listen import ListenAddress, create_server, parse_listen_address
 from tbes.decision import Action, Decision
 from tbes.enforcer import FAIL_CLOSED_REPLY, Connection
 from tbes.errors import PolicyProtocolError
@@ -69,7 +75,6 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
-_T = TypeVar("_T")
 
 DUNNO = "DUNNO"
 """The policy action that expresses no opinion: Postfix goes on with its other checks."""
@@ -97,13 +102,20 @@ class PolicyRequest:
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The value of attribute ``name``, or ``default`` when the request lacks it."""
-        for key, value in reversed(self.attributes):
-            if key == name:
-                return value
-        return default
+        # The last value wins, as in a dict built in order; built in C, not a Python loop.
+        return dict(self.attributes).get(name, default)
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return iter(self.attributes)
+
+
+# A run of request lines each ``name=value`` with a name that is not blank (bytes.strip's
+# white space): the shape Postfix sends, checked in one pass; the line-by-line path names
+# what is wrong when it does not match.
+_WELL_FORMED = re.compile(rb"(?:[ \t\r\x0b\x0c]*[^ \t\r\n\x0b\x0c=][^\n=]*=[^\n]*\n)+")
+# The empty line that ends a request (after a line's own newline).
+_END = re.compile(rb"\n\r?\n")
+_request = slot_filler(PolicyRequest)
 
 
 class PolicyParser:
@@ -128,41 +140,105 @@ class PolicyParser:
         self._max_line = max_line
         self._max_attributes = max_attributes
         self._max_request = max_request
-        self._request_bytes = 0  # bytes of the pending request's lines already consumed
+        # The pending request's bytes; of them, the first ``_checked`` are whole lines
+        # already checked, ``_count`` attributes. Kept so a request sent in pieces is
+        # never scanned again from its start (a drip stays linear in its bytes).
         self._buffer = bytearray()
-        self._pending: list[tuple[str, str]] = []
+        self._checked = 0
+        self._count = 0
         self._error: PolicyProtocolError | None = None
 
     @property
     def idle(self) -> bool:
         """True between requests: no partial line or attribute is pending."""
-        return not self._buffer and not self._pending
+        return not self._buffer
 
     def feed(self, data: bytes) -> list[PolicyRequest]:
         """Consume ``data``; return the requests it completed, in order."""
         if self._error is not None:
             raise self._error
-        self._buffer += data
+        buffer = self._buffer
+        text: bytes | bytearray
+        if buffer:
+            buffer += data
+            text = buffer
+        else:
+            text = data  # the usual case: a whole request in one read, never copied
         requests: list[PolicyRequest] = []
+        start = 0
         try:
-            while (end := self._buffer.find(b"\n")) >= 0:
-                self._check_length(end)
-                self._check_request(self._request_bytes + end + 1)
-                line = bytes(self._buffer[:end]).removesuffix(b"\r")
-                del self._buffer[: end + 1]
-                self._request_bytes += end + 1
-                request = self._line(line)
-                if request is not None:
-                    requests.append(request)
-                    self._request_bytes = 0
-            # What is left is the start of the next line, of the pending request.
-            self._check_length(len(self._buffer))
-            self._check_request(self._request_bytes + len(self._buffer))
+            while (found := _END.search(text, start + max(self._checked - 1, 0))) is not None:
+                lines_end = found.start() + 1  # after the last attribute's newline
+                end = found.end()
+                requests.append(self._complete(text, start, lines_end, end))
+                start = end
+                self._checked = self._count = 0
+            self._check_pending(text, start)
         except PolicyProtocolError as error:
             self._error = error
-            self._buffer.clear()
+            self._buffer = bytearray()
             raise
+        if text is buffer:
+            del buffer[:start]
+        elif start < len(text):
+            self._buffer = bytearray(text[start:])
         return requests
+
+    def _complete(
+        self, text: bytes | bytearray, start: int, lines_end: int, end: int
+    ) -> PolicyRequest:
+        """The request in ``text[start:end]``, its attribute lines ending at ``lines_end``."""
+        size = end - start
+        if not (
+            size <= self._max_request
+            and size <= self._max_line  # so that no line can be longer
+            and _WELL_FORMED.fullmatch(text, start + self._checked, lines_end) is not None
+            and self._count + text.count(b"\n", start + self._checked, lines_end)
+            <= self._max_attributes
+        ):
+            # Something is over a limit or malformed: find what, line by line, in order.
+            self._check_lines(text, start, lines_end)
+            self._check_length(end - lines_end - 1)
+            self._check_request(size)
+        decoded = text[start:lines_end].decode("utf-8", errors="replace")
+        lines = decoded[:-1].split("\n")
+        if "\r" in decoded:
+            lines = [line.removesuffix("\r") for line in lines]
+        return _request(attributes=tuple([line.partition("=")[::2] for line in lines]))
+
+    def _check_pending(self, text: bytes | bytearray, start: int) -> None:
+        """Check the start of the next request in ``text[start:]``: whole lines and the rest."""
+        last = text.rfind(b"\n", start)
+        if last >= start + self._checked:
+            self._check_lines(text, start, last + 1)
+        # What is left is the start of the next line, of the pending request.
+        self._check_length(len(text) - max(last + 1, start))
+        self._check_request(len(text) - start)
+
+    def _check_lines(self, text: bytes | bytearray, start: int, stop: int) -> None:
+        """Check the unchecked whole lines of the request at ``start``, up to ``stop``."""
+        position = start + self._checked
+        while position < stop:
+            newline = text.index(b"\n", position)
+            self._check_length(newline - position)
+            self._check_request(newline + 1 - start)
+            line = bytes(text[position:newline]).removesuffix(b"\r")
+            if not line:
+                # Only a request's first line gets here empty: an empty line ends a request.
+                raise PolicyProtocolError(
+                    "empty policy request: an empty line before any name=value"
+                )
+            name, equals, _ = line.partition(b"=")
+            if not equals or not name.strip():
+                shown = line[:80].decode("utf-8", errors="replace")
+                raise PolicyProtocolError(f"policy request line is not name=value: {shown!r}")
+            if self._count >= self._max_attributes:
+                raise PolicyProtocolError(
+                    f"policy request has more than {self._max_attributes} attributes"
+                )
+            self._count += 1
+            position = newline + 1
+            self._checked = position - start
 
     def _check_length(self, length: int) -> None:
         if length > self._max_line:
@@ -177,28 +253,6 @@ class PolicyParser:
                 f"policy request longer than {self._max_request} bytes "
                 f"(at least {size}); Postfix never sends such requests"
             )
-
-    def _line(self, line: bytes) -> PolicyRequest | None:
-        if not line:
-            if not self._pending:
-                raise PolicyProtocolError(
-                    "empty policy request: an empty line before any name=value"
-                )
-            request = PolicyRequest(self._pending)
-            self._pending = []
-            return request
-        name, equals, value = line.partition(b"=")
-        if not equals or not name.strip():
-            shown = line[:80].decode("utf-8", errors="replace")
-            raise PolicyProtocolError(f"policy request line is not name=value: {shown!r}")
-        if len(self._pending) >= self._max_attributes:
-            raise PolicyProtocolError(
-                f"policy request has more than {self._max_attributes} attributes"
-            )
-        self._pending.append(
-            (name.decode("utf-8", errors="replace"), value.decode("utf-8", errors="replace"))
-        )
-        return None
 
 
 def format_response(action: str) -> bytes:
@@ -230,12 +284,28 @@ def _fault_action(config: AdapterConfig, request: PolicyRequest | None = None) -
     return str(FAIL_CLOSED_REPLY) if closes else DUNNO
 
 
+# Connections named per configuration and client, as Postfix's smtpd processes ask for the
+# same few clients again and again: naming one parses its address and matches every rule.
+# Keyed by the configuration's id and checked by identity, so a reload never answers from
+# the old rules; cleared when full, so a flood of new clients cannot grow it.
+_NAMED: dict[tuple[int, str | None, str | None, str | None], tuple[AdapterConfig, Connection]]
+_NAMED = {}
+_MAX_NAMED = 4096
+
+
 def _connection(request: PolicyRequest, config: AdapterConfig) -> Connection:
-    return config.connection(
-        peer_ip=request.get("client_address"),
-        peer_host=request.get("client_name"),
-        tls_subject=request.get("ccert_subject"),
-    )
+    ip = request.get("client_address")
+    host = request.get("client_name")
+    subject = request.get("ccert_subject")
+    key = (id(config), ip, host, subject)
+    named = _NAMED.get(key)
+    if named is not None and named[0] is config:
+        return named[1]
+    conn = config.connection(peer_ip=ip, peer_host=host, tls_subject=subject)
+    if len(_NAMED) >= _MAX_NAMED:
+        _NAMED.clear()
+    _NAMED[key] = (config, conn)
+    return conn
 
 
 def decide_request(
@@ -262,6 +332,11 @@ def _count(instance: object, attribute: attrs.Attribute[Any], value: object) -> 
         raise ValueError(f"{attribute.name} must be an integer >= 1, got {value!r}")
 
 
+def _tristate(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and not isinstance(value, bool):
+        raise ValueError(f"{attribute.name} must be True, False or None, got {value!r}")
+
+
 def _seconds(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if (
         isinstance(value, bool)
@@ -281,12 +356,20 @@ class PolicyLimits:
     for all of them, so keep it well under ``ulimit -n``. Per connection: ``max_line``
     bytes per line, ``max_attributes`` lines and ``max_request_bytes`` bytes per request;
     ``request_timeout`` seconds from a request's first byte to its empty line (Postfix
-    sends a request in one write); ``idle_timeout`` seconds between requests (longer than
-    Postfix's ``smtpd_policy_service_max_idle``, 300 s, so Postfix is the one that closes).
-    Checks run on ``max_checks`` threads shared by all connections; a request that waits
-    ``queue_timeout`` seconds for one gets the fault answer (``DUNNO``, or ``451 4.3.0``
-    with ``fail_closed``), well within Postfix's policy ``timeout``. Each kind of trouble is
-    logged at most once per ``log_interval`` seconds.
+    sends a request in one write), and for a peer to take its answer; ``idle_timeout``
+    seconds between requests (longer than Postfix's ``smtpd_policy_service_max_idle``,
+    300 s, so Postfix is the one that closes). Each kind of trouble is logged at most once
+    per ``log_interval`` seconds.
+
+    Where checks run: ``inline_checks`` ``None`` (the default) runs them on the event loop
+    when the checker's store says it answers in process (``in_process``:
+    :class:`~tbes.store.MemoryStore`, :class:`~tbes.store.SQLiteStore`), and on threads
+    otherwise (PostgreSQL, a store of your own); ``True`` or ``False`` chooses. Inline, a
+    check holds the loop at most for the store's deadline (``check_timeout``), and a
+    request costs no thread hand-off. On threads, checks run on ``max_checks`` threads
+    shared by all connections; a request that waits ``queue_timeout`` seconds for one gets
+    the fault answer (``DUNNO``, or ``451 4.3.0`` with ``fail_closed``), well within
+    Postfix's policy ``timeout``.
     """
 
     max_clients: int = attrs.field(default=500, validator=_count)
@@ -298,24 +381,32 @@ class PolicyLimits:
     max_checks: int = attrs.field(default=8, validator=_count)
     queue_timeout: float = attrs.field(default=5.0, validator=_seconds)
     log_interval: float = attrs.field(default=60.0, validator=_seconds)
+    inline_checks: bool | None = attrs.field(default=None, validator=_tristate)
 
 
-class _RequestDeadline(Exception):
-    """A request (or the answer to it) took longer than ``request_timeout``."""
+def _runs_inline(checker: Checker, limits: PolicyLimits) -> bool:
+    """Whether checks for ``checker`` run on the event loop (see :class:`PolicyLimits`)."""
+    if limits.inline_checks is not None:
+        return limits.inline_checks
+    # Read through the daemon's watching wrapper, which passes attributes on.
+    return getattr(getattr(checker, "store", None), "in_process", False) is True
+
+
+_DUNNO_RESPONSE = format_response(DUNNO)
+_INLINE_BATCH = 16  # checks on the loop per turn for one connection
 
 
 class PolicyService:
     """The state one policy server shares across its connections: the client count, the check
-    threads and the rate-limited log. :meth:`client` is the connection handler to serve."""
+    threads and the rate-limited log. :meth:`protocol` makes the handler of one connection."""
 
     def __init__(self, checker: Checker, config: AdapterConfig, limits: PolicyLimits) -> None:
         # One tuple, replaced whole on a reload (see replace()).
         self.current: tuple[AdapterConfig, Checker] = (config, checker)
+        self._inline = _runs_inline(checker, limits)
         self._limits = limits
-        self._clients = 0
         self._draining = False
-        # Open connections, each with whether it is answering a request now.
-        self._writers: dict[asyncio.StreamWriter, bool] = {}
+        self._connections: set[_PolicyConnection] = set()
         self._executor = ThreadPoolExecutor(limits.max_checks, thread_name_prefix="tbes-policy")
         # The semaphore, not the executor's queue, is where requests wait: a wait there can
         # be abandoned (queue_timeout) without leaving work behind.
@@ -325,153 +416,38 @@ class PolicyService:
     @property
     def open_connections(self) -> int:
         """How many client connections are open."""
-        return len(self._writers)
+        return len(self._connections)
 
     def replace(self, config: AdapterConfig, checker: Checker) -> None:
         """Use ``config`` and ``checker`` from the next request on (a reload); open
         connections stay, and a request being checked ends with what it started with."""
         self.current = (config, checker)
+        self._inline = _runs_inline(checker, self._limits)
 
     def drain(self) -> None:
         """Close each connection once it has answered the request in hand (on shutdown)."""
         self._draining = True
-        for writer, answering in list(self._writers.items()):
-            if not answering:
-                writer.transport.close()
+        for connection in list(self._connections):
+            connection.close_if_idle()
+
+    def protocol(self) -> asyncio.Protocol:
+        """The handler of one new client connection (a protocol factory for asyncio)."""
+        return _PolicyConnection(self)
 
     async def start(self, address: str | ListenAddress) -> asyncio.Server:
         """Listen on ``address`` (see :mod:`tbes.adapters.listen`) and return the server."""
         if isinstance(address, str):
             address = parse_listen_address(address)
-        return await start_server(address, self.client)
+        return await create_server(address, self.protocol)
 
     def close(self) -> None:
         """Abort the connections left and shut down the check threads."""
-        for writer in list(self._writers):
-            writer.transport.abort()
+        for connection in list(self._connections):
+            connection.abort()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._clients >= self._limits.max_clients:
-            self._log.log(
-                "max_clients",
-                logging.WARNING,
-                "tbes policy: %d clients connected (max_clients); closing new connections "
-                "at once, such as %s",
-                self._clients,
-                writer.get_extra_info("peername"),
-            )
-            writer.transport.abort()
-            return
-        if self._draining:
-            writer.transport.abort()
-            return
-        self._clients += 1
-        self._writers[writer] = False
-        _metrics.active().connections("policy", 1)
-        try:
-            await self._serve(reader, writer)
-        except asyncio.CancelledError:
-            # The loop is shutting down. Nothing awaits this task, and Python 3.11's stream
-            # callback logs a traceback for each cancelled one: end it quietly instead.
-            pass
-        finally:
-            self._clients -= 1
-            del self._writers[writer]
-            _metrics.active().connections("policy", -1)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        limits = self._limits
-        parser = PolicyParser(
-            max_line=limits.max_line,
-            max_attributes=limits.max_attributes,
-            max_request=limits.max_request_bytes,
-        )
-        peer = writer.get_extra_info("peername")
-        loop = asyncio.get_running_loop()
-        started: float | None = None  # when the first byte of the pending request came
-        try:
-            while True:
-                if started is None:
-                    try:
-                        async with asyncio.timeout(limits.idle_timeout):
-                            data = await reader.read(_READ_SIZE)
-                    except TimeoutError:
-                        self._log.log(
-                            "idle",
-                            logging.INFO,
-                            "tbes policy: closing connection from %s: idle for %.0f s",
-                            peer,
-                            limits.idle_timeout,
-                        )
-                        return
-                else:
-                    data = await self._before(started, reader.read(_READ_SIZE))
-                if not data:
-                    return
-                arrived = loop.time()
-                requests = parser.feed(data)
-                for request in requests:
-                    self._writers[writer] = True
-                    writer.write(format_response(await self._answer(request)))
-                    # A peer that does not read its answers must not hold them, or us, either.
-                    await self._before(loop.time(), writer.drain())
-                    self._writers[writer] = False
-                if self._draining:
-                    return
-                if parser.idle:
-                    started = None
-                elif requests or started is None:
-                    started = arrived  # the rest of this read starts the next request
-        except _RequestDeadline:
-            self._log.log(
-                "request_timeout",
-                logging.WARNING,
-                "tbes policy: closing connection from %s: a request took longer than %.1f s "
-                "(request_timeout); Postfix sends a request at once",
-                peer,
-                limits.request_timeout,
-            )
-        except PolicyProtocolError as error:
-            self._log.log(
-                "protocol",
-                logging.WARNING,
-                "tbes policy: closing connection from %s: %s",
-                peer,
-                error,
-            )
-        except ConnectionError as error:
-            self._log.log(
-                "reset", logging.INFO, "tbes policy: connection from %s ended: %r", peer, error
-            )
-        except Exception:  # a bug: one traceback per interval, never one per connection
-            self._log.log(
-                "bug",
-                logging.ERROR,
-                "tbes policy: unexpected error on connection from %s; closing it",
-                peer,
-                exc_info=True,
-            )
-        finally:
-            # Let the last answers go out, but not for longer than a request may take.
-            writer.close()
-            try:
-                async with asyncio.timeout(limits.request_timeout):
-                    await writer.wait_closed()
-            except Exception:  # nothing more to do for this peer
-                pass
-            finally:
-                writer.transport.abort()  # a no-op once closed
-
-    async def _before(self, started: float, awaitable: Awaitable[_T]) -> _T:
-        deadline = started + self._limits.request_timeout
-        try:
-            async with asyncio.timeout_at(deadline):
-                return await awaitable
-        except TimeoutError:
-            raise _RequestDeadline from None
-
     async def _answer(self, request: PolicyRequest) -> str:
+        """The action for ``request`` from a check on the threads (``max_checks``)."""
         config, checker = self.current
         fault = _fault_action(config)
         try:
@@ -502,6 +478,273 @@ class PolicyService:
             )
         finally:
             self._slots.release()
+
+
+class _PolicyConnection(asyncio.Protocol):
+    """One client connection: bytes in, requests to the checker, answers out in order.
+
+    A protocol rather than a stream reader and a task: no coroutine, future or timeout
+    object per request. One timer per connection watches both deadlines (a request's
+    ``request_timeout``, the ``idle_timeout`` between requests) and is moved on only when
+    it fires, so a request costs no timer work.
+    """
+
+    def __init__(self, service: PolicyService) -> None:
+        limits = service._limits
+        self._service = service
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._parser = PolicyParser(
+            max_line=limits.max_line,
+            max_attributes=limits.max_attributes,
+            max_request=limits.max_request_bytes,
+        )
+        self._waiting: collections.deque[PolicyRequest] = collections.deque()
+        self._checking: asyncio.Task[str] | None = None  # a check on the threads
+        self._started: float | None = None  # when the pending request's first byte came
+        self._blocked: float | None = None  # when the peer stopped taking our answers
+        self._last = 0.0  # the last byte in or answer out
+        self._timer: asyncio.TimerHandle | None = None
+        self._due = math.inf
+        self._peer: object = None
+        self._broken = False  # the peer sent what Postfix never sends
+        self._deferred: asyncio.Handle | None = None  # the next batch of inline answers
+        self._eof = False
+
+    # asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        service = self._service
+        self._peer = transport.get_extra_info("peername")
+        if len(service._connections) >= service._limits.max_clients:
+            service._log.log(
+                "max_clients",
+                logging.WARNING,
+                "tbes policy: %d clients connected (max_clients); closing new connections "
+                "at once, such as %s",
+                len(service._connections),
+                self._peer,
+            )
+            transport.abort()
+            return
+        if service._draining:
+            transport.abort()
+            return
+        self._transport = transport
+        service._connections.add(self)
+        _metrics.active().connections("policy", 1)
+        self._last = self._loop.time()
+        self._arm(self._last + service._limits.idle_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        service = self._service
+        if self in service._connections:
+            service._connections.discard(self)
+            _metrics.active().connections("policy", -1)
+        if exc is not None and self._transport is not None:
+            service._log.log(
+                "reset", logging.INFO, "tbes policy: connection from %s ended: %r", self._peer, exc
+            )
+        self._transport = None
+        self._waiting.clear()
+        if self._deferred is not None:
+            self._deferred.cancel()
+            self._deferred = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def data_received(self, data: bytes) -> None:
+        if self._transport is None:
+            return
+        try:
+            self._received(data)
+        except Exception:  # a bug: one traceback per interval, never one per connection
+            self._service._log.log(
+                "bug",
+                logging.ERROR,
+                "tbes policy: unexpected error on connection from %s; closing it",
+                self._peer,
+                exc_info=True,
+            )
+            self.abort()
+
+    def eof_received(self) -> bool | None:
+        # Answers still owed go out first; a check on the threads closes once it is written.
+        if self._checking is None:
+            return None  # close our side too
+        self._eof = True
+        return True
+
+    def pause_writing(self) -> None:
+        # The peer does not take its answers: read nothing more, and give it request_timeout.
+        self._blocked = self._loop.time()
+        if self._transport is not None:
+            self._transport.pause_reading()
+            self._arm(self._blocked + self._service._limits.request_timeout)
+
+    def resume_writing(self) -> None:
+        self._blocked = None
+        if self._transport is not None and self._checking is None and self._deferred is None:
+            self._transport.resume_reading()
+
+    # control
+
+    def abort(self) -> None:
+        """Drop the connection at once."""
+        if self._transport is not None:
+            self._transport.abort()
+
+    def close_if_idle(self) -> None:
+        """Close the connection unless an answer is owed (then it closes once answered)."""
+        if self._transport is not None and self._checking is None and not self._waiting:
+            self._transport.close()
+
+    # work
+
+    def _received(self, data: bytes) -> None:
+        now = self._loop.time()
+        self._last = now
+        parser = self._parser
+        try:
+            requests = parser.feed(data)
+        except PolicyProtocolError as error:
+            self._service._log.log(
+                "protocol",
+                logging.WARNING,
+                "tbes policy: closing connection from %s: %s",
+                self._peer,
+                error,
+            )
+            self._close_after_answers()
+            return
+        if parser.idle:
+            self._started = None
+        elif requests or self._started is None:
+            self._started = now  # the rest of this read starts the next request
+            self._arm(now + self._service._limits.request_timeout)
+        if requests:
+            self._waiting.extend(requests)
+            if self._checking is None:
+                self._answer_waiting()
+
+    def _answer_waiting(self) -> None:
+        """Answer the requests in hand, in order; a check on the threads suspends that."""
+        service = self._service
+        transport = self._transport
+        out: list[bytes] = []
+        while self._waiting and transport is not None:
+            if not service._inline:
+                self._hand_off(self._waiting.popleft())
+                break
+            if len(out) == _INLINE_BATCH:
+                # Many requests in one read (Postfix sends one at a time): answer them a
+                # batch per turn of the loop, reading nothing more, so that the checks of
+                # one peer never hold the other connections for more than a batch.
+                transport.pause_reading()
+                self._deferred = self._loop.call_soon(self._answer_deferred)
+                break
+            config, checker = service.current
+            action = decide_request(self._waiting.popleft(), checker, config, service._log)
+            out.append(_DUNNO_RESPONSE if action == DUNNO else format_response(action))
+        if out and transport is not None:
+            transport.write(b"".join(out) if len(out) > 1 else out[0])
+            self._last = self._loop.time()
+        if service._draining and self._checking is None:
+            self.close_if_idle()
+
+    def _answer_deferred(self) -> None:
+        self._deferred = None
+        if self._transport is None:
+            return
+        self._answer_waiting()
+        if self._transport is not None and self._deferred is None and self._blocked is None:
+            self._transport.resume_reading()
+
+    def _hand_off(self, request: PolicyRequest) -> None:
+        assert self._transport is not None
+        self._transport.pause_reading()  # one check per connection at a time
+        task = self._loop.create_task(self._service._answer(request))
+        self._checking = task
+        task.add_done_callback(self._checked)
+
+    def _checked(self, task: asyncio.Task[str]) -> None:
+        self._checking = None
+        transport = self._transport
+        if transport is None:
+            return
+        if task.cancelled() or task.exception() is not None:
+            # decide_request never raises; a cancelled task means the loop is shutting down.
+            action = _fault_action(self._service.current[0])
+        else:
+            action = task.result()
+        transport.write(_DUNNO_RESPONSE if action == DUNNO else format_response(action))
+        self._last = self._loop.time()
+        if self._blocked is None:
+            transport.resume_reading()
+        if transport.is_closing():
+            return
+        if self._waiting:
+            self._answer_waiting()
+        elif self._service._draining or self._broken or self._eof:
+            transport.close()
+
+    def _close_after_answers(self) -> None:
+        # A broken request ends the connection; answers owed for earlier ones still go out.
+        self._waiting.clear()
+        self._broken = True
+        if self._checking is None and self._transport is not None:
+            self._transport.close()
+
+    def _arm(self, due: float) -> None:
+        """Make the connection's one timer fire no later than ``due``."""
+        if due >= self._due and self._timer is not None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._due = due
+        self._timer = self._loop.call_at(due, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        self._due = math.inf
+        transport = self._transport
+        if transport is None:
+            return
+        limits = self._service._limits
+        now = self._loop.time()
+        for since in (self._started, self._blocked):
+            if since is not None and now >= since + limits.request_timeout:
+                self._service._log.log(
+                    "request_timeout",
+                    logging.WARNING,
+                    "tbes policy: closing connection from %s: a request took longer than "
+                    "%.1f s (request_timeout); Postfix sends a request at once",
+                    self._peer,
+                    limits.request_timeout,
+                )
+                transport.abort()
+                return
+        dues = [
+            since + limits.request_timeout
+            for since in (self._started, self._blocked)
+            if since is not None
+        ]
+        if self._checking is None and not dues:
+            idle_due = self._last + limits.idle_timeout
+            if now >= idle_due:
+                self._service._log.log(
+                    "idle",
+                    logging.INFO,
+                    "tbes policy: closing connection from %s: idle for %.0f s",
+                    self._peer,
+                    limits.idle_timeout,
+                )
+                transport.close()
+                return
+            dues.append(idle_due)
+        self._arm(min(dues) if dues else now + limits.idle_timeout)
 
 
 # Descriptors the process needs besides its clients: stdio, the listener, store, logs.
@@ -542,7 +785,7 @@ async def serve_policy(
     _warn_if_fds_short(limits.max_clients)
     service = PolicyService(checker, config, limits)
     try:
-        server = await asyncio.start_server(service.client, host, port)
+        server = await asyncio.get_running_loop().create_server(service.protocol, host, port)
     except BaseException:
         service.close()
         raise

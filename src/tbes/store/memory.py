@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from typing import ClassVar
 
 from tbes.discovery import DiscoveredServer
 from tbes.store._discovered import plan
@@ -22,6 +23,10 @@ __all__ = ["MemoryStore"]
 
 class MemoryStore(RowStore):
     """A :class:`~tbes.store.StateStore` held in a dict; lost when the process ends."""
+
+    in_process: ClassVar[bool] = True
+    """Calls return without waiting on anything outside the process (see
+    :class:`~tbes.adapters.postfix_policy.PolicyLimits`)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

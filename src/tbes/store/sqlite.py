@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from tbes.errors import InvalidValueError, StoreError
 from tbes.store._rows import conflict
@@ -91,6 +91,10 @@ class SQLiteStore(SQLStore[sqlite3.Connection]):
     ERROR if it was deleted or replaced. A ``path`` that is no ``str`` or path, or a
     ``timeout`` or ``file_check_interval`` that is no number > 0, raises InvalidValueError.
     """
+
+    in_process: ClassVar[bool] = True
+    """Calls wait on nothing outside the process but the file and its lock, within
+    ``timeout`` (see :class:`~tbes.adapters.postfix_policy.PolicyLimits`)."""
 
     def __init__(
         self,
