@@ -10,7 +10,11 @@ on the embedded SQLite store, with a simulated clock. On 1 December the administ
 8 January the server is updated to the June 2026 SU and is remediated. Senders retry a
 throttled (450) message every 15 minutes for up to two days, as Exchange does; a blocked (550)
 message bounces. An Exchange 2013 at *northwind* (:data:`UNMAPPED`) sends a message a week
-without a connector rule: accepted, and discovered (docs/discovery.md).
+without a connector rule: accepted, and discovered (docs/discovery.md). The operator's
+controls come from the TOML of :data:`CONTROLS`, as the daemons read it: *contoso*'s Exchange
+2013 (:data:`MONITORED`) comes through a connector in monitor mode, accepted while tbes stores
+what enforcement would have done; *woodgrove*'s Exchange 2016 (:data:`EXEMPTED`) is exempted
+from 1 December to 15 January, its clock frozen without a quota (docs/operator-controls.md).
 
 This is shell code: it reads no clock (the clock is simulated) but writes the database; the
 randomness (minutes of sending) comes from a fixed seed, so every run replays the same mail.
@@ -21,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import email.utils
+import functools
 import heapq
 import os
 import random
@@ -31,6 +36,7 @@ from pathlib import Path
 
 import attrs
 
+from tbes.adapters.config import AdapterConfig, parse_config
 from tbes.catalog import Catalog
 from tbes.decision import Action
 from tbes.enforcer import Connection, Enforcer
@@ -41,11 +47,15 @@ from tbes.policy import ConnectorKind, Policy
 from tbes.render import render_report
 from tbes.report import ReportRow, report_row
 from tbes.store import DiscoveryQueue
+from tbes.store.memory import MemoryStore
 from tbes.store.sqlite import SQLiteStore
 from tbes.version import ExchangeBuild
 
 __all__ = [
+    "CONTROLS",
     "END",
+    "EXEMPTED",
+    "MONITORED",
     "PAUSE_DAYS",
     "PAUSE_START",
     "POLICY_NAME",
@@ -56,6 +66,7 @@ __all__ = [
     "DemoResult",
     "Sender",
     "SenderStats",
+    "controls",
     "demo_policy",
     "run",
 ]
@@ -176,6 +187,59 @@ UNMAPPED = Sender(
 """An Exchange 2013 that sends without a connector rule: accepted, and discovered."""
 
 
+MONITORED = Sender(
+    "mail.contoso.example",
+    "contoso",
+    ConnectorKind.ON_PREMISES,
+    "198.51.100.40",
+    "CON-EX13.contoso.local",
+    ((START, _b("15.0.1497.2")),),  # Exchange 2013 CU23: unsupported
+    (1, 1),
+)
+"""An Exchange 2013 behind a connector in monitor mode: accepted, its episode stored."""
+
+EXEMPTED = Sender(
+    "mail.woodgrove.example",
+    "woodgrove",
+    ConnectorKind.PARTNER,
+    "198.51.100.50",
+    "WG-EX16.woodgrove.local",
+    ((START, _b("15.1.2507.39")),),  # Exchange 2016 CU23 Apr24HU, as fabrikam's was
+    (1, 1),
+)
+"""An outdated Exchange 2016 at a partner, exempted for a while (:data:`CONTROLS`)."""
+
+CONTROLS = """\
+[[connector]]
+name = "contoso"
+kind = "on_premises"
+tenant = "contoso"
+server_id = "mail.contoso.example"
+networks = ["198.51.100.40/32"]
+mode = "monitor"
+
+[[connector]]
+name = "woodgrove"
+kind = "partner"
+tenant = "woodgrove"
+server_id = "mail.woodgrove.example"
+networks = ["198.51.100.50/32"]
+
+[[exemption]]
+connector = "woodgrove"
+reason = "migration partner, moving to Exchange Online"
+since = 2026-12-01
+until = 2027-01-15
+"""
+"""The operator's controls of the scenario, in the daemons' TOML (docs/operator-controls.md)."""
+
+
+@functools.cache
+def controls() -> AdapterConfig:
+    """:data:`CONTROLS` read as the daemons read their configuration file."""
+    return parse_config(CONTROLS, source="the demo's controls")
+
+
 def demo_policy() -> Policy:
     """Microsoft's 2026 rules, enforced on partner connectors as well as on-premises ones.
 
@@ -263,6 +327,8 @@ def run(
             )
             checks = _replay(enforcer, clock, stats, on_note, on_progress)
             checks += _discover_unmapped(store, policy, catalog, on_note)
+            checks += _monitor_connector(store, policy, catalog, on_event, on_note)
+            checks += _exempt_partner(store, policy, catalog, on_event, on_note)
             on_note(
                 END,
                 "Senders can check themselves by mail: see tbes responder (docs/self-check.md).",
@@ -283,11 +349,23 @@ def run(
         catalog=catalog,
         title="tbes demo: Exchange enforcement report",
         subtitle=subtitle,
+        exemptions=controls().exemptions_for,
+        monitors=controls().monitors,
     )
     report.write_text(page, encoding="utf-8")
     ledger = None if stored is None else stored.value
     ordered = sorted(states, key=lambda state: (state.tenant, state.server_id))
-    rows = tuple(report_row(state, END, policy, catalog) for state in ordered)
+    rows = tuple(
+        report_row(
+            state,
+            END,
+            policy,
+            catalog,
+            exemptions=controls().exemptions_for(state.server_id),
+            monitor=controls().monitors(state.server_id),
+        )
+        for state in ordered
+    )
     return DemoResult(stats, ledger, report, rows, checks)
 
 
@@ -431,6 +509,135 @@ def _discover_unmapped(
         "(docs/discovery.md).",
     )
     return checks
+
+
+def _daily(sender: Sender) -> Iterator[dt.datetime]:
+    """A message a day from ``sender`` at 11:00 UTC, from the first day to the last."""
+    at = START + dt.timedelta(hours=11)
+    while at <= END:
+        yield at
+        at += dt.timedelta(days=1)
+
+
+def _controlled(
+    store: SQLiteStore,
+    policy: Policy,
+    catalog: Catalog,
+    clock: _Clock,
+    on_event: Callable[[Event], None],
+) -> Enforcer:
+    """An enforcer with the controls of :data:`CONTROLS`, as ``make_enforcer`` builds one."""
+    config = controls()
+    return Enforcer(
+        store,
+        policy,
+        catalog,
+        clock=clock,
+        notifier=CallbackNotifier(on_event),
+        monitor_connectors=config.monitor_connectors,
+        exemptions=config.exemptions,
+    )
+
+
+def _connection(sender: Sender) -> Connection:
+    """The connection the daemons make of the sender's peer, by the rules of :data:`CONTROLS`."""
+    return controls().connection(peer_ip=sender.ip, peer_host=sender.peer_host, tls_subject=None)
+
+
+def _monitor_connector(
+    store: SQLiteStore,
+    policy: Policy,
+    catalog: Catalog,
+    on_event: Callable[[Event], None],
+    on_note: Callable[[dt.datetime, str], None],
+) -> int:
+    """Contoso's Exchange 2013 sends a message a day through a connector in monitor mode:
+    every message accepted, and the same state stored as an enforcing twin stores (the
+    twin's store is thrown away). Returns the number of connections checked."""
+    sender = MONITORED
+    clock = _Clock(START)
+    enforcer = _controlled(store, policy, catalog, clock, on_event)
+    twin = Enforcer(MemoryStore(), policy, catalog, clock=clock)  # enforce mode
+    connection = _connection(sender)
+    would = dict.fromkeys(Action, 0)
+    accepted = checks = 0
+    for at in _daily(sender):
+        clock.now = at
+        headers = received_headers(sender, at)
+        decision = enforcer.check(connection, headers)
+        twin.check(connection, headers)
+        checks += 1
+        accepted += decision.action is Action.ACCEPT
+        would[decision.would_action or decision.action] += 1
+    stored, enforced = store.get(connection.server_id), twin.store.get(connection.server_id)
+    same = stored is not None and enforced is not None and stored.value == enforced.value
+    row = None if stored is None else report_row(stored.value, END, policy, catalog, monitor=True)
+    on_note(
+        END,
+        f'{connection.server_id} (connector {connection.connector}, mode = "monitor") sent '
+        f"{checks} messages as Exchange 2013: {accepted} accepted; enforcement would have "
+        f"throttled {would[Action.THROTTLE]} and blocked {would[Action.BLOCK]}; now "
+        f"{row.control if row is not None else 'monitor'}. Stored state "
+        f"{'identical to' if same else 'DIFFERENT from'} enforce mode's "
+        "(docs/operator-controls.md).",
+    )
+    return checks
+
+
+def _exempt_partner(
+    store: SQLiteStore,
+    policy: Policy,
+    catalog: Catalog,
+    on_event: Callable[[Event], None],
+    on_note: Callable[[dt.datetime, str], None],
+) -> int:
+    """Woodgrove's Exchange 2016 sends a message a day; its ``[[exemption]]`` accepts it from
+    1 December to 15 January with its clock frozen and no quota charged, then it resumes
+    where it stood. Returns the number of connections checked."""
+    sender = EXEMPTED
+    clock = _Clock(START)
+    enforcer = _controlled(store, policy, catalog, clock, on_event)
+    connection = _connection(sender)
+    exemption = controls().exemptions_for(connection.server_id)[0]
+    checks = refused = exempt = 0
+    before = None
+    for at in _daily(sender):
+        clock.now = at
+        decision = enforcer.check(connection, received_headers(sender, at))
+        checks += 1
+        refused += decision.action is not Action.ACCEPT
+        if decision.exempt:
+            exempt += decision.action is Action.ACCEPT
+            if before is None:
+                before = decision.elapsed
+                on_note(
+                    at,
+                    f"{connection.server_id} {exemption.describe()}: accepted, its clock "
+                    f"frozen at {_span(before)} of enforcement, no quota charged",
+                )
+        elif before is not None and at >= exemption.end:
+            on_note(
+                at,
+                f"{connection.server_id}'s exemption ended; its clock resumes where it stood "
+                f"({_span(before)} of enforcement when the exemption began): "
+                f"{_span(at - exemption.end)} after the end it reads {_span(decision.elapsed)}; "
+                f"{exempt} messages accepted while exempt",
+            )
+            before = None
+    ledger = store.get_ledger(connection.tenant)
+    charged = 0 if ledger is None else sum(p.days for p in ledger.value.pauses)
+    on_note(
+        END,
+        f"{connection.server_id}: {checks} messages, {refused} refused, "
+        f"{charged} days of {connection.tenant}'s pause quota charged",
+    )
+    return checks
+
+
+def _span(span: dt.timedelta) -> str:
+    """``span`` in days and hours, as the notes say it: ``46 d 13 h``, ``11 h``."""
+    hours = f"{span.seconds // 3600} h"
+    return f"{span.days} d {hours}" if span.days else hours
 
 
 def _buy_pause(enforcer: Enforcer, on_note: Callable[[dt.datetime, str], None]) -> None:

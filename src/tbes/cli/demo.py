@@ -84,6 +84,9 @@ def demo(ctx: click.Context, db: Path, report_path: Path) -> None:
         )
     console.print(_demo_stats(result))
     console.print(_demo_report(result.rows))
+    for row in result.rows:
+        if row.control is not None:  # the operator's controls change its answer
+            console.print(text_line(f"{row.server}: {row.control}."))
     if result.ledger is not None:
         for year in sorted({y for p in result.ledger.pauses for y in p.years()}):
             console.print(quota_line(result.ledger, year))
@@ -184,6 +187,7 @@ def _demo_report(rows: Sequence[ReportRow]) -> Table:
         title=f"Report as of {utc_text(scenario.END)}",
     )
     table.box = box.SIMPLE_HEAD
+    table.columns[0].no_wrap = True  # a server's name, whole, even in 120 columns
     for row in rows:
         table.add_row(
             text_cell(row.server),

@@ -107,7 +107,8 @@ def server_show(
             text_cell(each.start),
             text_cell(each.last_day),
             text_cell(each.days),
-            text_cell(each.covers(at)),
+            # A marker, not a bool: "True"/"False" reads as program output, not an answer.
+            text_cell("◀ now" if each.covers(at) else ""),
         )
     console.print(table)
 
