@@ -165,13 +165,13 @@ def test_timeline_lists_each_stage_with_its_minutes_per_hour() -> None:
     result = run("timeline", "--build", "15.1.2507.39", "--first-detected", "2026-01-01")
     stages = [row[:6] for row in table_rows(result.output) if len(row) == 7]
     assert stages == [
-        ["1", "2026-01-01 00:00", "2026-01-31 00:00", "30", "0", "0"],
-        ["2", "2026-01-31 00:00", "2026-02-10 00:00", "10", "5", "0"],
-        ["3", "2026-02-10 00:00", "2026-02-20 00:00", "10", "10", "0"],
-        ["4", "2026-02-20 00:00", "2026-03-02 00:00", "10", "20", "0"],
-        ["5", "2026-03-02 00:00", "2026-03-12 00:00", "10", "30", "5"],
-        ["6", "2026-03-12 00:00", "2026-03-22 00:00", "10", "30", "10"],
-        ["7", "2026-03-22 00:00", "2026-04-01 00:00", "10", "30", "20"],
+        ["1", "2026-01-01 00:00", "2026-01-31 00:00", "30 days", "0", "0"],
+        ["2", "2026-01-31 00:00", "2026-02-10 00:00", "10 days", "5", "0"],
+        ["3", "2026-02-10 00:00", "2026-02-20 00:00", "10 days", "10", "0"],
+        ["4", "2026-02-20 00:00", "2026-03-02 00:00", "10 days", "20", "0"],
+        ["5", "2026-03-02 00:00", "2026-03-12 00:00", "10 days", "30", "5"],
+        ["6", "2026-03-12 00:00", "2026-03-22 00:00", "10 days", "30", "10"],
+        ["7", "2026-03-22 00:00", "2026-04-01 00:00", "10 days", "30", "20"],
         ["8", "2026-04-01 00:00", "-", "-", "0", "60"],
     ]
 
@@ -192,7 +192,7 @@ def test_timeline_with_a_ten_day_pause_shifts_each_milestone_by_ten_days() -> No
     assert milestones["blocking from"] == "2026-03-12 00:00"
     assert milestones["fully blocked"] == "2026-04-11 00:00"
     paused = [row for row in table_rows(result.output) if len(row) == 7 and row[6] == "paused"]
-    assert paused == [["1", "2026-01-10 00:00", "2026-01-20 00:00", "10", "0", "0", "paused"]]
+    assert paused == [["1", "2026-01-10 00:00", "2026-01-20 00:00", "10 days", "0", "0", "paused"]]
 
 
 def test_timeline_keeps_the_time_and_converts_offsets_to_utc() -> None:
@@ -642,7 +642,8 @@ def test_demo_replays_the_scenario_and_writes_the_report(tmp_path: Path) -> None
     # The pause runs 5 Dec 2026 for 30 days: 27 days charged to 2026 and 3 to 2027.
     assert "Quota of fabrikam in 2026: 27 of 90 days used, 63 remaining." in out
     assert "Quota of fabrikam in 2027: 3 of 90 days used, 87 remaining." in out
-    assert report.read_text(encoding="utf-8").count('role="img"') == 4
+    # One timeline per stored server: fabrikam's four and northwind's two.
+    assert report.read_text(encoding="utf-8").count('role="img"') == 6
     # The database stays for `tbes report`; the 2007 server, detected on the first day, has
     # been fully blocked since 90 days after its first message.
     csv_report = run("report", "--db", str(db), "--format", "csv", "--at", "2027-02-15T18:00Z")
@@ -655,6 +656,16 @@ def test_demo_replays_the_scenario_and_writes_the_report(tmp_path: Path) -> None
     assert records["ex2016.fabrikam.example"]["status"] == "COMPLIANT"
     assert records["ex2016.fabrikam.example"]["build"] == "15.1.2507.69"
     assert "tailspin-partner" not in records  # cloud-only: nothing on-premises to record
+    # Two servers behind northwind's one connector, each with its own state: the 2013 one
+    # enforced on schedule, the SE one never; the tenant pause covers both, charged once.
+    ex2013 = records["northwind-edge/ex2013.northwind.example"]
+    assert dt.datetime.fromisoformat(ex2013["first_detected"]).date() == dt.date(2026, 10, 15)
+    assert ex2013["stage"] == "8"
+    assert ex2013["paused_until"] == "2027-02-20T00:00:00+00:00"
+    exse = records["northwind-edge/exse.northwind.example"]
+    assert (exse["status"], exse["first_detected"]) == ("COMPLIANT", "")
+    assert "enforcement of every server of tenant northwind paused for 10 days" in out
+    assert "REMEDIATED northwind" not in out
     ledger = SQLiteStore(db)
     try:
         stored = ledger.get_ledger("fabrikam")

@@ -179,7 +179,8 @@ def shown_minutes(output: str) -> dict[int, Action]:
 
 
 def _show(db: Path, server: str, at: dt.datetime) -> Result:
-    return run("server", "show", server, "--db", str(db), "--at", at.isoformat())
+    # "--" first: a generated id such as "-0" is an argument, not an option.
+    return run("server", "show", "--db", str(db), "--at", at.isoformat(), "--", server)
 
 
 @settings(max_examples=40)

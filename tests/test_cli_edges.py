@@ -270,7 +270,7 @@ def test_timeline_first_detected_in_december_9999_answers() -> None:
     ]
     # Stage 2 runs into the calendar's end: it has no end to show.
     assert [row[:4] for row in stages] == [
-        ["1", "9999-12-01 00:00", "9999-12-31 00:00", "30"],
+        ["1", "9999-12-01 00:00", "9999-12-31 00:00", "30 days"],
         ["2", "9999-12-31 00:00", "-", "-"],
     ]
 
@@ -363,6 +363,6 @@ def test_pause_quota_and_unpause_in_the_calendars_last_days_answer(far_db: Path)
     ended = run("unpause", *common, server, "--at", "9999-12-29T12:00:00Z")
     assert ended.exit_code == 0, ended.output
     assert "enforcement resumes now" in ended.stdout
-    assert "Quota of fabrikam in 9999: 0 of 90 days used, 90 remaining (1 days returned)." in (
+    assert "Quota of fabrikam in 9999: 0 of 90 days used, 90 remaining (1 day returned)." in (
         ended.stdout
     )

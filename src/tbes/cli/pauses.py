@@ -15,6 +15,7 @@ from tbes.cli._app import (
     at_option,
     catalog_of,
     cli,
+    count,
     db_option,
     guarded,
     make_console,
@@ -23,6 +24,7 @@ from tbes.cli._app import (
     policy_of,
     policy_option,
     quota_line,
+    resolve_server,
     text_cell,
     text_line,
 )
@@ -154,14 +156,15 @@ def pause(
         return
     if server is None or days is None:
         raise click.UsageError(f"Missing argument '{'SERVER' if server is None else 'DAYS'}'.")
-    with _enforcer(ctx, db, policy_name, at) as (enforcer, _):
-        ledger = guarded(lambda: enforcer.pause(tenant, server, days, first, force=force))
+    with _enforcer(ctx, db, policy_name, at) as (enforcer, store):
+        named = resolve_server(store, server)
+        ledger = guarded(lambda: enforcer.pause(tenant, named, days, first, force=force))
     last = first + dt.timedelta(days=days - 1)
     console = make_console()
     console.print(
         text_line(
-            f"Paused {server} (tenant {tenant}) for {days} days: {first} to {last} (UTC days); "
-            f"enforcement resumes {last + dt.timedelta(days=1)} 00:00 UTC."
+            f"Paused {named} (tenant {tenant}) for {count(days, 'day')}: {first} to {last} "
+            f"(UTC days); enforcement resumes {last + dt.timedelta(days=1)} 00:00 UTC."
         )
     )
     for year in range(first.year, last.year + 1):
@@ -186,8 +189,8 @@ def _pause_tenant(
     console = make_console()
     console.print(
         text_line(
-            f"Paused every server of tenant {tenant} for {days} days: {first} to {last} (UTC "
-            f"days); enforcement resumes {ends} 00:00 UTC."
+            f"Paused every server of tenant {tenant} for {count(days, 'day')}: {first} to "
+            f"{last} (UTC days); enforcement resumes {ends} 00:00 UTC."
         )
     )
     for year in range(first.year, last.year + 1):
@@ -229,13 +232,17 @@ def unpause(
     if every_server == (server is not None):
         raise click.UsageError("give either SERVER or --all")
     at = at or utc_now()
+    enforced = False
     with _enforcer(ctx, db, policy_name, at) as (enforcer, store):
         before = _stored_ledger(store, tenant, enforcer.policy.pause_quota_days)
         if server is None:
             after = guarded(lambda: enforcer.unpause_tenant(tenant))
         else:
-            named = server
+            named = resolve_server(store, server)
             after = guarded(lambda: enforcer.end_pause(tenant, named))
+            stored = guarded(lambda: store.get(named))
+            enforced = stored is not None and stored.value.in_episode
+            server = named
     today = at.date()
     returned = {
         year: before.used(year) - after.used(year)
@@ -254,11 +261,16 @@ def unpause(
         console.print(
             text_line(f"Ended the tenant pause of {tenant}; enforcement resumes {resumes}.")
         )
-    else:
+    elif enforced:
         console.print(
             text_line(
                 f"Ended the pauses of {who}; enforcement resumes {_resumes(before, server, at)}."
             )
+        )
+    else:
+        # Nothing to resume: a compliant (or never detected) server is not enforced.
+        console.print(
+            text_line(f"Ended the pauses of {who}; it is not enforced (no open episode).")
         )
     for year in returned:
         console.print(quota_line(after, year, returned=returned[year]))

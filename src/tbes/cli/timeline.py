@@ -12,9 +12,11 @@ from tbes.cli._app import (
     BUILD,
     INSTANT,
     PAUSE,
+    Fail,
     at_option,
     catalog_of,
     cli,
+    count,
     guarded,
     make_console,
     make_table,
@@ -101,7 +103,15 @@ def _what_if(
 ) -> ServerState:
     """A fresh server's state with the given pauses, checked against the pause quota."""
     granted = tuple(Pause(server, day, days) for day, days in pauses)
-    # The ledger refuses overlapping pauses and years above the quota, as a real one would.
+    # Checked here, not by a ledger, whose error would name the placeholder tenant below.
+    for year in sorted({y for p in granted for y in range(p.start.year, p.last_day.year + 1)}):
+        used = sum(p.days_in_year(year) for p in granted)
+        if used > policy.pause_quota_days:
+            raise Fail(
+                f"the --pause options use {count(used, 'day')} in {year}, above the yearly "
+                f"pause quota of {count(policy.pause_quota_days, 'day')}"
+            )
+    # The ledger refuses overlapping pauses, as a real one would.
     PauseLedger("what-if", policy.pause_quota_days, granted)
     state = observe(
         None,
@@ -124,20 +134,29 @@ def _what_if(
     )
 
 
+def _length(duration: dt.timedelta) -> str:
+    """A span in whole days and hours (``4 days 14 hours``), the minutes rounded away."""
+    hours = round(duration / dt.timedelta(hours=1))
+    days, hours = divmod(hours, 24)
+    parts = [count(days, "day")] if days else []
+    if hours or not days:
+        parts.append(count(hours, "hour"))
+    return " ".join(parts)
+
+
 def _stages_table(segments: Sequence[Segment], until: dt.datetime) -> Table:
     table = make_table(
-        "stage", "from (UTC)", "until (UTC)", "days", "throttle min/h", "block min/h", "each hour"
+        "stage", "from (UTC)", "until (UTC)", "length", "throttle min/h", "block min/h", "each hour"
     )
     for segment in segments:
         stage = segment.stage
         # The terminal stage, or any stage the calendar's end cuts short, has no end.
         open_ended = segment.end == until and stage is not None and (stage.terminal or until == END)
-        days = segment.duration / dt.timedelta(days=1)
         table.add_row(
             text_cell(None if stage is None else stage.number),
             text_cell(instant(segment.start)),
             text_cell("-" if open_ended else instant(segment.end)),
-            text_cell("-" if open_ended else f"{days:g}"),
+            text_cell("-" if open_ended else _length(segment.duration)),
             text_cell(None if stage is None else stage.throttle_minutes),
             text_cell(None if stage is None else stage.block_minutes),
             text_cell("paused" if segment.paused else "" if stage is None else minutes(stage)),
