@@ -205,11 +205,14 @@ def test_the_envelope_check_refuses_only_when_every_active_server_would_be(
     assert envelope.action is Action.BLOCK
     assert envelope.reply is not None
     assert envelope.reply.code == 550
-    # A pause of one of them makes its answer ACCEPT: it is no longer active, the other
-    # still decides.
+    # Paused, one of them would be accepted: a refusal at RCPT is no longer certain, so its
+    # mail is not refused before its headers are seen ...
     enforcer.pause(TENANT, b_id, 3)
-    assert enforcer.check_envelope(conn).action is Action.BLOCK
+    assert enforcer.check_envelope(conn).action is Action.ACCEPT
     assert enforcer.check(conn, [hop(OLD, "b.fabrikam.example")]).paused
+    # ... while a message without headers still gets the other's answer: a paused server
+    # shields nobody.
+    assert enforcer.check(conn, []).action is Action.BLOCK
 
 
 def test_servers_past_max_servers_share_the_overflow_state(

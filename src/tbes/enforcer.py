@@ -300,9 +300,10 @@ class Enforcer:
 
         For an MTA's early check, such as Postfix's policy service at RCPT time, where no
         header is known yet. With :attr:`~tbes.identity.Identity.SERVER` identity it refuses
-        only when every *active* server of the connector would be refused at this instant
-        (and then gives the mildest of their answers); otherwise it accepts, and the check of
-        the message's headers decides. With ``CONNECTOR`` identity it is :meth:`check`
+        only when every server of the connector seen within ``stale_after`` would be refused
+        at this instant (and then gives the mildest of their answers; a paused or exempt one
+        would be accepted); otherwise it accepts, and the check of the message's headers
+        decides. With ``CONNECTOR`` identity it is :meth:`check`
         without headers. Faults and monitor mode as :meth:`check`.
         """
         if not isinstance(conn, Connection):
@@ -370,6 +371,12 @@ class Enforcer:
             self._rosters[key] = roster
         return roster
 
+    def _forget_rosters(self, tenant: str) -> None:
+        """Drop the cached servers of ``tenant``'s connectors: their pauses just changed."""
+        with self._roster_lock:
+            for key in [key for key in self._rosters if key[0] == tenant]:
+                del self._rosters[key]
+
     def _note(self, conn: Connection, state: ServerState) -> None:
         """Keep the cached servers of ``conn``'s connector up to date with what was stored."""
         key = (conn.tenant, conn.server_id)
@@ -386,10 +393,13 @@ class Enforcer:
     def _without_evidence(self, conn: Connection, now: dt.datetime, *, certain: bool) -> Decision:
         """The answer for a message from ``conn`` whose sending server is not known.
 
-        Every active server of the connector (not paused, not exempt, seen within
-        ``stale_after``) is decided at ``now``; the most severe answer wins, so stripping
-        the headers never evades enforcement. With ``certain`` (no headers at all yet) the
-        mildest wins, so only what every active server would be refused is refused.
+        Every server of the connector seen within ``stale_after`` is decided at ``now``.
+        For a message, the most severe answer of the *active* ones (not paused, not exempt)
+        wins, so stripping the headers never evades enforcement, and a paused or exempt
+        server shields nobody. With ``certain`` (no headers at all yet: the envelope) the
+        mildest answer of all of them wins, a paused or exempt one counting as accepted, so
+        only what every server that may be sending would be refused is refused: the mail of
+        a paused server is never refused before its headers are seen.
         """
         roster = self._roster(conn, now, fresh=True)
         decisions = []
@@ -397,7 +407,7 @@ class Enforcer:
             if state.last_seen is None or now - state.last_seen > self.stale_after:
                 continue  # stale: a decommissioned server stops counting
             decision = decide(state, now, self.policy, self._exemptions_of(conn, state.server_id))
-            if decision.paused or decision.exempt:
+            if (decision.paused or decision.exempt) and not certain:
                 continue
             decisions.append((decision, state.server_id))
         if not decisions:
@@ -413,7 +423,7 @@ class Enforcer:
             decision,
             reason=(
                 f"{conn.server_id}: no Exchange build in the headers; the {which} answer of its "
-                f"{count} active server{'s' if count != 1 else ''} ({server}): "
+                f"{count} server{'s' if count != 1 else ''} seen lately ({server}): "
                 f"{decision.reason}"
             ),
         )
@@ -855,6 +865,7 @@ class Enforcer:
                 self._guard(functools.partial(self.store.put_many, writes))
             except StoreConflictError:
                 continue
+            self._forget_rosters(tenant)
             return changed, [w.state for w in state_writes if isinstance(w, StateWrite)]
         raise StoreConflictError(
             f"changing the tenant pauses of {tenant} lost {self._retries + 1} "
@@ -938,6 +949,7 @@ class Enforcer:
                 self._guard(functools.partial(self.store.put_many, writes))
             except StoreConflictError:
                 continue
+            self._forget_rosters(tenant)
             return changed, new_state, True
         raise StoreConflictError(
             f"changing the pauses of {server_id} (tenant {tenant}) lost {self._retries + 1} "

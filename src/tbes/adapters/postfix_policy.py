@@ -5,8 +5,8 @@ empty line and expects ``action=...`` and an empty line back, on a connection it
 for further requests (Postfix SMTPD_POLICY_README). A policy request carries no message
 headers, so this adapter cannot *observe* a build, nor tell which server behind the
 client's connector sends: it refuses only what is certain, as an early answer at RCPT time
-(:meth:`Enforcer.check_envelope <tbes.enforcer.Enforcer.check_envelope>`: every active
-server of the connector would be refused); the milter observes and decides the rest. A
+(:meth:`Enforcer.check_envelope <tbes.enforcer.Enforcer.check_envelope>`: every server
+of the connector seen lately would be refused); the milter observes and decides the rest. A
 client with no stored state, or one that may be compliant, gets ``DUNNO`` (no opinion), so
 other restrictions still apply.
 
