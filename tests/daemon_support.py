@@ -35,12 +35,16 @@ BLOCK_PREFIX = b"action=550 5.7.230 "
 
 
 def config_text(*, with_rule: bool, fixed_time: dt.datetime = BLOCKED_AT) -> str:
-    """An adapter configuration; ``with_rule`` names 127.0.0.0/8 as connector fabrikam-edge."""
+    """An adapter configuration; ``with_rule`` names 127.0.0.0/8 as connector fabrikam-edge.
+
+    The connector keeps one state (``identity = "connector"``): the daemon tests are about
+    the daemons, and the state they seed is the connector's.
+    """
     text = f'tenant = "contoso"\n\n[testing]\nfixed_time = {fixed_time.isoformat()}\n'
     if with_rule:
         text = (
             'tenant = "contoso"\n\n[[connector]]\nname = "fabrikam-edge"\nkind = "on_premises"\n'
-            'tenant = "fabrikam"\nnetworks = ["127.0.0.0/8"]\n\n'
+            'tenant = "fabrikam"\nnetworks = ["127.0.0.0/8"]\nidentity = "connector"\n\n'
             f"[testing]\nfixed_time = {fixed_time.isoformat()}\n"
         )
     return text

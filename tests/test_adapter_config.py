@@ -24,6 +24,7 @@ from tbes.adapters.config import (
 from tbes.catalog import Catalog
 from tbes.decision import Action
 from tbes.errors import NaiveDatetimeError, TbesError
+from tbes.identity import Identity
 from tbes.policy import ConnectorKind, Policy
 from tbes.store._deadline import remaining
 from tbes.store.memory import MemoryStore
@@ -279,7 +280,8 @@ def test_make_enforcer_uses_the_configured_clock_policy_and_kinds() -> None:
     decision = enforcer.check(conn, [exchange_2007])
     # First detection: stage 1 reports only.
     assert decision.action is Action.ACCEPT
-    stored = store.get(conn.server_id)
+    # Each server behind the connector has its own state: the sender hop's by host.
+    stored = store.get("t-edge/mail.fabrikam.example")
     assert stored is not None
     assert stored.value.first_detected == fixed
     assert stored.value.build == ExchangeBuild(8, 3, 83, 6)
@@ -418,9 +420,10 @@ def test_check_timeout_is_read_and_handed_to_the_enforcer() -> None:
     budgets: list[float] = []
 
     class Recording(MemoryStore):
-        def get(self, server_id: str) -> Any:
+        def states(self, tenant: str | None = None) -> Any:
+            # A message without headers reads the connector's servers.
             budgets.append(remaining(1000.0))
-            return super().get(server_id)
+            return super().states(tenant)
 
     enforcer = make_enforcer(config, Recording())
     conn = config.connection(peer_ip="203.0.113.2", peer_host=None, tls_subject=None)
@@ -446,3 +449,56 @@ def test_the_default_policy_is_microsofts_dated_phases_over_the_named_catalog() 
     assert config.policy == "exchange_online"
     catalog = Catalog.default()
     assert config.make_policy(catalog) == Policy.exchange_online(catalog)
+
+
+# ---- identity: a state per server behind a connector (issue 15, item 1) --------------------
+
+_RULE = """
+[[connector]]
+name = "{name}"
+kind = "on_premises"
+tenant = "fabrikam"
+networks = ["203.0.113.0/28"]
+"""
+
+
+def test_identity_is_server_by_default_and_set_at_the_top_or_per_rule() -> None:
+    default = parse_config(_RULE.format(name="edge"))
+    peer = {"peer_ip": "203.0.113.2", "peer_host": None, "tls_subject": None}
+    assert default.identity is Identity.SERVER
+    assert default.connection(**peer).identity is Identity.SERVER
+    top = parse_config('identity = "connector"\n' + _RULE.format(name="edge"))
+    assert top.connection(**peer).identity is Identity.CONNECTOR
+    rule = parse_config(_RULE.format(name="edge") + 'identity = "Connector"\n')
+    assert rule.connection(**peer).identity is Identity.CONNECTOR
+    assert rule.connection(**peer).server_id == "edge"
+
+
+def test_a_name_with_a_slash_needs_connector_identity() -> None:
+    with pytest.raises(AdapterConfigError, match="'/' separates the connector"):
+        parse_config(_RULE.format(name="edge/one"))
+    # Kept whole as one connector-level state, it is fine (at the top level or in the rule).
+    assert parse_config('identity = "connector"\n' + _RULE.format(name="edge/one")).connectors
+    assert parse_config(_RULE.format(name="edge/one") + 'identity = "connector"\n').connectors
+
+
+@pytest.mark.parametrize(
+    ("line", "error"),
+    [
+        ('identity = "host"', "is not 'server'"),
+        ("max_servers = 0", "max_servers must be a whole number >= 1"),
+        ("max_servers = true", "max_servers must be a whole number >= 1"),
+        ("stale_after_days = 0", "stale_after_days must be a number of days above zero"),
+        ('stale_after_days = "30"', "stale_after_days must be a number of days above zero"),
+    ],
+)
+def test_bad_identity_settings_are_refused_by_name(line: str, error: str) -> None:
+    with pytest.raises(AdapterConfigError, match=error):
+        parse_config(line + "\n" + _RULE.format(name="edge"))
+
+
+def test_max_servers_and_stale_after_reach_the_enforcer() -> None:
+    config = parse_config("max_servers = 3\nstale_after_days = 7.5\n" + _RULE.format(name="e"))
+    enforcer = make_enforcer(config, MemoryStore())
+    assert enforcer.max_servers == 3
+    assert enforcer.stale_after == dt.timedelta(days=7.5)

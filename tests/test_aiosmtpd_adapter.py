@@ -125,16 +125,18 @@ def test_ehlo_advertises_enhanced_status_codes(server: _Server) -> None:
 def test_up_to_date_exchange_2019_is_delivered(server: _Server, store: MemoryStore) -> None:
     assert server.send(EX2019_MESSAGE, "127.0.0.3") == "250 2.0.0 delivered"
     assert server.inbox.messages == [EX2019_MESSAGE]
-    assert str(_stored(store, "northwind-ex2019").build) == "15.2.1748.39"
+    assert (
+        str(_stored(store, "northwind-ex2019/ex19edge.northwind.example").build) == "15.2.1748.39"
+    )
 
 
 def test_exchange_2007_goes_through_the_stages(
     server: _Server, store: MemoryStore, clock: list[dt.datetime]
 ) -> None:
-    offset = dt.timedelta(minutes=offset_minute("fabrikam-ex2007"))
+    offset = dt.timedelta(minutes=offset_minute("fabrikam-ex2007/mail.fabrikam.example"))
     # Stage 1 (first detection): reported, delivered.
     assert server.send(EX2007_MESSAGE, "127.0.0.2") == "250 2.0.0 delivered"
-    assert _stored(store, "fabrikam-ex2007").first_detected == DETECTED
+    assert _stored(store, "fabrikam-ex2007/mail.fabrikam.example").first_detected == DETECTED
     # Stage 2 at the server's offset minute: throttled 5 min/h.
     clock[0] = DETECTED + dt.timedelta(days=31) + offset
     assert server.send(EX2007_MESSAGE, "127.0.0.2") == reply_line("throttled", 5)

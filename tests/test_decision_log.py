@@ -37,6 +37,7 @@ from daemon_support import (
 )
 from milter_client import MtaClient
 from tbes.adapters._log_output import JsonFormatter, TextFormatter, escape
+from tbes.adapters._store_watch import WatchedStore
 from tbes.adapters.aiosmtpd import EnforcingHandler
 from tbes.adapters.config import AdapterConfig, make_enforcer
 from tbes.decision import Action, Decision
@@ -188,6 +189,20 @@ def test_the_aiosmtpd_handler_logs_one_line_per_decision(
     assert first["micros"] >= 0
     assert (fault["action"], fault["fault"]) == ("ACCEPT", "error")
     assert "the plans" not in caplog.text
+
+
+def test_a_decision_line_names_the_server_behind_the_connector(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # As a daemon runs it: the store watched. The sender hop's by host names the server.
+    enforcer = make_enforcer(FABRIKAM, WatchedStore(MemoryStore()))
+    with caplog.at_level(logging.INFO, logger="tbes.decisions"):
+        assert _aiosmtpd_data(EnforcingHandler(enforcer, FABRIKAM), MESSAGE).startswith("250")
+    (line,) = [r.tbes for r in caplog.records if r.name == "tbes.decisions"]  # type: ignore[attr-defined]
+    assert (line["connector"], line["server"]) == (
+        "fabrikam-edge",
+        "fabrikam-edge/mail.fabrikam.example",
+    )
 
 
 def _json_lines(text: str) -> list[dict[str, object]]:

@@ -66,6 +66,7 @@ from tbes.adapters.milter import (
 from tbes.catalog import Catalog
 from tbes.decision import Action, Decision
 from tbes.enforcer import Connection, Enforcer
+from tbes.identity import Identity
 from tbes.policy import ConnectorKind, Policy, SmtpReply
 from tbes.store.memory import MemoryStore
 from tbes.store.sqlite import SQLiteStore
@@ -230,6 +231,7 @@ def test_identity_comes_from_the_mta_macros(milter: MilterThread, recorder: Reco
         peer_host="mail.fabrikam.example",
         tls_subject="mail.fabrikam.example",
         connector="fabrikam-edge",  # the rule's name
+        identity=Identity.SERVER,  # the default: a state per server behind the connector
     )
 
 

@@ -245,7 +245,8 @@ networks = ["127.0.0.2/32"]
 def _blocking_enforcer(config: AdapterConfig) -> Enforcer:
     """An enforcer whose stored server is in stage 8 (blocked every minute) by its clock."""
     store = MemoryStore()
-    store.put(state(T0), expected_version=None)
+    # Seen lately, so it is active: it decides the policy service's header-less requests.
+    store.put(attrs.evolve(state(T0), last_seen=T0 + 119 * DAY), expected_version=None)
     blocking = attrs.evolve(config, fixed_time=(T0 + 120 * DAY).replace(minute=7))
     return make_enforcer(blocking, store, catalog=CATALOG)
 

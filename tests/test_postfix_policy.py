@@ -24,6 +24,7 @@ from tbes.adapters.postfix_policy import (
 from tbes.catalog import Catalog
 from tbes.decision import Action
 from tbes.enforcer import Connection, Enforcer
+from tbes.identity import Identity
 from tbes.policy import ConnectorKind, Policy, SmtpReply
 from tbes.store.memory import MemoryStore
 
@@ -206,6 +207,7 @@ def test_identity_comes_from_client_attributes_and_no_headers_are_judged() -> No
         peer_host="mail.fabrikam.example",
         tls_subject="mail.fabrikam.example",
         connector="fabrikam-edge",  # the rule's name
+        identity=Identity.SERVER,  # the default: a state per server behind the connector
     )
     assert list(received) == []
 
@@ -256,6 +258,8 @@ def test_server_answers_from_the_stored_state_over_one_connection() -> None:
     )
     conn = CONFIG.connection(peer_ip="203.0.113.25", peer_host=None, tls_subject=None)
     enforcer.check(conn, [_exchange_2007_received()])  # what the milter would have seen
+    clock[0] = detected + dt.timedelta(days=90)
+    enforcer.check(conn, [_exchange_2007_received()])  # still sending: an active server
     clock[0] = detected + dt.timedelta(days=91)  # stage 8: blocked all hour
     unknown = REQUEST.replace(b"203.0.113.25", b"192.0.2.99")
 
@@ -267,6 +271,27 @@ def test_server_answers_from_the_stored_state_over_one_connection() -> None:
 
     answer = asyncio.run(scenario())
     assert answer == f"action={BLOCK_60}\n\naction=DUNNO\n\n".encode()
+
+
+def test_rcpt_refuses_only_when_every_active_server_behind_the_connector_would_be() -> None:
+    # An Exchange 2007 and an up-to-date Exchange SE behind one connector: at RCPT no header
+    # says which of them sends, so only a refusal both would get is certain.
+    detected = dt.datetime(2025, 3, 3, 9, 0, tzinfo=dt.UTC)
+    clock = [detected]
+    enforcer = Enforcer(
+        MemoryStore(), Policy.exchange_online_2026(), Catalog.default(), clock=lambda: clock[0]
+    )
+    conn = CONFIG.connection(peer_ip="203.0.113.25", peer_host=None, tls_subject=None)
+    exse = _exchange_2007_received().replace("mail.", "exse.").replace("8.3.83.6", "15.2.2562.35")
+    enforcer.check(conn, [_exchange_2007_received()])
+    clock[0] = detected + dt.timedelta(days=91)  # stage 8 for the 2007 server
+    enforcer.check(conn, [_exchange_2007_received()])
+    (request,) = PolicyParser().feed(REQUEST)
+    assert decide_request(request, enforcer, CONFIG) == BLOCK_60
+    enforcer.check(conn, [exse])  # the SE server sends too: it would be accepted
+    assert decide_request(request, enforcer, CONFIG) == "DUNNO"
+    # The milter, which sees the headers, still blocks the 2007 server's message.
+    assert enforcer.check(conn, [_exchange_2007_received()]).action is Action.BLOCK
 
 
 def test_server_drops_a_peer_that_is_not_postfix(caplog: pytest.LogCaptureFixture) -> None:

@@ -9,8 +9,13 @@ on the embedded SQLite store, with a simulated clock. On 1 December the administ
 30-day pause for the 2016 server (it crosses the year end, so both years' quotas pay), and on
 8 January the server is updated to the June 2026 SU and is remediated. Senders retry a
 throttled (450) message every 15 minutes for up to two days, as Exchange does; a blocked (550)
-message bounces. An Exchange 2013 at *northwind* (:data:`UNMAPPED`) sends a message a week
-without a connector rule: accepted, and discovered (docs/discovery.md). The operator's
+message bounces. A second tenant, *northwind*, sends through one connector,
+``northwind-edge``, from two servers: an old Exchange 2013 and an up-to-date Exchange SE.
+Each has its own state (``northwind-edge/HOST``), so the 2013 server is throttled and blocked
+on schedule while the SE server is always accepted; on 9 February northwind's administrator
+pauses the whole tenant for 10 days (one quota day per day, whatever the number of servers).
+Another Exchange 2013 of northwind's (:data:`UNMAPPED`) sends a message a week from an address
+no connector rule maps: accepted, and discovered (docs/discovery.md). The operator's
 controls come from the TOML of :data:`CONTROLS`, as the daemons read it: *contoso*'s Exchange
 2013 (:data:`MONITORED`) comes through a connector in monitor mode, accepted while tbes stores
 what enforcement would have done; *woodgrove*'s Exchange 2016 (:data:`EXEMPTED`) is exempted
@@ -41,6 +46,7 @@ from tbes.catalog import Catalog
 from tbes.decision import Action
 from tbes.enforcer import Connection, Enforcer
 from tbes.events import Event
+from tbes.identity import Identity
 from tbes.ledger import PauseLedger
 from tbes.notifiers import CallbackNotifier
 from tbes.policy import ConnectorKind, Policy
@@ -53,6 +59,8 @@ from tbes.version import ExchangeBuild
 
 __all__ = [
     "CONTROLS",
+    "CONNECTOR",
+    "CONNECTOR_TENANT",
     "END",
     "EXEMPTED",
     "MONITORED",
@@ -63,6 +71,8 @@ __all__ = [
     "START",
     "TENANT",
     "UNMAPPED",
+    "TENANT_PAUSE_DAYS",
+    "TENANT_PAUSE_START",
     "DemoResult",
     "Sender",
     "SenderStats",
@@ -81,6 +91,11 @@ POLICY_NAME = "exchange_online_2026"
 PAUSE_BOUGHT = dt.datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
 PAUSE_START = dt.date(2026, 12, 5)
 PAUSE_DAYS = 30
+CONNECTOR_TENANT = "northwind"
+CONNECTOR = "northwind-edge"
+TENANT_PAUSE_BOUGHT = dt.datetime(2027, 2, 9, 10, 0, tzinfo=UTC)
+TENANT_PAUSE_START = dt.date(2027, 2, 10)
+TENANT_PAUSE_DAYS = 10
 _SEED = 20261015
 _RETRY = dt.timedelta(minutes=15)
 _EXPIRY = dt.timedelta(days=2)  # Exchange's default message expiration
@@ -100,6 +115,7 @@ class Sender:
     builds: tuple[tuple[dt.datetime, ExchangeBuild], ...]
     per_day: tuple[int, int]
     cloud: bool = False
+    connector: str | None = None  # a named connector with a state per server behind it
 
     @property
     def peer_host(self) -> str:
@@ -171,8 +187,25 @@ SENDERS: tuple[Sender, ...] = (
         (1, 3),
         cloud=True,
     ),
+    *(
+        Sender(
+            host,
+            CONNECTOR_TENANT,
+            ConnectorKind.ON_PREMISES,
+            "198.51.100.7",  # both leave through one edge: one peer, one connector
+            internal,
+            ((START, _b(build)),),
+            (1, 2),
+            connector=CONNECTOR,
+        )
+        for host, internal, build in (
+            ("ex2013.northwind.example", "EX13MBX01.northwind.local", "15.0.1497.48"),  # CU23
+            ("exse.northwind.example", "EXSE-MBX1.northwind.local", "15.2.2562.46"),  # Aug26SU
+        )
+    ),
 )
-"""The sending servers: fabrikam's four on-premises servers and a cloud-only partner."""
+"""The sending servers: fabrikam's four on-premises servers, a cloud-only partner, and
+northwind's two servers behind one connector."""
 
 
 UNMAPPED = Sender(
@@ -402,16 +435,16 @@ def _replay(
     queue: list[_Queued] = [(a.at, seq, a) for seq, a in enumerate(_first_attempts())]
     heapq.heapify(queue)
     seq = len(queue)
-    paused = False
+    actions = list(_ACTIONS)
     checks = 0
     span = (END - START).total_seconds()
     last_share = -1.0
     while queue and queue[0][0] <= END:
         _, _, attempt = heapq.heappop(queue)
-        if not paused and attempt.at >= PAUSE_BOUGHT:
-            paused = True
-            clock.now = PAUSE_BOUGHT
-            _buy_pause(enforcer, on_note)
+        while actions and attempt.at >= actions[0][0]:
+            when, act = actions.pop(0)
+            clock.now = when
+            act(enforcer, on_note)
         clock.now = attempt.at
         retry = _deliver(enforcer, attempt, stats)
         checks += 1
@@ -430,12 +463,16 @@ def _replay(
 
 def _first_attempts() -> Iterator[_Attempt]:
     rng = random.Random(_SEED)
+    # The servers behind a connector draw from their own stream: the others' mail stays
+    # what it was before they joined the scenario.
+    behind = random.Random(_SEED + 1)
     day = START
     while day <= END:
         for index, sender in enumerate(SENDERS):
-            for _ in range(rng.randint(*sender.per_day)):
+            draw = behind if sender.connector is not None else rng
+            for _ in range(draw.randint(*sender.per_day)):
                 # Office hours in Europe: 06:00 to 18:00 UTC, any minute and second.
-                at = day + dt.timedelta(hours=6, seconds=rng.randrange(12 * 3600))
+                at = day + dt.timedelta(hours=6, seconds=draw.randrange(12 * 3600))
                 if at <= END:
                     yield _Attempt(at, index, at, 0)
         day += dt.timedelta(days=1)
@@ -449,15 +486,7 @@ def _deliver(
     counts = stats[sender.server_id]
     if attempt.tries == 0:
         counts.messages += 1
-    connection = Connection(
-        server_id=sender.server_id,
-        tenant=sender.tenant,
-        kind=sender.kind,
-        peer_ip=sender.ip,
-        peer_host=sender.peer_host,
-        tls_subject=f"CN={sender.peer_host}",
-    )
-    decision = enforcer.check(connection, received_headers(sender, attempt.first))
+    decision = enforcer.check(_sender_connection(sender), received_headers(sender, attempt.first))
     if decision.action is Action.ACCEPT:
         counts.delivered += 1
         counts.delivered_late += attempt.tries > 0
@@ -640,6 +669,29 @@ def _span(span: dt.timedelta) -> str:
     return f"{span.days} d {hours}" if span.days else hours
 
 
+def _sender_connection(sender: Sender) -> Connection:
+    """The connection as the MTA names it: the server's own, or its connector's."""
+    if sender.connector is not None:
+        # One connector, a state per server behind it: NAME/HOST from the Received headers.
+        return Connection(
+            server_id=sender.connector,
+            tenant=sender.tenant,
+            kind=sender.kind,
+            peer_ip=sender.ip,
+            peer_host=f"edge.{sender.tenant}.example",
+            connector=sender.connector,
+            identity=Identity.SERVER,
+        )
+    return Connection(
+        server_id=sender.server_id,
+        tenant=sender.tenant,
+        kind=sender.kind,
+        peer_ip=sender.ip,
+        peer_host=sender.peer_host,
+        tls_subject=f"CN={sender.peer_host}",
+    )
+
+
 def _buy_pause(enforcer: Enforcer, on_note: Callable[[dt.datetime, str], None]) -> None:
     server = "ex2016.fabrikam.example"
     on_note(
@@ -647,6 +699,26 @@ def _buy_pause(enforcer: Enforcer, on_note: Callable[[dt.datetime, str], None]) 
         f"the administrator pauses {server} for {PAUSE_DAYS} days from {PAUSE_START}",
     )
     enforcer.pause(TENANT, server, PAUSE_DAYS, PAUSE_START)
+
+
+def _pause_connector_tenant(
+    enforcer: Enforcer, on_note: Callable[[dt.datetime, str], None]
+) -> None:
+    on_note(
+        TENANT_PAUSE_BOUGHT,
+        f"northwind's administrator pauses every server of {CONNECTOR_TENANT} for "
+        f"{TENANT_PAUSE_DAYS} days from {TENANT_PAUSE_START} (one quota day per day)",
+    )
+    enforcer.pause_tenant(CONNECTOR_TENANT, TENANT_PAUSE_DAYS, TENANT_PAUSE_START)
+
+
+# The administrators' actions, in time order: when, and what.
+_ACTIONS: tuple[
+    tuple[dt.datetime, Callable[[Enforcer, Callable[[dt.datetime, str], None]], None]], ...
+] = (
+    (PAUSE_BOUGHT, _buy_pause),
+    (TENANT_PAUSE_BOUGHT, _pause_connector_tenant),
+)
 
 
 # ---- Received headers as each Exchange version writes them -------------------------------

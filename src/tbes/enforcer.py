@@ -5,12 +5,12 @@ assesses it, records the observation in a :class:`~tbes.store.StateStore` by
 compare-and-swap (retrying a bounded number of times when another process got there
 first) and decides. Three decisions shaped it. Mail keeps flowing when tbes cannot work: a
 store fault or an unreadable row accepts the connection and logs a warning, unless the
-operator chose ``fail_closed``. The server's identity comes from the connection, never
-from a header, so stripping headers never evades enforcement: the stored state still
-decides. And people hear of each change exactly once, even with many MTA processes
-sharing one store, because only the writer whose compare-and-swap stored the change
-notifies (:mod:`tbes.events` works out what is news from the stored marker,
-``notified_stage``).
+operator chose ``fail_closed``. The connector comes from the connection, never from a
+header (a header only tells apart the servers behind it: :mod:`tbes.identity`), so
+stripping headers never evades enforcement: the stored states still decide. And people
+hear of each change exactly once, even with many MTA processes sharing one store, because
+only the writer whose compare-and-swap stored the change notifies (:mod:`tbes.events`
+works out what is news from the stored marker, ``notified_stage``).
 Failing open covers faults, not mistakes: an argument of the wrong type is the caller's
 bug and raises :class:`~tbes.errors.InvalidValueError` naming it, before the store is
 touched. :func:`utc_now` is the only place tbes reads the clock.
@@ -24,6 +24,7 @@ import inspect
 import itertools
 import logging
 import math
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
 
@@ -46,7 +47,8 @@ from tbes.errors import (
 )
 from tbes.events import Event, EventKind, announcement, state_event
 from tbes.exemption import ENDING_NOTICE, Exemption
-from tbes.ledger import PauseLedger
+from tbes.identity import OVERFLOW, Identity, belongs_to, connector_of, server_key
+from tbes.ledger import Pause, PauseLedger
 from tbes.notifiers import Notifier
 from tbes.policy import ConnectorKind, Policy, SmtpReply
 from tbes.received import SenderEvidence, SenderFinder
@@ -56,7 +58,7 @@ from tbes.store._discovery_queue import DiscoveryQueue
 from tbes.store.protocol import LedgerWrite, StateStore, StateWrite, Versioned, Write
 from tbes.version import ExchangeBuild
 
-__all__ = ["FAIL_CLOSED_REPLY", "Connection", "Enforcer", "utc_now"]
+__all__ = ["FAIL_CLOSED_REPLY", "Connection", "Enforcer", "Identity", "utc_now"]
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -64,6 +66,17 @@ _ZERO = dt.timedelta(0)
 _MAX_VERDICTS = 1024
 _SEEN_RESOLUTION = dt.timedelta(minutes=1)
 _DISCOVERY_HOPS = 16
+_STALE_AFTER = dt.timedelta(days=30)
+_MAX_SERVERS = 1000
+# How long (by the enforcer's clock) a connector's list of servers is reused before the
+# store is read again: the per-message path must not list the store, and a few seconds'
+# lag only delays counting a server another node has just stored.
+_ROSTER_TTL = dt.timedelta(seconds=5)
+_MAX_ROSTERS = 1024
+# More new non-compliant names than this in a UTC day behind one connector looks like a
+# server renaming itself to restart at stage 1.
+_NEW_NAMES_PER_DAY = 10
+_SEVERITY = {Action.ACCEPT: 0, Action.THROTTLE: 1, Action.BLOCK: 2}
 # The stored fields that make a state what it is; last_seen is compared on its own.
 _STATE_FIELDS = tuple(
     field.name for field in attrs.fields(ServerState) if field.eq and field.name != "last_seen"
@@ -86,11 +99,15 @@ def utc_now() -> dt.datetime:
 class Connection:
     """Who is connecting, as the MTA knows it: never taken from the message's headers.
 
-    ``server_id`` is the stable name the operator gives the sending server (e.g. the
-    connector or the TLS subject); ``tenant`` owns its pause quota; ``kind`` says which
-    kind of connector it came through; the peer fields are for logs and evidence matching;
+    ``server_id`` is the stable name the operator gives the connection (the connector's
+    name, or a server's); ``tenant`` owns its pause quota; ``kind`` says which kind of
+    connector it came through; the peer fields are for logs and evidence matching;
     ``connector`` is the name of the connector it came through (``None`` if unnamed), which
-    the events of its checks carry.
+    the events of its checks carry. ``identity`` says what ``server_id`` names: with
+    :attr:`Identity.SERVER <tbes.identity.Identity.SERVER>` it is a connector and each
+    Exchange server behind it has its own state, ``SERVER_ID/HOST`` (the sender hop's ``by``
+    host); with ``Identity.CONNECTOR`` (the default here, as in earlier versions; the
+    adapters' configuration defaults to ``server``) it is the state's key itself.
     """
 
     server_id: str = attrs.field(validator=id_field())
@@ -100,6 +117,16 @@ class Connection:
     peer_host: str | None = attrs.field(default=None, validator=of_type(str, optional=True))
     tls_subject: str | None = attrs.field(default=None, validator=of_type(str, optional=True))
     connector: str | None = attrs.field(default=None, validator=of_type(str, optional=True))
+    identity: Identity = attrs.field(default=Identity.CONNECTOR, validator=of_type(Identity))
+
+
+@attrs.frozen
+class _Roster:
+    """The stored states of one connector's servers, as read at ``fetched`` (enforcer clock)."""
+
+    fetched: dt.datetime
+    states: tuple[ServerState, ...]
+    ids: frozenset[str]
 
 
 def _accept(reason: str) -> Decision:
@@ -139,6 +166,12 @@ class Enforcer:
     :class:`~tbes.policy.Policy`, a clock that is not callable, a ``check_timeout`` that is
     no finite number above zero, …) raises
     :class:`~tbes.errors.InvalidValueError` naming it.
+
+    For a connection with :attr:`~tbes.identity.Identity.SERVER` identity, ``max_servers``
+    (default 1,000) bounds the servers kept per connector: later names share the state
+    ``NAME/~overflow`` (one WARNING); ``stale_after`` (default 30 days) is how long after its
+    last message a server still counts among its connector's *active* servers, which decide a
+    message without Exchange evidence.
     """
 
     def __init__(
@@ -158,8 +191,19 @@ class Enforcer:
         monitor_connectors: Iterable[str] = (),
         exemptions: Iterable[Exemption] = (),
         discovery: DiscoveryQueue | None = None,
+        max_servers: int = _MAX_SERVERS,
+        stale_after: dt.timedelta = _STALE_AFTER,
     ) -> None:
         _require(type(retries) is int and retries >= 0, "retries", "an int >= 0", retries)
+        _require(
+            type(max_servers) is int and max_servers >= 1, "max_servers", "an int >= 1", max_servers
+        )
+        _require(
+            isinstance(stale_after, dt.timedelta) and stale_after > _ZERO,
+            "stale_after",
+            "a timedelta > 0",
+            stale_after,
+        )
         _require(
             _is_timeout(check_timeout),
             "check_timeout",
@@ -212,6 +256,13 @@ class Enforcer:
         # Verdicts per build, each with the baseline and catalog it was judged against: a
         # handful of builds makes nearly all the traffic, and assess is pure.
         self._verdicts: dict[ExchangeBuild, tuple[Baseline, Catalog, Assessment]] = {}
+        self.max_servers = max_servers
+        self.stale_after = stale_after
+        # Per (tenant, connector): its servers, read from the store at most every few seconds.
+        self._rosters: dict[tuple[str, str], _Roster] = {}
+        self._roster_lock = threading.Lock()
+        self._overflow_warned: set[str] = set()
+        self._new_names: dict[str, tuple[dt.date, int]] = {}
 
     # ---- checking connections ---------------------------------------------------------
 
@@ -226,7 +277,11 @@ class Enforcer:
         another tenant moves to ``conn.tenant`` when observed (logged at WARNING; its episode
         and pauses stay). A store failure, or a check still retrying when ``check_timeout``
         runs out, accepts (logged at WARNING), or answers :data:`FAIL_CLOSED_REPLY` when the
-        enforcer fails closed. A ``conn`` that is no :class:`Connection`, or ``received`` that is no
+        enforcer fails closed. With :attr:`~tbes.identity.Identity.SERVER` identity the state
+        is the sending server's, ``CONNECTOR/HOST`` by the sender hop's ``by`` host, and a
+        message without Exchange evidence gets the most severe answer of the connector's
+        active servers (not paused, not exempt, seen within ``stale_after``), recording
+        nothing. A ``conn`` that is no :class:`Connection`, or ``received`` that is no
         sequence of ``str``, is the caller's mistake, not a fault: it raises
         :class:`~tbes.errors.InvalidValueError` naming the argument.
         """
@@ -246,11 +301,21 @@ class Enforcer:
         with check_deadline(self._check_timeout):
             evidence = self._finder.find(received, client=conn.peer_ip or conn.peer_host)
             now = self._now()
-            observation = None if evidence is None else self._observation(conn, evidence, now)
             monitor = self._monitors(conn)
-            exemptions = self._exemptions_of(conn)
             try:
-                decision = self._settle(conn, now, observation, exemptions)
+                if conn.identity is Identity.CONNECTOR:
+                    observation = (
+                        None if evidence is None else self._observation(conn, evidence, now)
+                    )
+                    exemptions = self._exemptions_of(conn, conn.server_id)
+                    decision = self._settle(conn, conn.server_id, now, observation, exemptions)
+                elif evidence is None:
+                    decision = self._without_evidence(conn, now, certain=False)
+                else:
+                    server_id = self._server_id(conn, evidence.host, now)
+                    observation = self._observation(conn, evidence, now, server_id)
+                    exemptions = self._exemptions_of(conn, server_id)
+                    decision = self._settle(conn, server_id, now, observation, exemptions)
             except StoreError as exc:
                 return self._store_fault(conn, exc, monitor)
             return monitored(decision) if monitor else decision
@@ -271,14 +336,147 @@ class Enforcer:
             at=at,
         )
 
+    def check_envelope(self, conn: Connection) -> Decision:
+        """Decide from the envelope alone (no headers): refuse only what is certain.
+
+        For an MTA's early check, such as Postfix's policy service at RCPT time, where no
+        header is known yet. With :attr:`~tbes.identity.Identity.SERVER` identity it refuses
+        only when every server of the connector seen within ``stale_after`` would be refused
+        at this instant (and then gives the mildest of their answers; a paused or exempt one
+        would be accepted); otherwise it accepts, and the check of the message's headers
+        decides. With ``CONNECTOR`` identity it is :meth:`check`
+        without headers. Faults and monitor mode as :meth:`check`.
+        """
+        if not isinstance(conn, Connection):
+            raise InvalidValueError(f"conn must be a Connection, got {conn!r:.80}")
+        if conn.identity is Identity.CONNECTOR or conn.kind not in self.policy.connectors:
+            return self.check(conn, ())
+        with check_deadline(self._check_timeout):
+            monitor = self._monitors(conn)
+            try:
+                decision = self._without_evidence(conn, self._now(), certain=True)
+            except StoreError as exc:
+                return self._store_fault(conn, exc, monitor)
+            return monitored(decision) if monitor else decision
+
+    # ---- servers behind a connector -------------------------------------------------
+
+    def _server_id(self, conn: Connection, host: str | None, now: dt.datetime) -> str:
+        """The canonical id of the server ``host`` behind ``conn``'s connector."""
+        key = server_key(conn.server_id, host)
+        if key.endswith("/" + OVERFLOW):
+            return key
+        roster = self._roster(conn, now, fresh=False)
+        if key in roster.ids:
+            return key
+        roster = self._roster(conn, now, fresh=True)
+        with self._roster_lock:
+            roster = self._rosters.get((conn.tenant, conn.server_id), roster)
+            if key in roster.ids:
+                return key
+            counted = sum(1 for sid in roster.ids if _is_counted(sid, conn.server_id))
+            if counted >= self.max_servers:
+                if conn.server_id not in self._overflow_warned:
+                    self._overflow_warned.add(conn.server_id)
+                    _log.warning(
+                        "tbes: connector %s has %d servers, its max_servers: further server "
+                        "names share the state %s/%s",
+                        conn.server_id,
+                        counted,
+                        conn.server_id,
+                        OVERFLOW,
+                    )
+                return server_key(conn.server_id, None)
+            # Counted at once, so this process never lets more than max_servers in.
+            self._rosters[(conn.tenant, conn.server_id)] = attrs.evolve(
+                roster, ids=roster.ids | {key}
+            )
+        return key
+
+    def _roster(self, conn: Connection, now: dt.datetime, *, fresh: bool) -> _Roster:
+        """The stored servers of ``conn``'s connector, read again when ``fresh`` and old."""
+        key = (conn.tenant, conn.server_id)
+        cached = self._rosters.get(key)
+        if cached is not None and (not fresh or _ZERO <= now - cached.fetched < _ROSTER_TTL):
+            return cached
+        name = conn.server_id
+        states = tuple(
+            state
+            for state in self._guard(lambda: list(self.store.states(conn.tenant)))
+            if belongs_to(state.server_id, name)
+        )
+        roster = _Roster(now, states, frozenset(state.server_id for state in states))
+        with self._roster_lock:
+            if len(self._rosters) >= _MAX_ROSTERS and key not in self._rosters:
+                self._rosters.clear()  # names come from the caller: never grow for ever
+            self._rosters[key] = roster
+        return roster
+
+    def _forget_rosters(self, tenant: str) -> None:
+        """Drop the cached servers of ``tenant``'s connectors: their pauses just changed."""
+        with self._roster_lock:
+            for key in [key for key in self._rosters if key[0] == tenant]:
+                del self._rosters[key]
+
+    def _note(self, conn: Connection, state: ServerState) -> None:
+        """Keep the cached servers of ``conn``'s connector up to date with what was stored."""
+        key = (conn.tenant, conn.server_id)
+        with self._roster_lock:
+            roster = self._rosters.get(key)
+            if roster is None:
+                return
+            states = [s for s in roster.states if s.server_id != state.server_id]
+            states.append(state)
+            self._rosters[key] = _Roster(
+                roster.fetched, tuple(states), roster.ids | {state.server_id}
+            )
+
+    def _without_evidence(self, conn: Connection, now: dt.datetime, *, certain: bool) -> Decision:
+        """The answer for a message from ``conn`` whose sending server is not known.
+
+        Every server of the connector seen within ``stale_after`` is decided at ``now``.
+        For a message, the most severe answer of the *active* ones (not paused, not exempt)
+        wins, so stripping the headers never evades enforcement, and a paused or exempt
+        server shields nobody. With ``certain`` (no headers at all yet: the envelope) the
+        mildest answer of all of them wins, a paused or exempt one counting as accepted, so
+        only what every server that may be sending would be refused is refused: the mail of
+        a paused server is never refused before its headers are seen.
+        """
+        roster = self._roster(conn, now, fresh=True)
+        decisions = []
+        for state in roster.states:
+            if state.last_seen is None or now - state.last_seen > self.stale_after:
+                continue  # stale: a decommissioned server stops counting
+            decision = decide(state, now, self.policy, self._exemptions_of(conn, state.server_id))
+            if (decision.paused or decision.exempt) and not certain:
+                continue
+            decisions.append((decision, state.server_id))
+        if not decisions:
+            return _accept(
+                f"{conn.server_id}: no Exchange build in the headers and no active server "
+                "behind the connector."
+            )
+        pick = min if certain else max
+        decision, server = pick(decisions, key=lambda pair: _SEVERITY[pair[0].action])
+        which = "mildest" if certain else "most severe"
+        count = len(decisions)
+        return attrs.evolve(
+            decision,
+            reason=(
+                f"{conn.server_id}: no Exchange build in the headers; the {which} answer of its "
+                f"{count} server{'s' if count != 1 else ''} seen lately ({server}): "
+                f"{decision.reason}"
+            ),
+        )
+
     def _observation(
-        self, conn: Connection, evidence: SenderEvidence, now: dt.datetime
+        self, conn: Connection, evidence: SenderEvidence, now: dt.datetime, server_id: str = ""
     ) -> Callable[[ServerState | None], ServerState]:
         """The change one message with Exchange evidence makes to the stored state."""
         assessment = self._assess(evidence.build, now)
         return functools.partial(
             observe,
-            server_id=conn.server_id,
+            server_id=server_id or conn.server_id,
             tenant=conn.tenant,
             assessment=assessment,
             build=evidence.build,
@@ -289,6 +487,7 @@ class Enforcer:
     def _settle(
         self,
         conn: Connection,
+        server_id: str,
         now: dt.datetime,
         observation: Callable[[ServerState | None], ServerState] | None,
         exemptions: tuple[Exemption, ...] = (),
@@ -302,13 +501,13 @@ class Enforcer:
         for attempt in range(self._retries + 1):
             if attempt and expired():
                 raise StoreError(
-                    f"{conn.server_id}: the check's deadline of {self._check_timeout:g} s passed "
+                    f"{server_id}: the check's deadline of {self._check_timeout:g} s passed "
                     f"after {attempt} compare-and-swap attempt{'s' if attempt != 1 else ''}"
                 )
-            current = self._state(conn.server_id)
+            current = self._state(server_id)
             old = None if current is None else current.value
             if old is None and observation is None:
-                return _accept(f"{conn.server_id}: no Exchange build in the headers and no record.")
+                return _accept(f"{server_id}: no Exchange build in the headers and no record.")
             observed: ServerState | None
             if old is not None and old.tenant != conn.tenant:
                 if observation is None:
@@ -316,7 +515,7 @@ class Enforcer:
                     _log.warning(
                         "tbes: %s belongs to tenant %s, not %s: no Exchange evidence, decided "
                         "on the stored state",
-                        conn.server_id,
+                        server_id,
                         old.tenant,
                         conn.tenant,
                     )
@@ -324,7 +523,7 @@ class Enforcer:
                 _log.warning(
                     "tbes: %s moves from tenant %s to %s, the connection's; its episode "
                     "continues and its granted pauses stay charged to %s",
-                    conn.server_id,
+                    server_id,
                     old.tenant,
                     conn.tenant,
                     old.tenant,
@@ -335,6 +534,8 @@ class Enforcer:
             else:
                 observed = observation(old) if observation is not None else old
             assert observed is not None  # no observation means a stored state (checked above)
+            if old is None and observed.in_episode and server_id != conn.server_id:
+                observed = self._inherit(conn, observed)
             # Tenant pauses reach a server through its state: a state new to the tenant reads
             # them here (only then: the per-message path reads no ledger); see _sync_tenant.
             joined = old is None or old.tenant != observed.tenant
@@ -352,17 +553,55 @@ class Enforcer:
                 self._put(new, _version(current))
             except StoreConflictError:
                 continue  # another writer won: recompute from its state, which may announce
+            if server_id != conn.server_id:
+                self._note(conn, new)
+                if old is None and observed.in_episode:
+                    self._count_new_name(conn, now)
             self._emit(events)
             if ledger_read is not None:
                 self._resync_if_ledger_moved(new.tenant, ledger_read[1])
             return decision
         _log.warning(
             "tbes: %s: lost %d compare-and-swap races in a row; decided without recording",
-            conn.server_id,
+            server_id,
             self._retries + 1,
         )
         assert decision is not None  # the loop ran at least once
         return decision
+
+    def _inherit(self, conn: Connection, state: ServerState) -> ServerState:
+        """A server first seen non-compliant takes over its connector's open episode.
+
+        Rows written before states were kept per server (row schema 1) are the connector's,
+        keyed by its name; a server behind it must not get a fresh episode by the upgrade,
+        so it starts from that episode's ``first_detected`` (its pauses reach it through the
+        ledger: :func:`_covering`).
+        """
+        legacy = self._state(conn.server_id)
+        if legacy is None or not legacy.value.in_episode:
+            return state
+        first = legacy.value.first_detected
+        assert first is not None  # in an episode (checked above)
+        assert state.first_detected is not None
+        return attrs.evolve(state, first_detected=min(first, state.first_detected))
+
+    def _count_new_name(self, conn: Connection, now: dt.datetime) -> None:
+        """Count a new non-compliant server name; warn once a day past the threshold."""
+        today = now.date()
+        with self._roster_lock:
+            day, count = self._new_names.get(conn.server_id, (today, 0))
+            count = count + 1 if day == today else 1
+            if len(self._new_names) >= _MAX_ROSTERS and conn.server_id not in self._new_names:
+                self._new_names.clear()
+            self._new_names[conn.server_id] = (today, count)
+        if count == _NEW_NAMES_PER_DAY + 1:
+            _log.warning(
+                "tbes: connector %s saw more than %d new non-compliant server names on %s: a "
+                "server renaming itself restarts at stage 1; check its servers (tbes report)",
+                conn.server_id,
+                _NEW_NAMES_PER_DAY,
+                today,
+            )
 
     def _assess(self, build: ExchangeBuild, now: dt.datetime) -> Assessment:
         # The baseline in force at ``now``: one object per day, so no verdict of another day.
@@ -383,13 +622,13 @@ class Enforcer:
             conn.connector is not None and conn.connector in self.monitor_connectors
         )
 
-    def _exemptions_of(self, conn: Connection) -> tuple[Exemption, ...]:
+    def _exemptions_of(self, conn: Connection, server_id: str) -> tuple[Exemption, ...]:
         if not self.exemptions:
             return ()
         return tuple(
             each
             for each in self.exemptions
-            if each.applies(conn.server_id, connector=conn.connector, peer_ip=conn.peer_ip)
+            if each.applies(server_id, connector=conn.connector, peer_ip=conn.peer_ip)
         )
 
     def _decide(
@@ -508,6 +747,7 @@ class Enforcer:
             lambda ledger: ledger.grant(server_id, first, days, today=today),
             unseen=force,
         )
+        self._spread(tenant, server_id)
         last = first + dt.timedelta(days=days - 1)
         detail = (
             f"enforcement paused for {days} day{'s' if days != 1 else ''}, {first} to {last}; "
@@ -535,8 +775,13 @@ class Enforcer:
             tenant, server_id, lambda ledger: ledger.end(server_id, today=today)
         )
         if changed:
+            self._spread(tenant, server_id)
             resumes = today + dt.timedelta(days=1) if ledger.paused_at(server_id, now) else today
-            detail = f"pause ended early; enforcement resumes on {resumes}"
+            detail = (
+                f"pause ended early; enforcement resumes on {resumes}"
+                if state.in_episode
+                else "pause ended early; the server is not enforced (no open episode)"
+            )
             occasion = now.isoformat()  # a pause is ended once: the instant names the ending
             self._emit(
                 [state_event(EventKind.RESUMED, state, self.policy, now, detail, occasion=occasion)]
@@ -595,7 +840,12 @@ class Enforcer:
         for state in states:
             paused = ledger.paused_at(state.server_id, now)
             resumes = today + dt.timedelta(days=1) if paused else today
-            detail = f"tenant pause of {tenant} ended early; enforcement resumes on {resumes}"
+            detail = (
+                f"tenant pause of {tenant} ended early; enforcement resumes on {resumes}"
+                if state.in_episode
+                else f"tenant pause of {tenant} ended early; the server is not enforced "
+                "(no open episode)"
+            )
             events.append(
                 state_event(
                     EventKind.RESUMED,
@@ -645,7 +895,7 @@ class Enforcer:
                 if stored is None or stored.value.tenant != tenant:
                     continue
                 new_state = attrs.evolve(
-                    stored.value, pauses=changed.covering(stored.value.server_id)
+                    stored.value, pauses=_covering(changed, stored.value.server_id)
                 )
                 if new_state != stored.value:
                     state_writes.append(StateWrite(new_state, stored.version))
@@ -656,6 +906,7 @@ class Enforcer:
                 self._guard(functools.partial(self.store.put_many, writes))
             except StoreConflictError:
                 continue
+            self._forget_rosters(tenant)
             return changed, [w.state for w in state_writes if isinstance(w, StateWrite)]
         raise StoreConflictError(
             f"changing the tenant pauses of {tenant} lost {self._retries + 1} "
@@ -667,9 +918,23 @@ class Enforcer:
         stored = self._ledger(state.tenant)
         if stored is None:
             return state, None
-        covering = stored.value.covering(state.server_id)
+        covering = _covering(stored.value, state.server_id)
         pauses = (*state.pauses, *(p for p in covering if p not in state.pauses))
         return attrs.evolve(state, pauses=pauses), stored.version
+
+    def _spread(self, tenant: str, server_id: str) -> None:
+        """Copy a connector-level pause into the states of the servers behind it."""
+        if connector_of(server_id) != server_id:
+            return
+        try:
+            # One read, and writes only when servers stand behind it: a connector-level id
+            # with none (identity = "connector") must not pay a tenant-wide sync per pause.
+            listed = self._guard(lambda: list(self.store.states(tenant)))
+            if any(belongs_to(s.server_id, server_id) and s.server_id != server_id for s in listed):
+                self._sync_tenant_once(tenant)
+        except (StoreError, StoreConflictError):
+            # The pause is granted; the next check of a new server or sync copies it.
+            _log.warning("tbes: could not copy the pauses of %s to its servers", server_id)
 
     def _resync_if_ledger_moved(self, tenant: str, version_read: int | None) -> None:
         """After storing a server new to ``tenant``: catch a tenant pause granted meanwhile."""
@@ -716,7 +981,7 @@ class Enforcer:
             changed = change(ledger)
             if changed == ledger:
                 return ledger, state, False
-            new_state = attrs.evolve(state, pauses=changed.covering(server_id))
+            new_state = attrs.evolve(state, pauses=_covering(changed, server_id))
             writes: list[Write] = [
                 LedgerWrite(changed, _version(stored_ledger)),
                 StateWrite(new_state, _version(stored_state)),
@@ -725,6 +990,7 @@ class Enforcer:
                 self._guard(functools.partial(self.store.put_many, writes))
             except StoreConflictError:
                 continue
+            self._forget_rosters(tenant)
             return changed, new_state, True
         raise StoreConflictError(
             f"changing the pauses of {server_id} (tenant {tenant}) lost {self._retries + 1} "
@@ -845,3 +1111,23 @@ def _check_tenant(tenant: object) -> None:
 def _unseen(server_id: str, tenant: str) -> ServerState:
     """The state of a server paused before it was first seen: no build, no episode."""
     return ServerState(server_id, tenant, None, Compliance.NOT_APPLICABLE, None, None, None)
+
+
+def _is_counted(server_id: str, connector: str) -> bool:
+    """Whether ``server_id`` counts towards ``connector``'s ``max_servers``."""
+    return server_id != connector and server_id != f"{connector}/{OVERFLOW}"
+
+
+def _covering(ledger: PauseLedger, server_id: str) -> tuple[Pause, ...]:
+    """The pauses of ``server_id``: its own, its tenant's, and its connector's.
+
+    A pause granted to a connector-level id (every pause granted before states were kept
+    per server) covers every server behind that connector, so the upgrade frees nobody and
+    unpauses nobody.
+    """
+    own = ledger.covering(server_id)
+    connector = connector_of(server_id)
+    if connector == server_id:
+        return own
+    inherited = (attrs.evolve(p, server_id=server_id) for p in ledger.pauses_for(connector))
+    return (*own, *(p for p in inherited if p not in own))

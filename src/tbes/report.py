@@ -159,9 +159,10 @@ class ReportRow:
     compliant again). ``stage`` is the stage in force at the report's instant;
     ``next_stage_throttle`` and ``next_stage_block`` are the next stage's minutes per hour
     and ``next_stage_start`` when it begins. ``paused_until`` is when the pause in force at
-    the report's instant ends. ``control`` says how the operator's controls change the
-    answer at the report's instant: ``exempt until 2027-03-01: migration partner``, or in
-    monitor mode ``monitor: would block 60 min/h``; ``None`` when enforced as it stands.
+    the report's instant ends, also for a server no longer enforced. ``control`` says how
+    the operator's controls change the answer at the report's instant: ``exempt until
+    2027-03-01: migration partner``, or in monitor mode ``monitor: would block 60 min/h``;
+    ``None`` when enforced as it stands.
     """
 
     server: str = attrs.field(validator=of_type(str))
@@ -475,7 +476,7 @@ def report_row(
         next_stage_throttle=None if following is None else following.throttle_minutes,
         next_stage_block=None if following is None else following.block_minutes,
         next_stage_start=_start_of(timeline, following),
-        paused_until=_paused_until(timeline, now) if decision.paused else None,
+        paused_until=_paused_until(timeline, now) if decision.paused else _outlived(state, now),
         control=_control(decision, exemptions, monitor, now),
     )
 
@@ -627,6 +628,11 @@ def _start_of(timeline: tuple[Segment, ...], stage: Stage | None) -> dt.datetime
 def _next_stage(stage: Stage | None, policy: Policy) -> Stage | None:
     stages = policy.stage_table.stages
     return None if stage is None or stage.number >= len(stages) else stages[stage.number]
+
+
+def _outlived(state: ServerState, now: dt.datetime) -> dt.datetime | None:
+    # A pause that outlives remediation still runs and is charged: the report shows it.
+    return covering_end(pause_spans(state.pauses), now)
 
 
 def _paused_until(timeline: tuple[Segment, ...], now: dt.datetime) -> dt.datetime | None:
@@ -817,6 +823,6 @@ class _RowMaker:
             next_stage_throttle=None if following is None else following.throttle_minutes,
             next_stage_block=None if following is None else following.block_minutes,
             next_stage_start=next_start,
-            paused_until=paused_until,
+            paused_until=paused_until if decision.paused else _outlived(state, now),
             control=None,
         )

@@ -192,11 +192,15 @@ def test_the_builds_used_here_are_what_the_tests_claim() -> None:
 
 def test_up_to_date_exchange_2019_is_accepted_and_recorded(site: _Site) -> None:
     assert site.send_at(T0, EX2019, "127.0.0.3").startswith("250 2.0.0 Ok: queued as ")
-    assert _stored(site, "northwind-ex2019") == ("15.2.1748.39", Compliance.COMPLIANT, None)
+    assert _stored(site, "northwind-ex2019/ex19edge.northwind.example") == (
+        "15.2.1748.39",
+        Compliance.COMPLIANT,
+        None,
+    )
 
 
 def test_exchange_2007_is_reported_then_throttled_then_blocked(site: _Site) -> None:
-    server = "fabrikam-ex2007"
+    server = "fabrikam-ex2007/mail.fabrikam.example"  # CONNECTOR/HOST: the sender hop's by
     at_offset = dt.timedelta(minutes=offset_minute(server))
     # Day 0: first detection, stage 1 only reports.
     assert site.send_at(T0, EX2007, "127.0.0.2").startswith("250 ")
@@ -220,18 +224,26 @@ def test_exchange_2007_is_reported_then_throttled_then_blocked(site: _Site) -> N
 
 def test_own_relay_hop_is_skipped_to_find_the_exchange_sender(site: _Site) -> None:
     assert site.send_at(T0, EX2007_VIA_OWN_RELAY, "127.0.0.4").startswith("250 ")
-    assert _stored(site, "fabrikam-behind-relay") == ("8.3.83.6", Compliance.UNSUPPORTED, T0)
+    assert _stored(site, "fabrikam-behind-relay/mail.fabrikam.example") == (
+        "8.3.83.6",
+        Compliance.UNSUPPORTED,
+        T0,
+    )
 
 
 def test_postfix_does_not_show_the_milter_its_own_received_header(site: _Site) -> None:
     # Without own_hosts, a Postfix hop on top would be taken for the sender (no build) and
     # nothing would be recorded: docs/postfix.md relies on this.
     assert site.send_at(T0, EX2007, "127.0.0.6", own_hosts=False).startswith("250 ")
-    assert _stored(site, "fabrikam-no-own-hosts") == ("8.3.83.6", Compliance.UNSUPPORTED, T0)
+    assert _stored(site, "fabrikam-no-own-hosts/mail.fabrikam.example") == (
+        "8.3.83.6",
+        Compliance.UNSUPPORTED,
+        T0,
+    )
 
 
 def test_a_store_fault_accepts_or_defers_as_configured(site: _Site) -> None:
-    server = "litware-broken-row"
+    server = "litware-broken-row/mail.fabrikam.example"
     assert site.send_at(T0, EX2007, "127.0.0.5").startswith("250 ")
     with sqlite3.connect(site.db) as db:
         db.execute("UPDATE tbes_servers SET data = '{not json' WHERE server_id = ?", (server,))

@@ -3,7 +3,11 @@
 Postfix runs the policy settings of ``docs/postfix.md`` verbatim (a free port instead of
 9997). The policy service runs in this process on an asyncio loop in a thread, over a
 SQLite store and an enforcer whose clock the test moves. The state it decides on is what
-the milter would have recorded: an Exchange 2007 server observed at ``T0``. Postfix puts
+the milter would have recorded: an Exchange 2007 server behind connector
+``fabrikam-ex2007``, ``fabrikam-ex2007/mail.fabrikam.example``, first observed at ``T0`` and
+observed again whenever the test moves the clock (it keeps sending, so it stays *active*:
+at RCPT, with no headers, tbes refuses only what every active server of the connector
+would be refused). Postfix puts
 its usual ``<recipient>: Recipient address rejected:`` before a policy's reply text; code
 and enhanced code are the decision's own.
 """
@@ -153,17 +157,27 @@ def test_a_client_without_stored_state_is_accepted(site: _Site) -> None:
     assert site.send(site.postfix.ports[0], "127.0.0.9").startswith("DATA 250 ")
 
 
+def _seen(site: _Site) -> None:
+    """The milter records one more message of the 2007 server at the clock's instant."""
+    conn = _config(fail_closed=False).connection(
+        peer_ip="127.0.0.2", peer_host=None, tls_subject=None
+    )
+    site.enforcer.check(conn, [EX2007_HOP])
+
+
 def test_stored_state_throttles_and_blocks_at_rcpt(site: _Site) -> None:
-    at_offset = dt.timedelta(minutes=offset_minute("fabrikam-ex2007"))
+    at_offset = dt.timedelta(minutes=offset_minute("fabrikam-ex2007/mail.fabrikam.example"))
     site.clock[0] = T0 + dt.timedelta(days=1)  # stage 1: report only
     assert site.send(site.postfix.ports[0], "127.0.0.2").startswith("DATA 250 ")
     site.clock[0] = T0 + dt.timedelta(days=31) + at_offset  # stage 2, in the window
+    _seen(site)
     assert site.send(site.postfix.ports[0], "127.0.0.2") == "RCPT " + _rejected(
         "450 4.7.230", enforcement_text("throttled", 5)
     )
     site.clock[0] += dt.timedelta(minutes=10)  # stage 2, outside the 5-minute window
     assert site.send(site.postfix.ports[0], "127.0.0.2").startswith("DATA 250 ")
     site.clock[0] = T0 + dt.timedelta(days=95)  # stage 8: blocked all hour
+    _seen(site)
     assert site.send(site.postfix.ports[0], "127.0.0.2") == "RCPT " + _rejected(
         "550 5.7.230", enforcement_text("blocked", 60)
     )
@@ -176,7 +190,10 @@ def test_a_store_fault_answers_dunno_or_defers_as_configured(site: _Site) -> Non
     site.clock[0] = T0
     site.enforcer.check(conn, [EX2007_HOP])  # recorded as the milter would, then broken
     with sqlite3.connect(site.db) as db:
-        db.execute("UPDATE tbes_servers SET data = '{' WHERE server_id = 'litware-broken-row'")
+        db.execute(
+            "UPDATE tbes_servers SET data = '{' "
+            "WHERE server_id = 'litware-broken-row/mail.fabrikam.example'"
+        )
     site.clock[0] = T0 + dt.timedelta(days=95)
     assert site.send(site.postfix.ports[0], "127.0.0.5").startswith("DATA 250 ")
     assert site.send(site.postfix.ports[1], "127.0.0.5") == "RCPT " + _rejected(

@@ -175,11 +175,17 @@ def _check_milestones(state: ServerState, policy: Policy, row: ReportRow) -> Non
 def _check_pause_and_next_stage(
     state: ServerState, policy: Policy, row: ReportRow, now: dt.datetime, paused: bool
 ) -> None:
-    assert (row.paused_until is not None) == paused
-    if row.paused_until is not None:
+    # A pause that outlives remediation (no decision is paused then) is shown too.
+    covered = any(pause.covers(now) for pause in state.pauses)
+    assert (row.paused_until is not None) == (paused or covered)
+    if row.paused_until is not None and paused:
         assert row.paused_until > now
         assert not decide(state, row.paused_until, policy).paused
         assert decide(state, row.paused_until - US, policy).paused
+    elif row.paused_until is not None:
+        assert row.paused_until > now
+        assert not any(pause.covers(row.paused_until) for pause in state.pauses)
+        assert any(pause.covers(row.paused_until - US) for pause in state.pauses)
     if row.next_stage_start is not None:
         assert row.stage is not None
         following = decide(state, row.next_stage_start, policy).stage

@@ -244,11 +244,14 @@ def _record(
     seconds: float | None,
 ) -> DecisionRecord:
     build = status = None
+    # The server the check judged: with server identity, NAME/HOST from the state it left.
+    server = None if conn is None else conn.server_id
     if seen.consulted:
         # The server's state as the check left it: no second look at the headers.
         if seen.state is not None:
             build = None if seen.state.build is None else str(seen.state.build)
             status = seen.state.status.value
+            server = seen.state.server_id
     elif conn is not None and received and conn.kind in _policy_connectors(checker):
         # A store that is not watched (an embedding program's): read the sender hop again.
         evidence = find_sender(
@@ -262,7 +265,7 @@ def _record(
         connector=None if conn is None else conn.connector,
         kind=None if conn is None else conn.kind.value.lower(),
         tenant=None if conn is None else conn.tenant,
-        server=None if conn is None else conn.server_id,
+        server=server,
         build=build,
         status=status,
         stage=None if decision.stage is None else decision.stage.number,

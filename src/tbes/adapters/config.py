@@ -67,6 +67,7 @@ from tbes.errors import (
     PolicyError,
 )
 from tbes.exemption import Exemption
+from tbes.identity import Identity
 from tbes.notifiers import Notifier
 from tbes.policy import ConnectorKind, Policy
 from tbes.store._deadline import DEFAULT_CHECK_TIMEOUT
@@ -223,6 +224,27 @@ def _has_criterion(rule: ConnectorRule) -> None:
         )
 
 
+def _to_identity(value: object) -> Identity | None:
+    if value is None or isinstance(value, Identity):
+        return value
+    try:
+        return Identity(str(value).strip().lower())
+    except ValueError:
+        raise AdapterConfigError(
+            f"identity = {value!r} is not 'server' (a state per sending server) or "
+            "'connector' (one state for the connector)"
+        ) from None
+
+
+def _no_slash(rule: ConnectorRule) -> None:
+    if "/" in rule.connector_id:
+        raise AdapterConfigError(
+            f"connector rule {rule.connector_id!r}: a name with '/' cannot have server "
+            "identity ('/' separates the connector from the server): rename it, or set "
+            'identity = "connector"'
+        )
+
+
 def _v1_name(rule: ConnectorRule) -> str:
     # A v1 rule named its server only: that id becomes the name, so its states keep their key.
     return rule.server_id or ""
@@ -252,7 +274,12 @@ class ConnectorRule:
     connection through the rule comes from is ``server_id`` when set, else ``name``: never
     the peer's reverse DNS name or address, which change. ``mode`` (``"enforce"`` or
     ``"monitor"``) overrides the configuration's ``mode`` for this connector; ``None``
-    follows it.
+    follows it. ``identity`` says what the rule's stored states stand for: ``"server"``
+    gives each Exchange server behind the connector its own state, ``ID/HOST`` (the sender
+    hop's ``by`` host), ``"connector"`` one state for the whole connector, keyed ``ID``
+    (earlier versions' behaviour); ``None`` follows :attr:`AdapterConfig.identity`. The id
+    of a rule with ``server`` identity may not contain ``/``, which separates it from the
+    host.
     """
 
     kind: ConnectorKind = attrs.field(validator=attrs.validators.instance_of(ConnectorKind))
@@ -263,13 +290,19 @@ class ConnectorRule:
     tls_subjects: tuple[str, ...] = attrs.field(default=(), converter=_to_subjects)
     name: str = attrs.field(default=attrs.Factory(_v1_name, takes_self=True), validator=_check_name)
     mode: str | None = attrs.field(default=None, validator=attrs.validators.optional(_mode))
+    identity: Identity | None = attrs.field(default=None, converter=_to_identity)
 
     def __attrs_post_init__(self) -> None:
         _has_criterion(self)
+        if self.identity is Identity.SERVER:
+            _no_slash(self)
 
     @property
-    def identity(self) -> str:
-        """The server id of a connection through this rule: ``server_id``, else ``name``."""
+    def connector_id(self) -> str:
+        """The id of a connection through this rule: ``server_id``, else ``name``.
+
+        With ``server`` identity it is the prefix of its servers' ids, ``ID/HOST``.
+        """
         return self.server_id or self.name
 
     def matches(self, address: _Address | None, host: str | None, subject: str | None) -> bool:
@@ -341,6 +374,29 @@ def _timeout(instance: object, attribute: attrs.Attribute[float], value: object)
         )
 
 
+def _not_none(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is None:
+        raise AdapterConfigError(f"{attribute.name} must be 'server' or 'connector', not None")
+
+
+def _positive_int(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if type(value) is not int or value < 1:
+        raise AdapterConfigError(f"{attribute.name} must be a whole number >= 1, got {value!r}")
+
+
+def _positive_days(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, dt.timedelta) or value <= dt.timedelta(0):
+        raise AdapterConfigError(f"{attribute.name} must be a duration above zero, got {value!r}")
+
+
+def _days(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 36500:
+        raise AdapterConfigError(
+            f"stale_after_days must be a number of days above zero (and under 36500), got {value!r}"
+        )
+    return float(value)
+
+
 def _policy_name(instance: AdapterConfig, attribute: attrs.Attribute[str], value: str) -> None:
     # Policy.named's own checks, which need no catalog: the policy is built against the
     # catalog this configuration names (make_policy), never against the packaged one here.
@@ -399,6 +455,11 @@ class AdapterConfig:
     the last phase of ``exchange_online`` (only ESU builds and SE pass; off by default,
     :meth:`Policy.exchange_online <tbes.policy.Policy.exchange_online>`).
     ``discovery`` is the :class:`DiscoverySettings`.
+    ``identity`` is the default of the rules that set none (``server``: a state per sending
+    server behind a connector); ``max_servers`` bounds the servers kept per connector (later
+    names share ``NAME/~overflow``); ``stale_after`` is how long a server counts as active
+    after its last message, for deciding messages without Exchange evidence (TOML:
+    ``stale_after_days``).
     """
 
     connectors: tuple[ConnectorRule, ...] = attrs.field(default=(), converter=_rules)
@@ -420,10 +481,18 @@ class AdapterConfig:
     discovery: DiscoverySettings = attrs.field(
         factory=DiscoverySettings, validator=attrs.validators.instance_of(DiscoverySettings)
     )
+    identity: Identity = attrs.field(
+        default=Identity.SERVER, converter=_to_identity, validator=_not_none
+    )
+    max_servers: int = attrs.field(default=1000, validator=_positive_int)
+    stale_after: dt.timedelta = attrs.field(default=dt.timedelta(days=30), validator=_positive_days)
 
     def __attrs_post_init__(self) -> None:
+        for rule in self.connectors:
+            if (rule.identity or self.identity) is Identity.SERVER:
+                _no_slash(rule)
         names = {rule.name.casefold() for rule in self.connectors}
-        identities = {rule.identity for rule in self.connectors}
+        identities = {rule.connector_id for rule in self.connectors}
         for number, each in enumerate(self.exemptions, start=1):
             where = f"[[exemption]] number {number} ({each.reason!r})"
             if each.connector is not None and each.connector.casefold() not in names:
@@ -450,7 +519,7 @@ class AdapterConfig:
     def connector_of(self, server_id: str) -> str | None:
         """The name of the connector whose servers ``server_id`` names, if a rule has it."""
         for rule in self.connectors:
-            if server_id == rule.identity or server_id.startswith(rule.name + "/"):
+            if server_id == rule.connector_id or server_id.startswith(rule.connector_id + "/"):
                 return rule.name
         return None
 
@@ -487,13 +556,14 @@ class AdapterConfig:
         for rule in self.connectors:
             if rule.matches(address, host, subject):
                 return Connection(
-                    server_id=rule.identity,
+                    server_id=rule.connector_id,
                     tenant=rule.tenant,
                     kind=rule.kind,
                     peer_ip=ip,
                     peer_host=host,
                     tls_subject=subject,
                     connector=rule.name,
+                    identity=rule.identity or self.identity,
                 )
         return Connection(
             server_id=host or ip or "unknown",
@@ -583,6 +653,8 @@ def make_enforcer(
         monitor_connectors=config.monitor_connectors,
         exemptions=config.exemptions,
         discovery=discovery,
+        max_servers=config.max_servers,
+        stale_after=config.stale_after,
     )
 
 
@@ -615,6 +687,9 @@ _TOP_KEYS = frozenset(
         "catalog",
         "mode",
         "final_step_from",
+        "identity",
+        "max_servers",
+        "stale_after_days",
     }
 )
 _REMOVED_UNMATCHED = (
@@ -626,7 +701,7 @@ _REMOVED_UNMATCHED = (
 _TABLE_KEYS = frozenset({"connector", "testing", "exemption", "discovery"})
 _DISCOVERY_KEYS = frozenset({"enabled", "max_servers", "flush_seconds"})
 _RULE_KEYS = frozenset(
-    {"kind", "tenant", "server_id", "networks", "hosts", "tls_subjects", "name", "mode"}
+    {"kind", "tenant", "server_id", "networks", "hosts", "tls_subjects", "name", "mode", "identity"}
 )
 _EXEMPTION_KEYS = frozenset({"connector", "server", "network", "reason", "until", "since"})
 _TESTING_KEYS = frozenset({"fixed_time"})
@@ -685,6 +760,9 @@ def _from_mapping(data: Mapping[str, Any]) -> AdapterConfig:
         exemptions=tuple(_exemption(item, index) for index, item in enumerate(exemptions)),
         final_step_from=_get(data, "final_step_from", dt.date, None),
         discovery=_discovery(discovery),
+        identity=_get(data, "identity", str, Identity.SERVER.value),
+        max_servers=_get(data, "max_servers", int, 1000),
+        stale_after=dt.timedelta(days=_days(_get(data, "stale_after_days", object, 30))),
     )
 
 
@@ -736,6 +814,7 @@ def _rule(item: object, index: int, tenant: str) -> ConnectorRule:
             tls_subjects=_string_list(item, "tls_subjects"),
             name=_get(item, "name", str, _get(item, "server_id", str, "")),
             mode=_get(item, "mode", str, None),
+            identity=_get(item, "identity", str, None),
         )
     except AdapterConfigError as error:
         raise AdapterConfigError(f"{where}: {error}") from None

@@ -3,10 +3,12 @@
 Postfix's ``check_policy_service`` sends a request of ``name=value`` lines ended by an
 empty line and expects ``action=...`` and an empty line back, on a connection it keeps open
 for further requests (Postfix SMTPD_POLICY_README). A policy request carries no message
-headers, so this adapter cannot *observe* a build: it decides from the state already
-stored for the client, as an early answer at RCPT time; the milter observes. A client with
-no stored state, or one that is compliant, gets ``DUNNO`` (no opinion), so other
-restrictions still apply.
+headers, so this adapter cannot *observe* a build, nor tell which server behind the
+client's connector sends: it refuses only what is certain, as an early answer at RCPT time
+(:meth:`Enforcer.check_envelope <tbes.enforcer.Enforcer.check_envelope>`: every server
+of the connector seen lately would be refused); the milter observes and decides the rest. A
+client with no stored state, or one that may be compliant, gets ``DUNNO`` (no opinion), so
+other restrictions still apply.
 
 Decisions that shaped it: the codec (:class:`PolicyParser`, :func:`format_response`) does
 no I/O, so it is tested byte by byte, and it bounds memory: a line longer than
@@ -316,7 +318,8 @@ def decide_request(
 ) -> str:
     """The action for one request, failing open (or closed, if configured) on any fault.
 
-    No headers at this stage: the state stored for this server decides (docs/postfix.md). The
+    No headers at this stage, so the sending server is unknown: only what every active
+    server behind the connector would be refused is refused (docs/postfix.md). The
     decision is logged (:func:`~tbes.adapters._decision_log.run_check`).
     """
 
@@ -324,7 +327,28 @@ def decide_request(
         return _connection(request, config), ()
 
     peer = request.get("client_address")
-    return action_for(run_check("policy", checker, config, ask, peer=peer, faults=faults))
+    envelope = _Envelope(checker)
+    return action_for(run_check("policy", envelope, config, ask, peer=peer, faults=faults))
+
+
+class _Envelope:
+    """``checker`` as the policy service asks it: ``check_envelope`` when it has one."""
+
+    __slots__ = ("_checker",)
+
+    def __init__(self, checker: Checker) -> None:
+        self._checker = checker
+
+    def check(self, conn: Connection, received: Sequence[str]) -> Decision:
+        envelope = getattr(self._checker, "check_envelope", None)
+        if callable(envelope):
+            decision: Decision = envelope(conn)
+            return decision
+        return self._checker.check(conn, received)
+
+    def __getattr__(self, name: str) -> object:
+        # The decision log reads the checker's policy and catalog.
+        return getattr(self._checker, name)
 
 
 def _count(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:

@@ -28,6 +28,7 @@ from rich.text import Text
 
 from tbes.catalog import Catalog
 from tbes.errors import TbesError
+from tbes.identity import host_of
 from tbes.ledger import PauseLedger
 from tbes.policy import Policy
 from tbes.render._common import instant, printable
@@ -328,6 +329,38 @@ def open_store(path: Path, *, read_only: bool = False) -> SQLiteStore:
     return guarded(lambda: SQLiteStore(path, read_only=read_only))
 
 
+def resolve_server(store: SQLiteStore, server: str) -> str:
+    """The canonical id ``server`` names: itself if stored, else the one server of that host.
+
+    A server behind a connector is ``CONNECTOR/HOST``; a bare ``HOST`` is accepted when
+    exactly one stored server has it. With several, the candidates are listed (escaped) and
+    the command fails (exit 2); with none, ``server`` is returned as given, for the caller
+    to refuse (or force).
+    """
+    if "/" in server or guarded(lambda: store.get(server)) is not None:
+        return server
+    host = server.strip().rstrip(".").lower()
+    found = [
+        entry.server_id
+        for entry in guarded(lambda: list(store.entries()))
+        if not isinstance(entry, UnreadableRow) and host_of(entry.server_id) == host
+    ]
+    if len(found) > 1:
+        raise Fail(
+            printable(
+                f"{len(found)} stored servers have the host name {server!r}: "
+                + ", ".join(found)
+                + "; give one of these ids"
+            )
+        )
+    return found[0] if found else server
+
+
+def count(number: int, word: str) -> str:
+    """``1 day``, ``2 days``: a count with its noun in the right number."""
+    return f"{number} {word}" if number == 1 else f"{number} {word}s"
+
+
 def unreadable_line(row: UnreadableRow) -> str:
     """The stderr line marking a row the report could not show; control characters escaped."""
     return "tbes: unreadable row, not in the report: " + printable(_one_line(row.error))
@@ -390,13 +423,8 @@ def milestones(row: ReportRow, title: str | None = None) -> Table:
     return table
 
 
-def day_count(days: int) -> str:
-    """``1 day``, ``2 days``: how the commands count days."""
-    return f"{days} day" if days == 1 else f"{days} days"
-
-
 def quota_line(ledger: PauseLedger, year: int, *, returned: int = 0) -> Text:
-    back = f" ({day_count(returned)} returned)" if returned else ""
+    back = f" ({count(returned, 'day')} returned)" if returned else ""
     return text_line(
         f"Quota of {ledger.tenant} in {year}: {ledger.used(year)} of {ledger.quota_days} days "
         f"used, {ledger.remaining(year)} remaining{back}."

@@ -111,7 +111,7 @@ def _rules_lines(
         lines.append(
             text_line(
                 f"  {number}. {rule.name}: {kind}, tenant {rule.tenant}, server "
-                f"{rule.identity}; {criteria}"
+                f"{rule.connector_id}; {criteria}"
             )
         )
     return lines
@@ -169,7 +169,7 @@ def _peer_line(
         (
             n
             for n, rule in enumerate(config.connectors, start=1)
-            if rule.identity == conn.server_id and rule.kind is conn.kind
+            if rule.connector_id == conn.server_id and rule.kind is conn.kind
             and rule.tenant == conn.tenant
         ),
         None,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from tbes.cli._app import Fail, cli, db_option, guarded, open_store
+from tbes.cli._app import Fail, cli, count, db_option, guarded, open_store, resolve_server
 from tbes.render._common import printable
 
 # ---- tbes forget --------------------------------------------------------------------------
@@ -19,11 +19,14 @@ from tbes.render._common import printable
 def forget(server: str, db: Path, yes: bool) -> None:
     """Remove SERVER's stored state (a mistyped or decommissioned server).
 
+    SERVER is its id (CONNECTOR/HOST), or a host name that exactly one stored server has.
+
     Its pause days stay charged to its tenant's quota: forgetting never refunds them. If
     the server sends again, it starts afresh.
     """
     store = open_store(db)
     try:
+        server = resolve_server(store, server)
         stored = guarded(lambda: store.get(server))
         if stored is None:
             raise Fail(f"no stored state for server {server!r} in {db}: nothing forgotten")
@@ -40,6 +43,7 @@ def forget(server: str, db: Path, yes: bool) -> None:
     click.echo(
         printable(
             f"Forgot server {server} (tenant {state.tenant}): its state is removed from {db}; "
-            f"its {charged} pause days stay charged to tenant {state.tenant}."
+            f"its {count(charged, 'pause day')} {'stays' if charged == 1 else 'stay'} charged "
+            f"to tenant {state.tenant}."
         )
     )

@@ -15,7 +15,7 @@ from tbes.cli._app import (
     at_option,
     catalog_of,
     cli,
-    day_count,
+    count,
     db_option,
     guarded,
     make_console,
@@ -24,6 +24,7 @@ from tbes.cli._app import (
     policy_of,
     policy_option,
     quota_line,
+    resolve_server,
     text_cell,
     text_line,
 )
@@ -96,7 +97,7 @@ def _print_quota(console: Console, ledger: PauseLedger, year: int, servers: int)
         # The refund made visible: what the same days would cost paused server by server.
         console.print(
             text_line(
-                f"Tenant pauses in {year}: {day_count(tenant_days)} charged for {servers} "
+                f"Tenant pauses in {year}: {count(tenant_days, 'day')} charged for {servers} "
                 f"stored servers, {tenant_days * (servers - 1)} fewer than pausing each server."
             )
         )
@@ -156,14 +157,16 @@ def pause(
     if server is None or days is None:
         raise click.UsageError(f"Missing argument '{'SERVER' if server is None else 'DAYS'}'.")
     with _enforcer(ctx, db, policy_name, at) as (enforcer, store):
-        ledger = guarded(lambda: enforcer.pause(tenant, server, days, first, force=force))
-        enforced = _enforced(store, server)
+        named = resolve_server(store, server)
+        ledger = guarded(lambda: enforcer.pause(tenant, named, days, first, force=force))
+        enforced = _enforced(store, named)
+    server = named
     last = first + dt.timedelta(days=days - 1)
     ends = f"{last + dt.timedelta(days=1)} 00:00 UTC"
     console = make_console()
     console.print(
         text_line(
-            f"Paused {server} (tenant {tenant}) for {day_count(days)}: {first} to {last} "
+            f"Paused {server} (tenant {tenant}) for {count(days, 'day')}: {first} to {last} "
             f"(UTC days); "
             + (
                 f"enforcement resumes {ends}."
@@ -194,7 +197,7 @@ def _pause_tenant(
     console = make_console()
     console.print(
         text_line(
-            f"Paused every server of tenant {tenant} for {day_count(days)}: {first} to {last} "
+            f"Paused every server of tenant {tenant} for {count(days, 'day')}: {first} to {last} "
             f"(UTC days); enforcement resumes {ends} 00:00 UTC."
         )
     )
@@ -237,15 +240,18 @@ def unpause(
     if every_server == (server is not None):
         raise click.UsageError("give either SERVER or --all")
     at = at or utc_now()
+    enforced = False
     with _enforcer(ctx, db, policy_name, at) as (enforcer, store):
         before = _stored_ledger(store, tenant, enforcer.policy.pause_quota_days)
         if server is None:
             after = guarded(lambda: enforcer.unpause_tenant(tenant))
             enforced = guarded(lambda: any(state.in_episode for state in store.states(tenant)))
         else:
-            named = server
+            named = resolve_server(store, server)
             after = guarded(lambda: enforcer.end_pause(tenant, named))
-            enforced = _enforced(store, server)
+            stored = guarded(lambda: store.get(named))
+            enforced = stored is not None and stored.value.in_episode
+            server = named
     today = at.date()
     returned = {
         year: before.used(year) - after.used(year)

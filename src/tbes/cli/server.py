@@ -21,6 +21,7 @@ from tbes.cli._app import (
     open_store,
     policy_of,
     policy_option,
+    resolve_server,
     text_cell,
     text_line,
     utc_text,
@@ -53,6 +54,7 @@ def server_show(
 ) -> None:
     """Show SERVER's stored state, stage, blocked and throttled minutes, next change, pauses.
 
+    SERVER is its id (CONNECTOR/HOST), or a host name that exactly one stored server has.
     With --config, also its exemptions and whether its connector is in monitor mode.
     """
     at = at or utc_now()
@@ -60,7 +62,8 @@ def server_show(
     policy = policy_of(ctx, policy_name, at)
     store = open_store(db, read_only=True)
     try:
-        stored = guarded(lambda: store.get(server))
+        named = resolve_server(store, server)
+        stored = guarded(lambda: store.get(named))
     finally:
         store.close()
     if stored is None:

@@ -15,10 +15,11 @@ from tbes.cli._app import (
     BUILD,
     INSTANT,
     PAUSE,
+    Fail,
     at_option,
     catalog_of,
     cli,
-    day_count,
+    count,
     guarded,
     make_console,
     make_table,
@@ -176,8 +177,8 @@ def _check_what_if(pauses: tuple[Pause, ...], quota_days: int) -> None:
     for year, days in sorted(used.items()):
         if days > quota_days:
             raise QuotaExceededError(
-                f"the --pause options use {day_count(days)} in {year}, above the pause quota "
-                f"of {day_count(quota_days)} a year"
+                f"the --pause options use {count(days, 'day')} in {year}, above the pause quota "
+                f"of {count(quota_days, 'day')} a year"
             )
 
 

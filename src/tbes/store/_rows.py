@@ -28,6 +28,7 @@ from tbes.store.protocol import LedgerWrite, StateWrite, Versioned, Write
 from tbes.version import ExchangeBuild
 
 __all__ = [
+    "READ_SCHEMAS",
     "ROW_SCHEMA",
     "RawRow",
     "RowWrite",
@@ -46,8 +47,20 @@ __all__ = [
     "stored_version",
 ]
 
-ROW_SCHEMA = 1
-"""Schema version of the JSON rows this tbes writes and reads."""
+ROW_SCHEMA = 2
+"""Schema version of the JSON rows this tbes writes.
+
+2 since states are kept per sending server behind a connector (``NAME/HOST``). The JSON is
+the same as 1's, which this tbes still reads (:data:`READ_SCHEMAS`): a server row at 1 was
+written before, so it is a connector-level state (keyed by the connector's name), which the
+enforcer reads as such: it keeps deciding header-less mail until stale, and a server first
+seen non-compliant behind that connector inherits its open episode and pauses. An older
+tbes refuses rows at 2 as unreadable (never overwriting them) rather than misreading a
+server's state as its connector's.
+"""
+
+READ_SCHEMAS = frozenset({1, ROW_SCHEMA})
+"""The row schema versions this tbes reads."""
 
 _T = TypeVar("_T")
 
@@ -115,10 +128,11 @@ def dump_row(value: ServerState | PauseLedger) -> str:
 
 def _load(table: str, key: str, schema: object, data: object, cls: type[_T]) -> _T:
     where = describe(table, key)
-    if schema != ROW_SCHEMA:
+    if type(schema) is not int or schema not in READ_SCHEMAS:
+        readable = " and ".join(map(str, sorted(READ_SCHEMAS)))
         raise StoreError(
             f"stored row of the {where} has schema version {schema!r}; this tbes reads "
-            f"version {ROW_SCHEMA} (a newer tbes may have written it)"
+            f"versions {readable} (a newer tbes may have written it)"
         )
     if isinstance(data, bytes | bytearray | memoryview):
         data = bytes(data).decode("utf-8", errors="replace")
