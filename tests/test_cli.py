@@ -668,11 +668,11 @@ def test_demo_replays_the_scenario_and_writes_the_report(tmp_path: Path) -> None
     # Two servers behind northwind's one connector, each with its own state: the 2013 one
     # enforced on schedule, the SE one never; the tenant pause covers both, charged once.
     ex2013 = records["northwind-edge/ex2013.northwind.example"]
-    assert dt.datetime.fromisoformat(ex2013["first_detected"]).date() == dt.date(2026, 10, 15)
+    assert dt.datetime.fromisoformat(ex2013["FirstDetectedDate"]).date() == dt.date(2026, 10, 15)
     assert ex2013["stage"] == "8"
     assert ex2013["paused_until"] == "2027-02-20T00:00:00+00:00"
     exse = records["northwind-edge/exse.northwind.example"]
-    assert (exse["status"], exse["first_detected"]) == ("COMPLIANT", "")
+    assert (exse["status"], exse["FirstDetectedDate"]) == ("COMPLIANT", "")
     assert "enforcement of every server of tenant northwind paused for 10 days" in out
     assert "REMEDIATED northwind" not in out
     ledger = SQLiteStore(db)

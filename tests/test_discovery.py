@@ -144,7 +144,7 @@ def test_exchange_online_non_exchange_and_mapped_senders_are_not_discovered() ->
     )
     assert store.discovered() == []
     assert actions[:4] == [Action.ACCEPT] * 4
-    assert [state.server_id for state in store.states()] == ["fabrikam-edge"]
+    assert [state.server_id for state in store.states()] == ["fabrikam-edge/mail.fabrikam.example"]
 
 
 def _replay(discovery: bool) -> tuple[list[Action], MemoryStore]:

@@ -58,9 +58,9 @@ from tbes.store.sqlite import SQLiteStore
 from tbes.version import ExchangeBuild
 
 __all__ = [
-    "CONTROLS",
     "CONNECTOR",
     "CONNECTOR_TENANT",
+    "CONTROLS",
     "END",
     "EXEMPTED",
     "MONITORED",
@@ -70,9 +70,9 @@ __all__ = [
     "SENDERS",
     "START",
     "TENANT",
-    "UNMAPPED",
     "TENANT_PAUSE_DAYS",
     "TENANT_PAUSE_START",
+    "UNMAPPED",
     "DemoResult",
     "Sender",
     "SenderStats",
@@ -249,6 +249,7 @@ kind = "on_premises"
 tenant = "contoso"
 server_id = "mail.contoso.example"
 networks = ["198.51.100.40/32"]
+identity = "connector"  # one server behind it: one state, named by the rule
 mode = "monitor"
 
 [[connector]]
@@ -257,6 +258,7 @@ kind = "partner"
 tenant = "woodgrove"
 server_id = "mail.woodgrove.example"
 networks = ["198.51.100.50/32"]
+identity = "connector"
 
 [[exemption]]
 connector = "woodgrove"

@@ -773,7 +773,8 @@ class _RowMaker:
         throttle = block = full = next_start = paused_until = None
         # Outside an episode decide() answers "no stage", and once compliant nothing lies
         # ahead (the history a forecast keeps is not the schedule): an empty timeline.
-        if first is not None and state.compliant_since is None:
+        in_episode = first is not None and state.compliant_since is None
+        if first is not None and in_episode:
             horizon = _horizon(state, policy, now)
             if horizon >= END:  # the timeline is cut at the calendar's end
                 return report_row(state, now, policy, self._catalog)
@@ -823,6 +824,6 @@ class _RowMaker:
             next_stage_throttle=None if following is None else following.throttle_minutes,
             next_stage_block=None if following is None else following.block_minutes,
             next_stage_start=next_start,
-            paused_until=paused_until if decision.paused else _outlived(state, now),
+            paused_until=paused_until if in_episode else _outlived(state, now),
             control=None,
         )

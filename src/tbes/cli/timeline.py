@@ -15,7 +15,6 @@ from tbes.cli._app import (
     BUILD,
     INSTANT,
     PAUSE,
-    Fail,
     at_option,
     catalog_of,
     cli,
