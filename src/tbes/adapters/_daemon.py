@@ -12,6 +12,9 @@ What an administrator expects of a mail daemon, as of postgrey or policyd-spf:
   swapped into every service as one tuple, so a check sees the old pair or the new, never
   a mix; open connections stay. A configuration that does not load is one ERROR line
   naming the file and the reason, and the running one stays.
+* **Notifications**: with ``[[notifier]]`` tables, a background thread
+  (:class:`~tbes.outbox.OutboxSender`) delivers the store's outbox; it starts with the
+  services, follows reloads, and stops after them (docs/notifications.md).
 * **SIGTERM/SIGINT** stop accepting, let each connection finish the answer in hand for up
   to :data:`DRAIN_SECONDS`, close the rest and exit 0.
 
@@ -22,6 +25,7 @@ Log lines go where ``--log-target`` says, formatted by :mod:`tbes.adapters._log_
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import os
 import signal
@@ -36,7 +40,13 @@ import attrs
 from tbes.adapters import _metrics
 from tbes.adapters._decision_log import EventLogNotifier
 from tbes.adapters._store_watch import WatchedStore
-from tbes.adapters.config import AdapterConfig, Checker, load_config, make_enforcer
+from tbes.adapters.config import (
+    AdapterConfig,
+    Checker,
+    load_config,
+    make_enforcer,
+    make_receivers,
+)
 from tbes.adapters.listen import ListenAddress, parse_listen_address
 from tbes.errors import TbesError
 
@@ -103,6 +113,7 @@ class Daemon:
         self._metrics_at = None if metrics is None else _metrics.parse_metrics_address(metrics)
         self._store: Any = None
         self._loaded: tuple[AdapterConfig, Checker] | None = None
+        self._sender: Any = None  # the outbox sender, with a store that keeps an outbox
         self._reloading: asyncio.Task[None] | None = None
 
     def open(self) -> None:
@@ -120,6 +131,7 @@ class Daemon:
             raise DaemonError(reason(error)) from error
         try:
             self._loaded = self._source.load(self._store)
+            self._sender = _sender(self._store, *self._loaded)
         except (TbesError, ValueError, OSError) as error:
             self._store.close()
             raise DaemonError(reason(error)) from error
@@ -127,9 +139,13 @@ class Daemon:
     def run(self) -> None:
         """Bind, serve until SIGTERM/SIGINT (reloading on SIGHUP), drain; after :meth:`open`."""
         assert self._loaded is not None, "open() first"
+        if self._sender is not None:
+            self._sender.start()
         try:
             asyncio.run(self._serve(*self._loaded))
         finally:
+            if self._sender is not None:
+                self._sender.stop()
             self._store.close()
 
     async def _serve(self, config: AdapterConfig, checker: Checker) -> None:
@@ -203,6 +219,7 @@ class Daemon:
     async def _reload(self, services: tuple[Any, ...]) -> None:
         try:
             config, checker = await asyncio.to_thread(self._source.load, self._store)
+            receivers = _receivers(config, checker)
         except Exception as error:  # any failure keeps the running configuration
             _metrics.active().reload(False)
             _log.error(
@@ -213,8 +230,30 @@ class Daemon:
             return
         for service in services:
             service.replace(config, checker)
+        if self._sender is not None:
+            self._sender.replace(receivers)
         _metrics.active().reload(True)
         _log.info("tbes: reloaded %s", self._source.config_path)
+
+
+def _receivers(config: AdapterConfig, checker: Checker) -> list[Any]:
+    return make_receivers(config, catalog=getattr(checker, "catalog", None))
+
+
+def _sender(store: Any, config: AdapterConfig, checker: Checker) -> Any:
+    """The outbox sender of ``config``'s notifiers (even none: it prunes), if the store has one."""
+    if not getattr(store, "supports_outbox", False):
+        return None
+    from tbes.outbox import OutboxSender
+
+    days = config.notifications
+    return OutboxSender(
+        store,
+        _receivers(config, checker),
+        clock=config.clock,
+        keep=dt.timedelta(days=days.keep_days),
+        expire=dt.timedelta(days=days.expire_days),
+    )
 
 
 def _osreason(error: OSError) -> str:

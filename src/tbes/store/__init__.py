@@ -10,12 +10,22 @@ when a :class:`PostgresStore` is opened, so this package imports without it.
 from tbes.store.base import RowStore, UnreadableRow
 from tbes.store.memory import MemoryStore
 from tbes.store.postgres import PostgresStore
-from tbes.store.protocol import LedgerWrite, StateStore, StateWrite, Versioned, Write
+from tbes.store.protocol import (
+    EventWrite,
+    LedgerWrite,
+    Pending,
+    StateStore,
+    StateWrite,
+    Versioned,
+    Write,
+)
 from tbes.store.sqlite import SQLiteStore
 
 __all__ = [
+    "EventWrite",
     "LedgerWrite",
     "MemoryStore",
+    "Pending",
     "PostgresStore",
     "RowStore",
     "SQLiteStore",
