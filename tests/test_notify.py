@@ -386,7 +386,8 @@ def test_a_bad_notifier_table_is_a_clear_error(extra: str, message: str) -> None
         parse_config(CONFIG + extra)
 
 
-def test_a_bad_notifier_value_is_named_when_the_receivers_are_made() -> None:
-    config = parse_config(CONFIG.replace('url = "https://hooks', 'url = "ftp://hooks'))
+def test_a_bad_notifier_value_is_named_when_the_file_is_read() -> None:
     with pytest.raises(AdapterConfigError, match=r"ops-hook.*http"):
-        make_receivers(config)
+        parse_config(CONFIG.replace('url = "https://hooks', 'url = "ftp://hooks'))
+    with pytest.raises(AdapterConfigError, match=r"ops-mail.*mail address"):
+        parse_config(CONFIG.replace('to = ["ops@contoso.example"]', 'to = ["ops"]'))

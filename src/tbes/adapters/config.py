@@ -505,6 +505,7 @@ class AdapterConfig:
 
     def __attrs_post_init__(self) -> None:
         _check_notifiers(self)
+        make_receivers(self)  # every value checked now, not first when a daemon starts
         names = {rule.name.casefold() for rule in self.connectors}
         identities = {rule.identity for rule in self.connectors}
         for number, each in enumerate(self.exemptions, start=1):
