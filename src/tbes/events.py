@@ -132,7 +132,8 @@ def _default_id(event: Event) -> str:
 class Event:
     """One change worth telling people about: what, which server, when, and the details.
 
-    ``stage`` is the stage number in force (``None`` outside an episode), ``build`` the
+    ``stage`` is the stage number in force (``None`` outside an episode; for an advance
+    notice, :data:`NOTICE_KINDS`, the stage about to start), ``build`` the
     server's last known build, ``detail`` a sentence for humans. ``connector`` is the name
     of the connector the server's mail came through (``None`` where unknown, as for a
     pause), ``next_change`` the instant of the server's next stage change (``None`` if
