@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -26,7 +26,8 @@ from tbes.notifiers import CallbackNotifier, EmailNotifier, WebhookNotifier
 from tbes.outbox import OutboxSender, Receiver, backoff
 from tbes.policy import DEFAULT_POLICY, ConnectorKind
 from tbes.state import ServerState
-from tbes.store import MemoryStore, RowStore, SQLiteStore
+from tbes.store import MemoryStore, RowStore, SQLiteStore, StateWrite, Write
+from tbes.version import ExchangeBuild
 
 SERVER = "fabrikam-edge"
 TENANT = "fabrikam"
@@ -121,23 +122,33 @@ def test_a_lost_compare_and_swap_puts_no_event_in_the_outbox() -> None:
     heard: list[Event] = []
     enforcer = enforcer_on(store, clock, heard)
     real_put_many = store.put_many
-    lost: list[int] = []
+    # Between the enforcer's read and its write, another node stores the server in an
+    # episode it already announced: the lost batch's DETECTED must not reach the outbox.
+    rival = ServerState(
+        SERVER,
+        TENANT,
+        ExchangeBuild.parse(OUTDATED),
+        Compliance.OUTDATED,
+        T0 - dt.timedelta(days=10),
+        T0,
+        None,
+        notified_stage=1,
+    )
 
-    def racing_put_many(writes: object) -> tuple[int, ...]:
-        if not lost:  # another writer stores the server first: this batch is lost whole
-            lost.append(1)
-            store.put(
-                ServerState(SERVER, TENANT, None, Compliance.NOT_APPLICABLE, None, None, None),
-                expected_version=None,
-            )
-        return real_put_many(writes)  # type: ignore[arg-type]
+    def racing_put_many(writes: Sequence[Write]) -> tuple[int, ...]:
+        if store.get(SERVER) is None:
+            real_put_many([StateWrite(rival, None)])
+        return real_put_many(writes)
 
     store.put_many = racing_put_many  # type: ignore[method-assign]
+    clock.now = T0 + dt.timedelta(hours=1)
     enforcer.check(CONN, [hop(OUTDATED)])
-    claimed = store.claim_events("r", clock.now, lease=dt.timedelta(minutes=1))
-    # The retry announced DETECTED once; the lost batch left nothing behind.
-    assert [p.event.kind for p in claimed] == [EventKind.DETECTED]
-    assert [p.event for p in claimed] == heard
+    # The retry read the rival's episode (stage 1, told): nothing new to announce.
+    assert heard == []
+    assert store.claim_events("r", clock.now, lease=dt.timedelta(minutes=1)) == []
+    stored = store.get(SERVER)
+    assert stored is not None
+    assert stored.value.first_detected == rival.first_detected
 
 
 def test_an_outbox_needs_a_store_that_keeps_one() -> None:
