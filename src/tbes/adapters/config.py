@@ -18,6 +18,10 @@ does, but accepts every connection. ``[[exemption]]`` entries accept the servers
 (by ``connector``, ``server`` or ``network``) with a ``reason`` and an optional ``until``
 (and ``since``) date, outside the pause quota (docs/operator-controls.md).
 
+``[[notifier]]`` tables (``log``, ``webhook``, ``email``) name who is told of events, the
+``[notifications]`` table when and for how long, and a ``[[connector]]`` may add its own
+``recipients`` and ``info_url`` (docs/notifications.md; :func:`make_receivers`).
+
 The file format is TOML read by :mod:`tomllib`; unknown keys are errors, because a typo in a
 security setting must not pass silently. ``[testing] fixed_time`` freezes the clock, so that
 tests (and demonstrations) can place a server in any stage at any minute; it is not meant
