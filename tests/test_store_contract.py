@@ -723,10 +723,18 @@ def _has_tenant_index(backend: Backend) -> bool:
     return ("tbes_servers_by_tenant",) in rows
 
 
+def _has_outbox(backend: Backend) -> bool:
+    """Migration 3: the outbox and its deliveries (empty)."""
+    run = _sql(backend)
+    tables = ("tbes_outbox", "tbes_deliveries")
+    return all(run(f"SELECT COUNT(*) FROM {table}") == [(0,)] for table in tables)
+
+
 def test_opening_an_empty_database_creates_the_latest_schema(persistent: Backend) -> None:
     persistent.open()
-    assert _sql(persistent)("SELECT version FROM tbes_schema") == [(2,)]
+    assert _sql(persistent)("SELECT version FROM tbes_schema") == [(3,)]
     assert _has_tenant_index(persistent)
+    assert _has_outbox(persistent)
 
 
 def test_opening_a_version_1_database_migrates_it_and_keeps_its_rows(persistent: Backend) -> None:
@@ -739,8 +747,9 @@ def test_opening_a_version_1_database_migrates_it_and_keeps_its_rows(persistent:
     )
     assert not _has_tenant_index(persistent)
     store = persistent.open()
-    assert run("SELECT version FROM tbes_schema") == [(2,)]
+    assert run("SELECT version FROM tbes_schema") == [(3,)]
     assert _has_tenant_index(persistent)
+    assert _has_outbox(persistent)
     assert store.get("mx1.contoso.com") == Versioned(state(), 7)
     assert [s.server_id for s in store.states("contoso")] == ["mx1.contoso.com"]
 
@@ -748,7 +757,7 @@ def test_opening_a_version_1_database_migrates_it_and_keeps_its_rows(persistent:
 def test_opening_twice_migrates_once(persistent: Backend) -> None:
     persistent.open().put(state(), expected_version=None)
     persistent.open()
-    assert _sql(persistent)("SELECT version FROM tbes_schema") == [(2,)]
+    assert _sql(persistent)("SELECT version FROM tbes_schema") == [(3,)]
     assert persistent.open().get("mx1.contoso.com") == Versioned(state(), 1)
 
 
