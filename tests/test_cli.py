@@ -22,6 +22,7 @@ from report_support import fabrikam_state
 from support import BUILD_LIST_CSV
 from tbes.cli import cli
 from tbes.compliance import Compliance
+from tbes.events import EventKind
 from tbes.ledger import Pause, PauseLedger
 from tbes.report import ReportRow
 from tbes.serde import loads
@@ -651,8 +652,20 @@ def test_demo_replays_the_scenario_and_writes_the_report(tmp_path: Path) -> None
         "exse.fabrikam.example",
         "mail.contoso.example",
         "mail.woodgrove.example",
+        "northwind-edge/ex2013.northwind.example",
+        "northwind-edge/exse.northwind.example",
     ):
         assert f'role="img" aria-label="timeline of {server}' in page
+    # Every event went through the outbox to the webhook and the SMTP sink the demo started
+    # on loopback, advance notices included, each once.
+    posted = re.search(r"Delivered (\d+) events to the webhook at http://127\.0\.0\.1:\d+/", out)
+    mailed = re.search(r"Mailed (\d+) notices to the SMTP sink at 127\.0\.0\.1:\d+", out)
+    assert posted is not None, out
+    assert mailed is not None, out
+    kinds = "|".join(kind.value for kind in EventKind)
+    announced = re.findall(rf"^\S+ \S+\s+({kinds}) ", out, flags=re.MULTILINE)
+    assert int(posted[1]) == int(mailed[1]) == len(announced) > 0
+    assert "2 THROTTLING_SOON" in out
     # The database stays for `tbes report`; the 2007 server, detected on the first day, has
     # been fully blocked since 90 days after its first message.
     csv_report = run("report", "--db", str(db), "--format", "csv", "--at", "2027-02-15T18:00Z")

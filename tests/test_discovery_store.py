@@ -250,7 +250,7 @@ def test_an_older_sqlite_file_is_migrated_and_read_read_only_before_that(tmp_pat
     assert reader.discovered() == []  # no table yet: nothing discovered, no error
     reader.close()
     store = SQLiteStore(path)
-    assert store.schema_version() == len(MIGRATIONS) == 3
+    assert store.schema_version() == len(MIGRATIONS) == 4
     record = sighting(
         peer_ip="203.0.113.5",
         verified_name="mail.fabrikam.example",

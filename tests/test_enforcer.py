@@ -32,7 +32,7 @@ from tbes.errors import (
     StoreConflictError,
     StoreError,
 )
-from tbes.events import Event, EventKind
+from tbes.events import NOTICE_KINDS, Event, EventKind
 from tbes.ledger import Pause, PauseLedger
 from tbes.notifiers import CallbackNotifier, LoggingNotifier, Notifier
 from tbes.policy import DEFAULT_POLICY, ConnectorKind, Policy
@@ -614,9 +614,11 @@ def test_each_stage_is_announced_once_as_the_days_pass(
             enforcer.check(conn(), [hop(OUTDATED)])
     assert kinds(events) == [
         (EventKind.DETECTED, 1),
+        (EventKind.THROTTLING_SOON, 2),  # advance notices: once, seven days ahead
         (EventKind.STAGE_CHANGED, 2),
         (EventKind.STAGE_CHANGED, 3),
         (EventKind.STAGE_CHANGED, 4),
+        (EventKind.BLOCKING_SOON, 5),
         (EventKind.STAGE_CHANGED, 5),
         (EventKind.BLOCKING_STARTED, 5),
         (EventKind.STAGE_CHANGED, 6),
@@ -626,7 +628,9 @@ def test_each_stage_is_announced_once_as_the_days_pass(
     ]
     assert all((e.server_id, e.tenant) == (SERVER, TENANT) for e in events)
     assert all(e.build == ExchangeBuild.parse(OUTDATED) for e in events)
-    assert events[1].at == when(30, 0)
+    assert (events[1].at, events[1].next_change) == (when(23, 0), when(30, 0))
+    assert (events[5].at, events[5].next_change) == (when(53, 0), when(60, 0))
+    assert events[2].at == when(30, 0)
 
 
 def test_a_silent_server_jumping_stages_gets_every_threshold_event(
@@ -827,7 +831,8 @@ def test_two_nodes_sharing_a_store_announce_each_change_once(
     assert sorted(kinds(heard), key=str) == sorted(
         [(EventKind.DETECTED, 1)]
         + [(EventKind.STAGE_CHANGED, s) for s in range(2, 9)]
-        + [(EventKind.BLOCKING_STARTED, 5), (EventKind.FULLY_BLOCKED, 8)],
+        + [(EventKind.BLOCKING_STARTED, 5), (EventKind.FULLY_BLOCKED, 8)]
+        + [(EventKind.THROTTLING_SOON, 2), (EventKind.BLOCKING_SOON, 5)],
         key=str,
     )
 
@@ -1050,6 +1055,10 @@ def test_announcements_tell_each_episode_once_and_never_repeat_a_stage(
                 assert stage is not None
                 assert stage > last
                 running, last = True, stage
+            elif kind in NOTICE_KINDS:  # an advance notice: of a stage still ahead
+                assert running
+                assert stage is not None
+                assert stage > last
             elif kind is EventKind.BLOCKING_STARTED:
                 assert running
                 assert stage == last
@@ -1097,4 +1106,5 @@ def test_a_stripped_message_is_decided_by_the_stored_state_and_changes_only_the_
         EventKind.STAGE_CHANGED,
         EventKind.BLOCKING_STARTED,
         EventKind.FULLY_BLOCKED,
+        *NOTICE_KINDS,  # told in the write that moves the marker
     }

@@ -6,6 +6,7 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -15,7 +16,16 @@ from tbes.catalog import Catalog
 from tbes.compliance import Assessment, Compliance
 from tbes.enforcer import Connection, Enforcer
 from tbes.errors import InvalidValueError, NaiveDatetimeError
-from tbes.events import Event, EventKind, announce, announcement, event_id
+from tbes.events import (
+    NOTICE_KINDS,
+    Event,
+    EventKind,
+    advance_notices,
+    announce,
+    announcement,
+    event_id,
+)
+from tbes.ledger import Pause
 from tbes.notifiers import CallbackNotifier
 from tbes.policy import DEFAULT_POLICY, ConnectorKind, Policy
 from tbes.state import ServerState, observe
@@ -260,3 +270,65 @@ def test_wrong_arguments_are_named(
 ) -> None:
     with pytest.raises(error, match=named):
         call()
+
+
+# ---- advance notices -----------------------------------------------------------------------
+
+
+def _notices(state: ServerState | None, at: dt.datetime, **kwargs: Any) -> tuple[Event, ...]:
+    new, events = seen(state, OUTDATED, at, DEFAULT_POLICY)
+    notices = advance_notices(state, new, DEFAULT_POLICY, at, connector="edge", **kwargs)
+    if not kwargs:  # the default lead: exactly what the announcement of the write gives
+        assert notices == tuple(e for e in events if e.kind in NOTICE_KINDS)
+    return notices
+
+
+def test_a_notice_is_given_by_the_first_write_inside_its_window() -> None:
+    state, _ = seen(None, OUTDATED, T0, DEFAULT_POLICY)  # throttling starts at T0 + 30 days
+    assert _notices(state, T0 + 23 * DAY - dt.timedelta(minutes=1)) == ()
+    state, _ = seen(state, OUTDATED, T0 + 22 * DAY, DEFAULT_POLICY)
+    [notice] = _notices(state, T0 + 23 * DAY)
+    assert (notice.kind, notice.stage, notice.next_change) == (
+        EventKind.THROTTLING_SOON,
+        2,
+        T0 + 30 * DAY,
+    )
+    assert notice.id == event_id("EX01", EventKind.THROTTLING_SOON, T0, 2)
+    assert notice.connector == "edge"
+    # Seen inside the window already: told then, not again; nor once the stage started.
+    inside, _ = seen(state, OUTDATED, T0 + 24 * DAY, DEFAULT_POLICY)
+    assert _notices(inside, T0 + 25 * DAY) == ()
+    assert _notices(state, T0 + 30 * DAY) == ()
+
+
+def test_blocking_is_announced_a_week_ahead_too_and_the_lead_is_configurable() -> None:
+    state, _ = seen(None, OUTDATED, T0, DEFAULT_POLICY)
+    state, _ = seen(state, OUTDATED, T0 + 50 * DAY, DEFAULT_POLICY)
+    [notice] = _notices(state, T0 + 53 * DAY)
+    assert (notice.kind, notice.stage, notice.next_change) == (
+        EventKind.BLOCKING_SOON,
+        5,
+        T0 + 60 * DAY,
+    )
+    assert _notices(state, T0 + 53 * DAY, notice=3 * DAY) == ()
+    assert [n.kind for n in _notices(state, T0 + 57 * DAY, notice=3 * DAY)] == [
+        EventKind.BLOCKING_SOON
+    ]
+    with pytest.raises(InvalidValueError, match="notice"):
+        advance_notices(state, state, DEFAULT_POLICY, T0, notice=dt.timedelta(0))
+
+
+def test_a_pause_moves_the_notice_with_the_start_it_delays() -> None:
+    state, _ = seen(None, OUTDATED, T0, DEFAULT_POLICY)
+    paused = attrs.evolve(state, pauses=(Pause("EX01", (T0 + 10 * DAY).date(), 10),))
+    assert _notices(paused, T0 + 23 * DAY) == ()  # throttling now starts on day 40
+    [notice] = _notices(paused, T0 + 33 * DAY)
+    assert notice.next_change == T0 + 40 * DAY
+    assert notice.id == event_id("EX01", EventKind.THROTTLING_SOON, T0, 2)  # the same event
+
+
+def test_announcement_without_notices_gives_none() -> None:
+    state, _ = seen(None, OUTDATED, T0, DEFAULT_POLICY)
+    new, _ = seen(state, OUTDATED, T0 + 23 * DAY, DEFAULT_POLICY)
+    told = announcement(state, new, DEFAULT_POLICY, T0 + 23 * DAY, notice=None)
+    assert told.events == ()

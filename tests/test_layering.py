@@ -22,6 +22,7 @@ SHELL = (
     "tbes.store",
     "tbes.enforcer",
     "tbes.notifiers",
+    "tbes.outbox",
     "tbes.adapters",
     "tbes.cli",
     "tbes.render",

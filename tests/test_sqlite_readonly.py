@@ -77,7 +77,7 @@ def test_a_read_only_store_reads_and_refuses_every_write(db: Path) -> None:
     assert store.get("mx1.contoso.com") == Versioned(state(), 1)
     assert [s.server_id for s in store.states()] == ["mx1.contoso.com", "mx2.contoso.com"]
     assert store.get_ledger("contoso") is not None
-    assert store.schema_version() == 3
+    assert store.schema_version() == 4
     with pytest.raises(StoreError, match="read-only"):
         store.put(state(notified_stage=1), expected_version=1)
     with pytest.raises(StoreError, match="read-only"):

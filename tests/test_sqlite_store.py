@@ -94,7 +94,7 @@ def test_reads_go_on_while_a_write_of_this_process_waits_for_another_process(
         assert store.get("mx1.contoso.com") == Versioned(state(), 1)
         assert store.get_ledger("contoso") == Versioned(PauseLedger("contoso", 90), 1)
         assert list(store.states()) == [state()]
-        assert store.schema_version() == 3
+        assert store.schema_version() == 4
         assert writer.is_alive()
         assert outcome == []
     writer.join(timeout=30)

@@ -724,10 +724,18 @@ def _has_tenant_index(backend: Backend) -> bool:
     return ("tbes_servers_by_tenant",) in rows
 
 
+def _has_outbox(backend: Backend) -> bool:
+    """Migration 3: the outbox and its deliveries (empty)."""
+    run = _sql(backend)
+    tables = ("tbes_outbox", "tbes_deliveries")
+    return all(run(f"SELECT COUNT(*) FROM {table}") == [(0,)] for table in tables)
+
+
 def test_opening_an_empty_database_creates_the_latest_schema(persistent: Backend) -> None:
     persistent.open()
     assert _sql(persistent)("SELECT version FROM tbes_schema") == [(3,)]
     assert _has_tenant_index(persistent)
+    assert _has_outbox(persistent)
 
 
 def test_opening_a_version_1_database_migrates_it_and_keeps_its_rows(persistent: Backend) -> None:
@@ -742,6 +750,7 @@ def test_opening_a_version_1_database_migrates_it_and_keeps_its_rows(persistent:
     store = persistent.open()
     assert run("SELECT version FROM tbes_schema") == [(3,)]
     assert _has_tenant_index(persistent)
+    assert _has_outbox(persistent)
     assert store.get("mx1.contoso.com") == Versioned(state(), 7)
     assert [s.server_id for s in store.states("contoso")] == ["mx1.contoso.com"]
 

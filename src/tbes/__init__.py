@@ -20,6 +20,7 @@ from tbes.enforcer import Connection, Enforcer
 from tbes.errors import (
     AdapterConfigError,
     CatalogError,
+    DeliveryError,
     InvalidBuildError,
     InvalidPauseError,
     InvalidValueError,
@@ -38,7 +39,13 @@ from tbes.errors import (
 from tbes.events import Event, EventKind
 from tbes.exemption import Exemption
 from tbes.ledger import Pause, PauseLedger, TenantPause
-from tbes.notifiers import CallbackNotifier, LoggingNotifier, Notifier
+from tbes.notifiers import (
+    CallbackNotifier,
+    EmailNotifier,
+    LoggingNotifier,
+    Notifier,
+    WebhookNotifier,
+)
 from tbes.policy import DEFAULT_POLICY, ConnectorKind, Policy, SmtpReply
 from tbes.received import SenderEvidence, find_sender, received_values
 from tbes.report import ReportRow, forecast, report_row
@@ -69,6 +76,8 @@ __all__ = [  # noqa: RUF022 - grouped by use, not sorted
     "EventKind",
     "Notifier",
     "LoggingNotifier",
+    "WebhookNotifier",
+    "EmailNotifier",
     "CallbackNotifier",
     # The pure core: headers -> evidence -> assessment -> state -> decision -> report.
     "received_values",
@@ -96,6 +105,7 @@ __all__ = [  # noqa: RUF022 - grouped by use, not sorted
     "TbesError",
     "AdapterConfigError",
     "CatalogError",
+    "DeliveryError",
     "InvalidBuildError",
     "InvalidPauseError",
     "InvalidValueError",

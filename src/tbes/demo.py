@@ -73,10 +73,12 @@ __all__ = [
     "TENANT_PAUSE_DAYS",
     "TENANT_PAUSE_START",
     "UNMAPPED",
+    "Delivered",
     "DemoResult",
     "Sender",
     "SenderStats",
     "controls",
+    "deliver_events",
     "demo_policy",
     "run",
 ]
@@ -358,7 +360,12 @@ def run(
         store = SQLiteStore(path)
         try:
             enforcer = Enforcer(
-                store, policy, catalog, clock=clock, notifier=CallbackNotifier(on_event)
+                store,
+                policy,
+                catalog,
+                clock=clock,
+                notifier=CallbackNotifier(on_event),
+                outbox=True,  # for deliver_events
             )
             checks = _replay(enforcer, clock, stats, on_note, on_progress)
             checks += _discover_unmapped(store, policy, catalog, on_note)
@@ -781,3 +788,133 @@ def _exchange_online(sender: Sender, build: ExchangeBuild, at: dt.datetime) -> l
         f"from {sender.internal} ([fe80::1234:5678:9abc:def0]) by {sender.internal}\r\n "
         f"([fe80::1234:5678:9abc:def0%5]) with mapi id {build.long}; {stamp}",
     ]
+
+
+# ---- delivering the events (docs/notifications.md) -----------------------------------------
+
+
+@attrs.frozen
+class Delivered:
+    """What :func:`deliver_events` delivered: per receiver, its address and the event kinds.
+
+    ``mail`` is ``None`` when aiosmtpd (extra ``smtp``) is not installed.
+    """
+
+    webhook: str
+    posts: tuple[str, ...]  # the kinds, in the order received
+    mail: str | None
+    mails: tuple[str, ...]  # the subjects
+
+
+def deliver_events(db: Path, *, catalog: Catalog | None = None) -> Delivered:
+    """Deliver the outbox of the demo database ``db`` to a webhook and an SMTP sink of its own.
+
+    Both listen on 127.0.0.1 only, on free ports, for as long as the delivery takes: the
+    events the replay stored go through the same :class:`~tbes.outbox.OutboxSender` a
+    daemon runs, as JSON POSTs and as mails.
+    """
+    from tbes.notifiers import EmailNotifier, WebhookNotifier
+    from tbes.outbox import OutboxSender, Receiver
+
+    hook = _LoopbackHook()
+    sink = _loopback_sink()
+    store = SQLiteStore(db)
+    try:
+        receivers = [Receiver("demo-webhook", WebhookNotifier(hook.url, timeout=5))]
+        if sink is not None:
+            mailer = EmailNotifier(
+                "127.0.0.1",
+                sink.port,
+                sender="tbes@contoso.example",
+                to=["mail-admins@fabrikam.example"],
+                catalog=catalog or Catalog.default(),
+                timeout=5,
+            )
+            receivers.append(Receiver("demo-mail", mailer))
+        sender = OutboxSender(store, receivers, clock=lambda: END)
+        for _ in range(1000):  # bounded: each round delivers up to a batch per receiver
+            if not sender.run_once():
+                break
+        return Delivered(
+            hook.url,
+            tuple(hook.kinds),
+            None if sink is None else f"127.0.0.1:{sink.port}",
+            () if sink is None else tuple(sink.subjects),
+        )
+    finally:
+        store.close()
+        hook.stop()
+        if sink is not None:
+            sink.stop()
+
+
+class _LoopbackHook:
+    """A webhook receiver on 127.0.0.1 that keeps the kind of each event posted once."""
+
+    def __init__(self) -> None:
+        import http.server
+        import json
+        import threading
+
+        kinds: list[str] = []
+        seen: set[str] = set()
+        self.kinds = kinds
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+                key = self.headers.get("Idempotency-Key", "")
+                if key not in seen:  # a receiver honouring the key keeps each event once
+                    seen.add(key)
+                    kinds.append(str(body.get("kind")))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/events"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class _LoopbackSink:
+    def __init__(self, controller: object, port: int, subjects: list[str]) -> None:
+        self._controller = controller
+        self.port = port
+        self.subjects = subjects
+
+    def stop(self) -> None:
+        self._controller.stop()  # type: ignore[attr-defined]
+
+
+def _loopback_sink() -> _LoopbackSink | None:
+    """An aiosmtpd sink on 127.0.0.1 keeping the subjects it is given; None without aiosmtpd."""
+    try:
+        from aiosmtpd.controller import Controller
+    except ImportError:
+        return None
+    import email
+    import email.policy
+    import socket
+
+    subjects: list[str] = []
+
+    class Handler:
+        async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
+            content = envelope.original_content  # type: ignore[attr-defined]
+            message = email.message_from_bytes(content, policy=email.policy.default)
+            subjects.append(str(message["Subject"]))
+            return "250 2.0.0 kept"
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    controller = Controller(Handler(), hostname="127.0.0.1", port=port)
+    controller.start()
+    return _LoopbackSink(controller, port, subjects)

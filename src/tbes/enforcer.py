@@ -45,7 +45,7 @@ from tbes.errors import (
     TbesError,
     UnseenServerError,
 )
-from tbes.events import Event, EventKind, announcement, state_event
+from tbes.events import ADVANCE_NOTICE, Event, EventKind, announcement, state_event
 from tbes.exemption import ENDING_NOTICE, Exemption
 from tbes.identity import OVERFLOW, Identity, belongs_to, connector_of, server_key
 from tbes.ledger import Pause, PauseLedger
@@ -55,7 +55,14 @@ from tbes.received import SenderEvidence, SenderFinder
 from tbes.state import ServerState, observe
 from tbes.store._deadline import DEFAULT_CHECK_TIMEOUT, check_deadline, expired
 from tbes.store._discovery_queue import DiscoveryQueue
-from tbes.store.protocol import LedgerWrite, StateStore, StateWrite, Versioned, Write
+from tbes.store.protocol import (
+    EventWrite,
+    LedgerWrite,
+    StateStore,
+    StateWrite,
+    Versioned,
+    Write,
+)
 from tbes.version import ExchangeBuild
 
 __all__ = ["FAIL_CLOSED_REPLY", "Connection", "Enforcer", "Identity", "utc_now"]
@@ -193,6 +200,8 @@ class Enforcer:
         discovery: DiscoveryQueue | None = None,
         max_servers: int = _MAX_SERVERS,
         stale_after: dt.timedelta = _STALE_AFTER,
+        advance_notice: dt.timedelta | None = ADVANCE_NOTICE,
+        outbox: bool = False,
     ) -> None:
         _require(type(retries) is int and retries >= 0, "retries", "an int >= 0", retries)
         _require(
@@ -203,6 +212,19 @@ class Enforcer:
             "stale_after",
             "a timedelta > 0",
             stale_after,
+        )
+        _require(
+            advance_notice is None
+            or (isinstance(advance_notice, dt.timedelta) and advance_notice > _ZERO),
+            "advance_notice",
+            "a timedelta > 0 or None",
+            advance_notice,
+        )
+        _require(
+            outbox is False or (outbox is True and getattr(store, "supports_outbox", False)),
+            "outbox",
+            "False, or True with a store that keeps an outbox",
+            outbox,
         )
         _require(
             _is_timeout(check_timeout),
@@ -245,6 +267,8 @@ class Enforcer:
         self.monitor = monitor
         self.monitor_connectors = monitor_connectors
         self.exemptions = exemptions
+        self.advance_notice = advance_notice
+        self.outbox = outbox
         # EXEMPTION_ENDING ids this process has sent: the id itself is deterministic, so
         # other processes (and restarts) send the same id, which notifiers can deduplicate.
         self._warned: set[str] = set()
@@ -544,20 +568,26 @@ class Enforcer:
                 observed = ledger_read[0]
             decision = self._decide(observed, now, exemptions, conn)
             told = announcement(
-                old, observed, self.policy, now, connector=conn.connector, exemptions=exemptions
+                old,
+                observed,
+                self.policy,
+                now,
+                connector=conn.connector,
+                exemptions=exemptions,
+                notice=self.advance_notice,
             )
             new, events = told.state, told.events
             if new == old or (not events and _only_seen(old, new, self._seen_resolution)):
                 return decision  # nothing to store or announce
             try:
-                self._put(new, _version(current))
+                self._put(new, _version(current), events)
             except StoreConflictError:
                 continue  # another writer won: recompute from its state, which may announce
             if server_id != conn.server_id:
                 self._note(conn, new)
                 if old is None and observed.in_episode:
                     self._count_new_name(conn, now)
-            self._emit(events)
+            self._emit(events, queued=True)
             if ledger_read is not None:
                 self._resync_if_ledger_moved(new.tenant, ledger_read[1])
             return decision
@@ -1017,10 +1047,27 @@ class Enforcer:
     def _ledger(self, tenant: str) -> Versioned[PauseLedger] | None:
         return self._guard(lambda: self.store.get_ledger(tenant))
 
-    def _put(self, state: ServerState, expected_version: int | None) -> None:
+    def _put(
+        self, state: ServerState, expected_version: int | None, events: Sequence[Event] = ()
+    ) -> None:
+        if self.outbox and events:
+            # docs/notifications.md: the events go into the outbox in the state's transaction.
+            writes: list[Write] = [StateWrite(state, expected_version)]
+            writes += (EventWrite(event) for event in events)
+            self._guard(lambda: self.store.put_many(writes))
+            return
         self._guard(lambda: self.store.put(state, expected_version=expected_version))
 
-    def _emit(self, events: Sequence[Event]) -> None:
+    def _emit(self, events: Sequence[Event], *, queued: bool = False) -> None:
+        if self.outbox and events and not queued:
+            # Off the mail path (pauses, warnings): the outbox gets its own write, after the
+            # change; an event already there is kept, so a repeat changes nothing.
+            try:
+                self._guard(lambda: self.store.put_many([EventWrite(event) for event in events]))
+            except (StoreError, StoreConflictError):
+                _log.warning(
+                    "tbes: could not put %d events in the outbox", len(events), exc_info=True
+                )
         if self.notifier is None:
             return
         for event in events:

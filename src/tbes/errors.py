@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "AdapterConfigError",
     "CatalogError",
+    "DeliveryError",
     "InvalidBuildError",
     "InvalidPauseError",
     "InvalidValueError",
@@ -89,3 +90,7 @@ class AdapterConfigError(TbesError, ValueError):
 
 class PolicyProtocolError(TbesError, ValueError):
     """Input that is not a Postfix policy request: a line too long, too many or bad lines."""
+
+
+class DeliveryError(TbesError):
+    """A notifier could not deliver an event (receiver down, refused, timed out): retried later."""

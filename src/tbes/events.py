@@ -33,9 +33,12 @@ from tbes.state import ServerState
 from tbes.version import ExchangeBuild
 
 __all__ = [
+    "ADVANCE_NOTICE",
+    "NOTICE_KINDS",
     "Announcement",
     "Event",
     "EventKind",
+    "advance_notices",
     "announce",
     "announcement",
     "event_id",
@@ -43,6 +46,9 @@ __all__ = [
 ]
 
 _ID_LENGTH = 32  # hex digits: 128 bits, ample for ids that must never collide by chance
+
+ADVANCE_NOTICE = dt.timedelta(days=7)
+"""How long before a server's throttling, and its blocking, starts people are told."""
 
 
 class EventKind(enum.Enum):
@@ -57,6 +63,12 @@ class EventKind(enum.Enum):
     RESUMED = "RESUMED"
     REMEDIATED = "REMEDIATED"
     EXEMPTION_ENDING = "EXEMPTION_ENDING"
+    THROTTLING_SOON = "THROTTLING_SOON"
+    BLOCKING_SOON = "BLOCKING_SOON"
+
+
+NOTICE_KINDS = (EventKind.THROTTLING_SOON, EventKind.BLOCKING_SOON)
+"""The advance notices: their ``stage`` is the stage about to start, ``next_change`` its start."""
 
 
 def _check_stage(instance: object, attribute: attrs.Attribute[int | None], value: object) -> None:
@@ -121,7 +133,8 @@ def _default_id(event: Event) -> str:
 class Event:
     """One change worth telling people about: what, which server, when, and the details.
 
-    ``stage`` is the stage number in force (``None`` outside an episode), ``build`` the
+    ``stage`` is the stage number in force (``None`` outside an episode; for an advance
+    notice, :data:`NOTICE_KINDS`, the stage about to start), ``build`` the
     server's last known build, ``detail`` a sentence for humans. ``connector`` is the name
     of the connector the server's mail came through (``None`` where unknown, as for a
     pause), ``next_change`` the instant of the server's next stage change (``None`` if
@@ -169,6 +182,7 @@ def announcement(
     *,
     connector: str | None = None,
     exemptions: tuple[Exemption, ...] = (),
+    notice: dt.timedelta | None = ADVANCE_NOTICE,
 ) -> Announcement:
     """The events a write from ``old`` (``None``: no stored state) to ``new`` makes at ``now``.
 
@@ -181,13 +195,16 @@ def announcement(
     last told that enforcement runs. ``connector`` names the connector in every event.
     ``exemptions`` are the server's (:func:`~tbes.decision.decide`): the stages compared are
     those of the clock they hold still, so an exempt server announces no stage it is not in.
-    Arguments of the wrong type raise :class:`~tbes.errors.InvalidValueError` naming them.
+    ``notice`` (default :data:`ADVANCE_NOTICE`; ``None``: none) is how long ahead the
+    advance notices of :func:`advance_notices` are given. Arguments of the wrong type
+    raise :class:`~tbes.errors.InvalidValueError` naming them.
     """
     require_type(old, ServerState, "old", optional=True)
     require_type(new, ServerState, "new")
     require_type(policy, Policy, "policy")
     require_type(connector, str, "connector", optional=True)
-    teller = _Teller(new, policy, as_utc(now, "now"), connector, exemptions)
+    _require_notice(notice)
+    teller = _Teller(new, policy, as_utc(now, "now"), connector, exemptions, notice)
     state, events = teller.announce(old)
     return Announcement(state, events)
 
@@ -202,6 +219,42 @@ def announce(
 ) -> tuple[Event, ...]:
     """The events of :func:`announcement` alone: what a write from ``old`` to ``new`` tells."""
     return announcement(old, new, policy, now, connector=connector).events
+
+
+def advance_notices(
+    old: ServerState | None,
+    new: ServerState,
+    policy: Policy,
+    now: dt.datetime,
+    *,
+    notice: dt.timedelta = ADVANCE_NOTICE,
+    connector: str | None = None,
+    exemptions: tuple[Exemption, ...] = (),
+) -> tuple[Event, ...]:
+    """The advance notices a write from ``old`` to ``new`` gives at ``now``.
+
+    Microsoft announces each step ahead; so does tbes: ``THROTTLING_SOON`` once the server's
+    throttling starts within ``notice`` (the start of the policy's first throttling stage
+    on the server's clock, later by the pauses and exemptions holding it), and
+    ``BLOCKING_SOON`` likewise before its first blocking stage. A notice is given by the
+    write that first sees the server inside its window: its ``last_seen`` before the write
+    was before the window opened (or the episode is new), and the stage has not started.
+    Its ``stage`` is the stage about to start and ``next_change`` that stage's start; its
+    id is :func:`event_id` of the server, kind, episode start and that stage, so a notice
+    computed again (a pause moved the start, another writer raced) keeps its id. A stage
+    that starts at detection, or that the clock never reaches, gets no notice.
+    """
+    require_type(old, ServerState, "old", optional=True)
+    require_type(new, ServerState, "new")
+    require_type(policy, Policy, "policy")
+    require_type(connector, str, "connector", optional=True)
+    _require_notice(notice)
+    return _Teller(new, policy, as_utc(now, "now"), connector, exemptions, notice).notices(old)
+
+
+def _require_notice(value: object) -> None:
+    if value is not None and (not isinstance(value, dt.timedelta) or value <= dt.timedelta(0)):
+        raise InvalidValueError(f"notice must be a timedelta > 0 or None, got {value!r:.80}")
 
 
 def state_event(
@@ -244,6 +297,7 @@ class _Teller:
     now: dt.datetime
     connector: str | None
     exemptions: tuple[Exemption, ...] = ()
+    notice: dt.timedelta | None = None
 
     def event(
         self,
@@ -275,6 +329,56 @@ class _Teller:
         )
 
     def announce(self, old: ServerState | None) -> tuple[ServerState, tuple[Event, ...]]:
+        state, events = self._changes(old)
+        if self.notice is None or not self.new.in_episode:
+            return state, events
+        return state, events + self.notices(old)
+
+    def notices(self, old: ServerState | None) -> tuple[Event, ...]:
+        """The advance notices of :func:`advance_notices`."""
+        new, notice = self.new, self.notice
+        first = new.first_detected
+        if notice is None or first is None or not new.in_episode:
+            return ()
+        at = _latest(new, self.now)
+        # Seen inside the window before this write: the notice was given then.
+        prior = old.last_seen if old is not None and old.first_detected == first else None
+        table = self.policy.stage_table
+        spans = _held_spans(new, self.policy, self.exemptions)
+        notices = []
+        for kind, offset in (
+            (EventKind.THROTTLING_SOON, table.first_throttle),
+            (EventKind.BLOCKING_SOON, table.first_block),
+        ):
+            if not offset:  # no such stage, or it starts at detection: nothing ahead
+                continue
+            starts = clock_reaches(spans, first, offset)
+            if starts is None or not starts - notice <= at < starts:
+                continue
+            if prior is not None and prior >= starts - notice:
+                continue
+            stage = table.stage_at(offset)
+            detail = (
+                f"stage {stage.number} starts on {starts:%Y-%m-%d %H:%M} UTC: {_stage_text(stage)}"
+            )
+            notices.append(
+                Event(
+                    kind,
+                    new.server_id,
+                    new.tenant,
+                    self.now,
+                    stage.number,
+                    new.build,
+                    detail,
+                    connector=self.connector,
+                    next_change=starts,
+                    episode_start=first,
+                    id=event_id(new.server_id, kind, first, stage.number),
+                )
+            )
+        return tuple(notices)
+
+    def _changes(self, old: ServerState | None) -> tuple[ServerState, tuple[Event, ...]]:
         new, policy = self.new, self.policy
         if not new.in_episode:
             return self._stop(old)
@@ -370,10 +474,17 @@ def _next_start(
     start = policy.stage_table.next_start(decision.elapsed)
     if start is None:
         return None
+    return clock_reaches(_held_spans(state, policy, exemptions), first, start)
+
+
+def _held_spans(
+    state: ServerState, policy: Policy, exemptions: tuple[Exemption, ...]
+) -> tuple[Span, ...]:
+    """The spans in which the server's enforcement clock stands still."""
     spans = pause_spans(state.pauses) if policy.pause_freezes_clock else ()
     if exemptions:  # an exemption holds the clock as a pause does
         spans = _union((*spans, *exempt_spans(exemptions)))
-    return clock_reaches(spans, first, start)
+    return spans
 
 
 def _union(spans: tuple[Span, ...]) -> tuple[Span, ...]:

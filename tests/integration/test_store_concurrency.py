@@ -22,7 +22,7 @@ from integration.pg import PostgresServer
 from tbes.catalog import Catalog
 from tbes.enforcer import Connection, Enforcer
 from tbes.errors import PauseConflictError, QuotaExceededError, StoreConflictError
-from tbes.events import Event, EventKind
+from tbes.events import NOTICE_KINDS, Event, EventKind
 from tbes.notifiers import CallbackNotifier
 from tbes.policy import ConnectorKind, Policy
 from tbes.state import ServerState
@@ -197,6 +197,15 @@ def test_processes_sharing_a_store_spend_the_quota_exactly_and_announce_once(
             (EventKind.BLOCKING_STARTED.value, 5),
             (EventKind.FULLY_BLOCKED.value, 8),
         }
-        got = {(k, stage): n for (k, s, stage), n in heard.items() if s == server and k != "PAUSED"}
+        notices = {k.value for k in NOTICE_KINDS}
+        got = {
+            (k, stage): n
+            for (k, s, stage), n in heard.items()
+            if s == server and k != "PAUSED" and k not in notices
+        }
         assert got == dict.fromkeys(once, 1), server
+        # An advance notice is given again only when a pause moved the start it announces,
+        # and then as the same event (one episode, one stage: one id).
+        told = {(k, stage) for (k, s, stage) in heard if s == server and k in notices}
+        assert told <= {(EventKind.THROTTLING_SOON.value, 2), (EventKind.BLOCKING_SOON.value, 5)}
     store.close()

@@ -14,6 +14,9 @@ What an administrator expects of a mail daemon, as of postgrey or policyd-spf:
   naming the file and the reason, and the running one stays.
 * The discovery queue of the unmapped Exchange senders (docs/discovery.md) is written
   out on a reload (the old one, once swapped) and on shutdown.
+* **Notifications**: with ``[[notifier]]`` tables, a background thread
+  (:class:`~tbes.outbox.OutboxSender`) delivers the store's outbox; it starts with the
+  services, follows reloads, and stops after them (docs/notifications.md).
 * **SIGTERM/SIGINT** stop accepting, let each connection finish the answer in hand for up
   to :data:`DRAIN_SECONDS`, close the rest and exit 0.
 
@@ -24,6 +27,7 @@ Log lines go where ``--log-target`` says, formatted by :mod:`tbes.adapters._log_
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import os
 import signal
@@ -44,6 +48,7 @@ from tbes.adapters.config import (
     load_config,
     make_discovery,
     make_enforcer,
+    make_receivers,
 )
 from tbes.adapters.listen import ListenAddress, parse_listen_address
 from tbes.errors import TbesError
@@ -114,6 +119,7 @@ class Daemon:
         self._metrics_at = None if metrics is None else _metrics.parse_metrics_address(metrics)
         self._store: Any = None
         self._loaded: tuple[AdapterConfig, Checker] | None = None
+        self._sender: Any = None  # the outbox sender, with a store that keeps an outbox
         self._reloading: asyncio.Task[None] | None = None
 
     def open(self) -> None:
@@ -131,6 +137,7 @@ class Daemon:
             raise DaemonError(reason(error)) from error
         try:
             self._loaded = self._source.load(self._store)
+            self._sender = _sender(self._store, *self._loaded)
         except (TbesError, ValueError, OSError) as error:
             self._store.close()
             raise DaemonError(reason(error)) from error
@@ -138,10 +145,14 @@ class Daemon:
     def run(self) -> None:
         """Bind, serve until SIGTERM/SIGINT (reloading on SIGHUP), drain; after :meth:`open`."""
         assert self._loaded is not None, "open() first"
+        if self._sender is not None:
+            self._sender.start()
         try:
             asyncio.run(self._serve(*self._loaded))
         finally:
             _close_discovery(self._loaded[1])
+            if self._sender is not None:
+                self._sender.stop()
             self._store.close()
 
     async def _serve(self, config: AdapterConfig, checker: Checker) -> None:
@@ -215,6 +226,7 @@ class Daemon:
     async def _reload(self, services: tuple[Any, ...]) -> None:
         try:
             config, checker = await asyncio.to_thread(self._source.load, self._store)
+            receivers = _receivers(config, checker)
         except Exception as error:  # any failure keeps the running configuration
             _metrics.active().reload(False)
             _log.error(
@@ -230,6 +242,8 @@ class Daemon:
         if old is not None:
             # The old queue writes what it holds: nothing seen before the reload is lost.
             await asyncio.to_thread(_close_discovery, old[1])
+        if self._sender is not None:
+            self._sender.replace(receivers)
         _metrics.active().reload(True)
         _log.info("tbes: reloaded %s", self._source.config_path)
 
@@ -239,6 +253,26 @@ def _close_discovery(checker: Checker) -> None:
     queue = getattr(checker, "discovery", None)
     if queue is not None:
         queue.close()
+
+
+def _receivers(config: AdapterConfig, checker: Checker) -> list[Any]:
+    return make_receivers(config, catalog=getattr(checker, "catalog", None))
+
+
+def _sender(store: Any, config: AdapterConfig, checker: Checker) -> Any:
+    """The outbox sender of ``config``'s notifiers (even none: it prunes), if the store has one."""
+    if not getattr(store, "supports_outbox", False):
+        return None
+    from tbes.outbox import OutboxSender
+
+    days = config.notifications
+    return OutboxSender(
+        store,
+        _receivers(config, checker),
+        clock=config.clock,
+        keep=dt.timedelta(days=days.keep_days),
+        expire=dt.timedelta(days=days.expire_days),
+    )
 
 
 def _osreason(error: OSError) -> str:

@@ -20,6 +20,10 @@ does, but accepts every connection. ``[[exemption]]`` entries accept the servers
 (``enabled``, ``max_servers``, ``flush_seconds``) records the unmapped on-premises Exchange
 senders (docs/discovery.md).
 
+``[[notifier]]`` tables (``log``, ``webhook``, ``email``) name who is told of events, the
+``[notifications]`` table when and for how long, and a ``[[connector]]`` may add its own
+``recipients`` and ``info_url`` (docs/notifications.md; :func:`make_receivers`).
+
 The file format is TOML read by :mod:`tomllib`; unknown keys are errors, because a typo in a
 security setting must not pass silently. ``[testing] fixed_time`` freezes the clock, so that
 tests (and demonstrations) can place a server in any stage at any minute; it is not meant
@@ -52,7 +56,7 @@ import math
 import os
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
@@ -69,6 +73,9 @@ from tbes.errors import (
 from tbes.exemption import Exemption
 from tbes.identity import Identity
 from tbes.notifiers import Notifier
+
+if TYPE_CHECKING:
+    from tbes.outbox import Receiver
 from tbes.policy import ConnectorKind, Policy
 from tbes.store._deadline import DEFAULT_CHECK_TIMEOUT
 from tbes.store._discovery_queue import (
@@ -80,14 +87,18 @@ from tbes.store.protocol import StateStore
 
 __all__ = [
     "MODES",
+    "NOTIFIER_TYPES",
     "AdapterConfig",
     "AdapterConfigError",
     "Checker",
     "ConnectorRule",
     "DiscoverySettings",
+    "NotificationSettings",
+    "NotifierSpec",
     "load_config",
     "make_discovery",
     "make_enforcer",
+    "make_receivers",
     "normalise_host",
     "normalise_ip",
     "normalise_subject",
@@ -95,6 +106,7 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
+_REQUIRED = object()
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 # What MTAs write for a client whose name they could not verify.
@@ -201,6 +213,14 @@ def _to_subjects(values: Iterable[str]) -> tuple[str, ...]:
     return tuple(subjects)
 
 
+def _str_tuple(values: Iterable[str]) -> tuple[str, ...]:
+    return tuple(values)
+
+
+def _spec_tuple(values: Iterable[NotifierSpec]) -> tuple[NotifierSpec, ...]:
+    return tuple(values)
+
+
 def _non_empty_text(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if not isinstance(value, str) or not value.strip():
         raise AdapterConfigError(f"{attribute.name} must be a non-empty string, got {value!r}")
@@ -291,6 +311,9 @@ class ConnectorRule:
     name: str = attrs.field(default=attrs.Factory(_v1_name, takes_self=True), validator=_check_name)
     mode: str | None = attrs.field(default=None, validator=attrs.validators.optional(_mode))
     identity: Identity | None = attrs.field(default=None, converter=_to_identity)
+    # docs/notifications.md: who hears of this connector's servers, and where to read more.
+    recipients: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
+    info_url: str | None = attrs.field(default=None, validator=_optional_text)
 
     def __attrs_post_init__(self) -> None:
         _has_criterion(self)
@@ -437,6 +460,111 @@ class DiscoverySettings:
     flush_seconds: float = attrs.field(default=DEFAULT_FLUSH_SECONDS, validator=_timeout)
 
 
+# ---- notifications (docs/notifications.md) ------------------------------------------------
+
+NOTIFIER_TYPES = ("log", "webhook", "email")
+"""The kinds of ``[[notifier]]``."""
+
+
+def _whole_days(instance: object, attribute: attrs.Attribute[int], value: object) -> None:
+    if type(value) is not int or not 1 <= value <= 366:
+        raise AdapterConfigError(f"{attribute.name} must be a whole number of days in 1..366")
+
+
+@attrs.frozen
+class NotificationSettings:
+    """The ``[notifications]`` table: when advance notices go, how long the outbox keeps events.
+
+    ``advance_notice_days`` before a server's throttling starts, and before its blocking
+    starts, people are told; delivered events stay in the outbox ``keep_days``, undelivered
+    ones at most ``expire_days`` (a receiver down longer misses them).
+    """
+
+    advance_notice_days: int = attrs.field(default=7, validator=_whole_days)
+    keep_days: int = attrs.field(default=7, validator=_whole_days)
+    expire_days: int = attrs.field(default=30, validator=_whole_days)
+
+    def __attrs_post_init__(self) -> None:
+        if self.expire_days < self.keep_days:
+            raise AdapterConfigError("expire_days must be at least keep_days")
+
+
+@attrs.frozen
+class NotifierSpec:
+    """One ``[[notifier]]``: a receiver of events, as configured (built by :func:`make_sender`).
+
+    ``name`` (unique) keys its deliveries in the store; ``type`` is one of
+    :data:`NOTIFIER_TYPES`; ``connectors`` limits it to those connectors' events (empty:
+    all); ``options`` are the type's own keys, checked when the spec is made.
+    """
+
+    name: str = attrs.field(validator=_non_empty_text)
+    type: str
+    connectors: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
+    options: Mapping[str, Any] = attrs.field(factory=dict, converter=dict)
+
+    def __attrs_post_init__(self) -> None:
+        if self.type not in NOTIFIER_TYPES:
+            raise AdapterConfigError(
+                f"[[notifier]] {self.name!r}: type = {self.type!r}; write one of "
+                + ", ".join(map(repr, NOTIFIER_TYPES))
+            )
+        known = _NOTIFIER_KEYS[self.type]
+        unknown = sorted(set(self.options) - known)
+        if unknown:
+            raise AdapterConfigError(
+                f"[[notifier]] {self.name!r}: unknown key {unknown[0]!r} for type "
+                f"{self.type!r}; known keys: {', '.join(sorted(known | _COMMON_NOTIFIER_KEYS))}"
+            )
+        for key in _REQUIRED_NOTIFIER_KEYS[self.type]:
+            if key not in self.options:
+                raise AdapterConfigError(
+                    f"[[notifier]] {self.name!r} of type {self.type!r} needs {key} = ..."
+                )
+
+
+_COMMON_NOTIFIER_KEYS = frozenset({"name", "type", "connectors"})
+_NOTIFIER_KEYS = {
+    "log": frozenset[str](),
+    "webhook": frozenset({"url", "timeout"}),
+    "email": frozenset(
+        {
+            "smtp_host",
+            "smtp_port",
+            "from",
+            "to",
+            "starttls",
+            "username",
+            "password",
+            "timeout",
+            "digest_hour",
+        }
+    ),
+}
+_REQUIRED_NOTIFIER_KEYS = {
+    "log": (),
+    "webhook": ("url",),
+    "email": ("smtp_host", "from"),
+}
+
+
+def _check_notifiers(config: AdapterConfig) -> None:
+    names = {rule.name for rule in config.connectors}
+    seen: set[str] = set()
+    for spec in config.notifiers:
+        if not isinstance(spec, NotifierSpec):
+            raise AdapterConfigError(f"notifiers must be NotifierSpec values, got {spec!r}")
+        if spec.name in seen:
+            raise AdapterConfigError(f"two [[notifier]] tables are named {spec.name!r}")
+        seen.add(spec.name)
+        for connector in spec.connectors:
+            if connector not in names:
+                raise AdapterConfigError(
+                    f"[[notifier]] {spec.name!r} names connector {connector!r}, "
+                    "which no [[connector]] has"
+                )
+
+
 @attrs.frozen
 class AdapterConfig:
     """How an adapter names connections and behaves on faults (see the module docstring).
@@ -486,8 +614,15 @@ class AdapterConfig:
     )
     max_servers: int = attrs.field(default=1000, validator=_positive_int)
     stale_after: dt.timedelta = attrs.field(default=dt.timedelta(days=30), validator=_positive_days)
+    notifiers: tuple[NotifierSpec, ...] = attrs.field(default=(), converter=_spec_tuple)
+    notifications: NotificationSettings = attrs.field(
+        factory=lambda: NotificationSettings(),
+        validator=attrs.validators.instance_of(NotificationSettings),
+    )
 
     def __attrs_post_init__(self) -> None:
+        _check_notifiers(self)
+        make_receivers(self)  # every value checked now, not first when a daemon starts
         for rule in self.connectors:
             if (rule.identity or self.identity) is Identity.SERVER:
                 _no_slash(rule)
@@ -655,7 +790,76 @@ def make_enforcer(
         discovery=discovery,
         max_servers=config.max_servers,
         stale_after=config.stale_after,
+        advance_notice=dt.timedelta(days=config.notifications.advance_notice_days),
+        outbox=bool(config.notifiers) and bool(getattr(store, "supports_outbox", False)),
     )
+
+
+def make_receivers(config: AdapterConfig, *, catalog: Catalog | None = None) -> list[Receiver]:
+    """The :class:`~tbes.outbox.Receiver` of each ``[[notifier]]``, in order.
+
+    A webhook and a mail name the connector's ``info_url``; a mail goes to its ``to`` and
+    to the ``recipients`` of the event's connector. A bad value raises AdapterConfigError
+    naming the notifier.
+    """
+    from tbes.notifiers import EmailNotifier, LoggingNotifier, WebhookNotifier
+    from tbes.outbox import Receiver
+
+    info_urls = {rule.name: rule.info_url for rule in config.connectors if rule.info_url}
+    recipients = {rule.name: rule.recipients for rule in config.connectors if rule.recipients}
+    receivers = []
+    for spec in config.notifiers:
+        options = spec.options
+        notifier: Notifier
+        digest_hour = None
+        try:
+            if spec.type == "webhook":
+                notifier = WebhookNotifier(
+                    _option(options, "url", str),
+                    timeout=_option(options, "timeout", (int, float), 10.0),
+                    info_urls=info_urls,
+                )
+            elif spec.type == "email":
+                notifier = EmailNotifier(
+                    _option(options, "smtp_host", str),
+                    _option(options, "smtp_port", int, 25),
+                    sender=_option(options, "from", str),
+                    to=_option(options, "to", list, []),
+                    recipients=recipients,
+                    starttls=_option(options, "starttls", bool, False),
+                    username=_option(options, "username", str, None),
+                    password=_option(options, "password", str, None),
+                    timeout=_option(options, "timeout", (int, float), 30.0),
+                    catalog=catalog,
+                    info_urls=info_urls,
+                )
+                digest_hour = _option(options, "digest_hour", int, None)
+            else:
+                notifier = LoggingNotifier(logging.getLogger("tbes.notify"))
+            receivers.append(
+                Receiver(
+                    spec.name,
+                    notifier,
+                    connectors=spec.connectors or None,
+                    digest_hour=digest_hour,
+                )
+            )
+        except (InvalidValueError, AdapterConfigError) as error:
+            raise AdapterConfigError(f"[[notifier]] {spec.name!r}: {error}") from None
+    return receivers
+
+
+def _option(options: Mapping[str, Any], key: str, kind: Any, default: Any = _REQUIRED) -> Any:
+    if key not in options:
+        if default is _REQUIRED:
+            raise AdapterConfigError(f"needs {key} = ...")
+        return default
+    value = options[key]
+    if isinstance(value, bool) and kind is not bool:
+        raise AdapterConfigError(f"{key} must not be true or false, got {value!r}")
+    if not isinstance(value, kind):
+        raise AdapterConfigError(f"{key} has the wrong type: {value!r:.80}")
+    return value
 
 
 def make_discovery(config: AdapterConfig, store: StateStore) -> DiscoveryQueue | None:
@@ -692,16 +896,31 @@ _TOP_KEYS = frozenset(
         "stale_after_days",
     }
 )
+_NOTIFICATION_KEYS = frozenset({"advance_notice_days", "keep_days", "expire_days"})
 _REMOVED_UNMATCHED = (
     "unmatched_kind was removed: a connection no [[connector]] rule matches is never "
     "enforced, because its only names, the peer's reverse DNS name and address, change and "
     "would restart enforcement at stage 1; delete the key, and add a [[connector]] rule with "
     "a name for each server to enforce"
 )
-_TABLE_KEYS = frozenset({"connector", "testing", "exemption", "discovery"})
+_TABLE_KEYS = frozenset(
+    {"connector", "testing", "exemption", "discovery", "notifier", "notifications"}
+)
 _DISCOVERY_KEYS = frozenset({"enabled", "max_servers", "flush_seconds"})
 _RULE_KEYS = frozenset(
-    {"kind", "tenant", "server_id", "networks", "hosts", "tls_subjects", "name", "mode", "identity"}
+    {
+        "kind",
+        "tenant",
+        "server_id",
+        "networks",
+        "hosts",
+        "tls_subjects",
+        "name",
+        "mode",
+        "identity",
+        "recipients",
+        "info_url",
+    }
 )
 _EXEMPTION_KEYS = frozenset({"connector", "server", "network", "reason", "until", "since"})
 _TESTING_KEYS = frozenset({"fixed_time"})
@@ -763,6 +982,10 @@ def _from_mapping(data: Mapping[str, Any]) -> AdapterConfig:
         identity=_get(data, "identity", str, Identity.SERVER.value),
         max_servers=_get(data, "max_servers", int, 1000),
         stale_after=dt.timedelta(days=_days(_get(data, "stale_after_days", object, 30))),
+        notifiers=tuple(
+            _notifier(item, index) for index, item in enumerate(_get(data, "notifier", list, []))
+        ),
+        notifications=_notifications(_get(data, "notifications", dict, {})),
     )
 
 
@@ -775,6 +998,37 @@ def _discovery(table: Mapping[str, Any]) -> DiscoverySettings:
         )
     except AdapterConfigError as error:
         raise AdapterConfigError(f"[discovery]: {error}") from None
+
+
+def _notifications(table: Mapping[str, Any]) -> NotificationSettings:
+    _no_unknown_keys("[notifications]", table, _NOTIFICATION_KEYS)
+    try:
+        return NotificationSettings(
+            **{key: _get(table, key, int, default) for key, default in _NOTIFICATION_DEFAULTS}
+        )
+    except AdapterConfigError as error:
+        raise AdapterConfigError(f"[notifications]: {error}") from None
+
+
+_NOTIFICATION_DEFAULTS = (("advance_notice_days", 7), ("keep_days", 7), ("expire_days", 30))
+
+
+def _notifier(item: object, index: int) -> NotifierSpec:
+    where = f"[[notifier]] number {index + 1}"
+    if not isinstance(item, dict):
+        raise AdapterConfigError(f"{where} must be a table, got {item!r}")
+    try:
+        if "name" not in item or "type" not in item:
+            raise AdapterConfigError('needs name = "..." and type = "log", "webhook" or "email"')
+        options = {k: v for k, v in item.items() if k not in _COMMON_NOTIFIER_KEYS}
+        return NotifierSpec(
+            name=_get(item, "name", str, ""),
+            type=_get(item, "type", str, ""),
+            connectors=_string_list(item, "connectors"),
+            options=options,
+        )
+    except AdapterConfigError as error:
+        raise AdapterConfigError(f"{where}: {error}") from None
 
 
 def _exemption(item: object, index: int) -> Exemption:
@@ -815,6 +1069,8 @@ def _rule(item: object, index: int, tenant: str) -> ConnectorRule:
             name=_get(item, "name", str, _get(item, "server_id", str, "")),
             mode=_get(item, "mode", str, None),
             identity=_get(item, "identity", str, None),
+            recipients=_string_list(item, "recipients"),
+            info_url=_get(item, "info_url", str, None),
         )
     except AdapterConfigError as error:
         raise AdapterConfigError(f"{where}: {error}") from None

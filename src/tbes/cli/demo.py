@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import click
 from rich import box
@@ -90,6 +92,7 @@ def demo(ctx: click.Context, db: Path, report_path: Path) -> None:
     if result.ledger is not None:
         for year in sorted({y for p in result.ledger.pauses for y in p.years()}):
             console.print(quota_line(result.ledger, year))
+    _print_delivered(console, guarded(lambda: scenario.deliver_events(db, catalog=catalog)))
     console.print(
         text_line(
             f"{result.checks} connections checked. Wrote {result.report} "
@@ -97,6 +100,29 @@ def demo(ctx: click.Context, db: Path, report_path: Path) -> None:
             f"tbes report --db {db} --at {scenario.END:%Y-%m-%dT%H:%MZ}"
         ),
     )
+
+
+def _print_delivered(console: Any, delivered: scenario.Delivered) -> None:
+    """Say what the demo's own webhook and SMTP sink received (docs/notifications.md)."""
+    kinds = Counter(delivered.posts)
+    summary = ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items()))
+    console.print(
+        text_line(
+            f"Delivered {len(delivered.posts)} events to the webhook at {delivered.webhook} "
+            f"({summary}), each with its id as Idempotency-Key."
+        )
+    )
+    if delivered.mail is None:
+        console.print(
+            text_line("No SMTP sink: install the smtp extra (aiosmtpd) to see the mails.")
+        )
+    else:
+        console.print(
+            text_line(
+                f"Mailed {len(delivered.mails)} notices to the SMTP sink at {delivered.mail}, "
+                f"e.g. {printable(delivered.mails[0]) if delivered.mails else '-'}"
+            )
+        )
 
 
 def _fresh_database(db: Path) -> None:

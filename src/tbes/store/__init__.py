@@ -11,13 +11,23 @@ from tbes.store._discovery_queue import DiscoveryQueue
 from tbes.store.base import RowStore, UnreadableRow
 from tbes.store.memory import MemoryStore
 from tbes.store.postgres import PostgresStore
-from tbes.store.protocol import LedgerWrite, StateStore, StateWrite, Versioned, Write
+from tbes.store.protocol import (
+    EventWrite,
+    LedgerWrite,
+    Pending,
+    StateStore,
+    StateWrite,
+    Versioned,
+    Write,
+)
 from tbes.store.sqlite import SQLiteStore
 
 __all__ = [
     "DiscoveryQueue",
+    "EventWrite",
     "LedgerWrite",
     "MemoryStore",
+    "Pending",
     "PostgresStore",
     "RowStore",
     "SQLiteStore",

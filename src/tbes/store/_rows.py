@@ -21,10 +21,11 @@ import attrs
 from tbes._slots import slot_filler
 from tbes.compliance import Compliance
 from tbes.errors import InvalidValueError, StoreConflictError, StoreError, TbesError
+from tbes.events import Event
 from tbes.ledger import Pause, PauseLedger
 from tbes.serde import dumps, loads
 from tbes.state import ServerState
-from tbes.store.protocol import LedgerWrite, StateWrite, Versioned, Write
+from tbes.store.protocol import EventWrite, LedgerWrite, StateWrite, Versioned, Write
 from tbes.version import ExchangeBuild
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "conflict",
     "describe",
     "dump_row",
+    "load_event",
     "load_ledger",
     "load_row",
     "load_state",
@@ -72,23 +74,30 @@ RawRow = tuple[object, object, object]
 class RowWrite:
     """A checked write, ready for a back end: which row, its new version and its JSON."""
 
-    table: str  # "server" or "ledger"
-    key: str  # the server id or the tenant
+    table: str  # "server", "ledger" or "outbox"
+    key: str  # the server id, the tenant or the event id
     tenant: str  # the tenant the row belongs to (for a ledger, its key)
     expected: int | None  # the version the row must still have (None: must not exist)
     version: int  # the version the write gives it
     data: str  # the JSON text, at row schema ROW_SCHEMA
+    # An outbox row only: the event's instant in seconds since the epoch (for pruning).
+    # Outbox rows are inserted unless their event id is there already: no version check.
+    at: float | None = None
 
 
 def row_key(write: Write) -> tuple[str, str]:
     """The table and key a write goes to: ``("server", id)`` or ``("ledger", tenant)``."""
     if isinstance(write, StateWrite):
         return ("server", write.state.server_id)
+    if isinstance(write, EventWrite):
+        return ("outbox", write.event.id)
     return ("ledger", write.ledger.tenant)
 
 
 def describe(table: str, key: str) -> str:
     """Name a row for a message: ``server 'x'`` or ``ledger of tenant 'y'``."""
+    if table == "outbox":
+        return f"event {key!r}"
     return f"server {key!r}" if table == "server" else f"ledger of tenant {key!r}"
 
 
@@ -111,12 +120,14 @@ def check_writes(writes: object) -> tuple[Write, ...]:
     # A bare str is a sequence too, but never one of writes.
     if isinstance(writes, str | bytes) or not isinstance(writes, Sequence):
         raise InvalidValueError(
-            f"writes must be a sequence of StateWrite and LedgerWrite, got {writes!r:.80}"
+            f"writes must be a sequence of StateWrite, LedgerWrite and EventWrite, "
+            f"got {writes!r:.80}"
         )
     for write in writes:
-        if not isinstance(write, StateWrite | LedgerWrite):
+        if not isinstance(write, StateWrite | LedgerWrite | EventWrite):
             raise InvalidValueError(
-                f"writes must hold only StateWrite and LedgerWrite values, got {write!r:.80}"
+                "writes must hold only StateWrite, LedgerWrite and EventWrite values, "
+                f"got {write!r:.80}"
             )
     return tuple(writes)
 
@@ -184,6 +195,14 @@ def load_ledger(tenant: str, schema: object, data: object) -> PauseLedger:
     return ledger
 
 
+def load_event(event_id: str, schema: object, data: object) -> Event:
+    """Decode the stored outbox row of ``event_id``, like :func:`load_state`."""
+    event = _load("outbox", event_id, schema, data, Event)
+    if event.id != event_id:
+        raise StoreError(f"stored row of the event {event_id!r} holds event {event.id!r}")
+    return event
+
+
 def load_row(server_id: str, row: RawRow) -> Versioned[ServerState]:
     """Decode a whole stored server row, version included; StoreError if unreadable."""
     version = stored_version("server", server_id, row[0])
@@ -228,6 +247,11 @@ def plan_writes(
     planned: dict[int, RowWrite] = {}
     for index in sorted(range(len(writes)), key=keys.__getitem__):
         write, (table, key) = writes[index], keys[index]
+        if isinstance(write, EventWrite):  # inserted unless there: nothing to read or check
+            event = write.event
+            at = event.at.timestamp()
+            planned[index] = RowWrite(table, key, event.tenant, None, 1, dumps(event), at)
+            continue
         raw = read(table, key)
         found = None if raw is None else check_row(table, key, raw)
         if found != write.expected_version:

@@ -46,6 +46,32 @@ _TABLES = {
 
 
 _DISCOVERED_ROWS = "SELECT peer, data FROM tbes_discovered"
+# The outbox's statements, written with "?" and given the driver's placeholder when run.
+_INSERT_EVENT = (
+    "INSERT INTO tbes_outbox (event_id, tenant, at, row_schema, data) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (event_id) DO NOTHING"
+)
+_CLAIMABLE = (
+    "SELECT o.event_id, o.row_schema, o.data FROM tbes_outbox o "
+    "LEFT JOIN tbes_deliveries d ON d.event_id = o.event_id AND d.receiver = ? "
+    "WHERE d.event_id IS NULL OR (d.delivered IS NULL AND d.due <= ?) "
+    "ORDER BY o.seq LIMIT ?"
+)
+_CLAIM = (
+    "INSERT INTO tbes_deliveries (event_id, receiver, attempts, due, delivered) "
+    "VALUES (?, ?, 1, ?, NULL) ON CONFLICT (event_id, receiver) DO UPDATE "
+    "SET attempts = tbes_deliveries.attempts + 1, due = excluded.due "
+    "WHERE tbes_deliveries.delivered IS NULL AND tbes_deliveries.due <= ? "
+    "RETURNING attempts"
+)
+_MARK = (
+    "UPDATE tbes_deliveries SET due = ?, delivered = ? "
+    "WHERE event_id = ? AND receiver = ? AND delivered IS NULL"
+)
+
+
+def _event_args(row: RowWrite) -> tuple[object, ...]:
+    return (row.key, row.tenant, row.at if row.at is not None else 0.0, ROW_SCHEMA, row.data)
 
 
 class _Cursor(Protocol):
@@ -190,7 +216,7 @@ class SQLStore(RowStore, Generic[_C]):
     # ---- discovered servers ----------------------------------------------------------------
 
     def _exec(self, conn: _C, sql: str, args: tuple[object, ...]) -> _Cursor:
-        """Run one statement of a write; a back end may bound each statement's wait here."""
+        """Run one statement inside :meth:`_run`; a back end may bound each statement's wait."""
         return conn.execute(sql, args)
 
     def _lock_discovered(self, conn: _C) -> None:
@@ -233,9 +259,71 @@ class SQLStore(RowStore, Generic[_C]):
         def work(conn: _C) -> tuple[int, ...]:
             planned = self._plan(writes, functools.partial(self._read, conn))
             # Rows are written in (table, key) order too, so batches never wait in a circle.
-            for row in sorted(planned, key=lambda row: (row.table, row.key)):
+            rows = [row for row in planned if row.table != "outbox"]
+            for row in sorted(rows, key=lambda row: (row.table, row.key)):
                 self._store(conn, row)
+            # Events last, in the order given (the outbox is delivered in it); the rows
+            # locked above already keep two batches announcing one event apart.
+            insert = _INSERT_EVENT.replace("?", self._PARAM)
+            for row in planned:
+                if row.table == "outbox":
+                    self._exec(conn, insert, _event_args(row))
             return tuple(row.version for row in planned)
+
+        return self._run(work)
+
+    # ---- the outbox (docs/notifications.md) -------------------------------------------
+
+    supports_outbox = True
+
+    def _claim_rows(
+        self, receiver: str, now: float, until: float, limit: int
+    ) -> list[tuple[str, object, object, int]]:
+        select = _CLAIMABLE.replace("?", self._PARAM)
+        claim = _CLAIM.replace("?", self._PARAM)
+
+        def work(conn: _C) -> list[tuple[str, object, object, int]]:
+            claimed = []
+            for event_id, schema, data in self._exec(
+                conn, select, (receiver, now, limit)
+            ).fetchall():
+                # The claim holds only if no other sender claimed the row meanwhile.
+                row = self._exec(conn, claim, (event_id, receiver, until, now)).fetchone()
+                if row is not None:
+                    claimed.append((event_id, schema, data, int(row[0])))
+            return claimed
+
+        return self._run(work)
+
+    def _mark_row(
+        self, receiver: str, event_id: str, delivered: float | None, due: float | None
+    ) -> None:
+        sql = _MARK.replace("?", self._PARAM)
+        self._run(lambda conn: self._exec(conn, sql, (due, delivered, event_id, receiver)))
+
+    def _prune_rows(
+        self, delivered_before: float, expire_before: float, receivers: tuple[str, ...]
+    ) -> int:
+        p = self._PARAM
+        if receivers:
+            names = ", ".join([p] * len(receivers))
+            done = (
+                f"(SELECT COUNT(*) FROM tbes_deliveries d WHERE d.event_id = o.event_id "
+                f"AND d.delivered IS NOT NULL AND d.receiver IN ({names})) = {len(receivers)}"
+            )
+        else:
+            done = "1 = 1"
+        delete = f"DELETE FROM tbes_outbox AS o WHERE o.at < {p} OR (o.at < {p} AND {done})"
+        orphans = (
+            "DELETE FROM tbes_deliveries WHERE NOT EXISTS "
+            "(SELECT 1 FROM tbes_outbox o WHERE o.event_id = tbes_deliveries.event_id)"
+        )
+
+        def work(conn: _C) -> int:
+            args = (expire_before, delivered_before, *receivers)
+            gone = int(self._exec(conn, delete, args).rowcount)
+            self._exec(conn, orphans, ())
+            return gone
 
         return self._run(work)
 

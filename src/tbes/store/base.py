@@ -18,11 +18,14 @@ Besides :class:`RowStore`, this module exports what its primitives speak in (:da
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
 from collections.abc import Callable, Iterator, Sequence
-from typing import Self, TypeVar
+from typing import ClassVar, Self, TypeVar
 
 import attrs
 
+from tbes._instants import as_utc
 from tbes.discovery import DiscoveredServer
 from tbes.errors import InvalidValueError, StoreConflictError, StoreError
 from tbes.ledger import PauseLedger
@@ -35,13 +38,14 @@ from tbes.store._rows import (
     RowWrite,
     check_key,
     check_writes,
+    load_event,
     load_ledger,
     load_state,
     plan_writes,
     row_state,
     stored_version,
 )
-from tbes.store.protocol import LedgerWrite, StateWrite, Versioned, Write
+from tbes.store.protocol import EventWrite, LedgerWrite, Pending, StateWrite, Versioned, Write
 
 __all__ = [
     "DEFAULT_CHECK_TIMEOUT",
@@ -54,6 +58,10 @@ __all__ = [
 ]
 
 _MAX_DECODED = 4096
+_log = logging.getLogger(__name__)
+# An outbox row this tbes cannot read (a newer tbes wrote it?) is set aside this long.
+_UNREADABLE_RETRY = dt.timedelta(days=1)
+_MAX_CLAIM = 1000
 
 # What a primitive may raise as it is: the contract's own errors. Anything else is wrapped.
 _R = TypeVar("_R")
@@ -129,6 +137,41 @@ class RowStore:
 
     def _discovered_rows(self) -> list[tuple[object, object]]:
         """Every ``(peer, data)`` of the discovered table (optional: for ``discovered()``)."""
+        raise NotImplementedError
+
+    # ---- the outbox primitives (only with ``supports_outbox``) -------------------------
+
+    supports_outbox: ClassVar[bool] = False
+    """Whether the store keeps an outbox: takes :class:`~tbes.store.protocol.EventWrite`
+    in :meth:`put_many` (an ``"outbox"`` :class:`RowWrite`, inserted unless its key is
+    there) and implements the three primitives below (docs/notifications.md)."""
+
+    def _claim_rows(
+        self, receiver: str, now: float, until: float, limit: int
+    ) -> list[tuple[str, object, object, int]]:
+        """Claim for ``receiver`` up to ``limit`` outbox rows, oldest first, in one transaction.
+
+        A row is claimable unless delivered to ``receiver`` or claimed until after ``now``
+        (seconds since the epoch). Each claimed row's delivery record (made if missing)
+        gets one more attempt and is claimed ``until``. Returns ``(event_id, schema, data,
+        attempts)`` per claimed row.
+        """
+        raise NotImplementedError
+
+    def _mark_row(
+        self, receiver: str, event_id: str, delivered: float | None, due: float | None
+    ) -> None:
+        """Record ``delivered`` (an instant) or, undelivered, the instant ``due`` it may retry."""
+        raise NotImplementedError
+
+    def _prune_rows(
+        self, delivered_before: float, expire_before: float, receivers: tuple[str, ...]
+    ) -> int:
+        """Delete outbox rows (and their delivery records); return how many rows went.
+
+        Deleted: rows of events before ``delivered_before`` delivered to every one of
+        ``receivers``, and rows of events before ``expire_before`` whatever their state.
+        """
         raise NotImplementedError
 
     @staticmethod
@@ -230,9 +273,104 @@ class RowStore:
         return self.put_many([LedgerWrite(ledger, expected_version)])[0]
 
     def put_many(self, writes: Sequence[Write]) -> tuple[int, ...]:
-        """Apply compare-and-swap writes all-or-nothing; return their new versions."""
+        """Apply compare-and-swap writes all-or-nothing; return their new versions.
+
+        An :class:`~tbes.store.protocol.EventWrite` puts its event in the outbox (version
+        1), unless it is there already; a store without an outbox refuses it with
+        :class:`~tbes.errors.InvalidValueError`.
+        """
         checked = check_writes(writes)
+        if not self.supports_outbox and any(isinstance(w, EventWrite) for w in checked):
+            raise InvalidValueError(f"store {type(self).__name__} keeps no outbox")
         return self._call(self._apply, checked)
+
+    # ---- the outbox --------------------------------------------------------------------
+
+    def claim_events(
+        self,
+        receiver: str,
+        now: dt.datetime,
+        *,
+        lease: dt.timedelta,
+        limit: int = 100,
+    ) -> list[Pending]:
+        """Claim for ``receiver`` the oldest undelivered events of the outbox, up to ``limit``.
+
+        An event delivered to ``receiver`` (:meth:`mark_delivered`) is never claimed for it
+        again; a claimed one is not claimed again before ``now + lease`` or the instant
+        :meth:`retry_later` set, so a sender that died holding a claim loses it after the
+        lease. Claims of several processes never overlap. An outbox row this tbes cannot
+        read is logged at ERROR and set aside for a day.
+        """
+        receiver = check_key("receiver", receiver)
+        now = as_utc(now, "now")
+        if not isinstance(lease, dt.timedelta) or lease <= dt.timedelta(0):
+            raise InvalidValueError(f"lease must be a timedelta > 0, got {lease!r:.80}")
+        if type(limit) is not int or not 1 <= limit <= _MAX_CLAIM:
+            raise InvalidValueError(f"limit must be an int in 1..{_MAX_CLAIM}, got {limit!r:.80}")
+        self._require_outbox()
+        start = now.timestamp()
+        rows = self._call(self._claim_rows, receiver, start, (now + lease).timestamp(), limit)
+        claimed = []
+        for event_id, schema, data, attempts in rows:
+            try:
+                claimed.append(Pending(load_event(event_id, schema, data), attempts))
+            except StoreError as exc:
+                _log.error("tbes: outbox row set aside for a day: %s", exc)
+                self._call(
+                    self._mark_row,
+                    receiver,
+                    event_id,
+                    None,
+                    start + _UNREADABLE_RETRY.total_seconds(),
+                )
+        return claimed
+
+    def mark_delivered(self, receiver: str, event_id: str, now: dt.datetime) -> None:
+        """Record that ``receiver`` has the event ``event_id``: it is never claimed for it again."""
+        receiver = check_key("receiver", receiver)
+        event_id = check_key("event_id", event_id)
+        at = as_utc(now, "now").timestamp()
+        self._require_outbox()
+        self._call(self._mark_row, receiver, event_id, at, None)
+
+    def retry_later(self, receiver: str, event_id: str, at: dt.datetime) -> None:
+        """Let the undelivered event ``event_id`` be claimed for ``receiver`` again from ``at``."""
+        receiver = check_key("receiver", receiver)
+        event_id = check_key("event_id", event_id)
+        due = as_utc(at, "at").timestamp()
+        self._require_outbox()
+        self._call(self._mark_row, receiver, event_id, None, due)
+
+    def prune_outbox(
+        self,
+        now: dt.datetime,
+        *,
+        keep: dt.timedelta,
+        expire: dt.timedelta,
+        receivers: Sequence[str],
+    ) -> int:
+        """Delete what the outbox need not keep; return how many events were deleted.
+
+        Events older than ``keep`` delivered to every one of ``receivers``, and every event
+        older than ``expire`` (delivered or not: a receiver down that long is told no more
+        of it). With no ``receivers``, events older than ``keep`` go.
+        """
+        now = as_utc(now, "now")
+        for name, value in (("keep", keep), ("expire", expire)):
+            if not isinstance(value, dt.timedelta) or value < dt.timedelta(0):
+                raise InvalidValueError(f"{name} must be a timedelta >= 0, got {value!r:.80}")
+        if isinstance(receivers, str) or not isinstance(receivers, Sequence):
+            raise InvalidValueError(f"receivers must be a sequence of names, got {receivers!r:.80}")
+        names = tuple(sorted({check_key("receivers", name) for name in receivers}))
+        self._require_outbox()
+        return self._call(
+            self._prune_rows, (now - keep).timestamp(), (now - expire).timestamp(), names
+        )
+
+    def _require_outbox(self) -> None:
+        if not self.supports_outbox:
+            raise InvalidValueError(f"store {type(self).__name__} keeps no outbox")
 
     def states(self, tenant: str | None = None) -> Iterator[ServerState]:
         """Every stored state, or those of ``tenant``, in order of server id.

@@ -71,6 +71,27 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX tbes_discovered_by_last_seen ON tbes_discovered (last_seen, peer)",
     ),
+    # 4: the outbox (docs/notifications.md): events waiting for delivery, in the order they
+    # were stored, and per event and receiver the claims and the delivery.
+    (
+        """CREATE TABLE tbes_outbox (
+            seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            event_id text NOT NULL UNIQUE,
+            tenant text NOT NULL,
+            at double precision NOT NULL,
+            row_schema integer NOT NULL,
+            data text NOT NULL
+        )""",
+        "CREATE INDEX tbes_outbox_by_at ON tbes_outbox (at)",
+        """CREATE TABLE tbes_deliveries (
+            event_id text NOT NULL,
+            receiver text NOT NULL,
+            attempts integer NOT NULL,
+            due double precision,
+            delivered double precision,
+            PRIMARY KEY (event_id, receiver)
+        )""",
+    ),
 )
 """The schema's migrations in order; the database's version is how many have been applied."""
 

@@ -18,10 +18,19 @@ from typing import Generic, Protocol, TypeVar, runtime_checkable
 import attrs
 
 from tbes.errors import InvalidValueError
+from tbes.events import Event
 from tbes.ledger import PauseLedger
 from tbes.state import ServerState
 
-__all__ = ["LedgerWrite", "StateStore", "StateWrite", "Versioned", "Write"]
+__all__ = [
+    "EventWrite",
+    "LedgerWrite",
+    "Pending",
+    "StateStore",
+    "StateWrite",
+    "Versioned",
+    "Write",
+]
 
 _T_co = TypeVar("_T_co", covariant=True)
 
@@ -72,8 +81,39 @@ class LedgerWrite:
     expected_version: int | None = attrs.field(validator=_check_expected)
 
 
-Write = StateWrite | LedgerWrite
-"""A row to write in a batch: a server state or a tenant's ledger."""
+def _check_event(instance: object, attribute: attrs.Attribute[Event], value: object) -> None:
+    if not isinstance(value, Event):
+        raise InvalidValueError(f"event must be an Event, got {value!r:.80}")
+
+
+@attrs.frozen
+class EventWrite:
+    """An event to put in the store's outbox in the same :meth:`StateStore.put_many`.
+
+    Outbox rows are keyed by :attr:`~tbes.events.Event.id`: an event already there is kept
+    as it is (no compare-and-swap: the same id is the same event), so a batch that
+    announces it again changes nothing. Only stores whose ``supports_outbox`` is true
+    take them (docs/notifications.md).
+    """
+
+    event: Event = attrs.field(validator=_check_event)
+
+
+Write = StateWrite | LedgerWrite | EventWrite
+"""A row to write in a batch: a server state, a tenant's ledger, or an event for the outbox."""
+
+
+def _check_attempts(instance: object, attribute: attrs.Attribute[int], value: object) -> None:
+    if type(value) is not int or value < 1:
+        raise InvalidValueError(f"attempts must be an int >= 1, got {value!r:.80}")
+
+
+@attrs.frozen
+class Pending:
+    """An event of the outbox claimed for one receiver, and how many claims it has had."""
+
+    event: Event = attrs.field(validator=_check_event)
+    attempts: int = attrs.field(validator=_check_attempts)
 
 
 @runtime_checkable

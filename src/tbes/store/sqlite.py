@@ -70,6 +70,27 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX tbes_discovered_by_last_seen ON tbes_discovered (last_seen, peer)",
     ),
+    # 4: the outbox (docs/notifications.md): events waiting for delivery, in the order they
+    # were stored, and per event and receiver the claims and the delivery.
+    (
+        """CREATE TABLE tbes_outbox (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            event_id TEXT NOT NULL UNIQUE,
+            tenant TEXT NOT NULL,
+            at REAL NOT NULL,
+            row_schema INTEGER NOT NULL,
+            data TEXT NOT NULL
+        )""",
+        "CREATE INDEX tbes_outbox_by_at ON tbes_outbox (at)",
+        """CREATE TABLE tbes_deliveries (
+            event_id TEXT NOT NULL,
+            receiver TEXT NOT NULL,
+            attempts INTEGER NOT NULL,
+            due REAL,
+            delivered REAL,
+            PRIMARY KEY (event_id, receiver)
+        )""",
+    ),
 )
 """The schema's migrations in order; the database's version is how many have been applied."""
 
