@@ -149,16 +149,16 @@ def test_the_demo_discovers_its_unmapped_exchange_2013(tmp_path: Path) -> None:
     assert "accepted, and discovered" in result.output
     listed = run("report", "--db", str(db), "--discovered", "--format", "json")
     data = json.loads(listed.output)
-    [northwind] = data["discovered"]
-    assert northwind["peer"] == "198.51.100.13"
-    assert northwind["verified_name"] == "mail.northwind.example"
-    assert (northwind["build"], northwind["status"]) == ("15.0.1497.2", "UNSUPPORTED")
-    assert northwind["messages"] == 18  # one a week, 15 Oct 2026 to 15 Feb 2027
+    [litware] = data["discovered"]
+    assert litware["peer"] == "198.51.100.13"
+    assert litware["verified_name"] == "mail.litware.example"
+    assert (litware["build"], litware["status"]) == ("15.0.1497.2", "UNSUPPORTED")
+    assert litware["messages"] == 18  # one a week, 15 Oct 2026 to 15 Feb 2027
     [rule] = data["suggestions"]
-    assert rule["name"] == "northwind-example"
+    assert rule["name"] == "litware-example"
     # The unmapped server is in no report row: nothing about it is enforced.
     rows = run("report", "--db", str(db), "--format", "csv", "--at", "2027-02-15T18:00Z")
-    assert "northwind" not in rows.output
+    assert "litware" not in rows.output
     assert "198.51.100.13" not in rows.output
 
 

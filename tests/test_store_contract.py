@@ -724,8 +724,13 @@ def _has_tenant_index(backend: Backend) -> bool:
     return ("tbes_servers_by_tenant",) in rows
 
 
+def _has_discovered(backend: Backend) -> bool:
+    """Migration 3: the discovered servers (empty)."""
+    return _sql(backend)("SELECT COUNT(*) FROM tbes_discovered") == [(0,)]
+
+
 def _has_outbox(backend: Backend) -> bool:
-    """Migration 3: the outbox and its deliveries (empty)."""
+    """Migration 4: the outbox and its deliveries (empty)."""
     run = _sql(backend)
     tables = ("tbes_outbox", "tbes_deliveries")
     return all(run(f"SELECT COUNT(*) FROM {table}") == [(0,)] for table in tables)
@@ -733,8 +738,9 @@ def _has_outbox(backend: Backend) -> bool:
 
 def test_opening_an_empty_database_creates_the_latest_schema(persistent: Backend) -> None:
     persistent.open()
-    assert _sql(persistent)("SELECT version FROM tbes_schema") == [(3,)]
+    assert _sql(persistent)("SELECT version FROM tbes_schema") == [(4,)]
     assert _has_tenant_index(persistent)
+    assert _has_discovered(persistent)
     assert _has_outbox(persistent)
 
 
@@ -748,7 +754,7 @@ def test_opening_a_version_1_database_migrates_it_and_keeps_its_rows(persistent:
     )
     assert not _has_tenant_index(persistent)
     store = persistent.open()
-    assert run("SELECT version FROM tbes_schema") == [(3,)]
+    assert run("SELECT version FROM tbes_schema") == [(4,)]
     assert _has_tenant_index(persistent)
     assert _has_outbox(persistent)
     assert store.get("mx1.contoso.com") == Versioned(state(), 7)
@@ -758,7 +764,7 @@ def test_opening_a_version_1_database_migrates_it_and_keeps_its_rows(persistent:
 def test_opening_twice_migrates_once(persistent: Backend) -> None:
     persistent.open().put(state(), expected_version=None)
     persistent.open()
-    assert _sql(persistent)("SELECT version FROM tbes_schema") == [(3,)]
+    assert _sql(persistent)("SELECT version FROM tbes_schema") == [(4,)]
     assert persistent.open().get("mx1.contoso.com") == Versioned(state(), 1)
 
 

@@ -14,8 +14,8 @@ message bounces. A second tenant, *northwind*, sends through one connector,
 Each has its own state (``northwind-edge/HOST``), so the 2013 server is throttled and blocked
 on schedule while the SE server is always accepted; on 9 February northwind's administrator
 pauses the whole tenant for 10 days (one quota day per day, whatever the number of servers).
-Another Exchange 2013 of northwind's (:data:`UNMAPPED`) sends a message a week from an address
-no connector rule maps: accepted, and discovered (docs/discovery.md). The operator's
+An Exchange 2013 at *litware* (:data:`UNMAPPED`) sends a message a week from an address no
+connector rule maps: accepted, and discovered (docs/discovery.md). The operator's
 controls come from the TOML of :data:`CONTROLS`, as the daemons read it: *contoso*'s Exchange
 2013 (:data:`MONITORED`) comes through a connector in monitor mode, accepted while tbes stores
 what enforcement would have done; *woodgrove*'s Exchange 2016 (:data:`EXEMPTED`) is exempted
@@ -211,11 +211,11 @@ northwind's two servers behind one connector."""
 
 
 UNMAPPED = Sender(
-    "mail.northwind.example",
-    "northwind",
+    "mail.litware.example",
+    "litware",
     ConnectorKind.INTERNET,
     "198.51.100.13",
-    "NW-EX13.northwind.local",
+    "LW-EX13.litware.local",
     ((START, _b("15.0.1497.2")),),  # Exchange 2013 CU23: no rule names it
     (1, 1),
 )
@@ -574,6 +574,7 @@ def _controlled(
         notifier=CallbackNotifier(on_event),
         monitor_connectors=config.monitor_connectors,
         exemptions=config.exemptions,
+        outbox=True,  # its events are delivered too (deliver_events)
     )
 
 
@@ -831,7 +832,9 @@ def deliver_events(db: Path, *, catalog: Catalog | None = None) -> Delivered:
                 timeout=5,
             )
             receivers.append(Receiver("demo-mail", mailer))
-        sender = OutboxSender(store, receivers, clock=lambda: END)
+        # The replay's events are months old at END: keep them all until they are delivered.
+        year = dt.timedelta(days=366)
+        sender = OutboxSender(store, receivers, clock=lambda: END, keep=year, expire=year)
         for _ in range(1000):  # bounded: each round delivers up to a batch per receiver
             if not sender.run_once():
                 break

@@ -56,9 +56,12 @@ def demo(ctx: click.Context, db: Path, report_path: Path) -> None:
     catalog = catalog_of(ctx)
     guarded(lambda: _fresh_database(db))
     console = make_console()
+    senders = (*scenario.SENDERS, scenario.UNMAPPED, scenario.MONITORED, scenario.EXEMPTED)
+    tenants = list(dict.fromkeys(sender.tenant for sender in senders))
     console.print(
         text_line(
-            f"tbes demo: tenant {scenario.TENANT}, {len(scenario.SENDERS)} sending servers, "
+            f"tbes demo: {len(senders)} sending servers of {len(tenants)} tenants "
+            f"({', '.join(tenants)}), "
             f"{scenario.START:%Y-%m-%d} to {scenario.END:%Y-%m-%d} (simulated), "
             f"policy {scenario.POLICY_NAME}, database {db}",
             style="bold",
