@@ -58,6 +58,9 @@ FIXED = "2025-06-02T09:00:00+00:00"
 CONFIG = f"""\
 tenant = "receiver"
 own_hosts = ["receiver.example"]
+# One state per connector: the RCPT check reads it and refuses (with server identity it
+# would answer DUNNO for a server silent for 91 days, leaving the milter to decide).
+identity = "connector"
 
 [[connector]]
 kind = "on_premises"

@@ -57,7 +57,11 @@ def main() -> None:
         Receiver("hook", WebhookNotifier(hook_url, timeout=20)),
     ]
     clock = lambda: dt.datetime.now(dt.UTC)  # noqa: E731
-    sender = OutboxSender(store, receivers, clock=clock, lease=dt.timedelta(seconds=1))
+    # The events are of January 2026: kept, whatever today's date, until delivered.
+    keep = dt.timedelta(days=36500)
+    sender = OutboxSender(
+        store, receivers, clock=clock, lease=dt.timedelta(seconds=1), keep=keep, expire=keep
+    )
     while True:
         sender.run_once()
         print("round", flush=True)

@@ -41,7 +41,10 @@ REQUEST = (
     b"\n"
 )
 DUNNO = b"action=DUNNO\n\n"
-CONFIG = AdapterConfig(connectors=(on_premises("fabrikam", "fabrikam-edge", "203.0.113.0/24"),))
+# One state per connector: the RCPT check reads that state (docs/enforcement.md).
+CONFIG = AdapterConfig(
+    connectors=(on_premises("fabrikam", "fabrikam-edge", "203.0.113.0/24"),), identity="connector"
+)
 LOGGER = "tbes.adapters.postfix_policy"
 # Generous for everything but the limit under test, so only that limit can close a socket.
 RELAXED = PolicyLimits(idle_timeout=60.0, request_timeout=30.0)
