@@ -343,6 +343,9 @@ class _Teller:
         at = _latest(new, self.now)
         # Seen inside the window before this write: the notice was given then.
         prior = old.last_seen if old is not None and old.first_detected == first else None
+        same = old is not None and old.first_detected == first
+        markers = [new.notified_stage, old.notified_stage if same and old is not None else None]
+        told = max((m for m in markers if m is not None), default=None)
         table = self.policy.stage_table
         spans = _held_spans(new, self.policy, self.exemptions)
         notices = []
@@ -358,6 +361,8 @@ class _Teller:
             if prior is not None and prior >= starts - notice:
                 continue
             stage = table.stage_at(offset)
+            if told is not None and told >= stage.number:
+                continue  # already announced (another writer's clock ran ahead): no notice
             detail = (
                 f"stage {stage.number} starts on {starts:%Y-%m-%d %H:%M} UTC: {_stage_text(stage)}"
             )
