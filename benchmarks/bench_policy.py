@@ -46,6 +46,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.milter_load import cpu_seconds, free_port
 from tbes.adapters.config import make_enforcer, parse_config
 from tbes.store import SQLiteStore
 
@@ -170,18 +171,6 @@ _COMMAND_MAIN = "import sys; from tbes.cli.daemons import policy; policy.main(sy
 _SERVE_MAIN = "import sys; from tbes.cli.daemons import serve; serve.main(sys.argv[1:])"
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class Server:
     """One server variant in a child process, on a loopback port."""
 
@@ -207,7 +196,7 @@ class Server:
 
     def cpu(self) -> float:
         """CPU seconds used so far, every thread."""
-        return _cpu_seconds(self.process.pid)
+        return cpu_seconds(self.process.pid)
 
     def stop(self) -> None:
         """SIGTERM (the daemon drains), then SIGKILL if it lingers."""
@@ -286,7 +275,7 @@ def measure(
     servers: dict[str, Server] = {}
     try:
         for name, argv in specs.items():
-            port = _free_port()
+            port = free_port()
             args = [*argv, f"127.0.0.1:{port}"]
             if name == "tbes":
                 args = [*argv, "--listen", f"127.0.0.1:{port}", "--db", str(db)]
@@ -358,7 +347,7 @@ def through_postfix(*, messages: int, sessions: int, rounds: int) -> dict[str, A
     message = work / "message.eml"
     lines = [name + b": " + value.replace(b"\n", b"\r\n") for name, value in HEADERS[1:]]
     message.write_bytes(b"\r\n".join(lines) + b"\r\n\r\nHello.\r\n")
-    milter_port, policy_port = _free_port(), _free_port()
+    milter_port, policy_port = free_port(), free_port()
     base = "milter_protocol = 6\nmilter_default_action = tempfail\n"
     base += "smtpd_client_connection_count_limit = 0\nsmtpd_client_connection_rate_limit = 0\n"
     policy = "smtpd_recipient_restrictions = reject_unauth_destination, "
@@ -377,7 +366,7 @@ def through_postfix(*, messages: int, sessions: int, rounds: int) -> dict[str, A
     try:
         for _ in range(rounds):
             for name, main_cf in setups.items():
-                with PostfixServer(main_cf, [Listener(_free_port())]) as postfix:
+                with PostfixServer(main_cf, [Listener(free_port())]) as postfix:
                     before = serve.cpu()
                     rates[name].append(_smtp_source(postfix.port, message, messages, sessions))
                     cpu[name].append((serve.cpu() - before) / (messages + 50) * 1e6)

@@ -117,12 +117,14 @@ def _packet(command: bytes, payload: bytes = b"") -> bytes:
     return struct.pack(">L", len(payload) + 1) + command + payload
 
 
-def _cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> float:
+    """The CPU time (user + system) process ``pid`` has used, from ``/proc``."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -155,7 +157,7 @@ class Milter:
 
     def cpu(self) -> float:
         """CPU seconds used so far."""
-        return _cpu_seconds(self.process.pid)
+        return cpu_seconds(self.process.pid)
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL if it lingers."""
@@ -238,7 +240,7 @@ def _postfix(milter_port: int | None, policy_port: int | None = None) -> Iterato
             f" check_policy_service {{ inet:127.0.0.1:{policy_port}, timeout=10s,"
             " default_action=DUNNO }\n"
         )
-    with PostfixServer(main_cf, [Listener(_free_port())]) as server:
+    with PostfixServer(main_cf, [Listener(free_port())]) as server:
         yield server.port
 
 
@@ -285,13 +287,13 @@ class Variant(NamedTuple):
 
 
 def _start(variant: Variant, work: Path, config: Path, tag: str) -> tuple[Milter, int | None]:
-    port = _free_port()
+    port = free_port()
     argv = [sys.executable, "-c", variant.main]
     policy_port = None
     if variant.name == "noop":
         argv.append(f"inet:{port}@127.0.0.1")
     elif variant.name == "serve":
-        policy_port = _free_port()
+        policy_port = free_port()
         argv += ["--milter", f"inet:{port}@127.0.0.1", "--policy", f"127.0.0.1:{policy_port}"]
         argv += ["--db", str(work / f"state-{tag}.db"), "--config", str(config)]
     else:

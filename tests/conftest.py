@@ -5,9 +5,14 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+if TYPE_CHECKING:
+    from notify_support import HookServer, MailSink
 
 settings.register_profile("dev", max_examples=100)
 settings.register_profile(
@@ -60,3 +65,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def _fail_missing_service(request: pytest.FixtureRequest) -> None:
     reasons = [v for k, v in request.node.user_properties if k == "missing_service"]
     pytest.fail(f"TBES_REQUIRE_INTEGRATION=1 but {'; '.join(map(str, reasons))}", pytrace=False)
+
+
+@pytest.fixture
+def hook() -> Iterator[HookServer]:
+    """A webhook receiver on loopback (tests/notify_support.py)."""
+    from notify_support import HookServer
+
+    server = HookServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def sink() -> Iterator[MailSink]:
+    """An SMTP sink on loopback (tests/notify_support.py)."""
+    from notify_support import MailSink
+
+    server = MailSink().start()
+    yield server
+    server.stop()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -71,20 +71,6 @@ def run_month(enforcer: Enforcer, clock: Clock) -> None:
     for day in (0, 23, 30):
         clock.now = T0 + dt.timedelta(days=day, hours=1)
         enforcer.check(CONN, [hop(OUTDATED)])
-
-
-@pytest.fixture
-def hook() -> Iterator[HookServer]:
-    server = HookServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def sink() -> Iterator[MailSink]:
-    server = MailSink().start()
-    yield server
-    server.stop()
 
 
 def mailer(sink: MailSink, **options: object) -> EmailNotifier:

@@ -17,29 +17,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from notify_support import HookServer, MailSink
 from tbes.events import EventKind, event_id
 
 CHILD = Path(__file__).with_name("notify_child.py")
-
-
-@pytest.fixture
-def hook() -> Iterator[HookServer]:
-    server = HookServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def sink() -> Iterator[MailSink]:
-    server = MailSink().start()
-    yield server
-    server.stop()
 
 
 def _start(*args: str) -> subprocess.Popen[str]:
