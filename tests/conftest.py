@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 if TYPE_CHECKING:
+    from integration.pg import PostgresServer
     from notify_support import HookServer, MailSink
 
 settings.register_profile("dev", max_examples=100)
@@ -85,3 +86,14 @@ def sink() -> Iterator[MailSink]:
     server = MailSink().start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    """The session's PostgreSQL server, shared by every test that needs one; stopped at the
+    end of the session, pass or fail (tests/integration/pg.py)."""
+    from integration.pg import acquire, release
+
+    server = acquire()
+    yield server
+    release()

@@ -20,7 +20,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from integration.pg import PostgresServer, acquire, release
 from tbes.catalog import Catalog
 from tbes.compliance import Compliance
 from tbes.decision import Action
@@ -329,14 +328,6 @@ def test_an_unreadable_row_keeps_the_decode_error_as_its_cause() -> None:
 # ---- stores: the same refusals from all of them ------------------------------------------
 
 POSTGRES = pytest.param("postgres", marks=pytest.mark.service("postgresql"))
-
-
-@pytest.fixture(scope="module")
-def pg_server() -> Iterator[PostgresServer]:
-    """The session's shared PostgreSQL server (started on first use)."""
-    server = acquire()
-    yield server
-    release()
 
 
 @pytest.fixture(scope="module", params=["memory", "sqlite", POSTGRES])

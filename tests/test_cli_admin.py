@@ -21,7 +21,7 @@ from click.testing import CliRunner, Result
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from integration.pg import PostgresServer, acquire, release
+from integration.pg import PostgresServer
 from report_support import fabrikam_state
 from tbes.cli import cli
 from tbes.decision import Action, decide
@@ -276,13 +276,6 @@ def test_forget_asks_first(tmp_path: Path) -> None:
 
 
 # ---- the store methods copy and forget use ------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def pg_server() -> Iterator[PostgresServer]:
-    server = acquire()
-    yield server
-    release()
 
 
 POSTGRES = pytest.param("postgres", marks=pytest.mark.service("postgresql"))

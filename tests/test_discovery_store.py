@@ -24,7 +24,6 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from custom_store_doc import example_store_class
-from integration.pg import PostgresServer, acquire, release
 from tbes.compliance import Compliance
 from tbes.discovery import DiscoveredServer, evicted, merge, sighting
 from tbes.errors import InvalidValueError, StoreError
@@ -56,14 +55,6 @@ _sightings = st.builds(
     st.sampled_from([Compliance.UNSUPPORTED, Compliance.OUTDATED]),
     st.integers(0, 6),  # few instants: ties in last_seen are common
 )
-
-
-@pytest.fixture(scope="module")
-def pg_server() -> Iterator[PostgresServer]:
-    """The session's PostgreSQL server (shared with the integration tests)."""
-    server = acquire()
-    yield server
-    release()
 
 
 @pytest.fixture(params=["memory", "sqlite", POSTGRES])

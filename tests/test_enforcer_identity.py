@@ -19,7 +19,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from integration.pg import PostgresServer, acquire, release
 from tbes.catalog import Catalog
 from tbes.compliance import Compliance
 from tbes.decision import Action, Decision
@@ -78,14 +77,6 @@ class Clock:
 
     def __call__(self) -> dt.datetime:
         return self.now
-
-
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[PostgresServer]:
-    """The session's PostgreSQL server (shared with the integration tests)."""
-    server = acquire()
-    yield server
-    release()
 
 
 POSTGRES = pytest.param("postgres", marks=pytest.mark.service("postgresql"))

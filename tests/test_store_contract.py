@@ -21,7 +21,7 @@ import attrs
 import pytest
 
 from custom_store_doc import example_store_class
-from integration.pg import PostgresServer, acquire, release
+from integration.pg import PostgresServer
 from tbes.catalog import Catalog
 from tbes.compliance import Compliance
 from tbes.decision import Action
@@ -219,14 +219,6 @@ class PostgresBackend(Backend):
     def close(self) -> None:
         for store in self.stores:
             store.close()
-
-
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[PostgresServer]:
-    """The session's PostgreSQL server (shared with the integration tests)."""
-    server = acquire()
-    yield server
-    release()
 
 
 POSTGRES = pytest.param("postgres", marks=pytest.mark.service("postgresql"))

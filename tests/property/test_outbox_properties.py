@@ -21,7 +21,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_state_machine_as_test
 
-from integration.pg import PostgresServer, acquire, release
+from integration.pg import PostgresServer
 from tbes.compliance import Compliance
 from tbes.errors import StoreConflictError
 from tbes.events import Event, EventKind
@@ -197,14 +197,6 @@ def tmp_dir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="tbes-outbox-"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def pg_server() -> Iterator[PostgresServer]:
-    """The shared PostgreSQL server (skipped where PostgreSQL is not installed)."""
-    server = acquire()
-    yield server
-    release()
 
 
 def test_memory_outbox_behaves_like_the_model() -> None:

@@ -28,7 +28,7 @@ from hypothesis.stateful import (
 )
 
 from custom_store_doc import example_store_class
-from integration.pg import PostgresServer, acquire, release
+from integration.pg import PostgresServer
 from tbes.compliance import Compliance
 from tbes.errors import StoreConflictError, StoreError
 from tbes.ledger import Pause, PauseLedger
@@ -234,14 +234,6 @@ def tmp_dir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="tbes-store-prop-"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[PostgresServer]:
-    """The session's PostgreSQL server (shared with the other tests)."""
-    server = acquire()
-    yield server
-    release()
 
 
 def test_memory_store_behaves_like_a_dict() -> None:
