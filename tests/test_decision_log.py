@@ -75,6 +75,7 @@ def parse_text(line: str) -> dict[str, str]:
         match = _TOKEN.match(line, position)
         assert match is not None, f"not key=value at {line[position:]!r}"
         key, value = match.group(1), match.group(2)
+        assert key not in pairs, f"{key} twice in {line!r}"
         pairs[key] = ast.literal_eval(value) if value.startswith('"') else value
         position = match.end()
     return pairs
@@ -342,5 +343,23 @@ def test_any_fields_and_message_make_one_text_line_that_reads_back(
     assert all(" " <= char <= "~" for char in line)
     pairs = parse_text(line)
     assert pairs["msg"] == message
+    for key, value in fields.items():
+        assert pairs[key] == value
+
+
+# Values made of plain-word characters, spaces and "=": the text line's one-match fast path
+# must never let such a value pose as another key=value pair.
+_NEAR_PLAIN = st.lists(st.sampled_from(["a", "9.b", "-", "=", " ", "stage=3", ""]), max_size=6).map(
+    "".join
+)
+
+
+@given(st.dictionaries(st.sampled_from(KEYS), _NEAR_PLAIN, min_size=1))
+def test_a_value_of_plain_words_and_spaces_never_poses_as_another_pair(
+    fields: dict[str, str],
+) -> None:
+    line = TextFormatter().format(_record("decision", dict(fields)))
+    pairs = parse_text(line)
+    assert set(pairs) == {"time", "level", "logger", "msg", *fields}
     for key, value in fields.items():
         assert pairs[key] == value

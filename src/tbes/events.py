@@ -347,22 +347,27 @@ class _Teller:
         markers = [new.notified_stage, old.notified_stage if same and old is not None else None]
         told = max((m for m in markers if m is not None), default=None)
         table = self.policy.stage_table
-        spans = _held_spans(new, self.policy, self.exemptions)
-        notices = []
+        ahead = []
         for kind, offset in (
             (EventKind.THROTTLING_SOON, table.first_throttle),
             (EventKind.BLOCKING_SOON, table.first_block),
         ):
             if not offset:  # no such stage, or it starts at detection: nothing ahead
                 continue
+            stage = table.stage_at(offset)
+            if told is None or told < stage.number:
+                # Otherwise already announced (another writer's clock ran ahead): no notice.
+                ahead.append((kind, offset, stage))
+        if not ahead:
+            return ()  # the usual case once throttling is announced: no spans to work out
+        spans = _held_spans(new, self.policy, self.exemptions)
+        notices = []
+        for kind, offset, stage in ahead:
             starts = clock_reaches(spans, first, offset)
             if starts is None or not starts - notice <= at < starts:
                 continue
             if prior is not None and prior >= starts - notice:
                 continue
-            stage = table.stage_at(offset)
-            if told is not None and told >= stage.number:
-                continue  # already announced (another writer's clock ran ahead): no notice
             detail = (
                 f"stage {stage.number} starts on {starts:%Y-%m-%d %H:%M} UTC: {_stage_text(stage)}"
             )
@@ -428,6 +433,8 @@ class _Teller:
         """
         events = [] if lead is None else [lead]
         if stage <= (told or 0):
+            if self.new.notified_stage == told:
+                return self.new, tuple(events)  # most messages: nothing changes
             return attrs.evolve(self.new, notified_stage=told), tuple(events)
         policy = self.policy
         before, blocks = _blocks(policy, told), _blocks(policy, stage)

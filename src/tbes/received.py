@@ -374,8 +374,13 @@ def _same_ip(left: str | None, right: str | None) -> bool:
     first, second = address(left.strip()), address(right.strip())
     if first is None or second is None:
         return False
-    # Equal text is the same address; IPv6 may also be written in several ways.
-    return first == second or ipaddress.ip_address(first) == ipaddress.ip_address(second)
+    if first == second:
+        return True
+    # address() takes IPv4 only as written canonically (no leading zeros), so unequal IPv4
+    # text is another address; IPv6 may be written in several ways.
+    if ":" not in first or ":" not in second:
+        return False
+    return ipaddress.ip_address(first) == ipaddress.ip_address(second)
 
 
 # find_sender's finders for its default own_hosts (none), built once.

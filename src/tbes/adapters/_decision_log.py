@@ -34,8 +34,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-import attrs
-
 from tbes.adapters import _metrics
 from tbes.adapters._ratelimit import RateLimitedLogger
 from tbes.adapters._store_watch import Watched, take
@@ -52,7 +50,6 @@ __all__ = [
     "KEYS",
     "Announced",
     "Attempt",
-    "DecisionRecord",
     "EventLogNotifier",
     "fault_decision",
     "log_fault",
@@ -91,31 +88,6 @@ KEYS = (
 FAULTS = ("store", "timeout", "busy", "error")
 """What can make a fault decision: the store failed, the check took too long, no check
 thread was free in time, or anything else went wrong (a bug, a bad value)."""
-
-
-@attrs.frozen
-class DecisionRecord:
-    """One decision as logged (see the module docstring for the keys)."""
-
-    adapter: str
-    connector: str | None
-    kind: str | None
-    tenant: str | None
-    server: str | None
-    build: str | None
-    status: str | None
-    stage: int | None
-    action: str
-    code: int | None
-    enforced: bool
-    would: str
-    would_code: int | None
-    fault: str | None
-    micros: int | None
-
-    def fields(self) -> dict[str, object]:
-        """The record as the log line's ordered ``key: value`` pairs."""
-        return {key: getattr(self, key) for key in KEYS}
 
 
 class Attempt:
@@ -225,14 +197,27 @@ def _emit(
     if not _decisions.isEnabledFor(logging.INFO):
         return
     try:
-        record = _record(adapter, checker, config, conn, received, seen, decision, fault, seconds)
+        fields = _fields(adapter, checker, config, conn, received, seen, decision, fault, seconds)
     except Exception:  # the log line must never cost the answer
         _log.warning("tbes %s: cannot build the decision log line", adapter, exc_info=True)
         return
-    _decisions.info("decision", extra={"tbes": record.fields()})
+    # Logger.handle on a record of its own making: what Logger.info does, without looking up
+    # the caller's file and line in the stack (no formatter prints them), a tenth of a check.
+    _decisions.handle(
+        _decisions.makeRecord(
+            _decisions.name,
+            logging.INFO,
+            __file__,
+            0,
+            "decision",
+            (),
+            None,
+            extra={"tbes": fields},
+        )
+    )
 
 
-def _record(
+def _fields(
     adapter: str,
     checker: Checker | None,
     config: AdapterConfig,
@@ -242,7 +227,7 @@ def _record(
     decision: Decision,
     fault: str | None,
     seconds: float | None,
-) -> DecisionRecord:
+) -> dict[str, object]:
     build = status = None
     # The server the check judged: with server identity, NAME/HOST from the state it left.
     server = None if conn is None else conn.server_id
@@ -260,23 +245,24 @@ def _record(
         if evidence is not None:
             build = str(evidence.build)
             status = _status(checker, evidence.build)
-    return DecisionRecord(
-        adapter=adapter,
-        connector=None if conn is None else conn.connector,
-        kind=None if conn is None else conn.kind.value.lower(),
-        tenant=None if conn is None else conn.tenant,
-        server=server,
-        build=build,
-        status=status,
-        stage=None if decision.stage is None else decision.stage.number,
-        action=decision.action.value,
-        code=None if decision.reply is None else decision.reply.code,
-        enforced=decision.enforced,
-        would=decision.would_action.value,
-        would_code=None if decision.would_reply is None else decision.would_reply.code,
-        fault=fault,
-        micros=None if seconds is None else round(seconds * 1e6),
-    )
+    # The line's fields, in the order of KEYS.
+    return {
+        "adapter": adapter,
+        "connector": None if conn is None else conn.connector,
+        "kind": None if conn is None else conn.kind.value.lower(),
+        "tenant": None if conn is None else conn.tenant,
+        "server": server,
+        "build": build,
+        "status": status,
+        "stage": None if decision.stage is None else decision.stage.number,
+        "action": decision.action.value,
+        "code": None if decision.reply is None else decision.reply.code,
+        "enforced": decision.enforced,
+        "would": decision.would_action.value,
+        "would_code": None if decision.would_reply is None else decision.would_reply.code,
+        "fault": fault,
+        "micros": None if seconds is None else round(seconds * 1e6),
+    }
 
 
 def _policy_connectors(checker: Checker | None) -> frozenset[object]:

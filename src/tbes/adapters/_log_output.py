@@ -40,7 +40,9 @@ TARGETS = ("stderr", "syslog")
 FACILITIES = tuple(sorted(logging.handlers.SysLogHandler.facility_names))
 DEFAULT_SYSLOG_SOCKET = "/dev/log"
 
-_PLAIN = re.compile(r"[A-Za-z0-9_.:/@+\-]+")
+_WORD = r"[A-Za-z0-9_.:/@+\-]+"
+_PLAIN = re.compile(_WORD)
+_PLAIN_PAIRS = re.compile(rf"{_WORD}={_WORD}(?: {_WORD}={_WORD})*")
 
 
 def escape(value: object) -> str:
@@ -66,8 +68,17 @@ def _fields(record: logging.LogRecord) -> Mapping[str, object]:
 
 
 def _time(record: logging.LogRecord) -> str:
-    instant = dt.datetime.fromtimestamp(record.created, dt.UTC)
-    return instant.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    # One datetime per second of log lines, not one per line: a busy daemon logs hundreds.
+    second = int(record.created)
+    millis = int((record.created - second) * 1000)
+    global _second_text
+    if _second_text[0] != second:
+        instant = dt.datetime.fromtimestamp(second, dt.UTC)
+        _second_text = (second, instant.strftime("%Y-%m-%dT%H:%M:%S"))
+    return f"{_second_text[1]}.{millis:03d}Z"
+
+
+_second_text: tuple[int, str] = (-1, "")
 
 
 class TextFormatter(logging.Formatter):
@@ -78,18 +89,19 @@ class TextFormatter(logging.Formatter):
         self._with_time = with_time
 
     def format(self, record: logging.LogRecord) -> str:
-        parts = [f"time={_time(record)}"] if self._with_time else []
-        parts.append(f"level={record.levelname}")
-        parts.append(f"logger={escape(record.name)}")
+        head = f"level={record.levelname} logger={escape(record.name)}"
+        parts = [f"time={_time(record)} {head}" if self._with_time else head]
         parts.append(f"msg={escape(record.getMessage())}")
         fields = _fields(record)
-        keys = [str(key) for key in fields]
-        texts = ["-" if value is None else str(value) for value in fields.values()]
-        if all(keys) and all(texts) and _PLAIN.fullmatch("".join(keys) + "".join(texts)):
-            # Every key and value a plain word (a decision line, mostly): one match for all.
-            parts.extend(f"{key}={text}" for key, text in zip(keys, texts, strict=True))
-        else:
-            parts.extend(f"{escape(key)}={escape(value)}" for key, value in fields.items())
+        pairs = [f"{key}={'-' if value is None else value}" for key, value in fields.items()]
+        line = " ".join(pairs)
+        # Every key and value a plain word (a decision line, mostly): one match for the line.
+        # No plain word holds a space or "=", so a line that matches with one space fewer
+        # than its pairs cannot hold a value that poses as another pair.
+        if pairs and not (_PLAIN_PAIRS.fullmatch(line) and line.count(" ") == len(pairs) - 1):
+            line = " ".join(f"{escape(key)}={escape(value)}" for key, value in fields.items())
+        if line:
+            parts.append(line)
         if record.exc_info:
             parts.append(f"exc={escape(self.formatException(record.exc_info))}")
         return " ".join(parts)
