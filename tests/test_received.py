@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from support import load_vectors
 from tbes.errors import InvalidValueError, NaiveDatetimeError
@@ -832,3 +834,52 @@ def test_a_sender_finder_drops_the_receivers_hops_of_every_message() -> None:
         found = finder.find([by("mx.receiver.example"), EX16])
         assert found is not None
         assert (str(found.build), found.index) == ("15.1.2507.23", 1)
+
+
+# ---- SenderFinder.build_and_host: the enforcer's lean path ----------------------------------
+
+_HOP_POOL = [
+    EX16,
+    by("mx.receiver.example"),
+    by("relay.receiver.example", client="mx.receiver.example"),
+    by("smtp.fabrikam.example", client="ex.fabrikam.example"),
+    "from EXMBX01.fabrikam.local ([10.1.2.7]) by EXHUB01.fabrikam.local ([10.1.2.3]) with mapi;"
+    " Mon, 3 Nov 2025 08:59:59 +0100",
+    "from AM0PR01MB1234.eurprd01.prod.exchangelabs.com (2603:10a6:208::1) by"
+    " AM0PR01MB5678.eurprd01.prod.exchangelabs.com (2603:10a6:208::2) with Microsoft SMTP"
+    " Server (version=TLS1_2) id 15.20.7452.49; Mon, 4 Mar 2024 10:00:00 +0000",
+    "from mail.fabrikam.example by [203.0.113.9] with Microsoft SMTP Server id 8.3.83.6",
+    "from x.example (x.example [192.0.2.1]) with ESMTP id 77; Mon, 4 Mar 2024 10:00:00 +0000",
+    "by mail.fabrikam.example (Postfix, from userid 0) id 5A; Mon, 4 Mar 2024 10:00:00 +0000",
+    "",
+]
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(st.one_of(st.sampled_from(_HOP_POOL), st.text(max_size=60)), max_size=6),
+    st.sampled_from([(), ("receiver.example",), ("fabrikam.example",)]),
+    st.booleans(),
+)
+def test_build_and_host_is_what_find_finds(
+    received: list[str], own_hosts: tuple[str, ...], skip_online: bool
+) -> None:
+    finder = SenderFinder(own_hosts, skip_exchange_online=skip_online)
+    found = finder.find(received)
+    expected = None if found is None else (found.build, found.host)
+    assert finder.build_and_host(received) == expected
+
+
+@pytest.mark.parametrize("case", VECTORS, ids=[case["name"] for case in VECTORS])
+def test_build_and_host_agrees_with_every_shared_vector(case: dict[str, Any]) -> None:
+    finder = SenderFinder(case["own_hosts"], skip_exchange_online=case["skip_exchange_online"])
+    found = finder.find(case["received"], client=case["client"])
+    expected = None if found is None else (found.build, found.host)
+    assert finder.build_and_host(case["received"]) == expected
+
+
+def test_build_and_host_refuses_what_find_refuses() -> None:
+    with pytest.raises(InvalidValueError, match="received"):
+        SenderFinder().build_and_host(EX16)
+    with pytest.raises(InvalidValueError, match="received"):
+        SenderFinder().build_and_host([EX16, b"by x"])  # type: ignore[list-item]

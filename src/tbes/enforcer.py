@@ -51,7 +51,7 @@ from tbes.identity import OVERFLOW, Identity, belongs_to, connector_of, server_k
 from tbes.ledger import Pause, PauseLedger
 from tbes.notifiers import Notifier
 from tbes.policy import ConnectorKind, Policy, SmtpReply
-from tbes.received import SenderEvidence, SenderFinder
+from tbes.received import SenderFinder
 from tbes.state import ServerState, observe
 from tbes.store._deadline import DEFAULT_CHECK_TIMEOUT, check_deadline, expired
 from tbes.store._discovery_queue import DiscoveryQueue
@@ -323,7 +323,7 @@ class Enforcer:
                 self.discovery.offer(sight)
             return _accept(f"{conn.kind.value} connections are not enforced by the policy.")
         with check_deadline(self._check_timeout):
-            evidence = self._finder.find(received, client=conn.peer_ip or conn.peer_host)
+            evidence = self._finder.build_and_host(received)
             now = self._now()
             monitor = self._monitors(conn)
             try:
@@ -336,7 +336,7 @@ class Enforcer:
                 elif evidence is None:
                     decision = self._without_evidence(conn, now, certain=False)
                 else:
-                    server_id = self._server_id(conn, evidence.host, now)
+                    server_id = self._server_id(conn, evidence[1], now)
                     observation = self._observation(conn, evidence, now, server_id)
                     exemptions = self._exemptions_of(conn, server_id)
                     decision = self._settle(conn, server_id, now, observation, exemptions)
@@ -494,16 +494,22 @@ class Enforcer:
         )
 
     def _observation(
-        self, conn: Connection, evidence: SenderEvidence, now: dt.datetime, server_id: str = ""
+        self,
+        conn: Connection,
+        evidence: tuple[ExchangeBuild, str],
+        now: dt.datetime,
+        server_id: str = "",
     ) -> Callable[[ServerState | None], ServerState]:
-        """The change one message with Exchange evidence makes to the stored state."""
-        assessment = self._assess(evidence.build, now)
+        """The change one message with Exchange evidence (its build, its sender's host name)
+        makes to the stored state."""
+        build = evidence[0]
+        assessment = self._assess(build, now)
         return functools.partial(
             observe,
             server_id=server_id or conn.server_id,
             tenant=conn.tenant,
             assessment=assessment,
-            build=evidence.build,
+            build=build,
             at=now,
             policy=self.policy,
         )

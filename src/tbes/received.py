@@ -220,6 +220,21 @@ class SenderFinder:
             raise InvalidValueError(f"client must be a str or None, got {client!r:.80}")
         return self.find_checked(values, client=client)
 
+    def build_and_host(self, received: Sequence[str]) -> tuple[ExchangeBuild, str] | None:
+        """The ``build`` and ``host`` of :meth:`find`'s evidence, or None when it finds none.
+
+        For a caller that needs no more of the sender hop (the enforcer, once per message):
+        the rest of that hop (addresses, TLS, date) is not read. ``received`` is checked as
+        :meth:`find` checks it.
+        """
+        hops = _LazyHops(_texts(received, "received"))
+        first = _first_foreign(hops, self._owners, self._skip_online)
+        if first is None:
+            return None
+        hop = hops[first]
+        build, host = hop.build, hop.by_host
+        return None if build is None or host is None else (build, host)
+
     def find_checked(
         self, received: Sequence[str], *, client: str | None = None
     ) -> SenderEvidence | None:

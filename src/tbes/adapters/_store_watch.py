@@ -51,8 +51,15 @@ def take() -> Watched:
     return seen
 
 
-def _mark(**changes: Any) -> None:
-    _marks.seen = attrs.evolve(getattr(_marks, "seen", _NOTHING), **changes)
+def _mark(
+    *, consulted: bool = False, state: ServerState | None = None, failed: bool = False
+) -> None:
+    # Called on every store call of a check: built directly, not through attrs.evolve.
+    seen: Watched = getattr(_marks, "seen", _NOTHING)
+    if consulted:
+        _marks.seen = Watched(True, state, seen.failed)
+    if failed:
+        _marks.seen = Watched(seen.consulted, seen.state, True)
 
 
 class WatchedStore:
@@ -65,7 +72,11 @@ class WatchedStore:
         value = getattr(self._store, name)
         if not callable(value) or name.startswith("_"):
             return value
-        return _watched(value)
+        watched = _watched(value)
+        # Kept: __getattr__ is asked only for names the instance lacks, so the next call of
+        # this method (every message calls get) finds it without wrapping it again.
+        self.__dict__[name] = watched
+        return watched
 
 
 def _watched(call: Callable[..., Any]) -> Callable[..., Any]:
