@@ -276,7 +276,7 @@ def test_a_queue_refuses_a_store_without_discovered_servers_and_config_turns_it_
         Enforcer(MemoryStore(), config.make_policy(), config.load_catalog(), discovery=wrong)
 
 
-def test_a_connection_without_a_peer_address_or_through_a_connector_offers_nothing() -> None:
+def test_no_peer_address_no_headers_or_a_connector_offers_nothing() -> None:
     offered: list[object] = []
 
     class Counting(DiscoveryQueue):
@@ -291,6 +291,10 @@ def test_a_connection_without_a_peer_address_or_through_a_connector_offers_nothi
         Connection("x", "contoso", internet, peer_host="mail.fabrikam.example"), [EX2013]
     )
     enforcer.check(Connection("x", "contoso", internet, "203.0.113.5", connector="web"), [EX2013])
+    assert offered == []
+    # No Received value (the policy service's envelope check): no sender hop to discover.
+    enforcer.check(Connection("x", "contoso", internet, "203.0.113.5"), [])
+    enforcer.check_envelope(Connection("x", "contoso", internet, "203.0.113.5"))
     assert offered == []
     enforcer.check(Connection("x", "contoso", internet, "203.0.113.5"), [EX2013])
     assert len(offered) == 1

@@ -315,7 +315,8 @@ class Enforcer:
         enforced = conn.kind in self.policy.connectors
         _check_received(received, values=not enforced)
         if not enforced:
-            if self.discovery is not None and conn.connector is None and conn.peer_ip:
+            # Without Received values (a policy request) there is no sender hop to discover.
+            if self.discovery is not None and conn.connector is None and conn.peer_ip and received:
                 # docs/discovery.md: one non-blocking put; the headers are read off the path.
                 # The sender hop is among the first few: a queued message holds no more.
                 values = tuple(itertools.islice(received, _DISCOVERY_HOPS))

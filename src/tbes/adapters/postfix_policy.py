@@ -46,7 +46,7 @@ import math
 import re
 import resource
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -295,10 +295,14 @@ _NAMED = {}
 _MAX_NAMED = 4096
 
 
-def _connection(request: PolicyRequest, config: AdapterConfig) -> Connection:
-    ip = request.get("client_address")
-    host = request.get("client_name")
-    subject = request.get("ccert_subject")
+def _connection(
+    request: PolicyRequest, config: AdapterConfig, values: Mapping[str, str] | None = None
+) -> Connection:
+    # ``values``: the request's attributes as a dict, when the caller has made it already.
+    values = dict(request.attributes) if values is None else values
+    ip = values.get("client_address")
+    host = values.get("client_name")
+    subject = values.get("ccert_subject")
     key = (id(config), ip, host, subject)
     named = _NAMED.get(key)
     if named is not None and named[0] is config:
@@ -323,10 +327,12 @@ def decide_request(
     decision is logged (:func:`~tbes.adapters._decision_log.run_check`).
     """
 
-    def ask() -> tuple[Connection, Sequence[str]]:
-        return _connection(request, config), ()
+    values = dict(request.attributes)  # once: each get() of the request would make it again
 
-    peer = request.get("client_address")
+    def ask() -> tuple[Connection, Sequence[str]]:
+        return _connection(request, config, values), ()
+
+    peer = values.get("client_address")
     envelope = _Envelope(checker)
     return action_for(run_check("policy", envelope, config, ask, peer=peer, faults=faults))
 

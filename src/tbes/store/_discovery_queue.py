@@ -39,7 +39,7 @@ DEFAULT_CAPACITY = 4096
 Sight = Callable[[], DiscoveredServer | None]
 """What a check offers: called off the mail path, it returns the sighting or ``None``."""
 
-_POLL = 0.25  # seconds between looks at the stop flag while the queue is idle
+_POLL = 0.25  # seconds between the thread's looks at the queue (4,096 fit: 16k messages/s)
 
 
 def _number(name: str, value: object, *, integer: bool) -> None:
@@ -145,15 +145,17 @@ class DiscoveryQueue:
                 self._thread = thread
 
     def _loop(self) -> None:
+        # Wakes every _POLL seconds and takes what queued meanwhile, in one go: waiting on
+        # the queue instead would wake this thread for every offer, and each wake-up takes
+        # the interpreter's lock from the event loop serving the mail (a futex round trip).
         due = time.monotonic() + self.flush_seconds
-        while not self._stopping.is_set():
-            wait = min(_POLL, max(0.0, due - time.monotonic()))
-            try:
-                sight: Sight | None = self._queue.get(timeout=wait)
-            except queue.Empty:
-                sight = None
+        while not self._stopping.wait(min(_POLL, max(0.0, due - time.monotonic()))):
             with self._work:
-                if sight is not None:
+                while True:
+                    try:
+                        sight = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
                     self._take(sight)
                 if time.monotonic() >= due or len(self._pending) >= self.max_servers:
                     self._write()
