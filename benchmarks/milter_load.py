@@ -8,8 +8,11 @@ before and after a load and divided by the messages, so the figure is the milter
 whatever drives it. Measured side by side in each round, rounds interleaved, so the ratios
 hold on a busy machine (report the medians, and the ratios within each round):
 
-* ``noop``: the same asyncio server and codec with a checker that answers "accept" at once,
-  through the same check threads (the floor: what the milter protocol costs on this library);
+* ``floor``: a bare asyncio protocol that answers negotiation and end of headers and parses
+  nothing: what asyncio itself costs per milter connection on this machine;
+* ``noop``: the same asyncio server and codec as tbes with a checker that answers "accept"
+  at once, on the event loop as tbes's checks over SQLite are (what the milter protocol
+  costs on this library);
 * ``tbes``: ``tbes milter`` as deployed (configuration, enforcer, SQLite store, decision log);
 * ``serve`` (``--postfix`` only): ``tbes serve`` with the milter and the policy service in
   one process, Postfix asking both (``smtpd_milters`` and ``check_policy_service``);
@@ -90,7 +93,7 @@ HEADERS: tuple[tuple[bytes, bytes], ...] = (
 _NOOP_MAIN = """\
 import asyncio, sys
 from tbes.adapters.config import AdapterConfig
-from tbes.adapters.milter import MilterService
+from tbes.adapters.milter import MilterLimits, MilterService
 from tbes.decision import Action, Decision
 from tbes.stages import DEFAULT_STAGE_TABLE
 import datetime as dt
@@ -104,7 +107,45 @@ class Noop:
         return ACCEPT
 
 async def main():
-    server = await MilterService(Noop(), AdapterConfig()).start(sys.argv[1])
+    # Checks on the event loop, as tbes milter makes them over its SQLite store.
+    limits = MilterLimits(inline=True)
+    server = await MilterService(Noop(), AdapterConfig(), limits=limits).start(sys.argv[1])
+    await server.serve_forever()
+
+asyncio.run(main())
+"""
+# The floor: a bare asyncio protocol that answers option negotiation (asking for the steps
+# and no-reply flags tbes's codec asks for, 0xBF39C) and every end of headers with
+# "accept", and parses nothing else. What any milter on asyncio pays per message here.
+_FLOOR_MAIN = """\
+import asyncio, struct, sys
+
+ACCEPT = struct.pack(">L", 1) + b"a"
+
+class Floor(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport, self.buffer = transport, b""
+    def data_received(self, data):
+        buffer, start = self.buffer + data, 0
+        while len(buffer) - start >= 4:
+            (length,) = struct.unpack_from(">L", buffer, start)
+            if len(buffer) - start - 4 < length:
+                break
+            command, body = buffer[start + 4], start + 5
+            start += 4 + length
+            if command == 79:  # O: negotiate
+                version, actions, protocol = struct.unpack_from(">LLL", buffer, body)
+                reply = struct.pack(">LLL", min(version, 6), 0, protocol & 0xBF39C)
+                self.transport.write(struct.pack(">L", 13) + b"O" + reply)
+            elif command == 78:  # N: end of headers
+                self.transport.write(ACCEPT)
+            elif command == 81:  # Q: quit
+                self.transport.close()
+        self.buffer = buffer[start:]
+
+async def main():
+    port, host = sys.argv[1].removeprefix("inet:").split("@")
+    server = await asyncio.get_running_loop().create_server(Floor, host, int(port))
     await server.serve_forever()
 
 asyncio.run(main())
@@ -290,7 +331,7 @@ def _start(variant: Variant, work: Path, config: Path, tag: str) -> tuple[Milter
     port = free_port()
     argv = [sys.executable, "-c", variant.main]
     policy_port = None
-    if variant.name == "noop":
+    if variant.name in ("noop", "floor"):
         argv.append(f"inet:{port}@127.0.0.1")
     elif variant.name == "serve":
         policy_port = free_port()
@@ -379,6 +420,7 @@ def summary(
 
 LABELS = {
     "alone": "Postfix alone",
+    "floor": "bare asyncio floor (answers negotiation and end of headers, parses nothing)",
     "noop": "noop (same server, a checker that only accepts)",
     "tbes": "tbes milter (enforcer, SQLite, decision log)",
     "serve": "tbes serve: milter + policy service (one process)",
@@ -441,6 +483,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     message.write_bytes(b"\r\n".join(lines) + b"\r\n\r\nHello.\r\n")
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
     variants = [
+        Variant("floor", LABELS["floor"], _FLOOR_MAIN, env),
         Variant("noop", LABELS["noop"], _NOOP_MAIN, env),
         Variant("tbes", LABELS["tbes"], _COMMAND_MAIN, env),
         Variant("serve", LABELS["serve"], _SERVE_MAIN, env, postfix_only=True),

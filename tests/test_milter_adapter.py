@@ -379,7 +379,8 @@ def test_an_inline_check_on_a_locked_store_holds_other_connections_only_until_it
     locker = sqlite3.connect(db, isolation_level=None)
     locker.execute("BEGIN IMMEDIATE")
     try:
-        milter = MilterThread(make_enforcer(config, store), config, MilterLimits(inline=True))
+        # The daemons' default limits: a SQLite store's checks run on the event loop.
+        milter = MilterThread(make_enforcer(config, store), config, MilterLimits())
         with milter, milter.client() as first, milter.client() as second:
             _send_until_eoh(first)
             started = time.monotonic()
@@ -392,6 +393,41 @@ def test_an_inline_check_on_a_locked_store_holds_other_connections_only_until_it
         locker.close()
         store.close()
     assert any("store failed for fabrikam-edge" in line for line in _warnings(caplog))
+
+
+class _Where(Recorder):
+    """A checker over ``store`` that records the thread each check runs in."""
+
+    def __init__(self, store: object) -> None:
+        super().__init__(decision(Action.ACCEPT))
+        self.store = store
+        self.threads: list[threading.Thread] = []
+
+    def check(self, conn: Connection, received: Sequence[str]) -> Decision:
+        self.threads.append(threading.current_thread())
+        return super().check(conn, received)
+
+
+@pytest.mark.parametrize(
+    ("store", "inline", "on_loop"),
+    [
+        (MemoryStore(), None, True),  # a store in the process: no thread hand-off
+        (object(), None, False),  # a store that may wait on the network: the threads
+        (MemoryStore(), False, False),  # chosen explicitly, either way
+        (object(), True, True),
+    ],
+)
+def test_checks_run_on_the_loop_by_default_only_for_a_store_in_the_process(
+    store: object, inline: bool | None, on_loop: bool
+) -> None:
+    checker = _Where(store)
+    with MilterThread(checker, limits=MilterLimits(inline=inline)) as milter:
+        for _ in range(3):
+            with milter.client() as client:
+                assert _v6_message(client, [("Received", EX2007)]) == ACCEPTED
+        loop_thread = milter._thread
+    assert len(checker.threads) == 3
+    assert all((thread is loop_thread) == on_loop for thread in checker.threads)
 
 
 class _Gate:

@@ -107,14 +107,14 @@ class MilterLimits:
     ``check_timeout`` is above the stores' own per-check deadline (2 s), so a slow store
     normally fails open by itself, and below Postfix's ``milter_command_timeout``.
 
-    ``inline`` decides on the event loop itself instead of in one of ``workers`` threads:
-    no hand-over between threads (less CPU per message, see ``docs/milter.md``), but the
-    loop waits for each check, and SQLite's C code no longer overlaps with it. Only for a
-    checker whose
-    every call is short and bounded, such as tbes's enforcer over a
-    :class:`~tbes.store.memory.MemoryStore` or a :class:`~tbes.store.sqlite.SQLiteStore`,
-    whose every wait ends at the store's deadline, below ``check_timeout`` (which an inline
-    check cannot enforce).
+    ``inline`` says where checks run: ``None`` (the default) on the event loop itself when
+    the checker's store answers in process (``in_process``: a
+    :class:`~tbes.store.memory.MemoryStore`, a :class:`~tbes.store.sqlite.SQLiteStore`,
+    whose every wait ends at the store's deadline, below ``check_timeout``), and in one of
+    ``workers`` threads otherwise (PostgreSQL); ``True`` or ``False`` choose. On the loop
+    there is no hand-over between threads (less CPU per message, see ``docs/milter.md``),
+    but the loop waits for each check; the policy service decides the same way
+    (``PolicyLimits.inline_checks``).
     """
 
     max_packet: int = attrs.field(default=DEFAULT_MAX_PACKET, validator=_positive("max_packet"))
@@ -123,11 +123,11 @@ class MilterLimits:
     check_timeout: float = attrs.field(default=5.0, validator=_positive("check_timeout"))
     workers: int = attrs.field(default=8, validator=_positive("workers"))
     log_interval: float = attrs.field(default=60.0, validator=_positive("log_interval"))
-    inline: bool = attrs.field(default=False)
+    inline: bool | None = attrs.field(default=None)
 
     def __attrs_post_init__(self) -> None:
-        if not isinstance(self.inline, bool):
-            raise AdapterConfigError(f"inline must be True or False, got {self.inline!r}")
+        if self.inline is not None and not isinstance(self.inline, bool):
+            raise AdapterConfigError(f"inline must be None, True or False, got {self.inline!r}")
         for name in ("max_packet", "max_connections", "workers"):
             if not isinstance(getattr(self, name), int):
                 raise AdapterConfigError(f"{name} must be an int, got {getattr(self, name)!r}")
@@ -396,7 +396,7 @@ class MilterService:
         config, checker = self.current
         attempt = Attempt()
         connection.checking(number, check, config, attempt)
-        if self.limits.inline:
+        if self._inline(checker):
             connection.checked(
                 number, decide_check(check, checker, config, attempt, names=self.names)
             )
@@ -407,6 +407,13 @@ class MilterService:
             executor.post(self._decide, *args)
         else:
             executor.submit(self._decide, *args)
+
+    def _inline(self, checker: Checker) -> bool:
+        inline = self.limits.inline
+        if inline is None:
+            # Read through the daemon's watching wrapper, which passes attributes on.
+            return getattr(getattr(checker, "store", None), "in_process", False) is True
+        return inline
 
     def _decide(
         self,
