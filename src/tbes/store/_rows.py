@@ -175,7 +175,8 @@ def load_state(server_id: str, schema: object, data: object) -> ServerState:
     Unreadable means: a schema version this tbes does not read, text that is not JSON, JSON
     that does not decode to a :class:`~tbes.state.ServerState`, or a state of another server.
     """
-    if schema == ROW_SCHEMA and type(data) is str:
+    # type(): 2.0 == 2, but the full path refuses a schema version that is not an int.
+    if type(schema) is int and schema == ROW_SCHEMA and type(data) is str:
         lean = _lean_state(server_id, data)
         if lean is not None:
             return lean
@@ -212,8 +213,14 @@ def load_row(server_id: str, row: RawRow) -> Versioned[ServerState]:
 def row_state(server_id: str, row: RawRow) -> ServerState:
     """The state of a whole stored server row, its version checked as :func:`load_row` checks
     it (for a scan, which has no use for the version)."""
-    stored_version("server", server_id, row[0])
-    return load_state(server_id, row[1], row[2])
+    version, schema, data = row
+    # A row as tbes writes it straight to the lean decoder: a scan reads every row.
+    if type(version) is int and version >= 1 and type(schema) is int and schema == ROW_SCHEMA:
+        lean = _lean_state(server_id, data) if type(data) is str else None
+        if lean is not None:
+            return lean
+    stored_version("server", server_id, version)
+    return load_state(server_id, schema, data)
 
 
 def check_row(table: str, key: str, row: RawRow) -> int:
@@ -297,13 +304,22 @@ _BUILDS_KEPT = 1024  # a store has few builds; a forged one each row must not gr
 _PAUSE_KEYS = frozenset(("server_id", "start", "days"))
 _UTC = dt.UTC
 _fromisoformat = dt.datetime.fromisoformat
+# json.loads is this scanner behind two Python calls and two regular-expression matches for
+# the white space around the value; tbes writes none, and a row with some (or anything after
+# the value) goes to the full path, which json.loads reads or refuses as ever.
+# (typeshed does not list the decoder's scan_once, set in its __init__.)
+_scan: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+# Instants by their text, in UTC only: most rows share a few last_seen values, and one object
+# per instant lets the report's writers remember its text by value at the cost of its hash.
+_INSTANTS: dict[str, dt.datetime] = {}
+_INSTANTS_KEPT = 4096
 
 
 def _lean_state(server_id: str, data: str) -> ServerState | None:
     """The state stored as ``data`` when it is a row as tbes writes it; else ``None``."""
     try:
-        row = json.loads(data)
-        if type(row) is not dict or row.keys() != _STATE_KEYS:
+        row, end = _scan(data, 0)
+        if end != len(data) or type(row) is not dict or row.keys() != _STATE_KEYS:
             return None
         tenant, notified = row["tenant"], row["notified_stage"]
         status = _STATUS.get(row["status"])
@@ -318,14 +334,13 @@ def _lean_state(server_id: str, data: str) -> ServerState | None:
         ):
             return None
         first, last, since = row["first_detected"], row["last_seen"], row["compliant_since"]
-        # fromisoformat refuses what is no str; an offset other than UTC's is converted by
-        # the full path.
-        first = None if first is None else _fromisoformat(first)
-        last = None if last is None else _fromisoformat(last)
-        since = None if since is None else _fromisoformat(since)
-        for instant in (first, last, since):
-            if instant is not None and instant.tzinfo is not _UTC:
-                return None
+        # A text that is no str fails the lookup as unhashable or in _instant.
+        if first is not None:
+            first = _INSTANTS.get(first) or _instant(first)
+        if last is not None:
+            last = _INSTANTS.get(last) or _instant(last)
+        if since is not None:
+            since = _INSTANTS.get(since) or _instant(since)
         pauses = row["pauses"]
         return _make_state(
             server_id=server_id,
@@ -338,8 +353,20 @@ def _lean_state(server_id: str, data: str) -> ServerState | None:
             pauses=() if pauses == [] else _pauses(server_id, pauses),
             notified_stage=notified,
         )
-    except (TbesError, ValueError, TypeError, RecursionError):
-        return None
+    except (TbesError, ValueError, TypeError, RecursionError, StopIteration):
+        return None  # StopIteration: the scanner found no value where the text starts
+
+
+def _instant(text: str) -> dt.datetime:
+    """The instant ``text`` stands for, if in UTC; ValueError otherwise (an offset other
+    than UTC's is converted by the full path); TypeError if it is no str."""
+    instant = _fromisoformat(text)
+    if instant.tzinfo is not _UTC:
+        raise ValueError(text)
+    if len(_INSTANTS) >= _INSTANTS_KEPT:  # bounded: every row may hold instants of its own
+        _INSTANTS.clear()
+    _INSTANTS[text] = instant
+    return instant
 
 
 def _build(text: Any) -> ExchangeBuild | None:
