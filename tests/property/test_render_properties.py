@@ -9,6 +9,7 @@ import datetime as dt
 import io
 import re
 
+import attrs
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -187,3 +188,43 @@ def test_streamed_text_table_keeps_every_cell_and_one_line_per_row(
     for streamed, aligned in zip(lines[:1] + lines[2:], whole[:1] + whole[2:], strict=True):
         # The same cells in the same order; only the padding between them may differ.
         assert streamed.split() == aligned.split()
+
+
+# Ids of the characters the CSV writer passes through unescaped, '/' and '-' included.
+plain_ids = st.text(st.sampled_from("ab.Z9_-/"), min_size=1, max_size=12)
+
+
+@given(st.lists(st.builds(row, plain_ids | server_ids, texts), max_size=5))
+def test_every_cell_of_a_server_id_reads_back_escaped_and_guarded_against_formulas(
+    report: list[ReportRow],
+) -> None:
+    # The writer passes plain ids through as they stand and sends others through the escape;
+    # either way, each of the id's three cells is what the escape and the formula rule make.
+    records = list(csv.reader(io.StringIO(render_csv(report), newline="")))
+    for record, source in zip(records[1:], report, strict=True):
+        for column, value in (
+            ("ServerFQDN", source.server_fqdn),
+            ("connector", source.connector),
+            ("server", source.server),
+        ):
+            shown = printable(value)
+            assert record[COLUMNS.index(column)] == (
+                "'" + shown if value.startswith(FORMULA_STARTS) else shown
+            )
+
+
+OFFSETS = st.sampled_from([dt.UTC, dt.timezone(dt.timedelta(hours=2)), dt.timezone.min])
+
+
+@given(st.lists(st.tuples(st.integers(0, 3), OFFSETS), min_size=1, max_size=8))
+def test_each_instant_is_written_at_its_own_offset_however_often_it_recurs(
+    instants: list[tuple[int, dt.tzinfo]],
+) -> None:
+    # Equal instants at different offsets are equal datetimes; the writer remembers texts of
+    # instants, and must not give one the text of another.
+    times = [(FIRST + dt.timedelta(hours=hours)).astimezone(zone) for hours, zone in instants]
+    report = [attrs.evolve(row("s", "t"), first_detected=at, last_seen=at) for at in times]
+    records = list(csv.reader(io.StringIO(render_csv(report), newline="")))
+    for record, at in zip(records[1:], times, strict=True):
+        assert record[COLUMNS.index("FirstDetectedDate")] == at.isoformat()
+        assert record[COLUMNS.index("last_seen")] == at.isoformat()

@@ -23,20 +23,21 @@ line to what :func:`csv.writer` writes for the same cells.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import io
 import operator
 import re
 from collections.abc import Iterable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from tbes.compliance import Compliance
-from tbes.render._common import Sink, is_printable, printable
-from tbes.report import WIRE_FIELDS, ReportRow, build_versions, exchange_server
+from tbes.render._common import Sink, printable
+from tbes.report import ROW_FIELDS, WIRE_FIELDS, ReportRow, build_versions, exchange_server
 from tbes.stages import Stage
 from tbes.version import ExchangeBuild
 
-__all__ = ["COLUMNS", "FORMULA_STARTS", "render_csv", "write_csv"]
+__all__ = ["COLUMNS", "FORMULA_STARTS", "render_csv", "write_csv", "write_csv_values"]
 
 _K = TypeVar("_K")
 _V = TypeVar("_V")
@@ -68,38 +69,64 @@ def write_csv(rows: Iterable[ReportRow], out: Sink) -> None:
     Nothing is kept per row, so a report of any size takes constant memory. A file ``out``
     should be opened with ``newline=""``, or its line ends may be translated.
     """
+    write_csv_values(map(_values_of, rows), out)
+
+
+def write_csv_values(values: Iterable[tuple[Any, ...]], out: Sink) -> None:
+    """:func:`write_csv` of rows given as their fields in :data:`~tbes.report.ROW_FIELDS`
+    order (what :func:`~tbes.report.report_values` makes: no :class:`ReportRow` per row).
+    """
     out.write(_HEADER)
-    values = _Values().of
-    for row in rows:
-        out.write(",".join(values(row)) + "\r\n")
+    line = _Lines().line
+    for fields in values:
+        out.write(line(fields))
 
 
 _HEADER = ",".join(COLUMNS) + "\r\n"
 _NEEDS_QUOTES = re.compile('[,"\r\n]')
 
+# A server id whose cells (its host, its connector, itself) are written as they stand: ASCII
+# letters, digits, '.', '_' and '-' in each of at most two parts (split at the first '/',
+# as tbes.identity splits an id), neither starting with '-' (FORMULA_STARTS). Any other id
+# (a comma, a quote, a control character, a formula's first character) goes through _cell.
+_PLAIN_ID = re.compile(r"[A-Za-z0-9._][A-Za-z0-9._-]*(?:/[A-Za-z0-9._][A-Za-z0-9._-]*)?")
+_UTC = dt.UTC
+
 
 _KEPT = 4096
-"""How many builds, recommendations and tenants one report remembers the cells of."""
+"""How many builds, recommendations, tenants and instants one report remembers the cells of."""
 
 
-class _Values:
-    """A row's cells, with those that repeat from row to row (builds, recommendations,
-    tenants) worked out once per report: a store has few of each. Builds and
-    recommendations are remembered by identity (the report's rows share those objects),
-    with the object kept beside its text so that an identity is never reused meanwhile."""
+class _Lines:
+    """A row's CSV line, with the cells that repeat from row to row (builds,
+    recommendations, tenants, instants) worked out once per report: a store has few of each.
+    Builds and recommendations are remembered by identity (the report's rows share those
+    objects), with the object kept beside its text so that an identity is never reused
+    meanwhile; instants in UTC by value (equal instants in UTC have one text)."""
 
-    __slots__ = ("_builds", "_recommended", "_tenants")
+    __slots__ = ("_builds", "_instants", "_recommended", "_tenants")
 
     def __init__(self) -> None:
         self._builds: dict[int, tuple[ExchangeBuild, str, str]] = {}
         self._recommended: dict[int, tuple[tuple[ExchangeBuild, ...], str]] = {}
         self._tenants: dict[str, str] = {}
+        self._instants: dict[dt.datetime, str] = {}
 
-    def of(self, row: ReportRow) -> tuple[str, ...]:
+    def _instant(self, value: dt.datetime) -> str:
+        if value.tzinfo is not _UTC:  # equal instants at other offsets have other texts
+            return value.isoformat()
+        text = self._instants.get(value)
+        if text is None:
+            text = value.isoformat()
+            _remember(self._instants, value, text)
+        return text
+
+    def line(self, fields: tuple[Any, ...]) -> str:
         (
             server,
             tenant,
             build,
+            _,  # the product: the CSV names the build's own
             status,
             first,
             last,
@@ -113,7 +140,7 @@ class _Values:
             following,
             paused,
             control,
-        ) = _FIELDS(row)
+        ) = fields
         if build is None:
             build_text = product = ""
         else:
@@ -136,58 +163,41 @@ class _Values:
         # Written out rather than by helpers: this runs for every row of the largest reports.
         connector, slash, host = server.partition("/")  # as tbes.identity splits an id
         fqdn = host if slash else server
-        if (
-            _NEEDS_QUOTES.search(server) is None
-            and is_printable(server)  # then so are its parts
-            and not server.startswith(FORMULA_STARTS)  # nor does the connector part
-            and not fqdn.startswith(FORMULA_STARTS)
-        ):
+        if _PLAIN_ID.fullmatch(server) is not None:
             fqdn_cell, connector_cell, server_cell = fqdn, connector, server
         else:
             fqdn_cell, connector_cell, server_cell = _cell(fqdn), _cell(connector), _cell(server)
-        stage_cells = _NO_STAGE if stage is None else _stage_cells(stage)
+        instant = self._instant
         return (
-            fqdn_cell,
-            build_text,
-            product,
-            "" if first is None else first.isoformat(),
-            listed[1],
-            "" if throttle is None else throttle.isoformat(),
-            "" if block is None else block.isoformat(),
-            "" if rate is None else str(rate),
-            "" if blocked is None else str(blocked),
-            "" if following is None else following.isoformat(),
-            tenant_cell,
-            connector_cell,
-            server_cell,
-            _STATUS[status],
-            *stage_cells,
-            "" if paused is None else paused.isoformat(),
-            "" if full is None else full.isoformat(),
-            "" if last is None else last.isoformat(),
-            "" if control is None else _cell(control),  # names an operator's reason
+            ",".join(
+                (
+                    fqdn_cell,
+                    build_text,
+                    product,
+                    "" if first is None else instant(first),
+                    listed[1],
+                    "" if throttle is None else instant(throttle),
+                    "" if block is None else instant(block),
+                    "" if rate is None else str(rate),
+                    "" if blocked is None else str(blocked),
+                    "" if following is None else instant(following),
+                    tenant_cell,
+                    connector_cell,
+                    server_cell,
+                    _STATUS[status],
+                    *(_NO_STAGE if stage is None else _stage_cells(stage)),
+                    "" if paused is None else instant(paused),
+                    "" if full is None else instant(full),
+                    "" if last is None else instant(last),
+                    "" if control is None else _cell(control),  # names an operator's reason
+                )
+            )
+            + "\r\n"
         )
 
 
-# The fields a CSV row is made of, read in one call.
-_FIELDS = operator.attrgetter(
-    "server",
-    "tenant",
-    "build",
-    "status",
-    "first_detected",
-    "last_seen",
-    "recommended",
-    "throttle_enabled",
-    "blocking_enabled",
-    "full_block",
-    "stage",
-    "next_stage_throttle",
-    "next_stage_block",
-    "next_stage_start",
-    "paused_until",
-    "control",
-)
+# A row's fields, read in one call.
+_values_of = operator.attrgetter(*ROW_FIELDS)
 _STATUS = {status: status.value for status in Compliance}
 _NO_STAGE = ("", "", "")
 
