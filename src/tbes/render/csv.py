@@ -113,12 +113,17 @@ class _Lines:
         self._instants: dict[dt.datetime, str] = {}
 
     def _instant(self, value: dt.datetime) -> str:
+        """The text of a stored instant (first detected, last seen), which repeat from row to
+        row; the milestones, each the row's own, are formatted as they come."""
         if value.tzinfo is not _UTC:  # equal instants at other offsets have other texts
             return value.isoformat()
-        text = self._instants.get(value)
+        known = self._instants
+        text = known.get(value)
         if text is None:
             text = value.isoformat()
-            _remember(self._instants, value, text)
+            if len(known) >= _KEPT:  # _remember, written out
+                known.clear()
+            known[value] = text
         return text
 
     def line(self, fields: tuple[Any, ...]) -> str:
@@ -176,18 +181,18 @@ class _Lines:
                     product,
                     "" if first is None else instant(first),
                     listed[1],
-                    "" if throttle is None else instant(throttle),
-                    "" if block is None else instant(block),
+                    "" if throttle is None else throttle.isoformat(),
+                    "" if block is None else block.isoformat(),
                     "" if rate is None else str(rate),
                     "" if blocked is None else str(blocked),
-                    "" if following is None else instant(following),
+                    "" if following is None else following.isoformat(),
                     tenant_cell,
                     connector_cell,
                     server_cell,
-                    _STATUS[status],
-                    *(_NO_STAGE if stage is None else _stage_cells(stage)),
-                    "" if paused is None else instant(paused),
-                    "" if full is None else instant(full),
+                    _STATUS[id(status)],
+                    _NO_STAGE if stage is None else _stage_cells(stage),  # three cells
+                    "" if paused is None else paused.isoformat(),
+                    "" if full is None else full.isoformat(),
                     "" if last is None else instant(last),
                     "" if control is None else _cell(control),  # names an operator's reason
                 )
@@ -198,13 +203,15 @@ class _Lines:
 
 # A row's fields, read in one call.
 _values_of = operator.attrgetter(*ROW_FIELDS)
-_STATUS = {status: status.value for status in Compliance}
-_NO_STAGE = ("", "", "")
+# By identity (one object per member): an Enum's hash is Python code, run per row.
+_STATUS = {id(status): status.value for status in Compliance}
+_NO_STAGE = ",,"
 
 
 @functools.lru_cache(maxsize=64)
-def _stage_cells(stage: Stage) -> tuple[str, str, str]:
-    return (str(stage.number), str(stage.throttle_minutes), str(stage.block_minutes))
+def _stage_cells(stage: Stage) -> str:
+    """The stage's three cells, joined: numbers, which need no quotes."""
+    return f"{stage.number},{stage.throttle_minutes},{stage.block_minutes}"
 
 
 def _remember(memo: dict[_K, _V], key: _K, value: _V) -> None:

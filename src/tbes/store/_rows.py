@@ -296,7 +296,7 @@ LEAN_DECODER = tuple(field.name for field in attrs.fields(ServerState)) == _STAT
 """Whether server rows are read by the lean decoder: only while ServerState's fields are the
 ones it knows (a new field sends every row through the full path until it learns it)."""
 
-_STATE_KEYS = frozenset(_STATE_FIELDS)
+_STATE_COUNT = len(_STATE_FIELDS)
 _make_state = slot_filler(ServerState)
 _STATUS = {member.value: member for member in Compliance}
 _BUILDS: dict[str, ExchangeBuild] = {}
@@ -319,7 +319,8 @@ def _lean_state(server_id: str, data: str) -> ServerState | None:
     """The state stored as ``data`` when it is a row as tbes writes it; else ``None``."""
     try:
         row, end = _scan(data, 0)
-        if end != len(data) or type(row) is not dict or row.keys() != _STATE_KEYS:
+        # Nine keys, and each of the nine read below (KeyError otherwise): the same keys.
+        if end != len(data) or type(row) is not dict or len(row) != _STATE_COUNT:
             return None
         tenant, notified = row["tenant"], row["notified_stage"]
         status = _STATUS.get(row["status"])
@@ -341,11 +342,13 @@ def _lean_state(server_id: str, data: str) -> ServerState | None:
             last = _INSTANTS.get(last) or _instant(last)
         if since is not None:
             since = _INSTANTS.get(since) or _instant(since)
-        pauses = row["pauses"]
+        pauses, build = row["pauses"], row["build"]
+        if build is not None:  # a text that is no str fails here, as unhashable, or in _build
+            build = _BUILDS.get(build) or _build(build)
         return _make_state(
             server_id=server_id,
             tenant=tenant,
-            build=_build(row["build"]),
+            build=build,
             status=status,
             first_detected=first,
             last_seen=last,
@@ -353,7 +356,7 @@ def _lean_state(server_id: str, data: str) -> ServerState | None:
             pauses=() if pauses == [] else _pauses(server_id, pauses),
             notified_stage=notified,
         )
-    except (TbesError, ValueError, TypeError, RecursionError, StopIteration):
+    except (TbesError, ValueError, TypeError, KeyError, RecursionError, StopIteration):
         return None  # StopIteration: the scanner found no value where the text starts
 
 
@@ -369,15 +372,12 @@ def _instant(text: str) -> dt.datetime:
     return instant
 
 
-def _build(text: Any) -> ExchangeBuild | None:
-    if text is None:
-        return None
-    build = _BUILDS.get(text)  # a text that is no str fails here, as unhashable or unknown
-    if build is None:
-        build = ExchangeBuild.parse(text)
-        if len(_BUILDS) >= _BUILDS_KEPT:
-            _BUILDS.clear()
-        _BUILDS[text] = build
+def _build(text: str) -> ExchangeBuild:
+    """The build ``text`` names, parsed once per text."""
+    build = ExchangeBuild.parse(text)
+    if len(_BUILDS) >= _BUILDS_KEPT:
+        _BUILDS.clear()
+    _BUILDS[text] = build
     return build
 
 
