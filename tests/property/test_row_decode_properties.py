@@ -139,7 +139,7 @@ def test_text_that_is_no_row_is_refused_naming_the_row(state: ServerState, text:
 
 def test_the_lean_decoder_knows_every_field_of_the_state() -> None:
     # A field added to ServerState sends every row through the full path (correct, but the
-    # report of a million servers slows several times): teach _lean_state the new field.
+    # report of a million servers slows several times): teach lean_row the new field.
     assert rows.LEAN_DECODER
 
 

@@ -39,6 +39,7 @@ __all__ = [
     "conflict",
     "describe",
     "dump_row",
+    "lean_row",
     "load_event",
     "load_ledger",
     "load_row",
@@ -175,11 +176,9 @@ def load_state(server_id: str, schema: object, data: object) -> ServerState:
     Unreadable means: a schema version this tbes does not read, text that is not JSON, JSON
     that does not decode to a :class:`~tbes.state.ServerState`, or a state of another server.
     """
-    # type(): 2.0 == 2, but the full path refuses a schema version that is not an int.
-    if type(schema) is int and schema == ROW_SCHEMA and type(data) is str:
-        lean = _lean_state(server_id, data)
-        if lean is not None:
-            return lean
+    lean = lean_row(server_id, 1, schema, data)
+    if lean is not None:
+        return lean
     state = _load("server", server_id, schema, data, ServerState)
     if state.server_id != server_id:
         raise StoreError(f"stored row of the server {server_id!r} holds server {state.server_id!r}")
@@ -214,11 +213,9 @@ def row_state(server_id: str, row: RawRow) -> ServerState:
     """The state of a whole stored server row, its version checked as :func:`load_row` checks
     it (for a scan, which has no use for the version)."""
     version, schema, data = row
-    # A row as tbes writes it straight to the lean decoder: a scan reads every row.
-    if type(version) is int and version >= 1 and type(schema) is int and schema == ROW_SCHEMA:
-        lean = _lean_state(server_id, data) if type(data) is str else None
-        if lean is not None:
-            return lean
+    lean = lean_row(server_id, version, schema, data)
+    if lean is not None:
+        return lean
     stored_version("server", server_id, version)
     return load_state(server_id, schema, data)
 
@@ -275,7 +272,7 @@ def plan_writes(
 #
 # Decision: reading a row through cattrs and ServerState's checks costs several times the JSON
 # parse itself, and a report reads every row. Rows are nearly always what tbes itself wrote,
-# so _lean_state decodes exactly those: every key present and no other, ids and the tenant
+# so lean_row decodes exactly those: every key present and no other, ids and the tenant
 # as plain non-empty text, instants in UTC, a known status, a build that parses, pauses that
 # Pause itself accepts. Whatever it does not recognise it hands back (None) to the full path,
 # which decodes or refuses the row as before; so it changes the cost of a read, never its
@@ -315,8 +312,19 @@ _INSTANTS: dict[str, dt.datetime] = {}
 _INSTANTS_KEPT = 4096
 
 
-def _lean_state(server_id: str, data: str) -> ServerState | None:
-    """The state stored as ``data`` when it is a row as tbes writes it; else ``None``."""
+def lean_row(server_id: str, version: object, schema: object, data: object) -> ServerState | None:
+    """The state of a stored server row when it is a row as tbes writes it (a version >= 1,
+    :data:`ROW_SCHEMA`, the JSON text :func:`dump_row` makes); else ``None``, and
+    :func:`row_state` or :func:`load_state` reads or refuses the row."""
+    # type(): 2.0 == 2, but the full path refuses a schema version that is not an int.
+    if (
+        type(version) is not int
+        or version < 1
+        or type(schema) is not int
+        or schema != ROW_SCHEMA
+        or type(data) is not str
+    ):
+        return None
     try:
         row, end = _scan(data, 0)
         # Nine keys, and each of the nine read below (KeyError otherwise): the same keys.
