@@ -228,3 +228,44 @@ def test_each_instant_is_written_at_its_own_offset_however_often_it_recurs(
     for record, at in zip(records[1:], times, strict=True):
         assert record[COLUMNS.index("FirstDetectedDate")] == at.isoformat()
         assert record[COLUMNS.index("last_seen")] == at.isoformat()
+
+
+UTC_INSTANTS = st.datetimes(
+    min_value=dt.datetime(1, 1, 1),
+    max_value=dt.datetime(9999, 12, 31, 23, 59, 59, 999999),
+    timezones=st.just(dt.UTC),
+) | st.builds(  # days and times of day that recur, in other pairs
+    dt.datetime.combine,
+    st.sampled_from([dt.date(1, 1, 1), dt.date(2026, 11, 3), dt.date(9999, 12, 31)]),
+    st.sampled_from([dt.time(0, 0), dt.time(9, 17, 31, 250000), dt.time(23, 59, 59, 1)]),
+    st.just(dt.UTC),
+)
+
+
+@given(st.lists(st.lists(UTC_INSTANTS, min_size=7, max_size=7), min_size=1, max_size=6))
+def test_every_instant_in_utc_is_written_as_isoformat_writes_it(
+    instants: list[list[dt.datetime]],
+) -> None:
+    # The writer puts an instant in UTC together from its day's and its time of day's texts
+    # (remembered across rows); the cell must be isoformat's, microseconds or none, any year.
+    report = [
+        attrs.evolve(
+            row("s", "t"),
+            first_detected=first,
+            last_seen=last,
+            throttle_enabled=throttle,
+            blocking_enabled=block,
+            full_block=full,
+            next_stage_start=following,
+            paused_until=paused,
+        )
+        for first, last, throttle, block, full, following, paused in instants
+    ]
+    records = list(csv.reader(io.StringIO(render_csv(report), newline="")))
+    columns = (
+        *("FirstDetectedDate", "last_seen", "ThrottleEnabledDate", "BlockingEnabledDate"),
+        *("fully_blocked", "NextStageStartDate", "paused_until"),
+    )
+    for record, times in zip(records[1:], instants, strict=True):
+        for column, at in zip(columns, times, strict=True):
+            assert record[COLUMNS.index(column)] == at.isoformat()

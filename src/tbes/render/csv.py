@@ -95,7 +95,7 @@ _UTC = dt.UTC
 
 
 _KEPT = 4096
-"""How many builds, recommendations, tenants and instants one report remembers the cells of."""
+"""How many builds, recommendations, tenants, days and times of day one report remembers."""
 
 
 class _Lines:
@@ -103,29 +103,35 @@ class _Lines:
     recommendations, tenants, instants) worked out once per report: a store has few of each.
     Builds and recommendations are remembered by identity (the report's rows share those
     objects), with the object kept beside its text so that an identity is never reused
-    meanwhile; instants in UTC by value (equal instants in UTC have one text)."""
+    meanwhile; instants in UTC by their day and their time of day."""
 
-    __slots__ = ("_builds", "_instants", "_recommended", "_tenants")
+    __slots__ = ("_builds", "_days", "_recommended", "_tenants", "_times")
 
     def __init__(self) -> None:
         self._builds: dict[int, tuple[ExchangeBuild, str, str]] = {}
         self._recommended: dict[int, tuple[tuple[ExchangeBuild, ...], str]] = {}
         self._tenants: dict[str, str] = {}
-        self._instants: dict[dt.datetime, str] = {}
+        self._days: dict[dt.date, str] = {}
+        self._times: dict[dt.time, str] = {}
 
     def _instant(self, value: dt.datetime) -> str:
-        """The text of a stored instant (first detected, last seen), which repeat from row to
-        row; the milestones, each the row's own, are formatted as they come."""
+        """``value.isoformat()``, for less: an instant in UTC is written as its day's text and
+        its time of day's, each worked out once per report (a report's instants fall on few
+        days, and a server's milestones lie whole days from its first detection, at its time
+        of day), where ``isoformat`` formats every field of every instant anew."""
         if value.tzinfo is not _UTC:  # equal instants at other offsets have other texts
             return value.isoformat()
-        known = self._instants
-        text = known.get(value)
-        if text is None:
-            text = value.isoformat()
-            if len(known) >= _KEPT:  # _remember, written out
-                known.clear()
-            known[value] = text
-        return text
+        day, time = value.date(), value.time()  # time(): the fields, fold aside, no zone
+        days, times = self._days, self._times
+        day_text = days.get(day)
+        if day_text is None:
+            day_text = day.isoformat() + "T"
+            _remember(days, day, day_text)
+        time_text = times.get(time)
+        if time_text is None:
+            time_text = time.isoformat() + "+00:00"
+            _remember(times, time, time_text)
+        return day_text + time_text
 
     def line(self, fields: tuple[Any, ...]) -> str:
         (
@@ -182,18 +188,18 @@ class _Lines:
                     product,
                     "" if first is None else instant(first),
                     listed[1],
-                    "" if throttle is None else throttle.isoformat(),
-                    "" if block is None else block.isoformat(),
+                    "" if throttle is None else instant(throttle),
+                    "" if block is None else instant(block),
                     "" if rate is None else str(rate),
                     "" if blocked is None else str(blocked),
-                    "" if following is None else following.isoformat(),
+                    "" if following is None else instant(following),
                     tenant_cell,
                     connector_cell,
                     server_cell,
                     _STATUS[id(status)],
                     _NO_STAGE if stage is None else _stage_cells(stage),  # three cells
-                    "" if paused is None else paused.isoformat(),
-                    "" if full is None else full.isoformat(),
+                    "" if paused is None else instant(paused),
+                    "" if full is None else instant(full),
                     "" if last is None else instant(last),
                     "" if control is None else _cell(control),  # names an operator's reason
                 )
