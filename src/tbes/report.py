@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import operator
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -43,6 +44,7 @@ from tbes.version import ExchangeBuild, Product
 
 __all__ = [
     "END",
+    "ROW_FIELDS",
     "WIRE_FIELDS",
     "ReportRow",
     "Segment",
@@ -53,6 +55,7 @@ __all__ = [
     "recommended_builds",
     "report_row",
     "report_rows",
+    "report_values",
 ]
 
 END = dt.datetime.max.replace(tzinfo=dt.UTC)
@@ -645,9 +648,55 @@ def _paused_until(timeline: tuple[Segment, ...], now: dt.datetime) -> dt.datetim
 _BUILDS = 1024
 """How many builds' recommendations one :func:`report_rows` call keeps (a store has few)."""
 
+ROW_FIELDS: tuple[str, ...] = tuple(field.name for field in attrs.fields(ReportRow))
+""":class:`ReportRow`'s fields in order: what each place of a :func:`report_values` tuple holds."""
+
 # Rows made by the fast path are valid by construction (every value comes from a checked
 # state, policy or row); the property tests hold them equal to report_row's.
 _make_row = slot_filler(ReportRow)
+_values_of = operator.attrgetter(*ROW_FIELDS)
+
+
+def _row_of(values: tuple[Any, ...]) -> ReportRow:
+    """The row whose fields are ``values``, in :data:`ROW_FIELDS` order."""
+    (
+        server,
+        tenant,
+        build,
+        product,
+        status,
+        first_detected,
+        last_seen,
+        recommended,
+        throttle_enabled,
+        blocking_enabled,
+        full_block,
+        stage,
+        next_stage_throttle,
+        next_stage_block,
+        next_stage_start,
+        paused_until,
+        control,
+    ) = values
+    return _make_row(
+        server=server,
+        tenant=tenant,
+        build=build,
+        product=product,
+        status=status,
+        first_detected=first_detected,
+        last_seen=last_seen,
+        recommended=recommended,
+        throttle_enabled=throttle_enabled,
+        blocking_enabled=blocking_enabled,
+        full_block=full_block,
+        stage=stage,
+        next_stage_throttle=next_stage_throttle,
+        next_stage_block=next_stage_block,
+        next_stage_start=next_stage_start,
+        paused_until=paused_until,
+        control=control,
+    )
 
 
 def report_rows(
@@ -671,6 +720,23 @@ def report_rows(
     :func:`report_row` takes as ``exemptions`` and ``monitor``; a row they touch is
     :func:`report_row`'s own.
     """
+    return map(_row_of, report_values(states, now, policy, catalog, exemptions, monitors))
+
+
+def report_values(
+    states: Iterable[ServerState],
+    now: dt.datetime,
+    policy: Policy,
+    catalog: Catalog,
+    exemptions: Callable[[str], tuple[Exemption, ...]] | None = None,
+    monitors: Callable[[str], bool] | None = None,
+) -> Iterator[tuple[Any, ...]]:
+    """The fields of :func:`report_rows`' rows as tuples, in :data:`ROW_FIELDS` order.
+
+    For a renderer that reads every field of every row of a large report (the CSV writer):
+    a tuple costs less to make and to read than a :class:`ReportRow`. Arguments and errors
+    as for :func:`report_rows`.
+    """
     now = _clamped_utc(now, "now")
     if not isinstance(catalog, Catalog):
         raise InvalidValueError(f"catalog must be a Catalog, got {catalog!r:.80}")
@@ -678,7 +744,7 @@ def report_rows(
         raise InvalidValueError(f"policy must be a Policy, got {policy!r:.80}")
     if not isinstance(states, Iterable) or isinstance(states, str | bytes):
         raise InvalidValueError(f"states must be an iterable of states, got {states!r:.80}")
-    return map(_RowMaker(now, policy, catalog, exemptions, monitors).row, states)
+    return map(_RowMaker(now, policy, catalog, exemptions, monitors).values, states)
 
 
 def _stage_from(table: StageTable, offset: dt.timedelta | None) -> int | None:
@@ -694,9 +760,10 @@ class _RowMaker:
     one-for-one except inside pauses (when the policy freezes it); a pause only sets the
     paused flag. So the first instant in stage *k* or later is when the clock first shows
     stage *k*'s start (:func:`~tbes.ledger.clock_reaches`), and the first unpaused one
-    from there is that instant or the end of the pause covering it. The stage at ``now``
-    is the policy's stage at the clock's reading, as ``decide`` reads it. Rows near the
-    calendar's end (where the timeline is cut) and rows with the operator's controls are
+    from there is that instant or the end of the pause covering it; without pauses, that
+    is the first detection plus stage *k*'s start. The stage at ``now`` is the policy's
+    stage at the clock's reading, as ``decide`` reads it. Rows near the calendar's end
+    (where the timeline is cut) and rows with the operator's controls are
     :func:`report_row`'s own; a property test holds every row equal to ``report_row``'s.
     """
 
@@ -707,11 +774,14 @@ class _RowMaker:
         "_following",
         "_milestones",
         "_monitors",
+        "_next",
         "_now",
+        "_offsets",
         "_on",
         "_policy",
         "_recommended",
         "_starts",
+        "_terminal",
     )
 
     def __init__(
@@ -735,6 +805,22 @@ class _RowMaker:
         self._following = {stage.number: _next_stage(stage, policy) for stage in table.stages}
         # Where each stage starts on the enforcement clock, by number.
         self._starts = {stage.number: table.start_of(stage.number) for stage in table.stages}
+        self._terminal = table.start_of(len(table))
+        # Without pauses: where the milestones lie on the clock, and per stage the next
+        # stage's (throttle minutes, block minutes, start).
+        self._offsets = tuple(
+            None if number is None else self._starts[number] for number in self._milestones
+        )
+        self._next = {
+            number: (None, None, None)
+            if following is None
+            else (
+                following.throttle_minutes,
+                following.block_minutes,
+                self._starts[following.number],
+            )
+            for number, following in self._following.items()
+        }
         # Per build: its product and the builds to recommend, by value and, in front, by
         # identity (the stores share one object per build; an object is kept beside its
         # entry, so its id is not reused meanwhile).
@@ -758,72 +844,147 @@ class _RowMaker:
         self._by_id[id(build)] = (build, *found)
         return found
 
-    def row(self, state: ServerState) -> ReportRow:
-        now, policy = self._now, self._policy
+    def values(self, state: ServerState) -> tuple[Any, ...]:
+        """The fields of ``state``'s row, in :data:`ROW_FIELDS` order."""
+        now = self._now
         if type(state) is not ServerState:
             raise InvalidValueError(f"state must be a ServerState, got {state!r:.80}")
-        held = () if self._exemptions is None else self._exemptions(state.server_id)
-        monitor = False if self._monitors is None else self._monitors(state.server_id)
-        if held or monitor:  # the operator's controls: report_row's own row
-            return report_row(state, now, policy, self._catalog, exemptions=held, monitor=monitor)
+        if self._exemptions is not None or self._monitors is not None:
+            held = () if self._exemptions is None else self._exemptions(state.server_id)
+            monitor = False if self._monitors is None else self._monitors(state.server_id)
+            if held or monitor:  # the operator's controls: report_row's own row
+                return self._own(state, held, monitor)
         build = state.build
-        product, recommended = (None, ()) if build is None else self._recommend(build)
+        product: Product | None
+        recommended: tuple[ExchangeBuild, ...]
+        if build is None:
+            product, recommended = None, ()
+        else:
+            known = self._by_id.get(id(build))
+            if known is not None and known[0] is build:
+                _, product, recommended = known
+            else:
+                product, recommended = self._recommend(build)
         first = state.first_detected
-        stage = following = None
-        throttle = block = full = next_start = paused_until = None
         # Outside an episode decide() answers "no stage", and once compliant nothing lies
         # ahead (the history a forecast keeps is not the schedule): an empty timeline.
-        in_episode = first is not None and state.compliant_since is None
-        if first is not None and in_episode:
-            horizon = _horizon(state, policy, now)
-            if horizon >= END:  # the timeline is cut at the calendar's end
-                return report_row(state, now, policy, self._catalog)
-            spans = pause_spans(state.pauses) if state.pauses else ()
-            frozen = spans if policy.pause_freezes_clock else ()
-            elapsed = now - first
-            if frozen:
-                elapsed -= paused_between(frozen, first, now)
-            stage = policy.plan_at(max(elapsed, _ZERO)).stage
-            following = self._following[stage.number]
+        if first is None or state.compliant_since is not None:
+            # A pause that outlives remediation still runs and is charged: the report shows it.
+            outlived = covering_end(pause_spans(state.pauses), now) if state.pauses else None
+            return (
+                state.server_id,
+                state.tenant,
+                build,
+                product,
+                state.status,
+                first,
+                state.last_seen,
+                recommended,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                outlived,
+                None,
+            )
+        if state.pauses:
+            return self._paused(state, first, product, recommended)
+        # An episode without pauses: the clock runs one-for-one from the first detection.
+        horizon = _later(max(now, _later(first, self._terminal)), _DAY)
+        if horizon >= END:  # the timeline is cut at the calendar's end
+            return self._own(state, (), False)
+        # Every milestone lies before first + terminal < horizon < END: no overflow, no cut.
+        elapsed = now - first
+        stage = self._policy.plan_at(elapsed if elapsed > _ZERO else _ZERO).stage
+        next_throttle, next_block, next_start = self._next[stage.number]
+        throttle, block, full = self._offsets
+        return (
+            state.server_id,
+            state.tenant,
+            build,
+            product,
+            state.status,
+            first,
+            state.last_seen,
+            recommended,
+            None if throttle is None else first + throttle,
+            None if block is None else first + block,
+            None if full is None else first + full,
+            stage,
+            next_throttle,
+            next_block,
+            None if next_start is None else first + next_start,
+            None,
+            None,
+        )
 
-            def reached(number: int | None) -> dt.datetime | None:
-                """When the clock first shows stage ``number``'s start (None: never)."""
-                if number is None:
-                    return None
-                at = clock_reaches(frozen, first, self._starts[number])
-                return None if at is None or at >= horizon else at
+    def _own(
+        self, state: ServerState, held: tuple[Exemption, ...], monitor: bool
+    ) -> tuple[Any, ...]:
+        row = report_row(
+            state, self._now, self._policy, self._catalog, exemptions=held, monitor=monitor
+        )
+        values: tuple[Any, ...] = _values_of(row)
+        return values
 
-            def unpaused(at: dt.datetime | None) -> dt.datetime | None:
-                """The first instant from ``at`` that no pause covers."""
-                if at is None or not spans:
-                    return at
-                end = covering_end(spans, at)
-                return at if end is None else end if end < horizon else None
+    def _paused(
+        self,
+        state: ServerState,
+        first: dt.datetime,
+        product: Product | None,
+        recommended: tuple[ExchangeBuild, ...],
+    ) -> tuple[Any, ...]:
+        """:meth:`values` of a state in an episode since ``first``, with pauses."""
+        now, policy = self._now, self._policy
+        horizon = _horizon(state, policy, now)
+        if horizon >= END:  # the timeline is cut at the calendar's end
+            return self._own(state, (), False)
+        spans = pause_spans(state.pauses)
+        frozen = spans if policy.pause_freezes_clock else ()
+        elapsed = now - first
+        if frozen:
+            elapsed -= paused_between(frozen, first, now)
+        stage = policy.plan_at(max(elapsed, _ZERO)).stage
+        following = self._following[stage.number]
 
-            throttle_from, block_from, full_from = self._milestones
-            throttle = unpaused(reached(throttle_from))
-            block = unpaused(reached(block_from))
-            full = unpaused(reached(full_from))
-            next_start = None if following is None else reached(following.number)
-            if spans and covering_end(spans, now) is not None:
-                # Paused now: the first unpaused instant of the timeline after now.
-                paused_until = unpaused(max(covering_end(spans, now) or now, first))
-        return _make_row(
-            server=state.server_id,
-            tenant=state.tenant,
-            build=build,
-            product=product,
-            status=state.status,
-            first_detected=first,
-            last_seen=state.last_seen,
-            recommended=recommended,
-            throttle_enabled=throttle,
-            blocking_enabled=block,
-            full_block=full,
-            stage=stage,
-            next_stage_throttle=None if following is None else following.throttle_minutes,
-            next_stage_block=None if following is None else following.block_minutes,
-            next_stage_start=next_start,
-            paused_until=paused_until if in_episode else _outlived(state, now),
-            control=None,
+        def reached(number: int | None) -> dt.datetime | None:
+            """When the clock first shows stage ``number``'s start (None: never)."""
+            if number is None:
+                return None
+            at = clock_reaches(frozen, first, self._starts[number])
+            return None if at is None or at >= horizon else at
+
+        def unpaused(at: dt.datetime | None) -> dt.datetime | None:
+            """The first instant from ``at`` that no pause covers."""
+            if at is None:
+                return at
+            end = covering_end(spans, at)
+            return at if end is None else end if end < horizon else None
+
+        throttle_from, block_from, full_from = self._milestones
+        paused_until = None
+        if covering_end(spans, now) is not None:
+            # Paused now: the first unpaused instant of the timeline after now.
+            paused_until = unpaused(max(covering_end(spans, now) or now, first))
+        return (
+            state.server_id,
+            state.tenant,
+            state.build,
+            product,
+            state.status,
+            first,
+            state.last_seen,
+            recommended,
+            unpaused(reached(throttle_from)),
+            unpaused(reached(block_from)),
+            unpaused(reached(full_from)),
+            stage,
+            None if following is None else following.throttle_minutes,
+            None if following is None else following.block_minutes,
+            None if following is None else reached(following.number),
+            paused_until,
+            None,
         )

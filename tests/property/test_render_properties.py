@@ -9,6 +9,7 @@ import datetime as dt
 import io
 import re
 
+import attrs
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -187,3 +188,84 @@ def test_streamed_text_table_keeps_every_cell_and_one_line_per_row(
     for streamed, aligned in zip(lines[:1] + lines[2:], whole[:1] + whole[2:], strict=True):
         # The same cells in the same order; only the padding between them may differ.
         assert streamed.split() == aligned.split()
+
+
+# Ids of the characters the CSV writer passes through unescaped, '/' and '-' included.
+plain_ids = st.text(st.sampled_from("ab.Z9_-/"), min_size=1, max_size=12)
+
+
+@given(st.lists(st.builds(row, plain_ids | server_ids, texts), max_size=5))
+def test_every_cell_of_a_server_id_reads_back_escaped_and_guarded_against_formulas(
+    report: list[ReportRow],
+) -> None:
+    # The writer passes plain ids through as they stand and sends others through the escape;
+    # either way, each of the id's three cells is what the escape and the formula rule make.
+    records = list(csv.reader(io.StringIO(render_csv(report), newline="")))
+    for record, source in zip(records[1:], report, strict=True):
+        for column, value in (
+            ("ServerFQDN", source.server_fqdn),
+            ("connector", source.connector),
+            ("server", source.server),
+        ):
+            shown = printable(value)
+            assert record[COLUMNS.index(column)] == (
+                "'" + shown if value.startswith(FORMULA_STARTS) else shown
+            )
+
+
+OFFSETS = st.sampled_from([dt.UTC, dt.timezone(dt.timedelta(hours=2)), dt.timezone.min])
+
+
+@given(st.lists(st.tuples(st.integers(0, 3), OFFSETS), min_size=1, max_size=8))
+def test_each_instant_is_written_at_its_own_offset_however_often_it_recurs(
+    instants: list[tuple[int, dt.tzinfo]],
+) -> None:
+    # Equal instants at different offsets are equal datetimes; the writer remembers texts of
+    # instants, and must not give one the text of another.
+    times = [(FIRST + dt.timedelta(hours=hours)).astimezone(zone) for hours, zone in instants]
+    report = [attrs.evolve(row("s", "t"), first_detected=at, last_seen=at) for at in times]
+    records = list(csv.reader(io.StringIO(render_csv(report), newline="")))
+    for record, at in zip(records[1:], times, strict=True):
+        assert record[COLUMNS.index("FirstDetectedDate")] == at.isoformat()
+        assert record[COLUMNS.index("last_seen")] == at.isoformat()
+
+
+UTC_INSTANTS = st.datetimes(
+    min_value=dt.datetime(1, 1, 1),
+    max_value=dt.datetime(9999, 12, 31, 23, 59, 59, 999999),
+    timezones=st.just(dt.UTC),
+) | st.builds(  # days and times of day that recur, in other pairs
+    dt.datetime.combine,
+    st.sampled_from([dt.date(1, 1, 1), dt.date(2026, 11, 3), dt.date(9999, 12, 31)]),
+    st.sampled_from([dt.time(0, 0), dt.time(9, 17, 31, 250000), dt.time(23, 59, 59, 1)]),
+    st.just(dt.UTC),
+)
+
+
+@given(st.lists(st.lists(UTC_INSTANTS, min_size=7, max_size=7), min_size=1, max_size=6))
+def test_every_instant_in_utc_is_written_as_isoformat_writes_it(
+    instants: list[list[dt.datetime]],
+) -> None:
+    # The writer puts an instant in UTC together from its day's and its time of day's texts
+    # (remembered across rows); the cell must be isoformat's, microseconds or none, any year.
+    report = [
+        attrs.evolve(
+            row("s", "t"),
+            first_detected=first,
+            last_seen=last,
+            throttle_enabled=throttle,
+            blocking_enabled=block,
+            full_block=full,
+            next_stage_start=following,
+            paused_until=paused,
+        )
+        for first, last, throttle, block, full, following, paused in instants
+    ]
+    records = list(csv.reader(io.StringIO(render_csv(report), newline="")))
+    columns = (
+        *("FirstDetectedDate", "last_seen", "ThrottleEnabledDate", "BlockingEnabledDate"),
+        *("fully_blocked", "NextStageStartDate", "paused_until"),
+    )
+    for record, times in zip(records[1:], instants, strict=True):
+        for column, at in zip(columns, times, strict=True):
+            assert record[COLUMNS.index(column)] == at.isoformat()

@@ -16,7 +16,15 @@ from tbes.decision import decide
 from tbes.exemption import Exemption
 from tbes.ledger import Pause
 from tbes.policy import Policy
-from tbes.report import ReportRow, Segment, forecast, horizon, report_row, report_rows
+from tbes.report import (
+    ReportRow,
+    Segment,
+    forecast,
+    horizon,
+    report_row,
+    report_rows,
+    report_values,
+)
 from tbes.serde import converter
 from tbes.stages import DEFAULT_STAGE_TABLE
 from tbes.state import ServerState
@@ -459,3 +467,6 @@ def test_report_rows_equals_report_row_for_paused_exempt_monitored_and_remediate
     for made, expected in zip(fast, slow, strict=True):
         assert attrs.astuple(made, recurse=False) == attrs.astuple(expected, recurse=False)
         assert attrs.evolve(made) == made
+    # The CSV writer's path: the same fields as tuples, in the order of ReportRow's fields.
+    values = report_values(iter(states), now, policy, CATALOG, exemptions, monitors)
+    assert list(values) == [attrs.astuple(row, recurse=False) for row in slow]

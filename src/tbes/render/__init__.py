@@ -22,11 +22,11 @@ from tbes.errors import InvalidValueError
 from tbes.exemption import Exemption
 from tbes.policy import Policy
 from tbes.render._common import Sink
-from tbes.render.csv import render_csv, write_csv
+from tbes.render.csv import render_csv, write_csv, write_csv_values
 from tbes.render.html import render_html
 from tbes.render.json import render_json, write_json
 from tbes.render.text import PAGE, render_text, write_text
-from tbes.report import END, forecast, horizon, report_rows
+from tbes.report import END, forecast, horizon, report_rows, report_values
 from tbes.state import ServerState
 
 __all__ = [
@@ -63,15 +63,16 @@ def render_report(
     catalog: Catalog,
     title: str = "Exchange enforcement report",
     subtitle: str = "",
-    exemptions: Callable[[str], tuple[Exemption, ...]] = lambda server_id: (),
-    monitors: Callable[[str], bool] = lambda server_id: False,
+    exemptions: Callable[[str], tuple[Exemption, ...]] | None = None,
+    monitors: Callable[[str], bool] | None = None,
 ) -> str:
     """The report on ``states`` as of ``now`` in format ``fmt`` (one of :data:`FORMATS`).
 
     Rows come in order of tenant and server id. ``title`` and ``subtitle`` are used by the
     HTML page only. ``exemptions`` and ``monitors`` give, per server id, its exemptions and
     whether it is in monitor mode (the adapter configuration knows:
-    :meth:`~tbes.adapters.config.AdapterConfig.exemptions_for`, ``monitors``). An unknown
+    :meth:`~tbes.adapters.config.AdapterConfig.exemptions_for`, ``monitors``); ``None``,
+    the default, for none. An unknown
     format raises :class:`ValueError` naming the valid ones.
     """
     _require_format(fmt)
@@ -104,8 +105,8 @@ def write_report(
     title: str = "Exchange enforcement report",
     subtitle: str = "",
     widths_from: int = PAGE,
-    exemptions: Callable[[str], tuple[Exemption, ...]] = lambda server_id: (),
-    monitors: Callable[[str], bool] = lambda server_id: False,
+    exemptions: Callable[[str], tuple[Exemption, ...]] | None = None,
+    monitors: Callable[[str], bool] | None = None,
 ) -> None:
     """Write the report on ``states`` as of ``now`` in format ``fmt`` to ``out``.
 
@@ -126,7 +127,8 @@ def write_report(
     elif fmt == "json":
         write_json(rows, out)
     elif fmt == "csv":
-        write_csv(rows, out)
+        # The format of the largest reports: the rows' fields, no ReportRow per row.
+        write_csv_values(report_values(states, now, policy, catalog, exemptions, monitors), out)
     else:
         out.write(_html(list(states), now, policy, catalog, title, subtitle, exemptions, monitors))
 
@@ -145,11 +147,14 @@ def _html(
     catalog: Catalog,
     title: str,
     subtitle: str,
-    exemptions: Callable[[str], tuple[Exemption, ...]],
-    monitors: Callable[[str], bool],
+    exemptions: Callable[[str], tuple[Exemption, ...]] | None,
+    monitors: Callable[[str], bool] | None,
 ) -> str:
     rows = list(report_rows(states, now, policy, catalog, exemptions=exemptions, monitors=monitors))
-    held = {state.server_id: exemptions(state.server_id) for state in states}
+    held = {
+        state.server_id: () if exemptions is None else exemptions(state.server_id)
+        for state in states
+    }
     last = max(
         (horizon(state, policy, now, exemptions=held[state.server_id]) for state in states),
         default=now,

@@ -23,20 +23,22 @@ line to what :func:`csv.writer` writes for the same cells.
 
 from __future__ import annotations
 
+import collections
+import datetime as dt
 import functools
 import io
 import operator
 import re
 from collections.abc import Iterable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from tbes.compliance import Compliance
-from tbes.render._common import Sink, is_printable, printable
-from tbes.report import WIRE_FIELDS, ReportRow, build_versions, exchange_server
+from tbes.render._common import Sink, printable
+from tbes.report import ROW_FIELDS, WIRE_FIELDS, ReportRow, build_versions, exchange_server
 from tbes.stages import Stage
 from tbes.version import ExchangeBuild
 
-__all__ = ["COLUMNS", "FORMULA_STARTS", "render_csv", "write_csv"]
+__all__ = ["COLUMNS", "FORMULA_STARTS", "render_csv", "write_csv", "write_csv_values"]
 
 _K = TypeVar("_K")
 _V = TypeVar("_V")
@@ -68,38 +70,75 @@ def write_csv(rows: Iterable[ReportRow], out: Sink) -> None:
     Nothing is kept per row, so a report of any size takes constant memory. A file ``out``
     should be opened with ``newline=""``, or its line ends may be translated.
     """
+    write_csv_values(map(_values_of, rows), out)
+
+
+def write_csv_values(values: Iterable[tuple[Any, ...]], out: Sink) -> None:
+    """:func:`write_csv` of rows given as their fields in :data:`~tbes.report.ROW_FIELDS`
+    order (what :func:`~tbes.report.report_values` makes: no :class:`ReportRow` per row).
+    """
     out.write(_HEADER)
-    values = _Values().of
-    for row in rows:
-        out.write(",".join(values(row)) + "\r\n")
+    # One write per line, each as its row comes; consumed by the deque, which keeps nothing,
+    # so the loop runs in C rather than as a Python loop (a report of a million rows).
+    collections.deque(map(out.write, map(_Lines().line, values)), maxlen=0)
 
 
 _HEADER = ",".join(COLUMNS) + "\r\n"
 _NEEDS_QUOTES = re.compile('[,"\r\n]')
 
+# A server id whose cells (its host, its connector, itself) are written as they stand: ASCII
+# letters, digits, '.', '_' and '-' in each of at most two parts (split at the first '/',
+# as tbes.identity splits an id), neither starting with '-' (FORMULA_STARTS). Any other id
+# (a comma, a quote, a control character, a formula's first character) goes through _cell.
+_PLAIN_ID = re.compile(r"[A-Za-z0-9._][A-Za-z0-9._-]*(?:/[A-Za-z0-9._][A-Za-z0-9._-]*)?")
+_UTC = dt.UTC
+
 
 _KEPT = 4096
-"""How many builds, recommendations and tenants one report remembers the cells of."""
+"""How many builds, recommendations, tenants, days and times of day one report remembers."""
 
 
-class _Values:
-    """A row's cells, with those that repeat from row to row (builds, recommendations,
-    tenants) worked out once per report: a store has few of each. Builds and
-    recommendations are remembered by identity (the report's rows share those objects),
-    with the object kept beside its text so that an identity is never reused meanwhile."""
+class _Lines:
+    """A row's CSV line, with the cells that repeat from row to row (builds,
+    recommendations, tenants, instants) worked out once per report: a store has few of each.
+    Builds and recommendations are remembered by identity (the report's rows share those
+    objects), with the object kept beside its text so that an identity is never reused
+    meanwhile; instants in UTC by their day and their time of day."""
 
-    __slots__ = ("_builds", "_recommended", "_tenants")
+    __slots__ = ("_builds", "_days", "_recommended", "_tenants", "_times")
 
     def __init__(self) -> None:
         self._builds: dict[int, tuple[ExchangeBuild, str, str]] = {}
         self._recommended: dict[int, tuple[tuple[ExchangeBuild, ...], str]] = {}
         self._tenants: dict[str, str] = {}
+        self._days: dict[dt.date, str] = {}
+        self._times: dict[dt.time, str] = {}
 
-    def of(self, row: ReportRow) -> tuple[str, ...]:
+    def _instant(self, value: dt.datetime) -> str:
+        """``value.isoformat()``, for less: an instant in UTC is written as its day's text and
+        its time of day's, each worked out once per report (a report's instants fall on few
+        days, and a server's milestones lie whole days from its first detection, at its time
+        of day), where ``isoformat`` formats every field of every instant anew."""
+        if value.tzinfo is not _UTC:  # equal instants at other offsets have other texts
+            return value.isoformat()
+        day, time = value.date(), value.time()  # time(): the fields, fold aside, no zone
+        days, times = self._days, self._times
+        day_text = days.get(day)
+        if day_text is None:
+            day_text = day.isoformat() + "T"
+            _remember(days, day, day_text)
+        time_text = times.get(time)
+        if time_text is None:
+            time_text = time.isoformat() + "+00:00"
+            _remember(times, time, time_text)
+        return day_text + time_text
+
+    def line(self, fields: tuple[Any, ...]) -> str:
         (
             server,
             tenant,
             build,
+            _,  # the product: the CSV names the build's own
             status,
             first,
             last,
@@ -113,7 +152,7 @@ class _Values:
             following,
             paused,
             control,
-        ) = _FIELDS(row)
+        ) = fields
         if build is None:
             build_text = product = ""
         else:
@@ -136,65 +175,50 @@ class _Values:
         # Written out rather than by helpers: this runs for every row of the largest reports.
         connector, slash, host = server.partition("/")  # as tbes.identity splits an id
         fqdn = host if slash else server
-        if (
-            _NEEDS_QUOTES.search(server) is None
-            and is_printable(server)  # then so are its parts
-            and not server.startswith(FORMULA_STARTS)  # nor does the connector part
-            and not fqdn.startswith(FORMULA_STARTS)
-        ):
+        if _PLAIN_ID.fullmatch(server) is not None:
             fqdn_cell, connector_cell, server_cell = fqdn, connector, server
         else:
             fqdn_cell, connector_cell, server_cell = _cell(fqdn), _cell(connector), _cell(server)
-        stage_cells = _NO_STAGE if stage is None else _stage_cells(stage)
+        instant = self._instant
         return (
-            fqdn_cell,
-            build_text,
-            product,
-            "" if first is None else first.isoformat(),
-            listed[1],
-            "" if throttle is None else throttle.isoformat(),
-            "" if block is None else block.isoformat(),
-            "" if rate is None else str(rate),
-            "" if blocked is None else str(blocked),
-            "" if following is None else following.isoformat(),
-            tenant_cell,
-            connector_cell,
-            server_cell,
-            _STATUS[status],
-            *stage_cells,
-            "" if paused is None else paused.isoformat(),
-            "" if full is None else full.isoformat(),
-            "" if last is None else last.isoformat(),
-            "" if control is None else _cell(control),  # names an operator's reason
+            ",".join(
+                (
+                    fqdn_cell,
+                    build_text,
+                    product,
+                    "" if first is None else instant(first),
+                    listed[1],
+                    "" if throttle is None else instant(throttle),
+                    "" if block is None else instant(block),
+                    "" if rate is None else str(rate),
+                    "" if blocked is None else str(blocked),
+                    "" if following is None else instant(following),
+                    tenant_cell,
+                    connector_cell,
+                    server_cell,
+                    _STATUS[id(status)],
+                    _NO_STAGE if stage is None else _stage_cells(stage),  # three cells
+                    "" if paused is None else instant(paused),
+                    "" if full is None else instant(full),
+                    "" if last is None else instant(last),
+                    "" if control is None else _cell(control),  # names an operator's reason
+                )
+            )
+            + "\r\n"
         )
 
 
-# The fields a CSV row is made of, read in one call.
-_FIELDS = operator.attrgetter(
-    "server",
-    "tenant",
-    "build",
-    "status",
-    "first_detected",
-    "last_seen",
-    "recommended",
-    "throttle_enabled",
-    "blocking_enabled",
-    "full_block",
-    "stage",
-    "next_stage_throttle",
-    "next_stage_block",
-    "next_stage_start",
-    "paused_until",
-    "control",
-)
-_STATUS = {status: status.value for status in Compliance}
-_NO_STAGE = ("", "", "")
+# A row's fields, read in one call.
+_values_of = operator.attrgetter(*ROW_FIELDS)
+# By identity (one object per member): an Enum's hash is Python code, run per row.
+_STATUS = {id(status): status.value for status in Compliance}
+_NO_STAGE = ",,"
 
 
 @functools.lru_cache(maxsize=64)
-def _stage_cells(stage: Stage) -> tuple[str, str, str]:
-    return (str(stage.number), str(stage.throttle_minutes), str(stage.block_minutes))
+def _stage_cells(stage: Stage) -> str:
+    """The stage's three cells, joined: numbers, which need no quotes."""
+    return f"{stage.number},{stage.throttle_minutes},{stage.block_minutes}"
 
 
 def _remember(memo: dict[_K, _V], key: _K, value: _V) -> None:

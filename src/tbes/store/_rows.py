@@ -39,6 +39,7 @@ __all__ = [
     "conflict",
     "describe",
     "dump_row",
+    "lean_row",
     "load_event",
     "load_ledger",
     "load_row",
@@ -175,10 +176,9 @@ def load_state(server_id: str, schema: object, data: object) -> ServerState:
     Unreadable means: a schema version this tbes does not read, text that is not JSON, JSON
     that does not decode to a :class:`~tbes.state.ServerState`, or a state of another server.
     """
-    if schema == ROW_SCHEMA and type(data) is str:
-        lean = _lean_state(server_id, data)
-        if lean is not None:
-            return lean
+    lean = lean_row(server_id, 1, schema, data)
+    if lean is not None:
+        return lean
     state = _load("server", server_id, schema, data, ServerState)
     if state.server_id != server_id:
         raise StoreError(f"stored row of the server {server_id!r} holds server {state.server_id!r}")
@@ -212,8 +212,12 @@ def load_row(server_id: str, row: RawRow) -> Versioned[ServerState]:
 def row_state(server_id: str, row: RawRow) -> ServerState:
     """The state of a whole stored server row, its version checked as :func:`load_row` checks
     it (for a scan, which has no use for the version)."""
-    stored_version("server", server_id, row[0])
-    return load_state(server_id, row[1], row[2])
+    version, schema, data = row
+    lean = lean_row(server_id, version, schema, data)
+    if lean is not None:
+        return lean
+    stored_version("server", server_id, version)
+    return load_state(server_id, schema, data)
 
 
 def check_row(table: str, key: str, row: RawRow) -> int:
@@ -268,7 +272,7 @@ def plan_writes(
 #
 # Decision: reading a row through cattrs and ServerState's checks costs several times the JSON
 # parse itself, and a report reads every row. Rows are nearly always what tbes itself wrote,
-# so _lean_state decodes exactly those: every key present and no other, ids and the tenant
+# so lean_row decodes exactly those: every key present and no other, ids and the tenant
 # as plain non-empty text, instants in UTC, a known status, a build that parses, pauses that
 # Pause itself accepts. Whatever it does not recognise it hands back (None) to the full path,
 # which decodes or refuses the row as before; so it changes the cost of a read, never its
@@ -289,7 +293,7 @@ LEAN_DECODER = tuple(field.name for field in attrs.fields(ServerState)) == _STAT
 """Whether server rows are read by the lean decoder: only while ServerState's fields are the
 ones it knows (a new field sends every row through the full path until it learns it)."""
 
-_STATE_KEYS = frozenset(_STATE_FIELDS)
+_STATE_COUNT = len(_STATE_FIELDS)
 _make_state = slot_filler(ServerState)
 _STATUS = {member.value: member for member in Compliance}
 _BUILDS: dict[str, ExchangeBuild] = {}
@@ -297,13 +301,34 @@ _BUILDS_KEPT = 1024  # a store has few builds; a forged one each row must not gr
 _PAUSE_KEYS = frozenset(("server_id", "start", "days"))
 _UTC = dt.UTC
 _fromisoformat = dt.datetime.fromisoformat
+# json.loads is this scanner behind two Python calls and two regular-expression matches for
+# the white space around the value; tbes writes none, and a row with some (or anything after
+# the value) goes to the full path, which json.loads reads or refuses as ever.
+# (typeshed does not list the decoder's scan_once, set in its __init__.)
+_scan: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+# Instants by their text, in UTC only: most rows share a few last_seen values, and one object
+# per instant lets the report's writers remember its text by value at the cost of its hash.
+_INSTANTS: dict[str, dt.datetime] = {}
+_INSTANTS_KEPT = 4096
 
 
-def _lean_state(server_id: str, data: str) -> ServerState | None:
-    """The state stored as ``data`` when it is a row as tbes writes it; else ``None``."""
+def lean_row(server_id: str, version: object, schema: object, data: object) -> ServerState | None:
+    """The state of a stored server row when it is a row as tbes writes it (a version >= 1,
+    :data:`ROW_SCHEMA`, the JSON text :func:`dump_row` makes); else ``None``, and
+    :func:`row_state` or :func:`load_state` reads or refuses the row."""
+    # type(): 2.0 == 2, but the full path refuses a schema version that is not an int.
+    if (
+        type(version) is not int
+        or version < 1
+        or type(schema) is not int
+        or schema != ROW_SCHEMA
+        or type(data) is not str
+    ):
+        return None
     try:
-        row = json.loads(data)
-        if type(row) is not dict or row.keys() != _STATE_KEYS:
+        row, end = _scan(data, 0)
+        # Nine keys, and each of the nine read below (KeyError otherwise): the same keys.
+        if end != len(data) or type(row) is not dict or len(row) != _STATE_COUNT:
             return None
         tenant, notified = row["tenant"], row["notified_stage"]
         status = _STATUS.get(row["status"])
@@ -318,19 +343,20 @@ def _lean_state(server_id: str, data: str) -> ServerState | None:
         ):
             return None
         first, last, since = row["first_detected"], row["last_seen"], row["compliant_since"]
-        # fromisoformat refuses what is no str; an offset other than UTC's is converted by
-        # the full path.
-        first = None if first is None else _fromisoformat(first)
-        last = None if last is None else _fromisoformat(last)
-        since = None if since is None else _fromisoformat(since)
-        for instant in (first, last, since):
-            if instant is not None and instant.tzinfo is not _UTC:
-                return None
-        pauses = row["pauses"]
+        # A text that is no str fails the lookup as unhashable or in _instant.
+        if first is not None:
+            first = _INSTANTS.get(first) or _instant(first)
+        if last is not None:
+            last = _INSTANTS.get(last) or _instant(last)
+        if since is not None:
+            since = _INSTANTS.get(since) or _instant(since)
+        pauses, build = row["pauses"], row["build"]
+        if build is not None:  # a text that is no str fails here, as unhashable, or in _build
+            build = _BUILDS.get(build) or _build(build)
         return _make_state(
             server_id=server_id,
             tenant=tenant,
-            build=_build(row["build"]),
+            build=build,
             status=status,
             first_detected=first,
             last_seen=last,
@@ -338,19 +364,28 @@ def _lean_state(server_id: str, data: str) -> ServerState | None:
             pauses=() if pauses == [] else _pauses(server_id, pauses),
             notified_stage=notified,
         )
-    except (TbesError, ValueError, TypeError, RecursionError):
-        return None
+    except (TbesError, ValueError, TypeError, KeyError, RecursionError, StopIteration):
+        return None  # StopIteration: the scanner found no value where the text starts
 
 
-def _build(text: Any) -> ExchangeBuild | None:
-    if text is None:
-        return None
-    build = _BUILDS.get(text)  # a text that is no str fails here, as unhashable or unknown
-    if build is None:
-        build = ExchangeBuild.parse(text)
-        if len(_BUILDS) >= _BUILDS_KEPT:
-            _BUILDS.clear()
-        _BUILDS[text] = build
+def _instant(text: str) -> dt.datetime:
+    """The instant ``text`` stands for, if in UTC; ValueError otherwise (an offset other
+    than UTC's is converted by the full path); TypeError if it is no str."""
+    instant = _fromisoformat(text)
+    if instant.tzinfo is not _UTC:
+        raise ValueError(text)
+    if len(_INSTANTS) >= _INSTANTS_KEPT:  # bounded: every row may hold instants of its own
+        _INSTANTS.clear()
+    _INSTANTS[text] = instant
+    return instant
+
+
+def _build(text: str) -> ExchangeBuild:
+    """The build ``text`` names, parsed once per text."""
+    build = ExchangeBuild.parse(text)
+    if len(_BUILDS) >= _BUILDS_KEPT:
+        _BUILDS.clear()
+    _BUILDS[text] = build
     return build
 
 
