@@ -14,6 +14,7 @@ import datetime as dt
 import hashlib
 import smtplib
 import socket
+import threading
 from collections.abc import Sequence
 
 import attrs
@@ -145,3 +146,30 @@ def smtp_send(
 
 def _as_bytes(text: bytes | str) -> bytes:
     return text if isinstance(text, bytes) else text.encode()
+
+
+class WhereChecker:
+    """A checker over ``store`` that accepts, noting the thread each check runs on and the
+    connection it was asked for (where an adapter runs its checks: on its event loop for a
+    store in the process, in its threads otherwise)."""
+
+    def __init__(self, store: object) -> None:
+        self.store = store
+        self.threads: list[str] = []
+        self.conns: list[Connection] = []
+
+    def check(self, conn: Connection, received: Sequence[str]) -> Decision:
+        """Note the thread and the connection; accept."""
+        self.threads.append(threading.current_thread().name)
+        self.conns.append(conn)
+        return decision(Action.ACCEPT, None, 1)
+
+
+def where_cases(memory: object) -> list[tuple[object, bool | None, bool]]:
+    """``(store, inline, on_loop)``: where checks run for each store and setting."""
+    return [
+        (memory, None, True),  # a store in the process: no thread hand-off
+        (object(), None, False),  # a store that may wait on the network: the threads
+        (memory, False, False),  # chosen explicitly, either way
+        (object(), True, True),
+    ]

@@ -27,11 +27,13 @@ import pytest
 
 from adapter_support import (
     Recorder,
+    WhereChecker,
     decision,
     enforcement_text,
     free_port,
     offset_minute,
     on_premises,
+    where_cases,
 )
 from milter_client import (
     ALL_ACTIONS,
@@ -395,39 +397,18 @@ def test_an_inline_check_on_a_locked_store_holds_other_connections_only_until_it
     assert any("store failed for fabrikam-edge" in line for line in _warnings(caplog))
 
 
-class _Where(Recorder):
-    """A checker over ``store`` that records the thread each check runs in."""
-
-    def __init__(self, store: object) -> None:
-        super().__init__(decision(Action.ACCEPT))
-        self.store = store
-        self.threads: list[threading.Thread] = []
-
-    def check(self, conn: Connection, received: Sequence[str]) -> Decision:
-        self.threads.append(threading.current_thread())
-        return super().check(conn, received)
-
-
-@pytest.mark.parametrize(
-    ("store", "inline", "on_loop"),
-    [
-        (MemoryStore(), None, True),  # a store in the process: no thread hand-off
-        (object(), None, False),  # a store that may wait on the network: the threads
-        (MemoryStore(), False, False),  # chosen explicitly, either way
-        (object(), True, True),
-    ],
-)
+@pytest.mark.parametrize(("store", "inline", "on_loop"), where_cases(MemoryStore()))
 def test_checks_run_on_the_loop_by_default_only_for_a_store_in_the_process(
     store: object, inline: bool | None, on_loop: bool
 ) -> None:
-    checker = _Where(store)
+    checker = WhereChecker(store)
     with MilterThread(checker, limits=MilterLimits(inline=inline)) as milter:
         for _ in range(3):
             with milter.client() as client:
                 assert _v6_message(client, [("Received", EX2007)]) == ACCEPTED
-        loop_thread = milter._thread
+        loop_thread = milter._thread.name
     assert len(checker.threads) == 3
-    assert all((thread is loop_thread) == on_loop for thread in checker.threads)
+    assert all((thread == loop_thread) == on_loop for thread in checker.threads)
 
 
 class _Gate:

@@ -22,7 +22,7 @@ from pathlib import Path
 import attrs
 import pytest
 
-from adapter_support import Recorder, decision, on_premises
+from adapter_support import Recorder, WhereChecker, decision, on_premises, where_cases
 from tbes.adapters.config import AdapterConfig, Checker
 from tbes.adapters.postfix_policy import PolicyLimits, serve_policy
 from tbes.catalog import Catalog
@@ -368,33 +368,11 @@ def test_a_cap_above_the_descriptor_limit_is_warned_about(
 # ---- where checks run: on the loop for a store in the process, else on the threads --------
 
 
-class _Where:
-    """A checker over ``store`` that notes the thread each check runs on."""
-
-    def __init__(self, store: object) -> None:
-        self.store = store
-        self.threads: list[str] = []
-        self.conns: list[Connection] = []
-
-    def check(self, conn: Connection, received: Sequence[str]) -> Decision:
-        self.threads.append(threading.current_thread().name)
-        self.conns.append(conn)
-        return decision(Action.ACCEPT, None, 1)
-
-
-@pytest.mark.parametrize(
-    ("store", "inline", "on_loop"),
-    [
-        (MemoryStore(), None, True),  # a store in the process: no thread hand-off
-        (object(), None, False),  # a store that may wait on the network: the threads
-        (MemoryStore(), False, False),  # chosen explicitly, either way
-        (object(), True, True),
-    ],
-)
+@pytest.mark.parametrize(("store", "inline", "on_loop"), where_cases(MemoryStore()))
 def test_checks_run_on_the_loop_only_for_a_store_in_the_process(
     store: object, inline: bool | None, on_loop: bool
 ) -> None:
-    checker = _Where(store)
+    checker = WhereChecker(store)
     limits = attrs.evolve(RELAXED, inline_checks=inline)
 
     async def scenario() -> tuple[list[bytes], str]:
@@ -458,7 +436,7 @@ def test_a_check_on_the_loop_holds_it_no_longer_than_the_stores_deadline(
 def test_many_requests_in_one_write_are_all_answered_in_order_on_the_loop() -> None:
     # Postfix sends one request at a time; a peer that sends many at once is answered a
     # batch per turn of the loop, every one of them, in order.
-    checker = _Where(MemoryStore())
+    checker = WhereChecker(MemoryStore())
     others = [REQUEST.replace(b"203.0.113.25", f"192.0.2.{n % 250}".encode()) for n in range(100)]
 
     async def scenario() -> list[bytes]:
