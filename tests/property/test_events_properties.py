@@ -49,6 +49,25 @@ def _assessment(status: Compliance) -> Assessment:
     return Assessment(status, Product.UNKNOWN, None, (), status.value)
 
 
+def _observe(
+    stored: ServerState | None,
+    status: Compliance,
+    build: ExchangeBuild | None,
+    at: dt.datetime,
+    policy: Policy,
+) -> ServerState:
+    """The state one write of the history observes (EX01 of contoso)."""
+    return observe(
+        stored,
+        server_id="EX01",
+        tenant="contoso",
+        assessment=_assessment(status),
+        build=build,
+        at=at,
+        policy=policy,
+    )
+
+
 def run(
     start: dt.datetime, steps: list[Step], policy: Policy
 ) -> list[tuple[ServerState | None, ServerState, dt.datetime, tuple[Event, ...]]]:
@@ -58,15 +77,7 @@ def run(
     writes = []
     for status, build, offset in steps:
         at += offset
-        observed = observe(
-            stored,
-            server_id="EX01",
-            tenant="contoso",
-            assessment=_assessment(status),
-            build=build,
-            at=at,
-            policy=policy,
-        )
+        observed = _observe(stored, status, build, at, policy)
         told = announcement(stored, observed, policy, at)
         writes.append((stored, told.state, at, told.events))
         stored = told.state
@@ -188,16 +199,7 @@ def test_ids_tell_events_apart_and_are_computed_alike_twice(
         # Another writer computing the same change at the same instant tells the same events.
         # It observes the stored state as the first did: a new episode starts with no marker
         # (copying the old one instead, as this test once did, hid the new episode's notices).
-        observed = observe(
-            old,
-            server_id="EX01",
-            tenant="contoso",
-            assessment=_assessment(status),
-            build=build,
-            at=at,
-            policy=policy,
-        )
-        assert announce(old, observed, policy, at) == events
+        assert announce(old, _observe(old, status, build, at, policy), policy, at) == events
     for same in told.values():
         assert len({(e.kind, e.episode_start, e.stage) for e in same}) == 1
         # Detection and stages are told once per episode; a remediation, or a relapse, may
