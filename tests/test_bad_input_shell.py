@@ -20,6 +20,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from support import STORE_KINDS, make_store
 from tbes.catalog import Catalog
 from tbes.compliance import Compliance
 from tbes.decision import Action
@@ -327,21 +328,13 @@ def test_an_unreadable_row_keeps_the_decode_error_as_its_cause() -> None:
 
 # ---- stores: the same refusals from all of them ------------------------------------------
 
-POSTGRES = pytest.param("postgres", marks=pytest.mark.service("postgresql"))
 
-
-@pytest.fixture(scope="module", params=["memory", "sqlite", POSTGRES])
+@pytest.fixture(scope="module", params=STORE_KINDS)
 def store(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[StateStore]:
     """One store of each kind for this module (module scope: Hypothesis reuses it)."""
-    made: StateStore
-    if request.param == "memory":
-        made = MemoryStore()
-    elif request.param == "sqlite":
-        made = SQLiteStore(tmp_path_factory.mktemp("shell") / "tbes.db")
-    else:
-        made = PostgresStore(request.getfixturevalue("pg_server").fresh_dsn())
+    made = make_store(request, request.param, tmp_path_factory.mktemp("shell") / "tbes.db")
     yield made
     made.close()
 

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from integration.pg import PostgresServer
 from report_support import fabrikam_state
+from support import STORE_KINDS, make_store
 from tbes.cli import cli
 from tbes.decision import Action, decide
 from tbes.errors import StoreConflictError
@@ -278,18 +279,9 @@ def test_forget_asks_first(tmp_path: Path) -> None:
 # ---- the store methods copy and forget use ------------------------------------------------
 
 
-POSTGRES = pytest.param("postgres", marks=pytest.mark.service("postgresql"))
-
-
-@pytest.fixture(params=["memory", "sqlite", POSTGRES])
+@pytest.fixture(params=STORE_KINDS)
 def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateStore]:
-    store: StateStore
-    if request.param == "memory":
-        store = MemoryStore()
-    elif request.param == "sqlite":
-        store = SQLiteStore(tmp_path / "tbes.db")
-    else:
-        store = PostgresStore(request.getfixturevalue("pg_server").fresh_dsn())
+    store = make_store(request, request.param, tmp_path / "tbes.db")
     yield store
     store.close()
 

@@ -19,6 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from support import STORE_KINDS, make_store
 from tbes.catalog import Catalog
 from tbes.compliance import Compliance
 from tbes.decision import Action, Decision
@@ -30,7 +31,7 @@ from tbes.ledger import Pause, PauseLedger
 from tbes.notifiers import CallbackNotifier
 from tbes.policy import DEFAULT_POLICY, ConnectorKind
 from tbes.state import ServerState
-from tbes.store import MemoryStore, PostgresStore, SQLiteStore, StateStore
+from tbes.store import MemoryStore, SQLiteStore, StateStore
 from tbes.version import ExchangeBuild
 
 UTC = dt.UTC
@@ -79,18 +80,9 @@ class Clock:
         return self.now
 
 
-POSTGRES = pytest.param("postgres", marks=pytest.mark.service("postgresql"))
-
-
-@pytest.fixture(params=["memory", "sqlite", POSTGRES])
+@pytest.fixture(params=STORE_KINDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateStore]:
-    made: StateStore
-    if request.param == "memory":
-        made = MemoryStore()
-    elif request.param == "sqlite":
-        made = SQLiteStore(tmp_path / "tbes.db")
-    else:
-        made = PostgresStore(request.getfixturevalue("pg_server").fresh_dsn())
+    made = make_store(request, request.param, tmp_path / "tbes.db")
     yield made
     made.close()
 
