@@ -116,17 +116,23 @@ asyncio.run(main())
 """
 # The floor: a bare asyncio protocol that answers option negotiation (asking for the steps
 # and no-reply flags tbes's codec asks for, 0xBF39C) and every end of headers with
-# "accept", and parses nothing else. What any milter on asyncio pays per message here.
+# "accept", and parses nothing else. What any milter on asyncio pays per message here. It
+# receives into one buffer it keeps: a plain Protocol has the loop allocate 256 KiB per
+# read, which in a fresh process glibc maps and unmaps each time (three system calls a
+# read) while a process that has freed a large block once (as tbes has) does not.
 _FLOOR_MAIN = """\
 import asyncio, struct, sys
 
 ACCEPT = struct.pack(">L", 1) + b"a"
+READ = memoryview(bytearray(65536))
 
-class Floor(asyncio.Protocol):
+class Floor(asyncio.BufferedProtocol):
     def connection_made(self, transport):
         self.transport, self.buffer = transport, b""
-    def data_received(self, data):
-        buffer, start = self.buffer + data, 0
+    def get_buffer(self, hint):
+        return READ
+    def buffer_updated(self, size):
+        buffer, start = self.buffer + READ[:size].tobytes(), 0
         while len(buffer) - start >= 4:
             (length,) = struct.unpack_from(">L", buffer, start)
             if len(buffer) - start - 4 < length:
@@ -144,8 +150,12 @@ class Floor(asyncio.Protocol):
         self.buffer = buffer[start:]
 
 async def main():
-    port, host = sys.argv[1].removeprefix("inet:").split("@")
-    server = await asyncio.get_running_loop().create_server(Floor, host, int(port))
+    loop, address = asyncio.get_running_loop(), sys.argv[1]
+    if address.startswith("unix:"):
+        server = await loop.create_unix_server(Floor, address.removeprefix("unix:"))
+    else:
+        port, host = address.removeprefix("inet:").split("@")
+        server = await loop.create_server(Floor, host, int(port))
     await server.serve_forever()
 
 asyncio.run(main())
@@ -172,29 +182,74 @@ def free_port() -> int:
         return port
 
 
-def _wait_port(port: int, process: subprocess.Popen[bytes]) -> None:
+# Where a process listens: a TCP port on 127.0.0.1, or the path of a unix socket.
+Endpoint = int | Path
+TRANSPORTS = ("inet", "unix")
+
+
+def endpoint(transport: str, work: Path, name: str) -> Endpoint:
+    """A free endpoint of ``transport`` ("inet" or "unix")."""
+    return free_port() if transport == "inet" else work / f"{name}.sock"
+
+
+def milter_address(where: Endpoint) -> str:
+    """``where`` as tbes's listen addresses and Postfix's ``smtpd_milters`` write it."""
+    return f"inet:{where}@127.0.0.1" if isinstance(where, int) else f"unix:{where}"
+
+
+def _postfix_address(where: Endpoint) -> str:
+    return f"inet:127.0.0.1:{where}" if isinstance(where, int) else f"unix:{where}"
+
+
+def _connect(where: Endpoint) -> socket.socket:
+    if isinstance(where, int):
+        return socket.create_connection(("127.0.0.1", where), 0.2)
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.settimeout(0.2)
+        sock.connect(str(where))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _wait_for(where: Endpoint, process: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"the milter exited with {process.returncode}")
         try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
+            _connect(where).close()
         except OSError:
             time.sleep(0.05)
-    raise TimeoutError(f"no milter on port {port}")
+            continue
+        if isinstance(where, Path):
+            where.chmod(0o666)  # Postfix's smtpd runs as the postfix user
+        return
+    raise TimeoutError(f"nothing listens on {milter_address(where)}")
 
 
 class Milter:
     """One milter variant in a child process."""
 
-    def __init__(self, name: str, argv: Sequence[str], port: int, env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        where: Endpoint,
+        env: dict[str, str],
+        policy: Endpoint | None = None,
+    ) -> None:
         self.name = name
-        self.port = port
+        self.where = where
+        self.policy = policy
         self.process = subprocess.Popen(
             list(argv), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        _wait_port(port, self.process)
+        _wait_for(where, self.process)
+        if policy is not None:
+            _wait_for(policy, self.process)
 
     def cpu(self) -> float:
         """CPU seconds used so far."""
@@ -215,9 +270,12 @@ async def _read(reader: asyncio.StreamReader) -> bytes:
     return await reader.readexactly(length)
 
 
-async def _one_message(port: int) -> None:
+async def _one_message(where: Endpoint) -> None:
     """One milter connection as Postfix opens it for one SMTP session of one message."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    if isinstance(where, int):
+        reader, writer = await asyncio.open_connection("127.0.0.1", where)
+    else:
+        reader, writer = await asyncio.open_unix_connection(where)
     writer.write(_packet(b"O", struct.pack(">LLL", 6, 0x1FF, 0x1FFFFF)))
     reply = await _read(reader)
     protocol = struct.unpack(">LLL", reply[1:13])[2]
@@ -248,37 +306,37 @@ async def _one_message(port: int) -> None:
     await writer.wait_closed()
 
 
-async def _direct_load(port: int, messages: int, concurrency: int) -> None:
+async def _direct_load(where: Endpoint, messages: int, concurrency: int) -> None:
     queue = iter(range(messages))
 
     async def worker() -> None:
         for _ in queue:
-            await _one_message(port)
+            await _one_message(where)
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
 def direct(milter: Milter, messages: int, concurrency: int) -> float:
     """Milter CPU µs per message under the direct load."""
-    asyncio.run(_direct_load(milter.port, min(50, messages), concurrency))  # warm up
+    asyncio.run(_direct_load(milter.where, min(50, messages), concurrency))  # warm up
     before = milter.cpu()
-    asyncio.run(_direct_load(milter.port, messages, concurrency))
+    asyncio.run(_direct_load(milter.where, messages, concurrency))
     return (milter.cpu() - before) / messages * 1e6
 
 
 @contextmanager
-def _postfix(milter_port: int | None, policy_port: int | None = None) -> Iterator[int]:
+def _postfix(milter: Endpoint | None, policy: Endpoint | None = None) -> Iterator[int]:
     sys.path[:0] = [str(REPO / "tests")]
     from integration.postfix import Listener, PostfixServer
 
-    main_cf = "" if milter_port is None else f"smtpd_milters = inet:127.0.0.1:{milter_port}\n"
+    main_cf = "" if milter is None else f"smtpd_milters = {_postfix_address(milter)}\n"
     main_cf += "milter_protocol = 6\nmilter_default_action = tempfail\n"
     main_cf += "smtpd_client_connection_count_limit = 0\nsmtpd_client_connection_rate_limit = 0\n"
-    if policy_port is not None:
+    if policy is not None:
         # As docs/postfix.md has it.
         main_cf += (
             "smtpd_recipient_restrictions = reject_unauth_destination,"
-            f" check_policy_service {{ inet:127.0.0.1:{policy_port}, timeout=10s,"
+            f" check_policy_service {{ {_postfix_address(policy)}, timeout=10s,"
             " default_action=DUNNO }\n"
         )
     with PostfixServer(main_cf, [Listener(free_port())]) as server:
@@ -290,11 +348,11 @@ def through_postfix(
     message: Path,
     messages: int,
     sessions: int,
-    policy_port: int | None = None,
 ) -> tuple[float, float | None]:
     """Messages per second through Postfix with smtp-source, and milter CPU µs per message."""
     source = shutil.which("smtp-source", path="/usr/sbin:/usr/bin") or "smtp-source"
-    with _postfix(None if milter is None else milter.port, policy_port) as port:
+    where, policy = (None, None) if milter is None else (milter.where, milter.policy)
+    with _postfix(where, policy) as port:
         argv = [source, "-s", str(sessions), "-F", str(message), "-f", "alice@fabrikam.example"]
         argv += ["-t", "postmaster@receiver.example", f"127.0.0.1:{port}"]
         subprocess.run([*argv[:1], "-m", "50", *argv[1:]], check=True, timeout=120)
@@ -327,22 +385,22 @@ class Variant(NamedTuple):
     postfix_only: bool = False
 
 
-def _start(variant: Variant, work: Path, config: Path, tag: str) -> tuple[Milter, int | None]:
-    port = free_port()
+def _start(variant: Variant, work: Path, config: Path, tag: str, transport: str) -> Milter:
+    where = endpoint(transport, work, f"milter-{tag}")
     argv = [sys.executable, "-c", variant.main]
-    policy_port = None
+    policy = None
     if variant.name in ("noop", "floor"):
-        argv.append(f"inet:{port}@127.0.0.1")
+        argv.append(milter_address(where))
     elif variant.name == "serve":
-        policy_port = free_port()
-        argv += ["--milter", f"inet:{port}@127.0.0.1", "--policy", f"127.0.0.1:{policy_port}"]
+        policy = endpoint(transport, work, f"policy-{tag}")
+        argv += ["--milter", milter_address(where), "--policy", milter_address(policy)]
         argv += ["--db", str(work / f"state-{tag}.db"), "--config", str(config)]
     else:
-        argv += ["--listen", f"inet:{port}@127.0.0.1", "--db", str(work / f"state-{tag}.db")]
+        argv += ["--listen", milter_address(where), "--db", str(work / f"state-{tag}.db")]
         argv += ["--config", str(config)]
     if variant.name == "pymilter":
         argv[0] = variant.env["TBES_BENCH_PYTHON"]
-    return Milter(variant.label, argv, port, variant.env), policy_port
+    return Milter(variant.label, argv, where, variant.env, policy)
 
 
 def measure(
@@ -355,30 +413,37 @@ def measure(
     work: Path,
     config: Path,
     message: Path,
-) -> list[dict[str, dict[str, float | None]]]:
-    """Per round, per variant: ``direct_us``, ``postfix_rate`` and ``postfix_us``."""
-    results: list[dict[str, dict[str, float | None]]] = []
+    transports: Sequence[str] = ("inet",),
+) -> dict[str, list[dict[str, dict[str, float | None]]]]:
+    """Per transport, per round, per variant: ``direct_us``, ``postfix_rate``, ``postfix_us``.
+
+    Postfix alone is measured once a round; each transport's rows of that round share it.
+    """
+    results: dict[str, list[dict[str, dict[str, float | None]]]] = {t: [] for t in transports}
     for number in range(rounds):
-        row: dict[str, dict[str, float | None]] = {}
+        alone: dict[str, dict[str, float | None]] = {}
         if postfix:
             rate, _ = through_postfix(None, message, messages, concurrency)
-            row["alone"] = {"direct_us": None, "postfix_rate": rate, "postfix_us": None}
-        for variant in variants:
-            if variant.postfix_only and not postfix:
-                continue
-            milter, policy_port = _start(variant, work, config, f"{number}-{variant.name}")
-            try:
-                figures: dict[str, float | None] = {"direct_us": None}
-                if not variant.postfix_only:
-                    figures["direct_us"] = direct(milter, messages, concurrency)
-                figures["postfix_rate"] = figures["postfix_us"] = None
-                if postfix:
-                    rate, cpu = through_postfix(milter, message, messages, concurrency, policy_port)
-                    figures["postfix_rate"], figures["postfix_us"] = rate, cpu
-                row[variant.name] = figures
-            finally:
-                milter.stop()
-        results.append(row)
+            alone["alone"] = {"direct_us": None, "postfix_rate": rate, "postfix_us": None}
+        for transport in transports:
+            row = dict(alone)
+            for variant in variants:
+                if variant.postfix_only and not postfix:
+                    continue
+                tag = f"{number}-{transport}-{variant.name}"
+                milter = _start(variant, work, config, tag, transport)
+                try:
+                    figures: dict[str, float | None] = {"direct_us": None}
+                    if not variant.postfix_only:
+                        figures["direct_us"] = direct(milter, messages, concurrency)
+                    figures["postfix_rate"] = figures["postfix_us"] = None
+                    if postfix:
+                        rate, cpu = through_postfix(milter, message, messages, concurrency)
+                        figures["postfix_rate"], figures["postfix_us"] = rate, cpu
+                    row[variant.name] = figures
+                finally:
+                    milter.stop()
+            results[transport].append(row)
     return results
 
 
@@ -428,6 +493,12 @@ LABELS = {
 }
 
 
+TRANSPORT_LABELS = {
+    "inet": "TCP on loopback (`inet:PORT@127.0.0.1`)",
+    "unix": "unix socket (`unix:/path`)",
+}
+
+
 def _us(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f} µs"
 
@@ -472,10 +543,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds")
     parser.add_argument("--postfix", action="store_true", help="also through a private Postfix")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--transport",
+        choices=(*TRANSPORTS, "both"),
+        default="both",
+        help="between the MTA and the milter: TCP on loopback, a unix socket, or both",
+    )
     parser.add_argument("--pymilter-python", help="a Python with pymilter, attrs, cattrs, click")
     parser.add_argument("--pymilter-src", help="the src/ of the pymilter-based tbes")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="tbes-milter-load-"))
+    work.chmod(0o755)  # Postfix's smtpd (the postfix user) reaches the unix sockets in it
+    transports = TRANSPORTS if args.transport == "both" else (args.transport,)
     config = work / "adapters.toml"
     config.write_text(CONFIG, encoding="utf-8")
     message = work / "message.eml"
@@ -502,6 +581,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             work=work,
             config=config,
             message=message,
+            transports=transports,
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -512,9 +592,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{args.messages} messages, {args.concurrency} at a time"
     )
     print(heading)
-    print("\n".join(table(rounds)))
+    for transport, each in rounds.items():
+        print(f"\n{TRANSPORT_LABELS[transport]}:\n")
+        print("\n".join(table(each)))
     if args.json is not None:
-        data = {"heading": heading, "rounds": rounds, "medians": summary(rounds)}
+        data = {
+            "heading": heading,
+            "transports": {
+                transport: {"rounds": each, "medians": summary(each)}
+                for transport, each in rounds.items()
+            },
+        }
         args.json.write_text(json.dumps(data, indent=1) + "\n")
     return 0
 

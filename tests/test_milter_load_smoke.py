@@ -22,5 +22,9 @@ def test_milter_load_measures_both_milters() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = re.findall(r"^\| (noop|tbes milter)[^|]*\| ([\d,]+) µs", result.stdout, re.M)
-    assert [name for name, _ in rows] == ["noop", "tbes milter"], result.stdout
+    # One table per transport, TCP first, each with a direct figure for both milters.
+    tables = re.split(r"^(TCP on loopback|unix socket) \(", result.stdout, flags=re.M)[1:]
+    assert tables[0::2] == ["TCP on loopback", "unix socket"], result.stdout
+    for text in tables[1::2]:
+        rows = re.findall(r"^\| (noop|tbes milter)[^|]*\| ([\d,]+) µs", text, re.M)
+        assert [name for name, _ in rows] == ["noop", "tbes milter"], result.stdout
