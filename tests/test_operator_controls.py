@@ -419,6 +419,49 @@ def test_exemption_matching() -> None:
     assert not by_network.applies("x")  # no address, no match (reports)
 
 
+def test_a_host_exemption_reaches_the_servers_of_a_rule_whose_server_id_is_not_its_name() -> None:
+    # Server ids are SERVER_ID/HOST when the rule has a server_id; the exemption names the
+    # rule by its name. It once built NAME/HOST and so never matched such a server.
+    toml = """
+tenant = "receiver"
+identity = "server"
+
+[[connector]]
+name = "fabrikam-edge"
+server_id = "fabrikam-ex2007"
+kind = "on_premises"
+tenant = "fabrikam"
+networks = ["203.0.113.0/28"]
+
+[[exemption]]
+connector = "fabrikam-edge"
+server = "Mail.Fabrikam.Example"
+reason = "migration partner"
+
+[testing]
+fixed_time = {now}
+"""
+    config = parse_config(toml.format(now=T0.isoformat()))
+    (exemption,) = config.exemptions
+    assert config.exemptions_for("fabrikam-ex2007/mail.fabrikam.example") == (exemption,)
+    assert config.exemptions_for("fabrikam-ex2007/other.fabrikam.example") == ()
+    assert config.exemptions_for("fabrikam-ex2007") == ()  # the connector-level state
+    # And through the enforcer: an Exchange 2007 server 95 days in is accepted as exempt.
+    store = MemoryStore()
+    conn = config.connection(
+        peer_ip="203.0.113.5", peer_host="mail.fabrikam.example", tls_subject=None
+    )
+    hop = (
+        "from EXHUB01.fabrikam.local (10.1.2.3) by mail.fabrikam.example (10.1.2.4) with "
+        "Microsoft SMTP Server (TLS) id 8.3.83.6; Mon, 3 Nov 2025 09:00:00 +0100"
+    )
+    make_enforcer(config, store, catalog=CATALOG).check(conn, [hop])
+    later = parse_config(toml.format(now=(T0 + 95 * DAY).isoformat()))
+    decision = make_enforcer(later, store, catalog=CATALOG).check(conn, [hop])
+    assert decision.exempt
+    assert decision.action is Action.ACCEPT
+
+
 # ---- exemptions in the enforcer ------------------------------------------------------------
 
 

@@ -67,9 +67,10 @@ def _server(value: object) -> object:
 class Exemption:
     """An exemption from enforcement: which servers, from when to when, and why.
 
-    ``connector`` is a connector rule's ``name``; ``server`` a server id (``NAME/HOST`` or a
-    connector-level id) or, with ``connector``, the sending server's host name (the
-    connector then makes the id: ``connector/host``); ``network`` a CIDR network of the
+    ``connector`` is a connector rule's ``name``; ``server`` a server id (``ID/HOST`` or a
+    connector-level id) or, with ``connector``, the sending server's host name (the server
+    of that host behind the connector: the id ``ID/host``, ``ID`` being the rule's
+    ``server_id``, else its ``name``); ``network`` a CIDR network of the
     peer's address. Every criterion given must match, and at least one is needed.
     ``since`` is the first exempt day (``None``: since ever), ``until`` the first day
     enforced again, at 00:00 UTC (``None``: no end). Wrong values raise
@@ -119,13 +120,15 @@ class Exemption:
         ):
             return False
         server = self.server
-        if server is not None:
-            ids = {server}
-            if connector is not None and "/" not in server:
-                # A host name names the server behind the connector: the id NAME/HOST.
-                ids.add(f"{connector}/{server}")
-            if server_id not in ids:
-                return False
+        # A host name names the server behind the connector it was reached through: the
+        # host part of its id, ID/HOST, whose ID is the rule's ``server_id`` when it has one,
+        # not always the ``connector`` name compared above.
+        if (
+            server is not None
+            and server_id != server
+            and (connector is None or "/" in server or server_id.rpartition("/")[2] != server)
+        ):
+            return False
         if self.network is not None:
             try:
                 address = ipaddress.ip_address(peer_ip or "")
