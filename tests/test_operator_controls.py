@@ -419,6 +419,25 @@ def test_exemption_matching() -> None:
     assert not by_network.applies("x")  # no address, no match (reports)
 
 
+_NAMES = st.text("abcdef-", min_size=1, max_size=6)
+_HOSTS = st.builds("{}.example".format, st.text("abc", min_size=1, max_size=3))
+
+
+@given(name=_NAMES, prefix=_NAMES, host=_HOSTS, other=_HOSTS, peer=_NAMES)
+def test_a_host_exemption_covers_exactly_its_host_behind_its_connector(
+    name: str, prefix: str, host: str, other: str, peer: str
+) -> None:
+    # Whatever the id's prefix (the rule's server_id or name), the host part decides, and
+    # only through the connector the exemption names.
+    exemption = Exemption("r", connector=name, server=host.upper() + ".")
+    assert exemption.applies(f"{prefix}/{host}", connector=name)
+    assert exemption.applies(f"{prefix}/{other}", connector=name) == (other == host)
+    assert not exemption.applies(prefix, connector=name)  # a connector-level id
+    assert exemption.applies(f"{prefix}/{host}", connector=peer) == (
+        peer.casefold() == name.casefold()
+    )
+
+
 def test_a_host_exemption_reaches_the_servers_of_a_rule_whose_server_id_is_not_its_name() -> None:
     # Server ids are SERVER_ID/HOST when the rule has a server_id; the exemption names the
     # rule by its name. It once built NAME/HOST and so never matched such a server.
