@@ -23,7 +23,7 @@ from tbes.ledger import PauseLedger
 from tbes.policy import DEFAULT_POLICY, ConnectorKind
 from tbes.state import ServerState
 from tbes.store import LedgerWrite, RowStore, StateStore, StateWrite
-from tbes.store.base import DEFAULT_CHECK_TIMEOUT, RawRow, remaining
+from tbes.store.base import DEFAULT_CHECK_TIMEOUT, RawRow, UnreadableRow, remaining
 from tbes.version import ExchangeBuild
 
 T0 = dt.datetime(2026, 3, 2, 9, 30, tzinfo=dt.UTC)
@@ -139,6 +139,38 @@ def test_the_contracts_own_errors_pass_unchanged(
     with pytest.raises(type(error)) as raised:
         call(store)
     assert raised.value is error
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [None, 3, "1 2 {}", (1, 2), (1, 2, "{}", 4), {"version": 1}],
+    ids=["None", "int", "str", "pair", "four", "dict"],
+)
+def test_a_row_not_shaped_version_schema_data_is_a_store_error_naming_it(bad: object) -> None:
+    class Misshapen(RowStore):
+        def _read_row(self, table: str, key: str) -> RawRow | None:
+            return bad if table == "server" else None  # type: ignore[return-value]
+
+        def _server_rows(self, tenant: str | None) -> Iterator[tuple[str, RawRow]]:
+            yield SERVER, bad  # type: ignore[misc]
+
+        def _ledger_rows(self) -> list[tuple[str, RawRow]]:
+            return [("fabrikam", bad)]  # type: ignore[list-item]
+
+    store = Misshapen()
+    calls: list[Callable[[], object]] = [
+        lambda: list(store.states()),
+        lambda: list(store.ledgers()),
+    ]
+    if bad is not None:  # a missing row reads as None
+        calls.append(lambda: store.get(SERVER))
+    for call in calls:
+        with pytest.raises(StoreError, match=r"is not \(version, schema, data\)"):
+            call()
+    (entry,) = store.entries()
+    assert isinstance(entry, UnreadableRow)
+    assert entry.server_id == SERVER
+    assert "is not (version, schema, data)" in entry.error
 
 
 def test_a_missing_primitive_is_a_store_error_not_a_crash() -> None:

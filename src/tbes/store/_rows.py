@@ -205,14 +205,33 @@ def load_event(event_id: str, schema: object, data: object) -> Event:
 
 def load_row(server_id: str, row: RawRow) -> Versioned[ServerState]:
     """Decode a whole stored server row, version included; StoreError if unreadable."""
+    row = raw_row("server", server_id, row)
     version = stored_version("server", server_id, row[0])
     return Versioned(load_state(server_id, row[1], row[2]), version)
+
+
+def raw_row(table: str, key: str, row: object) -> RawRow:
+    """``row`` as a store's primitive gave it, if it is ``(version, schema, data)``.
+
+    A custom store's primitive that gives anything else (a bug of that store) is a
+    :class:`~tbes.errors.StoreError` naming the row, not a ``TypeError`` from unpacking it.
+    """
+    if type(row) is tuple and len(row) == 3:
+        return row
+    if isinstance(row, list) and len(row) == 3:
+        return (row[0], row[1], row[2])
+    raise StoreError(f"the {table} row of {key!r} is not (version, schema, data) but {_shown(row)}")
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def row_state(server_id: str, row: RawRow) -> ServerState:
     """The state of a whole stored server row, its version checked as :func:`load_row` checks
     it (for a scan, which has no use for the version)."""
-    version, schema, data = row
+    version, schema, data = raw_row("server", server_id, row)
     lean = lean_row(server_id, version, schema, data)
     if lean is not None:
         return lean
@@ -222,6 +241,7 @@ def row_state(server_id: str, row: RawRow) -> ServerState:
 
 def check_row(table: str, key: str, row: RawRow) -> int:
     """The version of a stored row; :class:`~tbes.errors.StoreError` if it cannot be read."""
+    row = raw_row(table, key, row)
     version = stored_version(table, key, row[0])
     if table == "server":
         load_state(key, row[1], row[2])

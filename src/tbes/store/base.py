@@ -43,6 +43,7 @@ from tbes.store._rows import (
     load_ledger,
     load_state,
     plan_writes,
+    raw_row,
     row_state,
     stored_version,
 )
@@ -206,9 +207,10 @@ class RowStore:
     def get(self, server_id: str) -> Versioned[ServerState] | None:
         """The stored state of ``server_id`` and its version, or ``None``."""
         check_key("server_id", server_id)
-        row = self._call(self._read_row, "server", server_id)
-        if row is None:
+        found = self._call(self._read_row, "server", server_id)
+        if found is None:
             return None
+        row = raw_row("server", server_id, found)
         version = stored_version("server", server_id, row[0])
         return Versioned(self._decoded(server_id, row[1], row[2]), version)
 
@@ -232,9 +234,10 @@ class RowStore:
     def get_ledger(self, tenant: str) -> Versioned[PauseLedger] | None:
         """The stored pause ledger of ``tenant`` and its version, or ``None``."""
         check_key("tenant", tenant)
-        row = self._call(self._read_row, "ledger", tenant)
-        if row is None:
+        found = self._call(self._read_row, "ledger", tenant)
+        if found is None:
             return None
+        row = raw_row("ledger", tenant, found)
         version = stored_version("ledger", tenant, row[0])
         return Versioned(load_ledger(tenant, row[1], row[2]), version)
 
@@ -244,7 +247,8 @@ class RowStore:
         An unreadable row raises :class:`~tbes.errors.StoreError` naming it.
         """
         rows = self._call(self._ledger_rows)
-        for tenant, row in rows:
+        for tenant, found in rows:
+            row = raw_row("ledger", tenant, found)
             stored_version("ledger", tenant, row[0])
             yield load_ledger(tenant, row[1], row[2])
 
@@ -412,7 +416,10 @@ class RowStore:
             except Exception as exc:
                 raise self._foreign(exc) from exc
             # A row as tbes writes it straight to the lean decoder: a report reads every row.
-            entry: ServerState | UnreadableRow | None = lean_row(server_id, *row)
+            # (Anything but a 3-tuple goes to row_state, which names what is wrong with it.)
+            entry: ServerState | UnreadableRow | None = (
+                lean_row(server_id, *row) if type(row) is tuple and len(row) == 3 else None
+            )
             if entry is not None:
                 yield entry
                 continue
