@@ -355,11 +355,12 @@ class _Teller:
             if not offset:  # no such stage, or it starts at detection: nothing ahead
                 continue
             stage = table.stage_at(offset)
-            if told is None or told < stage.number:
-                # Otherwise already announced (another writer's clock ran ahead): no notice.
+            if (told is None or told < stage.number) and _may_open(first, offset, notice, at):
+                # Otherwise already announced (another writer's clock ran ahead), or not yet
+                # within reach: no notice.
                 ahead.append((kind, offset, stage))
         if not ahead:
-            return ()  # the usual case once throttling is announced: no spans to work out
+            return ()  # the usual case (announced, or days away): no spans to work out
         spans = _held_spans(new, self.policy, self.exemptions)
         notices = []
         for kind, offset, stage in ahead:
@@ -507,6 +508,19 @@ def _union(spans: tuple[Span, ...]) -> tuple[Span, ...]:
         else:
             merged.append((start, end))
     return tuple(merged)
+
+
+def _may_open(
+    first: dt.datetime, offset: dt.timedelta, notice: dt.timedelta, at: dt.datetime
+) -> bool:
+    """Whether the notice window of a stage ``offset`` into an episode from ``first`` can be
+    open at ``at``. The held spans only delay the stage's start, so the window opens no
+    earlier than ``first + offset - notice``; before that no notice is due, whatever the
+    pauses and exemptions."""
+    try:
+        return at >= first + (offset - notice)
+    except OverflowError:
+        return True  # let clock_reaches decide
 
 
 def _latest(state: ServerState, now: dt.datetime) -> dt.datetime:

@@ -15,7 +15,9 @@ from hypothesis import strategies as st
 from strategies import builds, instants, stage_tables
 
 from tbes.compliance import Assessment, Compliance
-from tbes.events import Event, EventKind, announce, announcement
+from tbes.decision import decide
+from tbes.events import Event, EventKind, advance_notices, announce, announcement
+from tbes.exemption import Exemption
 from tbes.policy import Policy
 from tbes.stages import Stage, StageTable
 from tbes.state import ServerState, observe
@@ -206,3 +208,78 @@ def test_ids_tell_events_apart_and_are_computed_alike_twice(
         # recur in one episode, but only at the same instant of the state (a clock behind
         # last_seen): then it is one event, told twice.
         assert len(same) == 1 or same[0].kind in (EventKind.REMEDIATED, EventKind.RELAPSED)
+
+
+def _stage_number(
+    state: ServerState, at: dt.datetime, policy: Policy, held: tuple[Exemption, ...]
+) -> int:
+    stage = decide(state, at, policy, held).stage
+    return 0 if stage is None else stage.number
+
+
+@st.composite
+def _announcing_policies(draw: st.DrawFn) -> Policy:
+    """Policies whose first stage only reports, so that later stages have notices to give."""
+    count = draw(st.integers(2, 5))
+    stages = [Stage(1, True, 0, 0, draw(st.integers(1, 60)))]
+    for number in range(2, count + 1):
+        throttle = draw(st.integers(1, 59))  # every later stage enforces something
+        block = draw(st.integers(0, 60 - throttle))
+        days = None if number == count else draw(st.integers(1, 60))
+        stages.append(Stage(number, True, throttle, block, days))
+    return Policy(stage_table=StageTable(tuple(stages)))
+
+
+@given(
+    policy=_announcing_policies(),
+    first=instants,
+    notice=st.timedeltas(dt.timedelta(hours=1), 20 * DAY),
+    held=st.lists(st.tuples(st.integers(0, 90), st.integers(1, 30)), max_size=2),
+    data=st.data(),
+)
+def test_an_advance_notice_is_given_by_the_first_write_that_sees_its_stage_within_notice(
+    policy: Policy,
+    first: dt.datetime,
+    notice: dt.timedelta,
+    held: list[tuple[int, int]],
+    data: st.DataObject,
+) -> None:
+    # The oracle is decide()'s stage, exemptions holding the clock: a notice of the stage S
+    # is due at a write at ``at`` after one at ``prior`` when S has not started at ``at``
+    # but starts within ``notice`` of it, and had not come within ``notice`` of ``prior``.
+    table = policy.stage_table
+    offsets = [each for each in (table.first_throttle, table.first_block) if each]
+    # Writes around a stage's start (later by up to the days held), where notices fall due.
+    near = data.draw(st.sampled_from(offsets))
+    late = notice * (data.draw(st.integers(-150, 50)) / 100) + DAY * data.draw(
+        st.integers(0, sum(d for _, d in held))
+    )
+    at = max(first, first + near + late)
+    prior = max(first, at - notice * (data.draw(st.integers(0, 300)) / 100))
+    exemptions = tuple(
+        Exemption("hold", server="EX01", since=since, until=since + days * DAY)
+        for since, days in ((first.date() + start * DAY, length) for start, length in held)
+    )
+    stored = _observe(None, Compliance.OUTDATED, None, first, policy)
+    old = _observe(stored, Compliance.OUTDATED, None, prior, policy)
+    new = _observe(old, Compliance.OUTDATED, None, at, policy)
+    given_ = {
+        event.kind
+        for event in advance_notices(old, new, policy, at, notice=notice, exemptions=exemptions)
+    }
+    expected = set()
+    for kind, offset in (
+        (EventKind.THROTTLING_SOON, table.first_throttle),
+        (EventKind.BLOCKING_SOON, table.first_block),
+    ):
+        if not offset:
+            continue
+        target = table.stage_at(offset).number
+        if (
+            _stage_number(new, at, policy, exemptions)
+            < target
+            <= _stage_number(new, at + notice, policy, exemptions)
+            and _stage_number(new, prior + notice, policy, exemptions) < target
+        ):
+            expected.add(kind)
+    assert given_ == expected
