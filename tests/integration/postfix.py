@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import datetime as dt
 import os
 import re
 import shutil
@@ -36,8 +37,14 @@ import attrs
 import pytest
 
 from adapter_support import RECEIVER_DOMAIN, SmtpOutcome, free_port, smtp_send
+from tbes.adapters.config import load_config, make_enforcer
+from tbes.store.sqlite import SQLiteStore
 
 __all__ = [
+    "EX2007",
+    "EX2007_HOP",
+    "RCPT",
+    "T0",
     "Listener",
     "MilterProcess",
     "PostfixServer",
@@ -46,10 +53,37 @@ __all__ = [
     "doc_snippet",
     "free_port",
     "require_root",
+    "seed_then_advance",
     "smtp_send",
     "wait_for_port",
     "with_port",
 ]
+
+# What the end-to-end tests send: an Exchange 2007 hop (8.3.83.6, unsupported) and a message
+# that carries it, to the receiver's postmaster; T0 is the first sighting the tests seed.
+T0 = dt.datetime(2025, 11, 3, 8, 0, tzinfo=dt.UTC)
+RCPT = f"postmaster@{RECEIVER_DOMAIN}"
+EX2007_HOP = (
+    "from EXHUB01.fabrikam.local (10.1.2.3) by mail.fabrikam.example (10.1.2.4) with "
+    "Microsoft SMTP Server (TLS) id 8.3.83.6; Mon, 3 Nov 2025 09:00:00 +0100"
+)
+EX2007 = (
+    f"Received: {EX2007_HOP}\r\nFrom: alice@fabrikam.example\r\nSubject: figures\r\n\r\nHi.\r\n"
+).encode()
+
+
+def seed_then_advance(config: Path, db: Path, template: str, *, peer_ip: str, days: int) -> None:
+    """Write ``template`` (a configuration whose ``{now}`` is its ``fixed_time``) at T0, have
+    the enforcer see the Exchange 2007 hop from ``peer_ip`` then, and move ``now`` ``days``
+    later: the store holds a server that far into its episode."""
+    config.write_text(template.format(now=T0.isoformat()), encoding="utf-8")
+    loaded = load_config(config)
+    make_enforcer(loaded, SQLiteStore(db)).check(
+        loaded.connection(peer_ip=peer_ip, peer_host=None, tls_subject=None), [EX2007_HOP]
+    )
+    later = T0 + dt.timedelta(days=days)
+    config.write_text(template.format(now=later.isoformat()), encoding="utf-8")
+
 
 REPO = Path(__file__).resolve().parents[2]
 POSTFIX_DOC = REPO / "docs" / "postfix.md"

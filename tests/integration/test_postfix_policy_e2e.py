@@ -25,6 +25,9 @@ import pytest
 
 from adapter_support import enforcement_text, offset_minute, on_premises
 from integration.postfix import (
+    EX2007_HOP,
+    RCPT,
+    T0,
     Listener,
     PostfixServer,
     doc_snippet,
@@ -42,12 +45,6 @@ from tbes.store.sqlite import SQLiteStore
 
 pytestmark = [pytest.mark.service("postfix"), pytest.mark.timeout(120)]
 
-T0 = dt.datetime(2025, 11, 3, 8, 0, tzinfo=dt.UTC)
-RCPT = "postmaster@receiver.example"
-EX2007_HOP = (
-    "from EXHUB01.fabrikam.local (10.1.2.3) by mail.fabrikam.example (10.1.2.4) with "
-    "Microsoft SMTP Server (TLS) id 8.3.83.6; Mon, 3 Nov 2025 09:00:00 +0100"
-)
 MESSAGE = b"Subject: figures\r\nFrom: alice@fabrikam.example\r\n\r\nHello.\r\n"
 
 

@@ -11,36 +11,28 @@ connection carries several messages. Expected lines are the SPEC's (adapter_supp
 
 from __future__ import annotations
 
-import datetime as dt
 import smtplib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from adapter_support import RECEIVER_DOMAIN, reply_line
+from adapter_support import reply_line
 from integration.postfix import (
+    EX2007,
+    RCPT,
     Listener,
     PostfixServer,
     ServeProcess,
     free_port,
     require_root,
+    seed_then_advance,
 )
-from tbes.adapters.config import load_config, make_enforcer
 from tbes.compliance import Compliance
 from tbes.store.sqlite import SQLiteStore
 
 pytestmark = [pytest.mark.service("postfix"), pytest.mark.timeout(120)]
 
-T0 = dt.datetime(2025, 11, 3, 8, 0, tzinfo=dt.UTC)
-RCPT = f"postmaster@{RECEIVER_DOMAIN}"
-EX2007_HOP = (
-    "from EXHUB01.fabrikam.local (10.1.2.3) by mail.fabrikam.example (10.1.2.4) with "
-    "Microsoft SMTP Server (TLS) id 8.3.83.6; Mon, 3 Nov 2025 09:00:00 +0100"
-)
-EX2007 = (
-    f"Received: {EX2007_HOP}\r\nFrom: alice@fabrikam.example\r\nSubject: figures\r\n\r\nHi.\r\n"
-).encode()
 EX2019 = (
     b"Received: from EX19MBX.northwind.example (10.0.0.20) by EX19EDGE.northwind.example\r\n"
     b" (10.0.0.21) with Microsoft SMTP Server (version=TLS1_2,\r\n"
@@ -104,14 +96,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Site]:
     require_root()
     work = tmp_path_factory.mktemp("serve")
     config, db = work / "adapters.toml", work / "tbes.db"
-    # The Exchange 2007 server was first seen at T0 ...
-    config.write_text(CONFIG.format(now=T0.isoformat()), encoding="utf-8")
-    loaded = load_config(config)
-    make_enforcer(loaded, SQLiteStore(db)).check(
-        loaded.connection(peer_ip="127.0.0.2", peer_host=None, tls_subject=None), [EX2007_HOP]
-    )
-    # ... and it is now 95 days later: stage 8.
-    config.write_text(CONFIG.format(now=(T0 + dt.timedelta(days=95)).isoformat()))
+    # The Exchange 2007 server was first seen at T0, and it is now 95 days later: stage 8.
+    seed_then_advance(config, db, CONFIG, peer_ip="127.0.0.2", days=95)
     milter_port, policy_port = free_port(), free_port()
     milter = f"inet:127.0.0.1:{milter_port}"
     main_cf = (

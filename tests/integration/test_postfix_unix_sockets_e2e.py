@@ -10,7 +10,6 @@ seen 95 days before the configuration's ``fixed_time`` (stage 8: blocked all hou
 
 from __future__ import annotations
 
-import datetime as dt
 import grp
 import os
 import shutil
@@ -23,22 +22,20 @@ from pathlib import Path
 
 import pytest
 
-from adapter_support import RECEIVER_DOMAIN, reply_line
-from integration.postfix import Listener, PostfixServer, TbesProcess, free_port, require_root
-from tbes.adapters.config import load_config, make_enforcer
-from tbes.store.sqlite import SQLiteStore
+from adapter_support import reply_line
+from integration.postfix import (
+    EX2007,
+    RCPT,
+    Listener,
+    PostfixServer,
+    TbesProcess,
+    free_port,
+    require_root,
+    seed_then_advance,
+)
 
 pytestmark = [pytest.mark.service("postfix"), pytest.mark.timeout(120)]
 
-T0 = dt.datetime(2025, 11, 3, 8, 0, tzinfo=dt.UTC)
-RCPT = f"postmaster@{RECEIVER_DOMAIN}"
-EX2007_HOP = (
-    "from EXHUB01.fabrikam.local (10.1.2.3) by mail.fabrikam.example (10.1.2.4) with "
-    "Microsoft SMTP Server (TLS) id 8.3.83.6; Mon, 3 Nov 2025 09:00:00 +0100"
-)
-EX2007 = (
-    f"Received: {EX2007_HOP}\r\nFrom: alice@fabrikam.example\r\nSubject: figures\r\n\r\nHi.\r\n"
-).encode()
 CONFIG = """\
 tenant = "receiver"
 own_hosts = ["receiver.example"]
@@ -99,12 +96,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Site]:
     require_root()
     work = tmp_path_factory.mktemp("unix")
     config, db = work / "adapters.toml", work / "tbes.db"
-    config.write_text(CONFIG.format(now=T0.isoformat()), encoding="utf-8")
-    loaded = load_config(config)
-    make_enforcer(loaded, SQLiteStore(db)).check(
-        loaded.connection(peer_ip="127.0.0.2", peer_host=None, tls_subject=None), [EX2007_HOP]
-    )
-    config.write_text(CONFIG.format(now=(T0 + dt.timedelta(days=95)).isoformat()))
+    seed_then_advance(config, db, CONFIG, peer_ip="127.0.0.2", days=95)  # stage 8
     main_cf = (
         "smtpd_milters = unix:tbes/milter.sock\nmilter_default_action = tempfail\n"
         "smtpd_restriction_classes = tbes_policy\n"

@@ -16,8 +16,16 @@ from pathlib import Path
 import click
 import pytest
 
-from adapter_support import RECEIVER_DOMAIN, reply_line
-from integration.postfix import Listener, PostfixServer, TbesProcess, free_port, require_root
+from adapter_support import reply_line
+from integration.postfix import (
+    EX2007_HOP,
+    RCPT,
+    Listener,
+    PostfixServer,
+    TbesProcess,
+    free_port,
+    require_root,
+)
 from tbes.adapters.config import load_config
 from tbes.cli import cli
 from tbes.enforcer import Enforcer, utc_now
@@ -28,11 +36,6 @@ pytestmark = [pytest.mark.service("postfix"), pytest.mark.timeout(120)]
 
 # The console script's entry point: ``tbes ARGS`` with the unit's arguments.
 _TBES_MAIN = "import sys; from tbes.cli import main; sys.argv[0] = 'tbes'; main()"
-RCPT = f"postmaster@{RECEIVER_DOMAIN}"
-EX2007_HOP = (
-    "from EXHUB01.fabrikam.local (10.1.2.3) by mail.fabrikam.example (10.1.2.4) with "
-    "Microsoft SMTP Server (TLS) id 8.3.83.6; Mon, 3 Nov 2025 09:00:00 +0100"
-)
 EX2007 = f"Received: {EX2007_HOP}\r\nFrom: a@fabrikam.example\r\nSubject: x\r\n\r\nHi.\r\n"
 EX2019 = (
     "Received: from EX19MBX.northwind.example (10.0.0.20) by EX19EDGE.northwind.example\r\n"
