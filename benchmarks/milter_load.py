@@ -1,7 +1,7 @@
 """The milter's cost per message, and Postfix's throughput with and without it (issue 16).
 
-``python benchmarks/milter_load.py [--postfix] [--rounds N] [--json FILE]
-[--pymilter-python PY --pymilter-src DIR]``
+``python benchmarks/milter_load.py [--postfix] [--rounds N] [--transport inet|unix|both]
+[--json FILE] [--pymilter-python PY --pymilter-src DIR]``
 
 Each milter runs in its own process; its CPU time (user + system, from ``/proc``) is read
 before and after a load and divided by the messages, so the figure is the milter's own cost
@@ -19,7 +19,9 @@ hold on a busy machine (report the medians, and the ratios within each round):
 * ``pymilter`` (optional): the previous implementation, the pymilter binding of libmilter,
   given a Python with pymilter and the source tree of that version.
 
-Loads: ``direct`` drives each milter from this process over loopback as Postfix does
+Each variant is measured with the MTA reaching it over TCP on 127.0.0.1 and over a unix
+socket (``--transport``, both by default), in the same round, against the same Postfix
+alone. Loads: ``direct`` drives each milter from this process as Postfix does
 (protocol 6, macros, connect, HELO, 12 headers, end of headers, quit: one message per
 milter connection); ``--postfix`` (root, Postfix installed) starts a private Postfix on
 loopback (the test harness) and sends with ``smtp-source`` through it, without a milter and
