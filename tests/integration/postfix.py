@@ -168,14 +168,16 @@ postlog   unix-dgram n - n - 1 postlogd
 
 @attrs.frozen
 class Listener:
-    """One smtpd listener on 127.0.0.1:``port``, with ``-o name=value`` overrides."""
+    """One smtpd listener on 127.0.0.1:``port``, with ``-o name=value`` overrides;
+    ``chroot``: smtpd runs chrooted in the queue directory, as Debian's master.cf has it."""
 
     port: int
     overrides: tuple[tuple[str, str], ...] = ()
+    chroot: bool = False
 
     def master_line(self) -> str:
         """The master.cf entry of this listener."""
-        lines = [f"127.0.0.1:{self.port} inet n - n - - smtpd"]
+        lines = [f"127.0.0.1:{self.port} inet n - {'y' if self.chroot else 'n'} - - smtpd"]
         lines += [f"  -o {name}={value}" for name, value in self.overrides]
         return "\n".join(lines) + "\n"
 

@@ -4,7 +4,8 @@ The sockets live in a directory under Postfix's queue directory, group ``postfix
 setgid, and tbes runs with the umask 0007 of the drop-in ("Faster: unix sockets"): the
 sockets come out 0770 with the group ``postfix``, so Postfix's ``smtpd`` (the ``postfix``
 user) may connect and nobody else. ``main.cf`` names them relative to the queue directory
-(``unix:tbes/milter.sock``), as docs/postfix.md does. The Exchange 2007 server was first
+(``unix:tbes/milter.sock``), as docs/postfix.md does, and both smtpd listeners run chrooted
+in the queue directory, as on Debian. The Exchange 2007 server was first
 seen 95 days before the configuration's ``fixed_time`` (stage 8: blocked all hour).
 """
 
@@ -103,14 +104,16 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Site]:
         "tbes_policy = check_policy_service { unix:tbes/policy.sock, timeout=10s,"
         " default_action=DUNNO }\n"
     )
+    # Chrooted in the queue directory, as Debian runs smtpd: the relative names hold there.
     listeners = [
-        Listener(free_port()),  # the milter alone
+        Listener(free_port(), chroot=True),  # the milter alone
         Listener(
             free_port(),
             (
                 ("smtpd_milters", ""),
                 ("smtpd_recipient_restrictions", "reject_unauth_destination,tbes_policy"),
             ),
+            chroot=True,
         ),
     ]
     with PostfixServer(main_cf, listeners) as postfix:
