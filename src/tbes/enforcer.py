@@ -582,6 +582,7 @@ class Enforcer:
                 connector=conn.connector,
                 exemptions=exemptions,
                 notice=self.advance_notice,
+                decided=decision,
             )
             new, events = told.state, told.events
             if new == old or (not events and _only_seen(old, new, self._seen_resolution)):

@@ -22,7 +22,7 @@ import attrs
 
 from tbes._checks import id_field, of_type, require_id, require_type
 from tbes._instants import as_utc, as_utc_or_none
-from tbes.decision import decide
+from tbes.decision import Decision, decide
 from tbes.errors import InvalidValueError
 from tbes.exemption import Exemption, exempt_spans
 from tbes.identity import connector_of, host_of
@@ -183,6 +183,7 @@ def announcement(
     connector: str | None = None,
     exemptions: tuple[Exemption, ...] = (),
     notice: dt.timedelta | None = ADVANCE_NOTICE,
+    decided: Decision | None = None,
 ) -> Announcement:
     """The events a write from ``old`` (``None``: no stored state) to ``new`` makes at ``now``.
 
@@ -196,15 +197,18 @@ def announcement(
     ``exemptions`` are the server's (:func:`~tbes.decision.decide`): the stages compared are
     those of the clock they hold still, so an exempt server announces no stage it is not in.
     ``notice`` (default :data:`ADVANCE_NOTICE`; ``None``: none) is how long ahead the
-    advance notices of :func:`advance_notices` are given. Arguments of the wrong type
-    raise :class:`~tbes.errors.InvalidValueError` naming them.
+    advance notices of :func:`advance_notices` are given. ``decided``, when the caller has
+    it, is ``decide(new, now, policy, exemptions)``: the stage in force is then read from it
+    instead of deciding again (the enforcer's case). Arguments of the wrong type raise
+    :class:`~tbes.errors.InvalidValueError` naming them.
     """
     require_type(old, ServerState, "old", optional=True)
     require_type(new, ServerState, "new")
     require_type(policy, Policy, "policy")
     require_type(connector, str, "connector", optional=True)
+    require_type(decided, Decision, "decided", optional=True)
     _require_notice(notice)
-    teller = _Teller(new, policy, as_utc(now, "now"), connector, exemptions, notice)
+    teller = _Teller(new, policy, as_utc(now, "now"), connector, exemptions, notice, decided)
     state, events = teller.announce(old)
     return Announcement(state, events)
 
@@ -298,6 +302,7 @@ class _Teller:
     connector: str | None
     exemptions: tuple[Exemption, ...] = ()
     notice: dt.timedelta | None = None
+    decided: Decision | None = None  # decide(new, now, policy, exemptions), if known
 
     def event(
         self,
@@ -393,7 +398,11 @@ class _Teller:
         new, policy = self.new, self.policy
         if not new.in_episode:
             return self._stop(old)
-        stage = _stage_number(new, _latest(new, self.now), policy, self.exemptions)
+        at, decided = _latest(new, self.now), self.decided
+        if decided is not None and at == self.now:
+            stage = 1 if decided.stage is None else decided.stage.number  # as _stage_number
+        else:
+            stage = _stage_number(new, at, policy, self.exemptions)
         status = new.status.value.lower()
         if old is None or old.first_detected != new.first_detected:
             detail = f"build {new.build} is {status}: enforcement episode started"

@@ -283,3 +283,21 @@ def test_an_advance_notice_is_given_by_the_first_write_that_sees_its_stage_withi
         ):
             expected.add(kind)
     assert given_ == expected
+
+
+@given(history=histories, policy=policies)
+def test_an_announcement_told_the_decision_is_the_announcement_that_decides(
+    history: tuple[dt.datetime, list[Step]], policy: Policy
+) -> None:
+    # The enforcer passes its own decide() of the state to announcement(), which then reads
+    # the stage from it: whatever the history, nothing told may differ from deciding again.
+    start, steps = history
+    stored: ServerState | None = None
+    at = start
+    for status, build, offset in steps:
+        at += offset
+        observed = _observe(stored, status, build, at, policy)
+        told = announcement(stored, observed, policy, at)
+        decided = decide(observed, at, policy)
+        assert announcement(stored, observed, policy, at, decided=decided) == told
+        stored = told.state
