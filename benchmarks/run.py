@@ -56,7 +56,7 @@ class Mode(NamedTuple):
     sizes: list[int]
     checks: int
     milter_messages: int = 1500
-    milter_rounds: int = 3
+    milter_rounds: int = 5
     milter_postfix: bool = True
 
 
