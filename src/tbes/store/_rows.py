@@ -220,12 +220,7 @@ def raw_row(table: str, key: str, row: object) -> RawRow:
         return row
     if isinstance(row, list) and len(row) == 3:
         return (row[0], row[1], row[2])
-    raise StoreError(f"the {table} row of {key!r} is not (version, schema, data) but {_shown(row)}")
-
-
-def _shown(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    raise StoreError(f"the {table} row of {key!r} is not (version, schema, data) but {row!r:.80}")
 
 
 def row_state(server_id: str, row: RawRow) -> ServerState:
